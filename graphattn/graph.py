@@ -1,0 +1,422 @@
+"""Graph structure: the one object every attention op runs over.
+
+A :class:`Graph` stores a directed (possibly bipartite) edge set in the form the
+kernels want: edges sorted by destination (CSR, ``rowptr``/``col``), plus what is
+needed to talk to the caller in the caller's own terms: the edge order they
+gave (``edge_index`` and the permutation between the two orders), and how edge
+attributes map onto the graph when self-loops were removed and added.
+
+Building a graph sorts and validates once; layers reuse it every step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+__all__ = ["Graph", "Pattern", "FillValue"]
+
+FillValue = Union[float, int, Tensor, str]
+
+_INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+_REDUCE_FILLS = ("mean", "add", "sum", "max", "min", "mul")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """What is known about a graph's shape, so the dispatcher may use a dense kernel.
+
+    ``kind`` is one of ``"complete"``, ``"causal"``, ``"band"`` (``left``/``right``
+    neighbours, clipped at the ends), ``"cross"`` (complete bipartite) or any other
+    name a pattern builder records (``"dilated"``, ``"random"``, ...). ``batch`` is
+    the per-sequence lengths when the graph is a block-diagonal batch of sequences.
+    """
+
+    kind: str
+    params: Tuple[Tuple[str, Any], ...] = ()
+    batch: Optional[Tuple[int, ...]] = None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return dict(self.params).get(key, default)
+
+
+def _check_index_tensor(edge_index: Any) -> Tensor:
+    if not isinstance(edge_index, Tensor):
+        raise TypeError(
+            f"edge_index must be a torch.Tensor of shape [2, num_edges], got {type(edge_index).__name__}"
+        )
+    if edge_index.is_floating_point() or edge_index.is_complex() or edge_index.dtype == torch.bool:
+        raise TypeError(
+            f"edge_index must have an integer dtype (torch.long or torch.int32), got {edge_index.dtype}"
+        )
+    if edge_index.dtype not in _INDEX_DTYPES:
+        raise TypeError(f"edge_index has unsupported integer dtype {edge_index.dtype}")
+    if edge_index.dim() != 2 or edge_index.size(0) != 2:
+        raise ValueError(
+            f"edge_index must have shape [2, num_edges] (row 0 = source, row 1 = destination), "
+            f"got shape {list(edge_index.shape)}"
+        )
+    return edge_index
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, Tensor):
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _check_range(idx: Tensor, bound: int, what: str, count_name: str) -> None:
+    if idx.numel() == 0:
+        return
+    lo = int(idx.min())
+    if lo < 0:
+        raise ValueError(f"edge_index has a negative {what} index ({lo}); indices must be >= 0")
+    hi = int(idx.max())
+    if hi >= bound:
+        raise ValueError(
+            f"edge_index has {what} index {hi}, out of range for {bound} {count_name} "
+            f"(valid indices are 0..{bound - 1})"
+        )
+
+
+class Graph:
+    """A destination-sorted (CSR) edge set, reusable across training steps.
+
+    Edge ``e = (j -> i)`` has source ``j`` in ``[0, num_src)`` and destination
+    ``i`` in ``[0, num_dst)``; ``num_src != num_dst`` describes a bipartite graph
+    (cross-attention, PyG's ``(x_src, x_dst)`` layers).
+
+    Two edge orders exist and every edge tensor says which it is in:
+
+    * **user order**: the order of :attr:`edge_index`, the order in which ops take
+      per-edge inputs (biases) and return attention weights. It is the caller's
+      own order, with existing self-loops removed and one self-loop per node
+      appended when :meth:`with_self_loops` built the graph (PyG's convention).
+    * **CSR order**: sorted by destination (stable), used by the kernels.
+      ``csr_tensor = user_tensor[perm]``.
+
+    Build with :meth:`from_edge_index`, :meth:`from_networkx` or :meth:`from_pyg`.
+    """
+
+    def __init__(
+        self,
+        rowptr: Tensor,
+        col: Tensor,
+        row: Tensor,
+        perm: Optional[Tensor],
+        num_src: int,
+        num_dst: int,
+        *,
+        edge_index: Optional[Tensor] = None,
+        base_edge_ids: Optional[Tensor] = None,
+        num_base_edges: Optional[int] = None,
+        loop_nodes: Optional[Tensor] = None,
+        pattern: Optional[Pattern] = None,
+    ) -> None:
+        # Trusted constructor: inputs are already validated and sorted.
+        self.rowptr = rowptr
+        self.col = col
+        self.row = row
+        self.perm = perm  # None means user order == CSR order
+        self.num_src = num_src
+        self.num_dst = num_dst
+        self._edge_index = edge_index
+        # How user-order edges relate to the edges the caller built the graph from
+        # (for edge_attr): base_edge_ids[k] is the base edge of user edge k, for the
+        # first len(base_edge_ids) user edges; the rest are self-loops on loop_nodes.
+        self.base_edge_ids = base_edge_ids
+        self.num_base_edges = num_base_edges if num_base_edges is not None else col.numel()
+        self.loop_nodes = loop_nodes
+        self.pattern = pattern
+        self._inv_perm: Optional[Tensor] = None
+        self._looped: Optional[Graph] = None
+        self._transpose: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def from_edge_index(
+        cls,
+        edge_index: Tensor,
+        num_nodes: Optional[Union[int, Tuple[int, int]]] = None,
+        *,
+        num_src: Optional[int] = None,
+        num_dst: Optional[int] = None,
+        add_self_loops: bool = False,
+        pattern: Optional[Pattern] = None,
+        validate: bool = True,
+    ) -> "Graph":
+        """Build from a PyG-style ``edge_index`` (``[2, E]``, row 0 = source, row 1 = destination).
+
+        Args:
+            edge_index: integer tensor ``[2, E]``; int32 is accepted and widened.
+            num_nodes: node count, or ``(num_src, num_dst)`` for a bipartite graph.
+                Inferred as ``max index + 1`` when omitted.
+            num_src, num_dst: the two counts separately (override ``num_nodes``).
+            add_self_loops: remove existing self-loops and add one per node
+                ``i < min(num_src, num_dst)``, as PyG's ``GATConv`` does.
+            validate: check indices are in range (set False only for trusted input).
+        """
+        edge_index = _check_index_tensor(edge_index)
+        if isinstance(num_nodes, (tuple, list)):
+            if len(num_nodes) != 2:
+                raise ValueError(f"num_nodes as a tuple must be (num_src, num_dst), got {num_nodes!r}")
+            ns, nd = num_nodes
+        else:
+            ns = nd = num_nodes
+        ns = num_src if num_src is not None else ns
+        nd = num_dst if num_dst is not None else nd
+        src, dst = edge_index[0], edge_index[1]
+        if ns is None:
+            ns = int(src.max()) + 1 if src.numel() else 0
+        if nd is None:
+            nd = int(dst.max()) + 1 if dst.numel() else 0
+        ns = _check_count("num_src", ns)
+        nd = _check_count("num_dst", nd)
+        if edge_index.dtype != torch.int64:
+            info = torch.iinfo(edge_index.dtype)
+            for name, count in (("num_src", ns), ("num_dst", nd)):
+                if count - 1 > info.max:
+                    raise ValueError(
+                        f"{name}={count} does not fit edge_index's dtype {edge_index.dtype} "
+                        f"(max index {info.max}); pass edge_index as torch.long"
+                    )
+        if validate:
+            _check_range(src, ns, "source", "source nodes")
+            _check_range(dst, nd, "destination", "destination nodes")
+        src = src.long()
+        dst = dst.long()
+        graph = cls._build(src, dst, ns, nd, pattern=pattern)
+        return graph.with_self_loops() if add_self_loops else graph
+
+    @classmethod
+    def _build(
+        cls,
+        src: Tensor,
+        dst: Tensor,
+        num_src: int,
+        num_dst: int,
+        *,
+        base_edge_ids: Optional[Tensor] = None,
+        num_base_edges: Optional[int] = None,
+        loop_nodes: Optional[Tensor] = None,
+        pattern: Optional[Pattern] = None,
+    ) -> "Graph":
+        edge_index = torch.stack([src, dst], dim=0)
+        if dst.numel() > 1 and bool((dst[1:] < dst[:-1]).any()):
+            dst_sorted, perm = torch.sort(dst, stable=True)
+            col = src[perm]
+        else:
+            dst_sorted, perm, col = dst, None, src
+        counts = torch.bincount(dst_sorted, minlength=num_dst)
+        rowptr = torch.zeros(num_dst + 1, dtype=torch.long, device=dst.device)
+        torch.cumsum(counts, 0, out=rowptr[1:])
+        return cls(
+            rowptr,
+            col,
+            dst_sorted,
+            perm,
+            num_src,
+            num_dst,
+            edge_index=edge_index,
+            base_edge_ids=base_edge_ids,
+            num_base_edges=num_base_edges,
+            loop_nodes=loop_nodes,
+            pattern=pattern,
+        )
+
+    @classmethod
+    def from_networkx(
+        cls, graph: Any, *, add_self_loops: bool = False, nodelist: Optional[Sequence[Any]] = None
+    ) -> "Graph":
+        """Build from a networkx graph; nodes are numbered in ``nodelist`` order
+        (default: ``graph.nodes`` order). An undirected graph gives both directions
+        of every edge, as PyG's ``from_networkx`` does."""
+        nodes = list(graph.nodes) if nodelist is None else list(nodelist)
+        index = {n: i for i, n in enumerate(nodes)}
+        if len(index) != len(nodes):
+            raise ValueError("nodelist has repeated nodes")
+        pairs = []
+        for u, v in graph.edges():
+            if u not in index or v not in index:
+                raise ValueError(f"edge ({u!r}, {v!r}) has a node missing from nodelist")
+            pairs.append((index[u], index[v]))
+            if not graph.is_directed():
+                pairs.append((index[v], index[u]))
+        ei = torch.tensor(pairs, dtype=torch.long).t().reshape(2, -1)
+        return cls.from_edge_index(ei, len(nodes), add_self_loops=add_self_loops)
+
+    @classmethod
+    def from_pyg(cls, data: Any, *, add_self_loops: bool = False) -> "Graph":
+        """Build from a PyG ``Data`` object (its ``edge_index`` and ``num_nodes``)."""
+        if not hasattr(data, "edge_index") or data.edge_index is None:
+            raise TypeError(f"expected a torch_geometric.data.Data with an edge_index, got {type(data).__name__}")
+        return cls.from_edge_index(data.edge_index, data.num_nodes, add_self_loops=add_self_loops)
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def num_edges(self) -> int:
+        return self.col.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.col.device
+
+    @property
+    def is_bipartite(self) -> bool:
+        return self.num_src != self.num_dst
+
+    @property
+    def has_added_self_loops(self) -> bool:
+        return self.loop_nodes is not None
+
+    @property
+    def edge_index(self) -> Tensor:
+        """``[2, E]`` in user order (row 0 = source)."""
+        if self._edge_index is None:
+            ei = torch.stack([self.col, self.row], dim=0)
+            self._edge_index = ei if self.perm is None else ei[:, self.inv_perm]
+        return self._edge_index
+
+    @property
+    def inv_perm(self) -> Tensor:
+        """``user_tensor = csr_tensor[inv_perm]``."""
+        if self.perm is None:
+            return torch.arange(self.num_edges, device=self.device)
+        if self._inv_perm is None:
+            inv = torch.empty_like(self.perm)
+            inv[self.perm] = torch.arange(self.perm.numel(), device=self.device)
+            self._inv_perm = inv
+        return self._inv_perm
+
+    def in_degree(self) -> Tensor:
+        return self.rowptr.diff()
+
+    def to_csr_order(self, edge_tensor: Tensor) -> Tensor:
+        """A per-edge tensor in user order, reordered to CSR order."""
+        return edge_tensor if self.perm is None else edge_tensor.index_select(0, self.perm)
+
+    def to_user_order(self, edge_tensor: Tensor) -> Tensor:
+        """A per-edge tensor in CSR order, reordered to user order."""
+        return edge_tensor if self.perm is None else edge_tensor.index_select(0, self.inv_perm)
+
+    def transpose_csr(self) -> Tuple[Tensor, Tensor, Tensor]:
+        """CSR by *source*: ``(colptr, row_by_src, edge_id)`` with ``edge_id`` the
+        CSR-order edge of each entry. Cached; used by backward passes."""
+        if self._transpose is None:
+            order = torch.sort(self.col, stable=True)[1]
+            counts = torch.bincount(self.col, minlength=self.num_src)
+            colptr = torch.zeros(self.num_src + 1, dtype=torch.long, device=self.device)
+            torch.cumsum(counts, 0, out=colptr[1:])
+            self._transpose = (colptr, self.row[order], order)
+        return self._transpose
+
+    # ---------------------------------------------------------------- self-loops
+    def with_self_loops(self) -> "Graph":
+        """This graph with existing self-loops removed and one self-loop per node
+        ``i < min(num_src, num_dst)`` appended in user order (PyG's GAT convention).
+        Cached on the graph, so a layer asking every step pays once."""
+        if self.has_added_self_loops:
+            return self
+        if self._looped is None:
+            ei = self.edge_index
+            src, dst = ei[0], ei[1]
+            keep = (src != dst).nonzero().view(-1)
+            n = min(self.num_src, self.num_dst)
+            loops = torch.arange(n, device=self.device)
+            base = keep if self.base_edge_ids is None else self.base_edge_ids[keep]
+            self._looped = Graph._build(
+                torch.cat([src[keep], loops]),
+                torch.cat([dst[keep], loops]),
+                self.num_src,
+                self.num_dst,
+                base_edge_ids=base,
+                num_base_edges=self.num_base_edges,
+                loop_nodes=loops,
+                pattern=None,
+            )
+        return self._looped
+
+    def edge_attr_for_edges(self, edge_attr: Tensor, fill_value: FillValue = "mean") -> Tensor:
+        """Map ``edge_attr`` given for the edges the graph was built from onto this
+        graph's user-order edges: rows of removed self-loops are dropped and the rows
+        of added self-loops are filled like PyG's ``add_self_loops``: a scalar or a
+        tensor, or a reduction (``"mean"``, ``"add"``/``"sum"``, ``"max"``, ``"min"``,
+        ``"mul"``) of the attributes of the node's incoming (kept) edges."""
+        if not isinstance(edge_attr, Tensor):
+            raise TypeError(f"edge_attr must be a tensor, got {type(edge_attr).__name__}")
+        if edge_attr.size(0) != self.num_base_edges:
+            raise ValueError(
+                f"edge_attr has {edge_attr.size(0)} rows but the graph was built from "
+                f"{self.num_base_edges} edges; give one row per edge of edge_index"
+            )
+        if self.base_edge_ids is None:
+            return edge_attr
+        kept = edge_attr.index_select(0, self.base_edge_ids)
+        if self.loop_nodes is None:
+            return kept
+        n = self.loop_nodes.numel()
+        feat_shape = edge_attr.shape[1:]
+        if isinstance(fill_value, str):
+            if fill_value not in _REDUCE_FILLS:
+                raise ValueError(f"fill_value must be a number, a tensor or one of {_REDUCE_FILLS}, got {fill_value!r}")
+            reduce = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}.get(fill_value, fill_value)
+            dst = self.edge_index[1, : kept.size(0)]
+            # Reduce over every destination (a bipartite graph may have more
+            # destinations than loops), then keep the looped nodes. Nodes without
+            # in-edges get the reduction's empty value as in PyG: 1 for a product, else 0.
+            init = kept.new_ones if reduce == "prod" else kept.new_zeros
+            loop_attr = init((self.num_dst,) + tuple(feat_shape))
+            index = dst.view((-1,) + (1,) * len(feat_shape)).expand_as(kept)
+            loop_attr = loop_attr.scatter_reduce(0, index, kept, reduce=reduce, include_self=False)[:n]
+        elif isinstance(fill_value, Tensor):
+            loop_attr = fill_value.to(device=edge_attr.device, dtype=edge_attr.dtype).expand((n,) + tuple(feat_shape))
+        elif isinstance(fill_value, (int, float)) and not isinstance(fill_value, bool):
+            loop_attr = edge_attr.new_full((n,) + tuple(feat_shape), float(fill_value))
+        else:
+            raise TypeError(f"fill_value must be a number, a tensor or a string, got {type(fill_value).__name__}")
+        return torch.cat([kept, loop_attr], dim=0)
+
+    # -------------------------------------------------------------------- misc
+    def to(self, device: Union[str, torch.device]) -> "Graph":
+        """A copy of the graph on ``device`` (the CSR arrays and maps move)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+
+        def mv(t: Optional[Tensor]) -> Optional[Tensor]:
+            return None if t is None else t.to(device)
+
+        return Graph(
+            self.rowptr.to(device),
+            self.col.to(device),
+            self.row.to(device),
+            mv(self.perm),
+            self.num_src,
+            self.num_dst,
+            edge_index=mv(self._edge_index),
+            base_edge_ids=mv(self.base_edge_ids),
+            num_base_edges=self.num_base_edges,
+            loop_nodes=mv(self.loop_nodes),
+            pattern=self.pattern,
+        )
+
+    def check_nodes(self, num_src: int, num_dst: int, what: str = "x") -> None:
+        """Raise if node-feature tensors do not match the graph's node counts."""
+        if num_src != self.num_src:
+            raise ValueError(
+                f"{what} has {num_src} source-node rows but the graph has {self.num_src} source nodes"
+            )
+        if num_dst != self.num_dst:
+            raise ValueError(
+                f"{what} has {num_dst} destination-node rows but the graph has {self.num_dst} destination nodes"
+            )
+
+    def __repr__(self) -> str:
+        nodes = f"num_nodes={self.num_src}" if not self.is_bipartite else f"num_src={self.num_src}, num_dst={self.num_dst}"
+        extra = ", self_loops=added" if self.has_added_self_loops else ""
+        pat = f", pattern={self.pattern.kind}" if self.pattern is not None else ""
+        return f"Graph({nodes}, num_edges={self.num_edges}{extra}{pat})"

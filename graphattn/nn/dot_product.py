@@ -1,0 +1,126 @@
+"""Scaled dot-product graph attention with PyG ``TransformerConv``'s arguments."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from ._base import GraphLayer, GraphLike, copy_from, make_linear, reset_linear, split_pair
+
+
+class DotProductConv(GraphLayer):
+    r"""Transformer attention over a graph (Shi et al., 2021), PyG's ``TransformerConv``
+    on graphattn's ops.
+
+    .. math::
+        \mathbf{x}'_i = \mathbf{W}_1 \mathbf{x}_i + \sum_{j \in \mathcal{N}(i)}
+        \alpha_{i,j} \left(\mathbf{W}_2 \mathbf{x}_j + \mathbf{W}_6 \mathbf{e}_{ij}\right),\qquad
+        \alpha_{i,j} = \operatorname{softmax}_i\!\left(
+        \frac{(\mathbf{W}_3\mathbf{x}_i)^{\top} (\mathbf{W}_4\mathbf{x}_j + \mathbf{W}_6 \mathbf{e}_{ij})}{\sqrt{d}}\right)
+
+    With ``beta=True`` the skip connection is gated:
+    :math:`\mathbf{x}'_i = \beta_i \mathbf{W}_1 \mathbf{x}_i + (1-\beta_i)\,\mathbf{m}_i`,
+    :math:`\beta_i = \sigma(\mathbf{w}_5^\top [\mathbf{W}_1\mathbf{x}_i, \mathbf{m}_i, \mathbf{W}_1\mathbf{x}_i - \mathbf{m}_i])`.
+
+    Args:
+        in_channels: input size, ``-1`` for lazy, or ``(in_src, in_dst)``.
+        out_channels: size per head ``d``.
+        heads, concat, dropout, edge_dim, bias: as in PyG.
+        beta: gate the skip connection (needs ``root_weight``).
+        root_weight: add the skip connection :math:`\mathbf{W}_1 \mathbf{x}_i`.
+
+    No self-loops are added (as in PyG). Parameter names are PyG's; :meth:`from_pyg`
+    copies a ``TransformerConv``.
+    """
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels: int,
+        heads: int = 1,
+        concat: bool = True,
+        beta: bool = False,
+        dropout: float = 0.0,
+        edge_dim: Optional[int] = None,
+        bias: bool = True,
+        root_weight: bool = True,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.heads = heads
+        self.beta = beta and root_weight
+        self.root_weight = root_weight
+        self.concat = concat
+        self.dropout = dropout
+        self.edge_dim = edge_dim
+        HC = heads * out_channels
+        in_src, in_dst = (in_channels, in_channels) if isinstance(in_channels, int) else in_channels
+        self.lin_key = make_linear(in_src, HC, bias=bias)
+        self.lin_query = make_linear(in_dst, HC, bias=bias)
+        self.lin_value = make_linear(in_src, HC, bias=bias)
+        self.lin_edge = make_linear(edge_dim, HC, bias=False) if edge_dim is not None else None
+        skip_out = HC if concat else out_channels
+        self.lin_skip = make_linear(in_dst, skip_out, bias=bias)
+        self.lin_beta = make_linear(3 * skip_out, 1, bias=False) if self.beta else None
+
+    def reset_parameters(self) -> None:
+        for lin in (self.lin_key, self.lin_query, self.lin_value, self.lin_edge, self.lin_skip, self.lin_beta):
+            if lin is not None:
+                reset_linear(lin, glorot=False)
+
+    def forward(
+        self,
+        x,
+        edge_index: GraphLike,
+        edge_attr: Optional[Tensor] = None,
+        return_attention_weights: bool = False,
+    ):
+        H, C = self.heads, self.out_channels
+        x_src, x_dst, _ = split_pair(x)
+        if x_dst is None:
+            raise ValueError("DotProductConv needs destination features: pass (x_src, x_dst) with x_dst not None")
+        query = self.lin_query(x_dst).view(-1, H, C)
+        key = self.lin_key(x_src).view(-1, H, C)
+        value = self.lin_value(x_src).view(-1, H, C)
+        graph = self.resolve_graph(edge_index, key.size(0), query.size(0), add_self_loops=False)
+        edge = None
+        if edge_attr is not None:
+            if self.lin_edge is None:
+                raise self._no_edge_dim_error()
+            ea = self.edge_attr_rows(edge_attr, graph, "mean")
+            edge = self.lin_edge(ea.to(key.dtype)).view(-1, H, C)
+        out = ops.dot_product_attention(
+            query, key, value, graph,
+            scale=1.0 / math.sqrt(C), edge_key=edge, edge_value=edge,
+            dropout=self.dropout, training=self.training, return_weights=return_attention_weights,
+        )
+        out, alpha = out if return_attention_weights else (out, None)
+        out = out.reshape(-1, H * C) if self.concat else out.mean(dim=1)
+        if self.root_weight:
+            x_r = self.lin_skip(x_dst)
+            if self.lin_beta is not None:
+                beta = self.lin_beta(torch.cat([out, x_r, out - x_r], dim=-1)).sigmoid()
+                out = beta * x_r + (1 - beta) * out
+            else:
+                out = out + x_r
+        if return_attention_weights:
+            return out, (graph.edge_index, alpha)
+        return out
+
+    @classmethod
+    def from_pyg(cls, conv: nn.Module) -> "DotProductConv":
+        """A DotProductConv with the arguments and weights of a ``torch_geometric.nn.TransformerConv``."""
+        from torch_geometric.nn import TransformerConv
+
+        if not isinstance(conv, TransformerConv):
+            raise TypeError(f"expected torch_geometric.nn.TransformerConv, got {type(conv).__name__}")
+        layer = cls(
+            conv.in_channels, conv.out_channels, heads=conv.heads, concat=conv.concat, beta=conv.beta,
+            dropout=conv.dropout, edge_dim=conv.edge_dim, bias=conv.lin_key.bias is not None,
+            root_weight=conv.root_weight,
+        )
+        return copy_from(layer, conv)

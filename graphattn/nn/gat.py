@@ -1,0 +1,290 @@
+"""GAT and GATv2 layers with PyG's constructor arguments and conventions."""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from ..graph import FillValue
+from ._base import GraphLayer, GraphLike, copy_from, glorot_, make_linear, reset_linear, split_pair
+
+Channels = Union[int, Tuple[int, int]]
+
+
+def _finish(layer, out: Tensor, res: Optional[Tensor], graph, alpha, return_attention_weights: bool):
+    H, C = layer.heads, layer.out_channels
+    out = out.reshape(-1, H * C) if layer.concat else out.mean(dim=1)
+    if res is not None:
+        out = out + res
+    if layer.bias is not None:
+        out = out + layer.bias
+    if return_attention_weights:
+        return out, (graph.edge_index, alpha)
+    return out
+
+
+class GATConv(GraphLayer):
+    r"""Graph attention (Veličković et al., 2018), PyG's ``GATConv`` on graphattn's ops.
+
+    .. math::
+        \mathbf{x}'_i = \Big\Vert_{h=1}^{H} \sum_{j \in \mathcal{N}(i) \cup \{i\}}
+        \alpha^{h}_{j,i}\, \mathbf{\Theta}^{h}_{s} \mathbf{x}_j,\qquad
+        \alpha^{h}_{j,i} = \operatorname{softmax}_i\!\Big(\mathrm{LeakyReLU}\big(
+        \mathbf{a}^{h\top}_{s} \mathbf{\Theta}^{h}_{s}\mathbf{x}_j
+        + \mathbf{a}^{h\top}_{t} \mathbf{\Theta}^{h}_{t}\mathbf{x}_i
+        + \mathbf{a}^{h\top}_{e} \mathbf{\Theta}^{h}_{e}\mathbf{e}_{j,i}\big)\Big)
+
+    Arguments and parameter names are PyG's, so ``state_dict``s are interchangeable
+    and :meth:`from_pyg` copies a PyG layer.
+
+    Args:
+        in_channels: input size, ``-1`` for lazy, or ``(in_src, in_dst)`` for bipartite graphs.
+        out_channels: size per head.
+        heads: number of heads ``H``.
+        concat: concatenate heads (``[N, H*C]``) or average them (``[N, C]``).
+        negative_slope: LeakyReLU slope.
+        dropout: attention dropout probability (on the normalised weights, training only).
+        add_self_loops: remove existing self-loops and add one per node (cached on the graph).
+        edge_dim: edge feature size; enables the edge term of the score.
+        fill_value: edge features of added self-loops: a number, a tensor, or a reduction
+            (``"mean"``, ``"add"``, ``"max"``, ``"min"``, ``"mul"``) of the node's incoming edges.
+        bias: learnable output bias.
+        residual: add a linear projection of the destination input to the output.
+
+    Forward: ``forward(x, edge_index, edge_attr=None, return_attention_weights=False)``
+    with ``edge_index`` a ``[2, E]`` tensor (row 0 = source) or a :class:`graphattn.Graph`;
+    with weights it returns ``(out, (edge_index, alpha))``, ``edge_index`` including added
+    self-loops and ``alpha`` ``[E', H]`` (before dropout).
+    """
+
+    def __init__(
+        self,
+        in_channels: Channels,
+        out_channels: int,
+        heads: int = 1,
+        concat: bool = True,
+        negative_slope: float = 0.2,
+        dropout: float = 0.0,
+        add_self_loops: bool = True,
+        edge_dim: Optional[int] = None,
+        fill_value: FillValue = "mean",
+        bias: bool = True,
+        residual: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.heads = heads
+        self.concat = concat
+        self.negative_slope = negative_slope
+        self.dropout = dropout
+        self.add_self_loops = add_self_loops
+        self.edge_dim = edge_dim
+        self.fill_value = fill_value
+        self.residual = residual
+        HC = heads * out_channels
+
+        self.lin = self.lin_src = self.lin_dst = None
+        if isinstance(in_channels, int):
+            self.lin = make_linear(in_channels, HC, bias=False, glorot=True)
+        else:
+            self.lin_src = make_linear(in_channels[0], HC, bias=False, glorot=True)
+            self.lin_dst = make_linear(in_channels[1], HC, bias=False, glorot=True)
+        self.att_src = nn.Parameter(torch.empty(1, heads, out_channels))
+        self.att_dst = nn.Parameter(torch.empty(1, heads, out_channels))
+        if edge_dim is not None:
+            self.lin_edge = make_linear(edge_dim, HC, bias=False, glorot=True)
+            self.att_edge = nn.Parameter(torch.empty(1, heads, out_channels))
+        else:
+            self.lin_edge = None
+            self.register_parameter("att_edge", None)
+        total = out_channels * (heads if concat else 1)
+        if residual:
+            in_dst = in_channels if isinstance(in_channels, int) else in_channels[1]
+            self.res = make_linear(in_dst, total, bias=False, glorot=True)
+        else:
+            self.register_parameter("res", None)
+        if bias:
+            self.bias = nn.Parameter(torch.empty(total))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for lin in (self.lin, self.lin_src, self.lin_dst, self.lin_edge, self.res):
+            if lin is not None:
+                reset_linear(lin, glorot=True)
+        glorot_(self.att_src)
+        glorot_(self.att_dst)
+        glorot_(self.att_edge)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(
+        self,
+        x,
+        edge_index: GraphLike,
+        edge_attr: Optional[Tensor] = None,
+        return_attention_weights: bool = False,
+    ):
+        H, C = self.heads, self.out_channels
+        x_src_in, x_dst_in, _ = split_pair(x)
+        res = self.res(x_dst_in) if (self.res is not None and x_dst_in is not None) else None
+        if self.lin is not None:
+            x_src = self.lin(x_src_in).view(-1, H, C)
+            x_dst = None if x_dst_in is None else (x_src if x_dst_in is x_src_in else self.lin(x_dst_in).view(-1, H, C))
+        else:
+            x_src = self.lin_src(x_src_in).view(-1, H, C)
+            x_dst = None if x_dst_in is None else self.lin_dst(x_dst_in).view(-1, H, C)
+        score_src = (x_src * self.att_src).sum(-1)
+        score_dst = None if x_dst is None else (x_dst * self.att_dst).sum(-1)
+
+        graph = self.resolve_graph(
+            edge_index, x_src.size(0), None if x_dst is None else x_dst.size(0), self.add_self_loops
+        )
+        edge_score = None
+        if edge_attr is not None:
+            if self.lin_edge is None:
+                raise self._no_edge_dim_error()
+            ea = self.edge_attr_rows(edge_attr, graph, self.fill_value)
+            # a_e . (W_e e) == e . (W_e^T a_e): the [E, H, C] edge embedding is never built.
+            w = self.lin_edge.weight.view(H, C, -1)
+            w_score = (w * self.att_edge.view(H, C, 1)).sum(1)  # [H, edge_dim]
+            edge_score = ea.to(w_score.dtype) @ w_score.t()
+
+        out = ops.gat_attention(
+            score_src, score_dst, x_src, graph,
+            negative_slope=self.negative_slope, edge_score=edge_score,
+            dropout=self.dropout, training=self.training, return_weights=return_attention_weights,
+        )
+        out, alpha = out if return_attention_weights else (out, None)
+        return _finish(self, out, res, graph, alpha, return_attention_weights)
+
+    @classmethod
+    def from_pyg(cls, conv: nn.Module) -> "GATConv":
+        """A GATConv with the arguments and weights of a ``torch_geometric.nn.GATConv``."""
+        from torch_geometric.nn import GATConv as PyGGATConv
+
+        if not isinstance(conv, PyGGATConv):
+            raise TypeError(f"expected torch_geometric.nn.GATConv, got {type(conv).__name__}")
+        layer = cls(
+            conv.in_channels, conv.out_channels, heads=conv.heads, concat=conv.concat,
+            negative_slope=conv.negative_slope, dropout=conv.dropout, add_self_loops=conv.add_self_loops,
+            edge_dim=conv.edge_dim, fill_value=conv.fill_value, bias=conv.bias is not None,
+            residual=getattr(conv, "residual", False),
+        )
+        return copy_from(layer, conv)
+
+
+class GATv2Conv(GraphLayer):
+    r"""GATv2 (Brody et al., 2022), PyG's ``GATv2Conv`` on graphattn's ops.
+
+    .. math::
+        \mathbf{x}'_i = \Big\Vert_{h=1}^{H} \sum_{j \in \mathcal{N}(i) \cup \{i\}}
+        \alpha^{h}_{j,i}\, \mathbf{\Theta}^{h}_{s}\mathbf{x}_j,\qquad
+        \alpha^{h}_{j,i} = \operatorname{softmax}_i\!\Big(\mathbf{a}^{h\top}\mathrm{LeakyReLU}\big(
+        \mathbf{\Theta}^{h}_{s}\mathbf{x}_j + \mathbf{\Theta}^{h}_{t}\mathbf{x}_i
+        + \mathbf{\Theta}^{h}_{e}\mathbf{e}_{j,i}\big)\Big)
+
+    Arguments as :class:`GATConv`, plus ``share_weights`` (use one matrix for
+    :math:`\Theta_s` and :math:`\Theta_t`). ``bias`` also controls the biases of
+    ``lin_l`` / ``lin_r``, as in PyG.
+    """
+
+    def __init__(
+        self,
+        in_channels: Channels,
+        out_channels: int,
+        heads: int = 1,
+        concat: bool = True,
+        negative_slope: float = 0.2,
+        dropout: float = 0.0,
+        add_self_loops: bool = True,
+        edge_dim: Optional[int] = None,
+        fill_value: FillValue = "mean",
+        bias: bool = True,
+        share_weights: bool = False,
+        residual: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.heads = heads
+        self.concat = concat
+        self.negative_slope = negative_slope
+        self.dropout = dropout
+        self.add_self_loops = add_self_loops
+        self.edge_dim = edge_dim
+        self.fill_value = fill_value
+        self.share_weights = share_weights
+        self.residual = residual
+        HC = heads * out_channels
+        in_src, in_dst = (in_channels, in_channels) if isinstance(in_channels, int) else in_channels
+        self.lin_l = make_linear(in_src, HC, bias=bias, glorot=True)
+        self.lin_r = self.lin_l if share_weights else make_linear(in_dst, HC, bias=bias, glorot=True)
+        self.att = nn.Parameter(torch.empty(1, heads, out_channels))
+        self.lin_edge = make_linear(edge_dim, HC, bias=False, glorot=True) if edge_dim is not None else None
+        total = out_channels * (heads if concat else 1)
+        if residual:
+            self.res = make_linear(in_dst, total, bias=False, glorot=True)
+        else:
+            self.register_parameter("res", None)
+        if bias:
+            self.bias = nn.Parameter(torch.empty(total))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for lin in (self.lin_l, self.lin_r, self.lin_edge, self.res):
+            if lin is not None:
+                reset_linear(lin, glorot=True)
+        glorot_(self.att)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(
+        self,
+        x,
+        edge_index: GraphLike,
+        edge_attr: Optional[Tensor] = None,
+        return_attention_weights: bool = False,
+    ):
+        H, C = self.heads, self.out_channels
+        x_src_in, x_dst_in, _ = split_pair(x)
+        if x_dst_in is None:
+            raise ValueError("GATv2Conv needs destination features: pass (x_src, x_dst) with x_dst not None")
+        res = self.res(x_dst_in) if self.res is not None else None
+        x_l = self.lin_l(x_src_in).view(-1, H, C)
+        x_r = x_l if (self.share_weights and x_dst_in is x_src_in) else self.lin_r(x_dst_in).view(-1, H, C)
+        graph = self.resolve_graph(edge_index, x_l.size(0), x_r.size(0), self.add_self_loops)
+        edge_feat = None
+        if edge_attr is not None:
+            if self.lin_edge is None:
+                raise self._no_edge_dim_error()
+            ea = self.edge_attr_rows(edge_attr, graph, self.fill_value)
+            edge_feat = self.lin_edge(ea.to(x_l.dtype)).view(-1, H, C)
+        out = ops.gatv2_attention(
+            x_l, x_r, self.att, graph,
+            negative_slope=self.negative_slope, edge_feat=edge_feat,
+            dropout=self.dropout, training=self.training, return_weights=return_attention_weights,
+        )
+        out, alpha = out if return_attention_weights else (out, None)
+        return _finish(self, out, res, graph, alpha, return_attention_weights)
+
+    @classmethod
+    def from_pyg(cls, conv: nn.Module) -> "GATv2Conv":
+        """A GATv2Conv with the arguments and weights of a ``torch_geometric.nn.GATv2Conv``."""
+        from torch_geometric.nn import GATv2Conv as PyGGATv2Conv
+
+        if not isinstance(conv, PyGGATv2Conv):
+            raise TypeError(f"expected torch_geometric.nn.GATv2Conv, got {type(conv).__name__}")
+        layer = cls(
+            conv.in_channels, conv.out_channels, heads=conv.heads, concat=conv.concat,
+            negative_slope=conv.negative_slope, dropout=conv.dropout, add_self_loops=conv.add_self_loops,
+            edge_dim=conv.edge_dim, fill_value=conv.fill_value, bias=conv.bias is not None,
+            share_weights=conv.share_weights, residual=getattr(conv, "residual", False),
+        )
+        return copy_from(layer, conv)

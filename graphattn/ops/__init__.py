@@ -1,0 +1,27 @@
+"""Attention ops: the only place in graphattn where attention is computed.
+
+Public functions: :func:`edge_softmax`, :func:`gat_attention`,
+:func:`gatv2_attention`, :func:`dot_product_attention`. Backends are chosen by
+:mod:`graphattn.ops._dispatch`; force one with ``backend=`` or :func:`use_backend`,
+and ask which ran with :func:`last_backend`.
+"""
+from . import reference as _reference
+from ._dispatch import available_backends, last_backend, register_backend, use_backend
+from .functional import as_graph, dot_product_attention, edge_softmax, gat_attention, gatv2_attention
+
+register_backend("edge_softmax", "reference", _reference.edge_softmax)
+register_backend("gat", "reference", _reference.gat)
+register_backend("gatv2", "reference", _reference.gatv2)
+register_backend("dot_product", "reference", _reference.dot_product)
+
+__all__ = [
+    "edge_softmax",
+    "gat_attention",
+    "gatv2_attention",
+    "dot_product_attention",
+    "as_graph",
+    "use_backend",
+    "last_backend",
+    "available_backends",
+    "register_backend",
+]

@@ -1,0 +1,117 @@
+"""The reference backend: plain PyTorch gather / scatter, any device, any float dtype.
+
+It is the oracle the other backends are tested against, written for clarity:
+every intermediate (including the ``E x H x C`` messages) is materialised.
+All functions take and return per-edge tensors in CSR order; half precision is
+computed in fp32 and cast back.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..graph import Graph
+from .softmax import segment_softmax
+
+Out = Tuple[Tensor, Tensor]
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _up(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    return None if t is None else t.to(dtype)
+
+
+def _softmax_and_aggregate(
+    scores: Tensor,
+    messages_from: Tensor,
+    graph: Graph,
+    dropout: float,
+    training: bool,
+    edge_value: Optional[Tensor] = None,
+) -> Out:
+    """softmax per destination, dropout, then ``out_i = sum_j a_ij * v_j``."""
+    alpha = segment_softmax(scores, graph.row, graph.num_dst)
+    a = F.dropout(alpha, p=dropout, training=training) if dropout > 0 else alpha
+    msg = messages_from.index_select(0, graph.col)
+    if edge_value is not None:
+        msg = msg + edge_value
+    msg = msg * a.unsqueeze(-1)
+    out = msg.new_zeros((graph.num_dst,) + tuple(msg.shape[1:])).index_add_(0, graph.row, msg)
+    return out, alpha
+
+
+def gat(
+    score_src: Tensor,
+    score_dst: Optional[Tensor],
+    value: Tensor,
+    graph: Graph,
+    *,
+    negative_slope: float,
+    edge_score: Optional[Tensor],
+    dropout: float,
+    training: bool,
+) -> Out:
+    dt = _compute_dtype(value.dtype)
+    s = score_src.to(dt).index_select(0, graph.col)
+    if score_dst is not None:
+        s = s + score_dst.to(dt).index_select(0, graph.row)
+    if edge_score is not None:
+        s = s + edge_score.to(dt)
+    s = F.leaky_relu(s, negative_slope)
+    out, alpha = _softmax_and_aggregate(s, value.to(dt), graph, dropout, training)
+    return out.to(value.dtype), alpha.to(value.dtype)
+
+
+def gatv2(
+    x_src: Tensor,
+    x_dst: Tensor,
+    att: Tensor,
+    value: Tensor,
+    graph: Graph,
+    *,
+    negative_slope: float,
+    edge_feat: Optional[Tensor],
+    dropout: float,
+    training: bool,
+) -> Out:
+    dt = _compute_dtype(value.dtype)
+    z = x_src.to(dt).index_select(0, graph.col) + x_dst.to(dt).index_select(0, graph.row)
+    if edge_feat is not None:
+        z = z + edge_feat.to(dt)
+    s = (F.leaky_relu(z, negative_slope) * att.to(dt)).sum(-1)
+    out, alpha = _softmax_and_aggregate(s, value.to(dt), graph, dropout, training)
+    return out.to(value.dtype), alpha.to(value.dtype)
+
+
+def dot_product(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    graph: Graph,
+    *,
+    scale: float,
+    edge_key: Optional[Tensor],
+    edge_value: Optional[Tensor],
+    edge_bias: Optional[Tensor],
+    dropout: float,
+    training: bool,
+) -> Out:
+    dt = _compute_dtype(value.dtype)
+    k = key.to(dt).index_select(0, graph.col)
+    if edge_key is not None:
+        k = k + edge_key.to(dt)
+    s = (query.to(dt).index_select(0, graph.row) * k).sum(-1) * scale
+    if edge_bias is not None:
+        s = s + edge_bias.to(dt)
+    out, alpha = _softmax_and_aggregate(s, value.to(dt), graph, dropout, training, _up(edge_value, dt))
+    return out.to(value.dtype), alpha.to(value.dtype)
+
+
+def edge_softmax(scores: Tensor, index: Tensor, num_segments: int) -> Tensor:
+    return segment_softmax(scores, index, num_segments)

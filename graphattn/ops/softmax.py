@@ -1,0 +1,57 @@
+"""Segment (per-destination) softmax over edges, with a closed-form backward."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _upcast(t: Tensor) -> Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _expand_index(index: Tensor, like: Tensor) -> Tensor:
+    return index.view((-1,) + (1,) * (like.dim() - 1)).expand_as(like)
+
+
+def segment_softmax_forward(scores: Tensor, index: Tensor, num_segments: int) -> Tensor:
+    """Softmax of ``scores`` ([E] or [E, ...]) over the edges sharing ``index``.
+
+    Stable for huge logits (the per-segment max is subtracted); a segment whose
+    logits are all ``-inf`` gets weights 0, never NaN.
+    """
+    shape = (num_segments,) + tuple(scores.shape[1:])
+    seg_max = scores.new_full(shape, float("-inf"))
+    seg_max = seg_max.scatter_reduce(0, _expand_index(index, scores), scores, reduce="amax", include_self=True)
+    seg_max = torch.where(seg_max == float("-inf"), torch.zeros_like(seg_max), seg_max)
+    exp = torch.exp(scores - seg_max.index_select(0, index))
+    denom = scores.new_zeros(shape).index_add_(0, index, exp)
+    denom = torch.where(denom == 0, torch.ones_like(denom), denom)
+    return exp / denom.index_select(0, index)
+
+
+def segment_softmax_backward(weights: Tensor, grad: Tensor, index: Tensor, num_segments: int) -> Tensor:
+    """d(softmax)/d(scores) applied to ``grad``: ``y * (g - sum_seg(g * y))``.
+    Needs only the forward's output (DGL's closed form)."""
+    gy = grad * weights
+    seg = gy.new_zeros((num_segments,) + tuple(gy.shape[1:])).index_add_(0, index, gy)
+    return gy - weights * seg.index_select(0, index)
+
+
+class SegmentSoftmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scores: Tensor, index: Tensor, num_segments: int) -> Tensor:
+        out = segment_softmax_forward(scores, index, num_segments)
+        ctx.save_for_backward(out, index)
+        ctx.num_segments = num_segments
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        out, index = ctx.saved_tensors
+        return segment_softmax_backward(out, grad, index, ctx.num_segments), None, None
+
+
+def segment_softmax(scores: Tensor, index: Tensor, num_segments: int) -> Tensor:
+    """Differentiable segment softmax; half-precision inputs are computed in fp32."""
+    out = SegmentSoftmax.apply(_upcast(scores), index, num_segments)
+    return out.to(scores.dtype)

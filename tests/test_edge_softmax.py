@@ -1,0 +1,99 @@
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch_geometric.utils import softmax as pyg_softmax
+
+from graphattn import Graph, edge_softmax
+
+from conftest import random_graph
+
+
+@pytest.mark.parametrize("shape", [(), (4,), (2, 3)])
+def test_matches_pyg_softmax(shape):
+    ei = random_graph(40, 40, 300)
+    s = torch.randn((ei.size(1),) + shape) * 3
+    g = Graph.from_edge_index(ei, 40)
+    ref = pyg_softmax(s, ei[1], num_nodes=40)
+    torch.testing.assert_close(edge_softmax(s, g), ref)
+    torch.testing.assert_close(edge_softmax(s, ei[1], num_nodes=40), ref)
+
+
+@given(
+    n=st.integers(1, 12),
+    e=st.integers(0, 40),
+    h=st.integers(1, 3),
+    seed=st.integers(0, 10_000),
+)
+def test_property_rows_are_softmaxes(n, e, h, seed):
+    gen = torch.Generator().manual_seed(seed)
+    dst = torch.randint(0, n, (e,), generator=gen)
+    s = torch.randn(e, h, generator=gen, dtype=torch.float64) * 10
+    y = edge_softmax(s, dst, num_nodes=n)
+    for i in range(n):
+        m = dst == i
+        if m.any():
+            torch.testing.assert_close(y[m], torch.softmax(s[m], dim=0))
+
+
+def test_huge_and_minus_inf_logits_never_nan():
+    dst = torch.tensor([0, 0, 1, 1, 2, 2, 2])
+    s = torch.tensor([1e30, -1e30, float("-inf"), float("-inf"), float("-inf"), 3.0, 3.0])
+    y = edge_softmax(s, dst, num_nodes=4)  # node 3: no in-edges
+    assert not torch.isnan(y).any()
+    torch.testing.assert_close(y, torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 0.5, 0.5]))
+    s.requires_grad_(True)
+    edge_softmax(s, dst, num_nodes=4).pow(2).sum().backward()
+    assert torch.isfinite(s.grad).all()
+
+
+def test_empty():
+    y = edge_softmax(torch.empty(0, 2), torch.empty(0, dtype=torch.long), num_nodes=3)
+    assert y.shape == (0, 2)
+
+
+def test_gradcheck_float64():
+    ei = random_graph(8, 8, 30)
+    g = Graph.from_edge_index(ei, 8)
+    s = torch.randn(ei.size(1), 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: edge_softmax(t, g), (s,))
+    assert torch.autograd.gradgradcheck(lambda t: edge_softmax(t, g), (s,))
+
+
+def test_backward_saves_only_the_output():
+    dst = torch.tensor([0, 0, 1])
+    s = torch.randn(3, 2, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = edge_softmax(s, dst, num_nodes=2)
+    floats = [t for t in saved if t.is_floating_point()]
+    assert len(floats) == 1 and floats[0].shape == y.shape
+    torch.testing.assert_close(floats[0], y)
+
+
+def test_half_precision_computed_in_fp32():
+    dst = torch.tensor([0, 0, 0, 1])
+    s = torch.tensor([100.0, 99.0, 98.0, 5.0])
+    for dt in (torch.float16, torch.bfloat16):
+        y = edge_softmax(s.to(dt), dst)
+        assert y.dtype == dt
+        torch.testing.assert_close(y.float(), edge_softmax(s, dst), atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda: edge_softmax(torch.randn(3), torch.tensor([0, 1])), ValueError, r"index must have shape \[3\]"),
+        (lambda: edge_softmax(torch.randn(2), torch.tensor([0.0, 1.0])), TypeError, "integer"),
+        (lambda: edge_softmax(torch.tensor([1, 2]), torch.tensor([0, 1])), TypeError, "floating-point"),
+        (lambda: edge_softmax(torch.randn(2), torch.tensor([0, 5]), num_nodes=3), ValueError, "out of range"),
+        (
+            lambda: edge_softmax(torch.randn(5), Graph.from_edge_index(torch.tensor([[0], [1]]))),
+            ValueError,
+            "5 rows but the graph has 1 edges",
+        ),
+    ],
+)
+def test_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()

@@ -1,0 +1,191 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from graphattn import Graph, dot_product_attention, gat_attention, gatv2_attention
+from graphattn import ops
+import graphattn.ops.reference  # noqa: F401
+
+from conftest import random_graph
+from oracle import dot_oracle, gat_oracle, gatv2_oracle
+
+
+def _inputs(ns, nd, E, H, C, seed, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    src = torch.randint(0, ns, (E,), generator=gen)
+    dst = torch.randint(0, nd, (E,), generator=gen)
+    ei = torch.stack([src, dst])
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    return ei, r
+
+
+graphs = st.tuples(st.integers(1, 9), st.integers(1, 9), st.integers(0, 30), st.integers(1, 3),
+                   st.integers(1, 4), st.integers(0, 10_000), st.booleans())
+
+
+@given(graphs)
+def test_gat_matches_oracle(params):
+    ns, nd, E, H, C, seed, with_edge = params
+    ei, r = _inputs(ns, nd, E, H, C, seed)
+    ss, sd, v = r(ns, H), r(nd, H), r(ns, H, C)
+    es = r(E, H) if with_edge else None
+    g = Graph.from_edge_index(ei, (ns, nd))
+    out, alpha = gat_attention(ss, sd, v, g, negative_slope=0.1, edge_score=es, return_weights=True)
+    ref_out, ref_alpha = gat_oracle(ss, sd, v, ei, nd, 0.1, es)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(alpha, ref_alpha)
+
+
+@given(graphs)
+def test_gatv2_matches_oracle(params):
+    ns, nd, E, H, C, seed, with_edge = params
+    ei, r = _inputs(ns, nd, E, H, C, seed)
+    xs, xd, att = r(ns, H, C), r(nd, H, C), r(H, C)
+    ef = r(E, H, C) if with_edge else None
+    value = r(ns, H, C + 1)
+    g = Graph.from_edge_index(ei, (ns, nd))
+    out, alpha = gatv2_attention(xs, xd, att, g, value=value, edge_feat=ef, return_weights=True)
+    ref_out, ref_alpha = gatv2_oracle(xs, xd, att, ei, nd, 0.2, ef, value)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(alpha, ref_alpha)
+
+
+@given(graphs)
+def test_dot_product_matches_oracle(params):
+    ns, nd, E, H, C, seed, with_edge = params
+    ei, r = _inputs(ns, nd, E, H, C, seed)
+    q, k, v = r(nd, H, C), r(ns, H, C), r(ns, H, C + 2)
+    ek = r(E, H, C) if with_edge else None
+    ev = r(E, H, C + 2) if with_edge else None
+    eb = r(E, H) if with_edge else None
+    g = Graph.from_edge_index(ei, (ns, nd))
+    out, alpha = dot_product_attention(q, k, v, g, edge_key=ek, edge_value=ev, edge_bias=eb, return_weights=True)
+    ref_out, ref_alpha = dot_oracle(q, k, v, ei, nd, 1 / math.sqrt(C), ek, ev, eb)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(alpha, ref_alpha)
+
+
+def test_nodes_without_in_edges_give_zero_and_masked_edges_get_zero_weight():
+    ei = torch.tensor([[0, 1, 2, 0], [1, 1, 1, 2]])
+    q, k, v = torch.randn(4, 2, 3), torch.randn(3, 2, 3), torch.randn(3, 2, 3)
+    bias = torch.zeros(4, 2)
+    bias[3] = float("-inf")  # node 2's only edge is masked
+    out, alpha = dot_product_attention(q, k, v, Graph.from_edge_index(ei, (3, 4)), edge_bias=bias, return_weights=True)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[0], torch.zeros(2, 3)) and torch.equal(out[3], torch.zeros(2, 3))
+    assert torch.equal(out[2], torch.zeros(2, 3)) and torch.equal(alpha[3], torch.zeros(2))
+
+
+def test_empty_graph():
+    g = Graph.from_edge_index(torch.empty(2, 0, dtype=torch.long), 4)
+    out, alpha = gat_attention(torch.randn(4, 2), torch.randn(4, 2), torch.randn(4, 2, 3), g, return_weights=True)
+    assert torch.equal(out, torch.zeros(4, 2, 3)) and alpha.shape == (0, 2)
+
+
+def test_gradcheck_all_ops_float64():
+    ei = random_graph(6, 6, 20, seed=1)
+    g = Graph.from_edge_index(ei, 6)
+    E, H, C = g.num_edges, 2, 3
+    d = dict(dtype=torch.float64, requires_grad=True)
+    ss, sd, v, es = torch.randn(6, H, **d), torch.randn(6, H, **d), torch.randn(6, H, C, **d), torch.randn(E, H, **d)
+    assert torch.autograd.gradcheck(lambda a, b, c, e: gat_attention(a, b, c, g, edge_score=e), (ss, sd, v, es))
+    xs, xd, att, ef = torch.randn(6, H, C, **d), torch.randn(6, H, C, **d), torch.randn(H, C, **d), torch.randn(E, H, C, **d)
+    assert torch.autograd.gradcheck(lambda a, b, c, e: gatv2_attention(a, b, c, g, edge_feat=e), (xs, xd, att, ef))
+    q, k, eb = torch.randn(6, H, C, **d), torch.randn(6, H, C, **d), torch.randn(E, H, **d)
+    ek, ev = torch.randn(E, H, C, **d), torch.randn(E, H, C, **d)
+    assert torch.autograd.gradcheck(
+        lambda a, b, c, x, y, z: dot_product_attention(a, b, c, g, edge_key=x, edge_value=y, edge_bias=z),
+        (q, k, v, ek, ev, eb),
+    )
+
+
+def test_weights_are_returned_before_dropout_and_dropout_only_in_training():
+    ei = random_graph(20, 20, 120)
+    g = Graph.from_edge_index(ei, 20)
+    ss, sd, v = torch.randn(20, 2), torch.randn(20, 2), torch.randn(20, 2, 4)
+    clean, a0 = gat_attention(ss, sd, v, g, return_weights=True)
+    torch.manual_seed(1)
+    dropped, a1 = gat_attention(ss, sd, v, g, dropout=0.5, training=True, return_weights=True)
+    torch.testing.assert_close(a0, a1)
+    assert not torch.allclose(clean, dropped)
+    evald = gat_attention(ss, sd, v, g, dropout=0.5, training=False)
+    torch.testing.assert_close(evald, clean)
+
+
+def test_edge_index_accepted_in_place_of_graph():
+    ei = random_graph(10, 10, 40)
+    ss, sd, v = torch.randn(10, 2), torch.randn(10, 2), torch.randn(10, 2, 3)
+    torch.testing.assert_close(
+        gat_attention(ss, sd, v, ei), gat_attention(ss, sd, v, Graph.from_edge_index(ei, 10))
+    )
+
+
+def test_dispatcher_force_and_report():
+    ei = random_graph(10, 10, 40)
+    args = (torch.randn(10, 2), torch.randn(10, 2), torch.randn(10, 2, 3), ei)
+    gat_attention(*args)
+    assert ops.last_backend("gat") == "reference"
+    with ops.use_backend("reference"):
+        gat_attention(*args)
+    assert "reference" in ops.available_backends("gat")
+    with pytest.raises(ValueError, match="unknown backend"):
+        with ops.use_backend("nope"):
+            pass
+    with pytest.raises(ValueError, match="no backend 'nope'"):
+        gat_attention(*args, backend="nope")
+
+
+def test_registered_backend_is_selected_by_priority_and_support():
+    calls = []
+
+    def fake(*a, **k):
+        calls.append(1)
+        return ops.reference.gat(*a, **k)
+
+    ops.register_backend("gat", "test-fake", fake, supports=lambda dtype=None, **_: dtype == torch.float64,
+                         priority=100)
+    try:
+        ei = random_graph(8, 8, 20)
+        args32 = (torch.randn(8, 2), torch.randn(8, 2), torch.randn(8, 2, 3), ei)
+        gat_attention(*args32)
+        assert ops.last_backend("gat") == "reference" and not calls
+        gat_attention(*(a.double() if a.is_floating_point() else a for a in args32))
+        assert ops.last_backend("gat") == "test-fake" and calls
+        with pytest.raises(RuntimeError, match="cannot run"):
+            gat_attention(*args32, backend="test-fake")
+    finally:
+        del ops._dispatch._REGISTRY["gat"]["test-fake"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_close_to_fp32(dtype):
+    ei = random_graph(30, 30, 150)
+    g = Graph.from_edge_index(ei, 30)
+    q, k, v = torch.randn(30, 2, 8), torch.randn(30, 2, 8), torch.randn(30, 2, 8)
+    ref = dot_product_attention(q, k, v, g)
+    out = dot_product_attention(q.to(dtype), k.to(dtype), v.to(dtype), g)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda g: gat_attention(torch.randn(5, 2), None, torch.randn(5, 3, 4), g), ValueError, r"score_src must have shape \[5, 3\]"),
+        (lambda g: gat_attention(torch.randn(5, 2), torch.randn(4, 2), torch.randn(5, 2, 4), g), ValueError, "destination-node rows"),
+        (lambda g: gat_attention(torch.randn(5, 2).double(), None, torch.randn(5, 2, 4), g), TypeError, "dtype torch.float64"),
+        (lambda g: gat_attention(torch.randn(5, 2), None, torch.randn(5, 2), g), ValueError, "value must have shape"),
+        (lambda g: gat_attention(torch.randn(5, 2), None, torch.randn(5, 2, 3), g, edge_score=torch.randn(2, 2)), ValueError, "edge_score"),
+        (lambda g: dot_product_attention(torch.randn(5, 2, 3), torch.randn(5, 2, 4), torch.randn(5, 2, 3), g), ValueError, "key must have shape"),
+        (lambda g: dot_product_attention(torch.randn(5, 2, 3), torch.randn(5, 2, 3), torch.randn(5, 2, 3).long(), g), TypeError, "floating-point"),
+        (lambda g: gatv2_attention(torch.randn(5, 2, 3), torch.randn(5, 2, 3), torch.randn(3, 3), g), ValueError, r"att must have shape \[2, 3\]"),
+        (lambda g: gat_attention(torch.randn(5, 2), None, torch.randn(5, 2, 3), "edges"), TypeError, "Graph or an edge_index"),
+    ],
+)
+def test_bad_input(call, exc, match):
+    g = Graph.from_edge_index(random_graph(5, 5, 12), 5)
+    with pytest.raises(exc, match=match):
+        call(g)
