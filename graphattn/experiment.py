@@ -1,0 +1,127 @@
+"""What every training script needs: devices, atomic checkpoints, results files, curves."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import torch
+
+__all__ = [
+    "resolve_device",
+    "atomic_save",
+    "load_checkpoint",
+    "atomic_write_json",
+    "summarize_runs",
+    "machine_info",
+    "plot_curves",
+]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``; a GPU asked for but absent is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {name} was asked for but no CUDA GPU is available here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise SystemExit(f"error: --device {name}: only {torch.cuda.device_count()} GPU(s) present")
+    return dev
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_save(obj: Any, path: os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: a
+    crash never leaves a half-written checkpoint behind."""
+    _atomic(Path(path), lambda fh: torch.save(obj, fh))
+
+
+def load_checkpoint(path: os.PathLike) -> Optional[Dict[str, Any]]:
+    """The checkpoint at ``path`` or None. Our own checkpoints hold RNG states and
+    plain Python containers, hence ``weights_only=False`` (only load files you wrote)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def atomic_write_json(obj: Any, path: os.PathLike) -> None:
+    _atomic(Path(path), lambda fh: fh.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def summarize_runs(values: Sequence[float]) -> Dict[str, float]:
+    n = len(values)
+    mean = sum(values) / n if n else float("nan")
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return {"mean": mean, "std": std}
+
+
+def machine_info() -> Dict[str, Any]:
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        import torch_geometric
+
+        info["torch_geometric"] = torch_geometric.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    import graphattn
+
+    info["graphattn"] = graphattn.__version__
+    return info
+
+
+def plot_curves(curves: Dict[str, List[Iterable[float]]], path: os.PathLike, title: str = "", xlabel: str = "epoch") -> bool:
+    """One panel per metric, one line per run. Returns False (and writes nothing)
+    when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    names = list(curves)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for i, run in enumerate(curves[name]):
+            ax.plot(list(run), lw=1.2, label=f"run {i}")
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    if len(curves[names[0]]) <= 10:
+        axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -1,0 +1,54 @@
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+from graphattn.datasets import contextual_sbm, edge_homophily, load_planetoid
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def test_contextual_sbm_is_reproducible_and_split_like_planetoid():
+    kw = dict(num_nodes=500, num_val=150, num_test=200, seed=3)
+    a, b = contextual_sbm(**kw), contextual_sbm(**kw)
+    assert torch.equal(a.edge_index, b.edge_index) and torch.equal(a.x, b.x)
+    assert int(a.train_mask.sum()) == 20 * 5
+    assert not (a.train_mask & a.val_mask).any() and not (a.val_mask & a.test_mask).any()
+    src, dst = a.edge_index
+    assert (src != dst).all()
+    # symmetric
+    fwd = set(map(tuple, a.edge_index.t().tolist()))
+    assert all((d, s) in fwd for s, d in fwd)
+    assert 0.4 < edge_homophily(a) < 0.8
+    with pytest.raises(ValueError, match="split does not fit"):
+        contextual_sbm(num_nodes=600)
+
+
+def test_missing_planetoid_files_say_where_to_put_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"Cora/raw"):
+        load_planetoid(str(tmp_path), "cora")
+    with pytest.raises(ValueError, match="unknown Planetoid dataset"):
+        load_planetoid(str(tmp_path), "Cornell")
+
+
+@pytest.mark.skipif(not (SHARED / "planetoid" / "Cora" / "raw").exists(), reason="shared Cora not present")
+def test_cora_from_read_only_folder_is_copied_not_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHATTN_CACHE", str(tmp_path / "cache"))
+    ro = tmp_path / "ro"
+    (ro / "Cora").mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(SHARED / "planetoid" / "Cora" / "raw", ro / "Cora" / "raw")
+    for p in [ro / "Cora", ro / "Cora" / "raw"]:
+        p.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        data = load_planetoid(str(ro), "Cora")
+        assert data.num_nodes == 2708 and data.edge_index.size(1) == 10556 and data.num_classes == 7
+        assert int(data.train_mask.sum()) == 140 and int(data.test_mask.sum()) == 1000
+        torch.testing.assert_close(data.x.sum(1), torch.ones(2708))
+        assert sorted(os.listdir(ro / "Cora")) == ["raw"]
+    finally:
+        for p in [ro / "Cora", ro / "Cora" / "raw"]:
+            p.chmod(stat.S_IRWXU)
