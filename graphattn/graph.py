@@ -83,6 +83,14 @@ def _check_range(idx: Tensor, bound: int, what: str, count_name: str) -> None:
         )
 
 
+def _offsets(index: Tensor, n: int) -> Tensor:
+    """CSR offsets ``[n + 1]`` of a sorted (or any) index: ``offsets[k+1] - offsets[k]``
+    is the count of ``k``. Static output shape (unlike ``bincount``), so traceable."""
+    counts = torch.zeros(n + 1, dtype=torch.long, device=index.device)
+    counts.index_add_(0, index + 1, torch.ones_like(index))
+    return counts.cumsum(0)
+
+
 class Graph:
     """A destination-sorted (CSR) edge set, reusable across training steps.
 
@@ -211,9 +219,7 @@ class Graph:
             col = src[perm]
         else:
             dst_sorted, perm, col = dst, None, src
-        counts = torch.bincount(dst_sorted, minlength=num_dst)
-        rowptr = torch.zeros(num_dst + 1, dtype=torch.long, device=dst.device)
-        torch.cumsum(counts, 0, out=rowptr[1:])
+        rowptr = _offsets(dst_sorted, num_dst)
         return cls(
             rowptr,
             col,
@@ -308,10 +314,7 @@ class Graph:
         CSR-order edge of each entry. Cached; used by backward passes."""
         if self._transpose is None:
             order = torch.sort(self.col, stable=True)[1]
-            counts = torch.bincount(self.col, minlength=self.num_src)
-            colptr = torch.zeros(self.num_src + 1, dtype=torch.long, device=self.device)
-            torch.cumsum(counts, 0, out=colptr[1:])
-            self._transpose = (colptr, self.row[order], order)
+            self._transpose = (_offsets(self.col, self.num_src), self.row[order], order)
         return self._transpose
 
     # ---------------------------------------------------------------- self-loops

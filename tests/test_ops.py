@@ -22,39 +22,51 @@ def _inputs(ns, nd, E, H, C, seed, dtype=torch.float64):
     return ei, r
 
 
+from graphattn.ops import cpu as cpu_backend
+
+BACKENDS = ["reference"] + (["cpu"] if cpu_backend.is_available() else [])
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
 graphs = st.tuples(st.integers(1, 9), st.integers(1, 9), st.integers(0, 30), st.integers(1, 3),
                    st.integers(1, 4), st.integers(0, 10_000), st.booleans())
 
 
-@given(graphs)
-def test_gat_matches_oracle(params):
+@given(params=graphs)
+def test_gat_matches_oracle(params, backend):
     ns, nd, E, H, C, seed, with_edge = params
     ei, r = _inputs(ns, nd, E, H, C, seed)
     ss, sd, v = r(ns, H), r(nd, H), r(ns, H, C)
     es = r(E, H) if with_edge else None
     g = Graph.from_edge_index(ei, (ns, nd))
-    out, alpha = gat_attention(ss, sd, v, g, negative_slope=0.1, edge_score=es, return_weights=True)
+    out, alpha = gat_attention(ss, sd, v, g, negative_slope=0.1, edge_score=es, return_weights=True,
+                               backend=backend)
     ref_out, ref_alpha = gat_oracle(ss, sd, v, ei, nd, 0.1, es)
     torch.testing.assert_close(out, ref_out)
     torch.testing.assert_close(alpha, ref_alpha)
 
 
-@given(graphs)
-def test_gatv2_matches_oracle(params):
+@given(params=graphs)
+def test_gatv2_matches_oracle(params, backend):
     ns, nd, E, H, C, seed, with_edge = params
     ei, r = _inputs(ns, nd, E, H, C, seed)
     xs, xd, att = r(ns, H, C), r(nd, H, C), r(H, C)
     ef = r(E, H, C) if with_edge else None
     value = r(ns, H, C + 1)
     g = Graph.from_edge_index(ei, (ns, nd))
-    out, alpha = gatv2_attention(xs, xd, att, g, value=value, edge_feat=ef, return_weights=True)
+    out, alpha = gatv2_attention(xs, xd, att, g, value=value, edge_feat=ef, return_weights=True,
+                                 backend=backend)
     ref_out, ref_alpha = gatv2_oracle(xs, xd, att, ei, nd, 0.2, ef, value)
     torch.testing.assert_close(out, ref_out)
     torch.testing.assert_close(alpha, ref_alpha)
 
 
-@given(graphs)
-def test_dot_product_matches_oracle(params):
+@given(params=graphs)
+def test_dot_product_matches_oracle(params, backend):
     ns, nd, E, H, C, seed, with_edge = params
     ei, r = _inputs(ns, nd, E, H, C, seed)
     q, k, v = r(nd, H, C), r(ns, H, C), r(ns, H, C + 2)
@@ -62,57 +74,67 @@ def test_dot_product_matches_oracle(params):
     ev = r(E, H, C + 2) if with_edge else None
     eb = r(E, H) if with_edge else None
     g = Graph.from_edge_index(ei, (ns, nd))
-    out, alpha = dot_product_attention(q, k, v, g, edge_key=ek, edge_value=ev, edge_bias=eb, return_weights=True)
+    out, alpha = dot_product_attention(q, k, v, g, edge_key=ek, edge_value=ev, edge_bias=eb, return_weights=True,
+                                       backend=backend)
     ref_out, ref_alpha = dot_oracle(q, k, v, ei, nd, 1 / math.sqrt(C), ek, ev, eb)
     torch.testing.assert_close(out, ref_out)
     torch.testing.assert_close(alpha, ref_alpha)
 
 
-def test_nodes_without_in_edges_give_zero_and_masked_edges_get_zero_weight():
+def test_nodes_without_in_edges_give_zero_and_masked_edges_get_zero_weight(backend):
     ei = torch.tensor([[0, 1, 2, 0], [1, 1, 1, 2]])
     q, k, v = torch.randn(4, 2, 3), torch.randn(3, 2, 3), torch.randn(3, 2, 3)
     bias = torch.zeros(4, 2)
     bias[3] = float("-inf")  # node 2's only edge is masked
-    out, alpha = dot_product_attention(q, k, v, Graph.from_edge_index(ei, (3, 4)), edge_bias=bias, return_weights=True)
+    out, alpha = dot_product_attention(q, k, v, Graph.from_edge_index(ei, (3, 4)), edge_bias=bias, return_weights=True,
+                                       backend=backend)
     assert torch.isfinite(out).all()
     assert torch.equal(out[0], torch.zeros(2, 3)) and torch.equal(out[3], torch.zeros(2, 3))
     assert torch.equal(out[2], torch.zeros(2, 3)) and torch.equal(alpha[3], torch.zeros(2))
 
 
-def test_empty_graph():
+def test_empty_graph(backend):
     g = Graph.from_edge_index(torch.empty(2, 0, dtype=torch.long), 4)
-    out, alpha = gat_attention(torch.randn(4, 2), torch.randn(4, 2), torch.randn(4, 2, 3), g, return_weights=True)
+    out, alpha = gat_attention(torch.randn(4, 2), torch.randn(4, 2), torch.randn(4, 2, 3), g, return_weights=True,
+                               backend=backend)
     assert torch.equal(out, torch.zeros(4, 2, 3)) and alpha.shape == (0, 2)
 
 
-def test_gradcheck_all_ops_float64():
+def test_gradcheck_all_ops_float64(backend):
     ei = random_graph(6, 6, 20, seed=1)
     g = Graph.from_edge_index(ei, 6)
     E, H, C = g.num_edges, 2, 3
     d = dict(dtype=torch.float64, requires_grad=True)
     ss, sd, v, es = torch.randn(6, H, **d), torch.randn(6, H, **d), torch.randn(6, H, C, **d), torch.randn(E, H, **d)
-    assert torch.autograd.gradcheck(lambda a, b, c, e: gat_attention(a, b, c, g, edge_score=e), (ss, sd, v, es))
+    assert torch.autograd.gradcheck(lambda a, b, c, e: gat_attention(a, b, c, g, edge_score=e, backend=backend), (ss, sd, v, es))
     xs, xd, att, ef = torch.randn(6, H, C, **d), torch.randn(6, H, C, **d), torch.randn(H, C, **d), torch.randn(E, H, C, **d)
-    assert torch.autograd.gradcheck(lambda a, b, c, e: gatv2_attention(a, b, c, g, edge_feat=e), (xs, xd, att, ef))
+    assert torch.autograd.gradcheck(lambda a, b, c, e: gatv2_attention(a, b, c, g, edge_feat=e, backend=backend), (xs, xd, att, ef))
     q, k, eb = torch.randn(6, H, C, **d), torch.randn(6, H, C, **d), torch.randn(E, H, **d)
     ek, ev = torch.randn(E, H, C, **d), torch.randn(E, H, C, **d)
     assert torch.autograd.gradcheck(
-        lambda a, b, c, x, y, z: dot_product_attention(a, b, c, g, edge_key=x, edge_value=y, edge_bias=z),
+        lambda a, b, c, x, y, z: dot_product_attention(a, b, c, g, edge_key=x, edge_value=y, edge_bias=z,
+                                                           backend=backend),
         (q, k, v, ek, ev, eb),
     )
 
 
-def test_weights_are_returned_before_dropout_and_dropout_only_in_training():
+def test_weights_are_returned_before_dropout_and_dropout_only_in_training(backend):
     ei = random_graph(20, 20, 120)
     g = Graph.from_edge_index(ei, 20)
     ss, sd, v = torch.randn(20, 2), torch.randn(20, 2), torch.randn(20, 2, 4)
-    clean, a0 = gat_attention(ss, sd, v, g, return_weights=True)
+    clean, a0 = gat_attention(ss, sd, v, g, return_weights=True, backend=backend)
     torch.manual_seed(1)
-    dropped, a1 = gat_attention(ss, sd, v, g, dropout=0.5, training=True, return_weights=True)
+    dropped, a1 = gat_attention(ss, sd, v, g, dropout=0.5, training=True, return_weights=True, backend=backend)
     torch.testing.assert_close(a0, a1)
     assert not torch.allclose(clean, dropped)
-    evald = gat_attention(ss, sd, v, g, dropout=0.5, training=False)
+    torch.manual_seed(1)
+    again = gat_attention(ss, sd, v, g, dropout=0.5, training=True, backend=backend)
+    torch.testing.assert_close(again, dropped)  # the mask follows torch's seed
+    evald = gat_attention(ss, sd, v, g, dropout=0.5, training=False, backend=backend)
     torch.testing.assert_close(evald, clean)
+    # dropout is unbiased: averaged over many masks it approaches the clean output
+    mean = sum(gat_attention(ss, sd, v, g, dropout=0.5, backend=backend) for _ in range(400)) / 400
+    torch.testing.assert_close(mean, clean, atol=0.15, rtol=0)
 
 
 def test_edge_index_accepted_in_place_of_graph():
@@ -127,9 +149,10 @@ def test_dispatcher_force_and_report():
     ei = random_graph(10, 10, 40)
     args = (torch.randn(10, 2), torch.randn(10, 2), torch.randn(10, 2, 3), ei)
     gat_attention(*args)
-    assert ops.last_backend("gat") == "reference"
+    assert ops.last_backend("gat") == BACKENDS[-1]  # the fused CPU kernel wins on CPU when built
     with ops.use_backend("reference"):
         gat_attention(*args)
+    assert ops.last_backend("gat") == "reference"
     assert "reference" in ops.available_backends("gat")
     with pytest.raises(ValueError, match="unknown backend"):
         with ops.use_backend("nope"):
@@ -151,7 +174,7 @@ def test_registered_backend_is_selected_by_priority_and_support():
         ei = random_graph(8, 8, 20)
         args32 = (torch.randn(8, 2), torch.randn(8, 2), torch.randn(8, 2, 3), ei)
         gat_attention(*args32)
-        assert ops.last_backend("gat") == "reference" and not calls
+        assert ops.last_backend("gat") == BACKENDS[-1] and not calls
         gat_attention(*(a.double() if a.is_floating_point() else a for a in args32))
         assert ops.last_backend("gat") == "test-fake" and calls
         with pytest.raises(RuntimeError, match="cannot run"):
@@ -161,12 +184,12 @@ def test_registered_backend_is_selected_by_priority_and_support():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_close_to_fp32(dtype):
+def test_half_precision_close_to_fp32(dtype, backend):
     ei = random_graph(30, 30, 150)
     g = Graph.from_edge_index(ei, 30)
     q, k, v = torch.randn(30, 2, 8), torch.randn(30, 2, 8), torch.randn(30, 2, 8)
-    ref = dot_product_attention(q, k, v, g)
-    out = dot_product_attention(q.to(dtype), k.to(dtype), v.to(dtype), g)
+    ref = dot_product_attention(q, k, v, g, backend=backend)
+    out = dot_product_attention(q.to(dtype), k.to(dtype), v.to(dtype), g, backend=backend)
     assert out.dtype == dtype
     torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
 
@@ -189,3 +212,26 @@ def test_bad_input(call, exc, match):
     g = Graph.from_edge_index(random_graph(5, 5, 12), 5)
     with pytest.raises(exc, match=match):
         call(g)
+
+
+def test_fused_dropout_gradient_matches_autograd_of_the_same_mask():
+    """With a fixed seed the fused kernel's dropout mask is a function of
+    (seed, edge, head), so its analytic backward is checkable by gradcheck."""
+    if "cpu" not in BACKENDS:
+        pytest.skip("fused CPU kernel not built")
+    g = Graph.from_edge_index(random_graph(8, 8, 30, seed=4), 8)
+    d = dict(dtype=torch.float64, requires_grad=True)
+    q, k, v = torch.randn(8, 2, 3, **d), torch.randn(8, 2, 3, **d), torch.randn(8, 2, 3, **d)
+    empty = torch.empty(0, dtype=torch.float64)
+    seed = torch.tensor(1234)
+    t = g.transpose_csr()
+
+    def f(q, k, v):
+        return cpu_backend._forward_op(cpu_backend.DOT, g.rowptr, g.col, *t, g.num_dst, q, k, v, empty, empty,
+                                       empty, empty, 0.0, 0.5, 0.4, seed)[0]
+
+    out = f(q, k, v)
+    assert torch.autograd.gradcheck(f, (q, k, v))
+    full = cpu_backend._forward_op(cpu_backend.DOT, g.rowptr, g.col, *t, g.num_dst, q, k, v, empty, empty,
+                                   empty, empty, 0.0, 0.5, 0.0, seed)[0]
+    assert not torch.allclose(out, full)

@@ -5,6 +5,7 @@ Public functions: :func:`edge_softmax`, :func:`gat_attention`,
 :mod:`graphattn.ops._dispatch`; force one with ``backend=`` or :func:`use_backend`,
 and ask which ran with :func:`last_backend`.
 """
+from . import cpu as _cpu
 from . import reference as _reference
 from ._dispatch import available_backends, last_backend, register_backend, use_backend
 from .functional import as_graph, dot_product_attention, edge_softmax, gat_attention, gatv2_attention
@@ -13,6 +14,10 @@ register_backend("edge_softmax", "reference", _reference.edge_softmax)
 register_backend("gat", "reference", _reference.gat)
 register_backend("gatv2", "reference", _reference.gatv2)
 register_backend("dot_product", "reference", _reference.dot_product)
+# The fused native CPU kernel wins on CPU whenever it can be built.
+register_backend("gat", "cpu", _cpu.gat, supports=_cpu.supports, priority=10)
+register_backend("gatv2", "cpu", _cpu.gatv2, supports=_cpu.supports, priority=10)
+register_backend("dot_product", "cpu", _cpu.dot_product, supports=_cpu.supports, priority=10)
 
 __all__ = [
     "edge_softmax",

@@ -171,6 +171,7 @@ def gat_attention(
     out, alpha = impl.fn(
         score_src, score_dst, value, g,
         negative_slope=negative_slope, edge_score=_edge(g, edge_score), dropout=dropout, training=training,
+        need_weights=return_weights,
     )
     return _finish(g, out, alpha, return_weights)
 
@@ -225,6 +226,7 @@ def gatv2_attention(
     out, alpha = impl.fn(
         x_src, x_dst, att, value, g,
         negative_slope=negative_slope, edge_feat=_edge(g, edge_feat), dropout=dropout, training=training,
+        need_weights=return_weights,
     )
     return _finish(g, out, alpha, return_weights)
 
@@ -289,5 +291,6 @@ def dot_product_attention(
         query, key, value, g,
         scale=scale, edge_key=_edge(g, edge_key), edge_value=_edge(g, edge_value),
         edge_bias=_edge(g, edge_bias), dropout=dropout, training=training,
+        need_weights=return_weights,
     )
     return _finish(g, out, alpha, return_weights)

@@ -56,6 +56,7 @@ def gat(
     edge_score: Optional[Tensor],
     dropout: float,
     training: bool,
+    need_weights: bool = True,
 ) -> Out:
     dt = _compute_dtype(value.dtype)
     s = score_src.to(dt).index_select(0, graph.col)
@@ -79,6 +80,7 @@ def gatv2(
     edge_feat: Optional[Tensor],
     dropout: float,
     training: bool,
+    need_weights: bool = True,
 ) -> Out:
     dt = _compute_dtype(value.dtype)
     z = x_src.to(dt).index_select(0, graph.col) + x_dst.to(dt).index_select(0, graph.row)
@@ -101,6 +103,7 @@ def dot_product(
     edge_bias: Optional[Tensor],
     dropout: float,
     training: bool,
+    need_weights: bool = True,
 ) -> Out:
     dt = _compute_dtype(value.dtype)
     k = key.to(dt).index_select(0, graph.col)

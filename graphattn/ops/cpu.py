@@ -1,0 +1,194 @@
+"""The fused CPU backend: a native kernel (C++, ATen's thread pool) built on first use.
+
+Forward is one pass over each destination's CSR row with an online softmax; it
+keeps only the output and a per-node log-sum-exp. Backward recomputes the
+weights from it: a pass over the transposed graph (per source, no atomics, so
+results are deterministic) and a pass over rows. No ``E x H x C`` tensor is ever
+built; the only per-edge buffer is one ``E x H`` score gradient in backward.
+
+The kernels are registered as ``torch.library`` custom ops (``graphattn::cpu_*``)
+with shape functions and an autograd formula, so ``torch.compile`` traces through
+them without a graph break. The extension is compiled with
+``torch.utils.cpp_extension`` the first time it is needed (about 40 s; cached in
+``$TORCH_EXTENSIONS_DIR``). If that fails (no compiler), the backend reports
+itself unavailable and the dispatcher falls back to ``reference``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+GAT, GATV2, DOT = 0, 1, 2
+_SOURCE = Path(__file__).parent / "csrc" / "fused_attention.cpp"
+# -fopenmp: at::parallel_for is an inline template that parallelises with OpenMP
+# pragmas; without the flag the kernel silently runs on one thread.
+_CFLAGS = ["-O3", "-fopenmp"]
+_LDFLAGS = ["-fopenmp"]
+_LOCK = threading.Lock()
+_EXT = None
+_EXT_ERROR: Optional[str] = None
+
+
+def load_extension(verbose: bool = False):
+    """Compile (once) and return the native module; raises if it cannot be built."""
+    global _EXT
+    if _EXT is None:
+        with _LOCK:
+            if _EXT is None:
+                from torch.utils.cpp_extension import load
+
+                # The name covers source and flags, so a change of either rebuilds.
+                key = _SOURCE.read_bytes() + " ".join(_CFLAGS + _LDFLAGS).encode()
+                name = "graphattn_cpu_" + hashlib.sha1(key).hexdigest()[:10]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    _EXT = load(name=name, sources=[str(_SOURCE)], extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,
+                                verbose=verbose)
+    return _EXT
+
+
+def is_available() -> bool:
+    """Whether the native CPU kernel is (or can be) built here. Set
+    ``GRAPHATTN_DISABLE_CPU_KERNEL=1`` to turn it off."""
+    global _EXT_ERROR
+    if os.environ.get("GRAPHATTN_DISABLE_CPU_KERNEL") == "1":
+        return False
+    if _EXT is not None:
+        return True
+    if _EXT_ERROR is not None:
+        return False
+    try:
+        load_extension()
+        return True
+    except Exception as exc:  # no compiler, no ninja, ...
+        _EXT_ERROR = f"{type(exc).__name__}: {exc}"
+        warnings.warn(f"graphattn: the fused CPU kernel could not be built, using the reference backend ({_EXT_ERROR})")
+        return False
+
+
+# ----------------------------------------------------------------- custom ops
+# Absent optional inputs are passed as empty tensors (numel 0).
+
+# The forward op also takes the graph's transposed CSR (colptr, row_by_src, eid):
+# unused by the forward itself, it is what the backward traverses.
+@torch.library.custom_op("graphattn::cpu_fused_forward", mutates_args=())
+def _forward_op(
+    kind: int, rowptr: Tensor, col: Tensor, colptr: Tensor, row_by_src: Tensor, eid: Tensor, num_dst: int,
+    A: Tensor, B: Tensor, V: Tensor, EF: Tensor, EB: Tensor, EV: Tensor, att: Tensor,
+    slope: float, scale: float, p: float, seed: Tensor,
+) -> Tuple[Tensor, Tensor]:
+    out, lse = load_extension().forward(kind, rowptr, col, num_dst, A, B, V, EF, EB, EV, att, slope, scale, p, seed)
+    return out, lse
+
+
+@_forward_op.register_fake
+def _(kind, rowptr, col, colptr, row_by_src, eid, num_dst, A, B, V, EF, EB, EV, att, slope, scale, p, seed):
+    H, Cv = V.shape[1], V.shape[2]
+    return V.new_empty(num_dst, H, Cv), V.new_empty(num_dst, H)
+
+
+@torch.library.custom_op("graphattn::cpu_fused_backward", mutates_args=())
+def _backward_op(
+    kind: int, rowptr: Tensor, col: Tensor, colptr: Tensor, row_by_src: Tensor, eid: Tensor, A: Tensor, B: Tensor,
+    V: Tensor, EF: Tensor, EB: Tensor, EV: Tensor, att: Tensor, lse: Tensor, dO: Tensor, Dm: Tensor,
+    slope: float, scale: float, p: float, seed: Tensor,
+) -> List[Tensor]:
+    return list(load_extension().backward(kind, rowptr, col, colptr, row_by_src, eid, A, B, V, EF, EB, EV, att,
+                                          lse, dO, Dm, slope, scale, p, seed))
+
+
+@_backward_op.register_fake
+def _(kind, rowptr, col, colptr, row_by_src, eid, A, B, V, EF, EB, EV, att, lse, dO, Dm, slope, scale, p, seed):
+    datt = att.new_empty(att.shape) if kind == GATV2 else att.new_empty(0)
+    return [A.new_empty(A.shape), B.new_empty(B.shape), V.new_empty(V.shape), EF.new_empty(EF.shape),
+            EB.new_empty(EB.shape), EV.new_empty(EV.shape), datt]
+
+
+@torch.library.custom_op("graphattn::cpu_fused_weights", mutates_args=())
+def _weights_op(
+    kind: int, rowptr: Tensor, col: Tensor, lse: Tensor, A: Tensor, B: Tensor, V: Tensor, EF: Tensor, EB: Tensor,
+    EV: Tensor, att: Tensor, slope: float, scale: float,
+) -> Tensor:
+    return load_extension().weights(kind, rowptr, col, lse, A, B, V, EF, EB, EV, att, slope, scale)
+
+
+@_weights_op.register_fake
+def _(kind, rowptr, col, lse, A, B, V, EF, EB, EV, att, slope, scale):
+    return V.new_empty(col.shape[0], B.shape[1])
+
+
+def _setup_context(ctx, inputs, output):
+    kind, rowptr, col, colptr, row_by_src, eid, num_dst, A, B, V, EF, EB, EV, att, slope, scale, p, seed = inputs
+    out, lse = output
+    ctx.kind, ctx.params = kind, (slope, scale, p)
+    ctx.save_for_backward(rowptr, col, colptr, row_by_src, eid, A, B, V, EF, EB, EV, att, out, lse, seed)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, d_out, _d_lse):
+    rowptr, col, colptr, row_by_src, eid, A, B, V, EF, EB, EV, att, out, lse, seed = ctx.saved_tensors
+    d_out = d_out.contiguous()
+    Dm = (d_out * out).sum(-1)
+    slope, scale, p = ctx.params
+    dA, dB, dV, dEF, dEB, dEV, datt = _backward_op(
+        ctx.kind, rowptr, col, colptr, row_by_src, eid, A, B, V, EF, EB, EV, att, lse, d_out, Dm,
+        slope, scale, p, seed,
+    )
+    grads = [dA, dB, dV, dEF, dEB, dEV, datt]
+    grads = [g if g.numel() else None for g in grads]
+    return (None,) * 7 + tuple(grads) + (None,) * 4
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------ backend
+def _run(kind, graph, A, B, V, EF, EB, EV, att, slope, scale, dropout, training, need_weights):
+    dtype = V.dtype
+    if dtype in (torch.float16, torch.bfloat16):  # computed in fp32
+        A, B, V, EF, EB, EV, att = (None if x is None else x.float() for x in (A, B, V, EF, EB, EV, att))
+    empty = V.new_empty(0)
+    t = [empty if x is None else x.contiguous() for x in (A, B, V, EF, EB, EV, att)]
+    p = float(dropout) if (training and dropout > 0) else 0.0
+    seed = torch.randint(0, 2**62, (), dtype=torch.long) if p > 0 else torch.zeros((), dtype=torch.long)
+    if torch.is_grad_enabled() and any(x.requires_grad for x in t):
+        transpose = graph.transpose_csr()  # cached on the graph
+    else:
+        transpose = (graph.rowptr.new_empty(0),) * 3
+    out, lse = _forward_op(kind, graph.rowptr, graph.col, *transpose, graph.num_dst, *t,
+                           float(slope), float(scale), p, seed)
+    alpha = None
+    if need_weights:
+        alpha = _weights_op(kind, graph.rowptr, graph.col, lse.detach(), *[x.detach() for x in t],
+                            float(slope), float(scale)).to(dtype)
+    return out.to(dtype), alpha
+
+
+def gat(score_src, score_dst, value, graph, *, negative_slope, edge_score, dropout, training, need_weights=True):
+    return _run(GAT, graph, score_dst, score_src, value, edge_score, None, None, None,
+                negative_slope, 1.0, dropout, training, need_weights)
+
+
+def gatv2(x_src, x_dst, att, value, graph, *, negative_slope, edge_feat, dropout, training, need_weights=True):
+    return _run(GATV2, graph, x_dst, x_src, value, edge_feat, None, None, att,
+                negative_slope, 1.0, dropout, training, need_weights)
+
+
+def dot_product(query, key, value, graph, *, scale, edge_key, edge_value, edge_bias, dropout, training,
+                need_weights=True):
+    return _run(DOT, graph, query, key, value, edge_key, edge_bias, edge_value, None,
+                0.0, scale, dropout, training, need_weights)
+
+
+_FLOAT = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def supports(device=None, dtype=None, **_) -> bool:
+    return device is not None and torch.device(device).type == "cpu" and dtype in _FLOAT and is_available()

@@ -1,0 +1,421 @@
+// Fused graph attention on CPU: score -> per-destination softmax -> aggregate,
+// without any [E, H, C] intermediate.
+//
+// Three score kinds share one kernel body:
+//   GAT   (kind 0): s = leaky(B[j,h] + A[i,h] + EF[e,h])                (F = 1)
+//   GATV2 (kind 1): s = sum_c att[h,c] * leaky(B[j,h,c] + A[i,h,c] + EF[e,h,c])
+//   DOT   (kind 2): s = scale * <A[i,h,:], B[j,h,:] + EF[e,h,:]> + EB[e,h]
+// for an edge e = (j -> i) in CSR order (sorted by destination i). Messages are
+// V[j,h,:] (+ EV[e,h,:]). A = destination-side node tensor, B = source-side.
+//
+// Forward: one pass over each destination row with an online softmax; saves
+// out and lse[i,h] (log-sum-exp) only. Backward recomputes the weights from lse:
+// a pass over the transposed graph (per source j, no atomics) produces the
+// source-side and per-edge gradients, a pass over rows the destination-side ones.
+// Dropout masks come from a counter-based hash of (seed, edge, head), so the
+// backward regenerates them instead of storing them.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace {
+
+enum Kind { GAT = 0, GATV2 = 1, DOT = 2 };
+
+inline double uniform_hash(uint64_t seed, uint64_t counter) {
+  uint64_t x = seed + counter * 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  x ^= x >> 31;
+  return static_cast<double>(x >> 11) * (1.0 / 9007199254740992.0);
+}
+
+template <typename T>
+struct Args {
+  int kind;
+  int64_t H, F, Cv;  // heads, score feature size, value size
+  const T* A;        // [Nd, H, F] or null (GAT: may be null)
+  const T* B;        // [Ns, H, F]
+  const T* V;        // [Ns, H, Cv]
+  const T* EF;       // [E, H, F] or null
+  const T* EB;       // [E, H] or null
+  const T* EV;       // [E, H, Cv] or null
+  const T* att;      // [H, F] (GATv2)
+  T slope, scale;
+  double p;          // dropout probability
+  uint64_t seed;
+
+  inline T leaky(T z) const { return z > T(0) ? z : z * slope; }
+  inline T dleaky(T z) const { return z > T(0) ? T(1) : slope; }
+
+  // Scores of edge e = (j -> i) for all heads into s[0..H).
+  template <int KIND>
+  inline void scores(int64_t i, int64_t j, int64_t e, T* __restrict__ s) const {
+    if (KIND == GAT) {
+      const T* b = B + j * H;
+      for (int64_t h = 0; h < H; ++h) s[h] = b[h];
+      if (A) {
+        const T* aa = A + i * H;
+        for (int64_t h = 0; h < H; ++h) s[h] += aa[h];
+      }
+      if (EF) {
+        const T* ef = EF + e * H;
+        for (int64_t h = 0; h < H; ++h) s[h] += ef[h];
+      }
+      for (int64_t h = 0; h < H; ++h) s[h] = leaky(s[h]);
+    } else if (KIND == GATV2) {
+      const T* b = B + j * H * F;
+      const T* aa = A + i * H * F;
+      const T* ef = EF ? EF + e * H * F : nullptr;
+      for (int64_t h = 0; h < H; ++h) {
+        T acc = T(0);
+        const T* at = att + h * F;
+        for (int64_t c = 0; c < F; ++c) {
+          T z = b[h * F + c] + aa[h * F + c];
+          if (ef) z += ef[h * F + c];
+          acc += at[c] * leaky(z);
+        }
+        s[h] = acc;
+      }
+    } else {
+      const T* b = B + j * H * F;
+      const T* q = A + i * H * F;
+      const T* ef = EF ? EF + e * H * F : nullptr;
+      for (int64_t h = 0; h < H; ++h) {
+        T acc = T(0);
+        if (ef) {
+          for (int64_t c = 0; c < F; ++c) acc += q[h * F + c] * (b[h * F + c] + ef[h * F + c]);
+        } else {
+          for (int64_t c = 0; c < F; ++c) acc += q[h * F + c] * b[h * F + c];
+        }
+        s[h] = acc * scale;
+      }
+      if (EB) {
+        const T* eb = EB + e * H;
+        for (int64_t h = 0; h < H; ++h) s[h] += eb[h];
+      }
+    }
+  }
+
+  // dropout multiplier of edge e, head h: 0 or 1/(1-p)
+  inline T keep(int64_t e, int64_t h) const {
+    if (p <= 0.0) return T(1);
+    return uniform_hash(seed, static_cast<uint64_t>(e * H + h)) >= p ? T(1.0 / (1.0 - p)) : T(0);
+  }
+};
+
+template <typename T>
+Args<T> make_args(int64_t kind, const torch::Tensor& A, const torch::Tensor& B, const torch::Tensor& V,
+                  const torch::Tensor& EF, const torch::Tensor& EB, const torch::Tensor& EV,
+                  const torch::Tensor& att, double slope, double scale, double p, int64_t seed) {
+  Args<T> a;
+  a.kind = static_cast<int>(kind);
+  a.H = B.size(1);
+  a.F = kind == GAT ? 1 : B.size(2);
+  a.Cv = V.size(2);
+  auto ptr = [](const torch::Tensor& t) -> const T* { return t.numel() ? t.data_ptr<T>() : nullptr; };
+  a.A = ptr(A);
+  a.B = B.data_ptr<T>();
+  a.V = V.data_ptr<T>();
+  a.EF = ptr(EF);
+  a.EB = ptr(EB);
+  a.EV = ptr(EV);
+  a.att = ptr(att);
+  a.slope = static_cast<T>(slope);
+  a.scale = static_cast<T>(scale);
+  a.p = p;
+  a.seed = static_cast<uint64_t>(seed);
+  return a;
+}
+
+void check_inputs(const torch::Tensor& rowptr, const torch::Tensor& col, const torch::Tensor& B,
+                  const torch::Tensor& V) {
+  TORCH_CHECK(rowptr.device().is_cpu() && col.device().is_cpu(), "graph must be on CPU");
+  TORCH_CHECK(rowptr.scalar_type() == torch::kLong && col.scalar_type() == torch::kLong, "indices must be int64");
+  TORCH_CHECK(rowptr.is_contiguous() && col.is_contiguous() && B.is_contiguous() && V.is_contiguous(),
+              "inputs must be contiguous");
+}
+
+template <typename T, int KIND>
+void forward_impl(const Args<T>& a, const int64_t* rowptr, const int64_t* col, int64_t Nd, T* out, T* lse) {
+  const int64_t H = a.H, Cv = a.Cv;
+  constexpr T NEG_INF = -std::numeric_limits<T>::infinity();
+  at::parallel_for(0, Nd, 64, [&](int64_t begin, int64_t end) {
+    std::vector<T> m(H), l(H), w(H), acc(H * Cv), sbuf;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t r0 = rowptr[i], deg = rowptr[i + 1] - r0;
+      // pass 1: the row's scores and their per-head max
+      sbuf.resize(static_cast<size_t>(deg * H));
+      std::fill(m.begin(), m.end(), NEG_INF);
+      for (int64_t k = 0; k < deg; ++k) {
+        T* s = sbuf.data() + k * H;
+        a.template scores<KIND>(i, col[r0 + k], r0 + k, s);
+        for (int64_t h = 0; h < H; ++h) m[h] = s[h] > m[h] ? s[h] : m[h];
+      }
+      for (int64_t h = 0; h < H; ++h) m[h] = m[h] == NEG_INF ? T(0) : m[h];  // all-masked row
+      // pass 2: exponentials, normaliser, weighted sum of messages
+      std::fill(l.begin(), l.end(), T(0));
+      std::fill(acc.begin(), acc.end(), T(0));
+      for (int64_t k = 0; k < deg; ++k) {
+        const int64_t e = r0 + k;
+        const T* s = sbuf.data() + k * H;
+        for (int64_t h = 0; h < H; ++h) {
+          const T pr = std::exp(s[h] - m[h]);  // exp(-inf) = 0 for masked edges
+          l[h] += pr;
+          w[h] = pr * a.keep(e, h);
+        }
+        const T* v = a.V + col[e] * H * Cv;
+        const T* ev = a.EV ? a.EV + e * H * Cv : nullptr;
+        for (int64_t h = 0; h < H; ++h) {
+          const T wh = w[h];
+          T* __restrict__ ac = acc.data() + h * Cv;
+          const T* vh = v + h * Cv;
+          if (ev) {
+            const T* evh = ev + h * Cv;
+            for (int64_t c = 0; c < Cv; ++c) ac[c] += wh * (vh[c] + evh[c]);
+          } else {
+            for (int64_t c = 0; c < Cv; ++c) ac[c] += wh * vh[c];
+          }
+        }
+      }
+      T* o = out + i * H * Cv;
+      for (int64_t h = 0; h < H; ++h) {
+        const T inv = l[h] > T(0) ? T(1) / l[h] : T(0);
+        for (int64_t c = 0; c < Cv; ++c) o[h * Cv + c] = acc[h * Cv + c] * inv;
+        lse[i * H + h] = l[h] > T(0) ? m[h] + std::log(l[h]) : NEG_INF;
+      }
+    }
+  });
+}
+
+#define GA_DISPATCH_KIND(kind, ...)                   \
+  [&] {                                               \
+    if ((kind) == GAT) {                              \
+      constexpr int KIND = GAT;                       \
+      return __VA_ARGS__();                           \
+    } else if ((kind) == GATV2) {                     \
+      constexpr int KIND = GATV2;                     \
+      return __VA_ARGS__();                           \
+    } else {                                          \
+      constexpr int KIND = DOT;                       \
+      return __VA_ARGS__();                           \
+    }                                                 \
+  }()
+
+template <typename T>
+inline T weight(const Args<T>& a, T sc, T lse) {
+  if (lse == -std::numeric_limits<T>::infinity() || sc == -std::numeric_limits<T>::infinity()) return T(0);
+  return std::exp(sc - lse);
+}
+
+template <typename T, int KIND>
+void backward_impl(const Args<T>& a, const int64_t* rp, const int64_t* cl, const int64_t* cp, const int64_t* rs,
+                   const int64_t* id, int64_t Nd, int64_t Ns, const T* L, const T* dOp, const T* Dp, T* dAp, T* dBp,
+                   T* dVp, T* dEFp, T* dEBp, T* dEVp, T* gp, T* dattp) {
+  const int64_t H = a.H, Cv = a.Cv, F = a.F;
+  // Pass 1, over sources j (transposed graph): source-side and per-edge gradients.
+  at::parallel_for(0, Ns, 64, [&](int64_t begin, int64_t end) {
+    std::vector<T> s(H), ds(H), wv(H);
+    for (int64_t j = begin; j < end; ++j) {
+      const T* v = a.V + j * H * Cv;
+      T* __restrict__ dv = dVp + j * H * Cv;
+      for (int64_t k = cp[j]; k < cp[j + 1]; ++k) {
+        const int64_t e = id[k], i = rs[k];
+        const T* dout = dOp + i * H * Cv;
+        const T* evp = a.EV ? a.EV + e * H * Cv : nullptr;
+        a.template scores<KIND>(i, j, e, s.data());
+        for (int64_t h = 0; h < H; ++h) {
+          const T alpha = weight(a, s[h], L[i * H + h]);
+          const T kp = a.keep(e, h);
+          const T* dOh = dout + h * Cv;
+          const T* vh = v + h * Cv;
+          T dal = T(0);
+          if (evp) {
+            const T* evh = evp + h * Cv;
+            for (int64_t c = 0; c < Cv; ++c) dal += dOh[c] * (vh[c] + evh[c]);
+          } else {
+            for (int64_t c = 0; c < Cv; ++c) dal += dOh[c] * vh[c];
+          }
+          ds[h] = alpha * (kp * dal - Dp[i * H + h]);
+          wv[h] = alpha * kp;
+        }
+        for (int64_t h = 0; h < H; ++h) {
+          const T w = wv[h];
+          const T* dOh = dout + h * Cv;
+          T* __restrict__ dvh = dv + h * Cv;
+          for (int64_t c = 0; c < Cv; ++c) dvh[c] += w * dOh[c];
+          if (dEVp) {
+            T* devh = dEVp + (e * H + h) * Cv;
+            for (int64_t c = 0; c < Cv; ++c) devh[c] = w * dOh[c];
+          }
+        }
+        if (KIND == GAT) {
+          for (int64_t h = 0; h < H; ++h) {
+            T z = a.B[j * H + h];
+            if (a.A) z += a.A[i * H + h];
+            if (a.EF) z += a.EF[e * H + h];
+            const T dz = ds[h] * a.dleaky(z);
+            dBp[j * H + h] += dz;
+            if (dEFp) dEFp[e * H + h] = dz;
+            gp[e * H + h] = dz;
+          }
+        } else if (KIND == GATV2) {
+          for (int64_t h = 0; h < H; ++h) {
+            const T* at = a.att + h * F;
+            const int64_t b_off = (j * H + h) * F, a_off = (i * H + h) * F, e_off = (e * H + h) * F;
+            for (int64_t c = 0; c < F; ++c) {
+              T z = a.B[b_off + c] + a.A[a_off + c];
+              if (a.EF) z += a.EF[e_off + c];
+              const T dz = ds[h] * at[c] * a.dleaky(z);
+              dBp[b_off + c] += dz;
+              if (dEFp) dEFp[e_off + c] = dz;
+            }
+            gp[e * H + h] = ds[h];
+          }
+        } else {
+          for (int64_t h = 0; h < H; ++h) {
+            const T sds = ds[h] * a.scale;
+            const int64_t b_off = (j * H + h) * F, a_off = (i * H + h) * F, e_off = (e * H + h) * F;
+            for (int64_t c = 0; c < F; ++c) dBp[b_off + c] += sds * a.A[a_off + c];
+            if (dEFp)
+              for (int64_t c = 0; c < F; ++c) dEFp[e_off + c] = sds * a.A[a_off + c];
+            if (dEBp) dEBp[e * H + h] = ds[h];
+            gp[e * H + h] = ds[h];
+          }
+        }
+      }
+    }
+  });
+
+  // Pass 2, over destinations i: destination-side gradients (and GATv2's att, per row).
+  if (dAp == nullptr) return;
+  at::parallel_for(0, Nd, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
+        const int64_t j = cl[e];
+        if (KIND == GAT) {
+          for (int64_t h = 0; h < H; ++h) dAp[i * H + h] += gp[e * H + h];
+          continue;
+        }
+        for (int64_t h = 0; h < H; ++h) {
+          const T gs = gp[e * H + h];
+          const int64_t b_off = (j * H + h) * F, a_off = (i * H + h) * F, e_off = (e * H + h) * F;
+          if (KIND == GATV2) {
+            const T* at = a.att + h * F;
+            for (int64_t c = 0; c < F; ++c) {
+              T z = a.B[b_off + c] + a.A[a_off + c];
+              if (a.EF) z += a.EF[e_off + c];
+              dAp[a_off + c] += gs * at[c] * a.dleaky(z);
+              dattp[a_off + c] += gs * a.leaky(z);
+            }
+          } else {
+            const T sg = gs * a.scale;
+            for (int64_t c = 0; c < F; ++c) {
+              T k = a.B[b_off + c];
+              if (a.EF) k += a.EF[e_off + c];
+              dAp[a_off + c] += sg * k;
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+std::vector<torch::Tensor> fused_forward(int64_t kind, torch::Tensor rowptr, torch::Tensor col, int64_t Nd,
+                                         torch::Tensor A, torch::Tensor B, torch::Tensor V, torch::Tensor EF,
+                                         torch::Tensor EB, torch::Tensor EV, torch::Tensor att, double slope,
+                                         double scale, double p, torch::Tensor seed_t) {
+  check_inputs(rowptr, col, B, V);
+  const int64_t seed = seed_t.item<int64_t>();
+  const int64_t H = B.size(1), Cv = V.size(2);
+  auto out = torch::empty({Nd, H, Cv}, V.options());
+  auto lse = torch::empty({Nd, H}, V.options());
+  AT_DISPATCH_FLOATING_TYPES(V.scalar_type(), "fused_forward", [&] {
+    auto a = make_args<scalar_t>(kind, A, B, V, EF, EB, EV, att, slope, scale, p, seed);
+    GA_DISPATCH_KIND(kind, [&] {
+      forward_impl<scalar_t, KIND>(a, rowptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(), Nd,
+                                   out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
+    });
+  });
+  return {out, lse};
+}
+
+// Normalised weights alpha[e, h] (CSR order, before dropout) from the saved lse.
+torch::Tensor fused_weights(int64_t kind, torch::Tensor rowptr, torch::Tensor col, torch::Tensor lse,
+                            torch::Tensor A, torch::Tensor B, torch::Tensor V, torch::Tensor EF, torch::Tensor EB,
+                            torch::Tensor EV, torch::Tensor att, double slope, double scale) {
+  check_inputs(rowptr, col, B, V);
+  const int64_t Nd = rowptr.size(0) - 1, H = B.size(1), E = col.size(0);
+  auto alpha = torch::empty({E, H}, V.options());
+  AT_DISPATCH_FLOATING_TYPES(V.scalar_type(), "fused_weights", [&] {
+    auto a = make_args<scalar_t>(kind, A, B, V, EF, EB, EV, att, slope, scale, 0.0, 0);
+    const int64_t* rp = rowptr.data_ptr<int64_t>();
+    const int64_t* cl = col.data_ptr<int64_t>();
+    const scalar_t* L = lse.data_ptr<scalar_t>();
+    scalar_t* al = alpha.data_ptr<scalar_t>();
+    GA_DISPATCH_KIND(kind, [&] {
+      at::parallel_for(0, Nd, 64, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i)
+          for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
+            a.template scores<KIND>(i, cl[e], e, al + e * H);
+            for (int64_t h = 0; h < H; ++h) al[e * H + h] = weight(a, al[e * H + h], L[i * H + h]);
+          }
+      });
+    });
+  });
+  return alpha;
+}
+
+// Gradients. Returns {dA, dB, dV, dEF, dEB, dEV, datt}; a gradient whose input
+// is absent is an empty tensor.
+std::vector<torch::Tensor> fused_backward(int64_t kind, torch::Tensor rowptr, torch::Tensor col,
+                                          torch::Tensor colptr, torch::Tensor row_by_src, torch::Tensor eid,
+                                          torch::Tensor A, torch::Tensor B, torch::Tensor V, torch::Tensor EF,
+                                          torch::Tensor EB, torch::Tensor EV, torch::Tensor att, torch::Tensor lse,
+                                          torch::Tensor dO, torch::Tensor Dm, double slope, double scale, double p,
+                                          torch::Tensor seed_t) {
+  check_inputs(rowptr, col, B, V);
+  const int64_t seed = seed_t.item<int64_t>();
+  const int64_t Nd = rowptr.size(0) - 1, Ns = colptr.size(0) - 1, E = col.size(0);
+  const int64_t H = B.size(1), Cv = V.size(2);
+  // Each absent gradient gets its own empty tensor: outputs of a custom op must not alias.
+  auto none = [&]() { return torch::empty({0}, V.options()); };
+  auto dB = torch::zeros_like(B);
+  auto dV = torch::zeros_like(V);
+  auto dA = A.numel() ? torch::zeros_like(A) : none();
+  auto dEF = EF.numel() ? torch::empty_like(EF) : none();
+  auto dEB = EB.numel() ? torch::empty_like(EB) : none();
+  auto dEV = EV.numel() ? torch::empty_like(EV) : none();
+  auto g = torch::empty({E, H}, V.options());  // per-edge score gradient (GAT: w.r.t. pre-activation)
+  torch::Tensor datt_rows = kind == GATV2 ? torch::zeros({Nd, H, B.size(2)}, V.options()) : none();
+
+  AT_DISPATCH_FLOATING_TYPES(V.scalar_type(), "fused_backward", [&] {
+    auto a = make_args<scalar_t>(kind, A, B, V, EF, EB, EV, att, slope, scale, p, seed);
+    GA_DISPATCH_KIND(kind, [&] {
+      backward_impl<scalar_t, KIND>(a, rowptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(), colptr.data_ptr<int64_t>(),
+                                    row_by_src.data_ptr<int64_t>(), eid.data_ptr<int64_t>(), Nd, Ns,
+                                    lse.data_ptr<scalar_t>(), dO.data_ptr<scalar_t>(), Dm.data_ptr<scalar_t>(),
+                                    A.numel() ? dA.data_ptr<scalar_t>() : nullptr, dB.data_ptr<scalar_t>(),
+                                    dV.data_ptr<scalar_t>(), dEF.numel() ? dEF.data_ptr<scalar_t>() : nullptr,
+                                    dEB.numel() ? dEB.data_ptr<scalar_t>() : nullptr,
+                                    dEV.numel() ? dEV.data_ptr<scalar_t>() : nullptr, g.data_ptr<scalar_t>(),
+                                    kind == GATV2 ? datt_rows.data_ptr<scalar_t>() : nullptr);
+    });
+  });
+  auto datt = kind == GATV2 ? datt_rows.sum(0) : none();
+  if (kind == GAT && EB.numel()) dEB = g.clone();
+  return {dA, dB, dV, dEF, dEB, dEV, datt};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &fused_forward, "fused graph attention forward (CPU)");
+  m.def("weights", &fused_weights, "normalised attention weights from the saved log-sum-exp");
+  m.def("backward", &fused_backward, "fused graph attention backward (CPU)");
+}
