@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -29,11 +30,28 @@ GAT, GATV2, DOT = 0, 1, 2
 _SOURCE = Path(__file__).parent / "csrc" / "fused_attention.cpp"
 # -fopenmp: at::parallel_for is an inline template that parallelises with OpenMP
 # pragmas; without the flag the kernel silently runs on one thread.
-_CFLAGS = ["-O3", "-fopenmp"]
+# -march=native is safe because the kernel is always compiled on the machine that
+# runs it; the build name includes this CPU's feature flags (see _cpu_signature),
+# so a cache shared with a different CPU rebuilds instead of faulting.
+_CFLAGS = ["-O3", "-fopenmp", "-march=native"]
 _LDFLAGS = ["-fopenmp"]
 _LOCK = threading.Lock()
 _EXT = None
 _EXT_ERROR: Optional[str] = None
+
+
+def _cpu_signature() -> bytes:
+    import platform
+
+    sig = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features", "model name")):
+                    sig += line
+    except OSError:
+        pass
+    return sig.encode()
 
 
 def load_extension(verbose: bool = False):
@@ -44,8 +62,14 @@ def load_extension(verbose: bool = False):
             if _EXT is None:
                 from torch.utils.cpp_extension import load
 
+                # cpp_extension runs `ninja` from PATH; a venv's bin (where pip puts
+                # it) is not on PATH when the venv's python is called directly.
+                bindir = os.path.dirname(sys.executable)
+                if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+                    os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+
                 # The name covers source and flags, so a change of either rebuilds.
-                key = _SOURCE.read_bytes() + " ".join(_CFLAGS + _LDFLAGS).encode()
+                key = _SOURCE.read_bytes() + " ".join(_CFLAGS + _LDFLAGS).encode() + _cpu_signature()
                 name = "graphattn_cpu_" + hashlib.sha1(key).hexdigest()[:10]
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")

@@ -25,6 +25,7 @@
 namespace {
 
 enum Kind { GAT = 0, GATV2 = 1, DOT = 2 };
+constexpr int64_t kMaxF = 1024;  // GATv2 channels per head held on the stack (checked on entry)
 
 inline double uniform_hash(uint64_t seed, uint64_t counter) {
   uint64_t x = seed + counter * 0x9E3779B97F4A7C15ull;
@@ -52,6 +53,17 @@ struct Args {
   inline T leaky(T z) const { return z > T(0) ? z : z * slope; }
   inline T dleaky(T z) const { return z > T(0) ? T(1) : slope; }
 
+  // GATv2 pre-activation z = B[j,h,:] + A[i,h,:] (+ EF[e,h,:]), branch-free loops.
+  inline void gatv2_z(int64_t i, int64_t j, int64_t e, int64_t h, T* __restrict__ z) const {
+    const T* __restrict__ b = B + (j * H + h) * F;
+    const T* __restrict__ aa = A + (i * H + h) * F;
+    for (int64_t c = 0; c < F; ++c) z[c] = b[c] + aa[c];
+    if (EF) {
+      const T* __restrict__ ef = EF + (e * H + h) * F;
+      for (int64_t c = 0; c < F; ++c) z[c] += ef[c];
+    }
+  }
+
   // Scores of edge e = (j -> i) for all heads into s[0..H).
   template <int KIND>
   inline void scores(int64_t i, int64_t j, int64_t e, T* __restrict__ s) const {
@@ -68,17 +80,12 @@ struct Args {
       }
       for (int64_t h = 0; h < H; ++h) s[h] = leaky(s[h]);
     } else if (KIND == GATV2) {
-      const T* b = B + j * H * F;
-      const T* aa = A + i * H * F;
-      const T* ef = EF ? EF + e * H * F : nullptr;
+      T z[kMaxF];
       for (int64_t h = 0; h < H; ++h) {
-        T acc = T(0);
+        gatv2_z(i, j, e, h, z);
         const T* at = att + h * F;
-        for (int64_t c = 0; c < F; ++c) {
-          T z = b[h * F + c] + aa[h * F + c];
-          if (ef) z += ef[h * F + c];
-          acc += at[c] * leaky(z);
-        }
+        T acc = T(0);
+        for (int64_t c = 0; c < F; ++c) acc += at[c] * leaky(z[c]);
         s[h] = acc;
       }
     } else {
@@ -264,17 +271,19 @@ void backward_impl(const Args<T>& a, const int64_t* rp, const int64_t* cl, const
             gp[e * H + h] = dz;
           }
         } else if (KIND == GATV2) {
+          T z[kMaxF];
           for (int64_t h = 0; h < H; ++h) {
+            a.gatv2_z(i, j, e, h, z);
             const T* at = a.att + h * F;
-            const int64_t b_off = (j * H + h) * F, a_off = (i * H + h) * F, e_off = (e * H + h) * F;
-            for (int64_t c = 0; c < F; ++c) {
-              T z = a.B[b_off + c] + a.A[a_off + c];
-              if (a.EF) z += a.EF[e_off + c];
-              const T dz = ds[h] * at[c] * a.dleaky(z);
-              dBp[b_off + c] += dz;
-              if (dEFp) dEFp[e_off + c] = dz;
+            T* __restrict__ db = dBp + (j * H + h) * F;
+            const T dsh = ds[h];
+            for (int64_t c = 0; c < F; ++c) z[c] = dsh * at[c] * a.dleaky(z[c]);
+            for (int64_t c = 0; c < F; ++c) db[c] += z[c];
+            if (dEFp) {
+              T* __restrict__ def = dEFp + (e * H + h) * F;
+              for (int64_t c = 0; c < F; ++c) def[c] = z[c];
             }
-            gp[e * H + h] = ds[h];
+            gp[e * H + h] = dsh;
           }
         } else {
           for (int64_t h = 0; h < H; ++h) {
@@ -305,19 +314,23 @@ void backward_impl(const Args<T>& a, const int64_t* rp, const int64_t* cl, const
           const T gs = gp[e * H + h];
           const int64_t b_off = (j * H + h) * F, a_off = (i * H + h) * F, e_off = (e * H + h) * F;
           if (KIND == GATV2) {
+            T z[kMaxF];
+            a.gatv2_z(i, j, e, h, z);
             const T* at = a.att + h * F;
+            T* __restrict__ da = dAp + a_off;
+            T* __restrict__ dat = dattp + a_off;
             for (int64_t c = 0; c < F; ++c) {
-              T z = a.B[b_off + c] + a.A[a_off + c];
-              if (a.EF) z += a.EF[e_off + c];
-              dAp[a_off + c] += gs * at[c] * a.dleaky(z);
-              dattp[a_off + c] += gs * a.leaky(z);
+              da[c] += gs * at[c] * a.dleaky(z[c]);
+              dat[c] += gs * a.leaky(z[c]);
             }
           } else {
             const T sg = gs * a.scale;
-            for (int64_t c = 0; c < F; ++c) {
-              T k = a.B[b_off + c];
-              if (a.EF) k += a.EF[e_off + c];
-              dAp[a_off + c] += sg * k;
+            const T* __restrict__ bb = a.B + b_off;
+            T* __restrict__ da = dAp + a_off;
+            for (int64_t c = 0; c < F; ++c) da[c] += sg * bb[c];
+            if (a.EF) {
+              const T* __restrict__ ef = a.EF + e_off;
+              for (int64_t c = 0; c < F; ++c) da[c] += sg * ef[c];
             }
           }
         }
@@ -333,6 +346,7 @@ std::vector<torch::Tensor> fused_forward(int64_t kind, torch::Tensor rowptr, tor
                                          torch::Tensor EB, torch::Tensor EV, torch::Tensor att, double slope,
                                          double scale, double p, torch::Tensor seed_t) {
   check_inputs(rowptr, col, B, V);
+  TORCH_CHECK(kind != GATV2 || B.size(2) <= kMaxF, "GATv2 supports at most ", kMaxF, " channels per head");
   const int64_t seed = seed_t.item<int64_t>();
   const int64_t H = B.size(1), Cv = V.size(2);
   auto out = torch::empty({Nd, H, Cv}, V.options());

@@ -1,0 +1,315 @@
+#!/usr/bin/env python
+"""Benchmark graphattn against its peers, side by side in one run.
+
+    python benchmarks/run.py cpu              # the CPU suite (about 10 minutes on 2 cores)
+    python benchmarks/run.py cpu --quick      # small sizes only (a smoke run)
+    python benchmarks/run.py gpu              # on a CUDA machine
+
+Every case runs in a fresh subprocess: inputs are built, one warm-up call is
+made, then peak memory growth is taken over one call (CPU: the process's peak
+RSS, reset through /proc/self/clear_refs, minus the RSS before the call; GPU:
+torch.cuda.max_memory_allocated growth), then the median time of >= 5 calls.
+Results go to benchmarks/results/<suite>-<date>.json and .md (machine, versions,
+command, and for each case graphattn's and the peer's numbers with their ratios),
+plus a log-log scaling plot of time and memory against the edge count.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+# --------------------------------------------------------------------- child
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _build(spec):
+    import torch
+
+    torch.manual_seed(0)
+    device = torch.device(spec["device"])
+    dtype = getattr(torch, spec.get("dtype", "float32"))
+    kind, impl = spec["kind"], spec["impl"]
+    if kind == "edge_softmax":
+        E, H, N = spec["E"], spec["H"], spec["N"]
+        scores = torch.randn(E, H, device=device, dtype=dtype)
+        index = torch.randint(0, N, (E,), device=device)
+        if impl == "graphattn":
+            from graphattn import Graph, edge_softmax
+
+            g = Graph.from_edge_index(torch.stack([torch.zeros_like(index), index]), (1, N))
+            return lambda: edge_softmax(scores, g), False
+        if impl == "pyg":
+            from torch_geometric.utils import softmax
+
+            return lambda: softmax(scores, index, num_nodes=N), False
+        if impl == "torch_scatter":
+            from torch_scatter import scatter_softmax
+
+            return lambda: scatter_softmax(scores, index, dim=0, dim_size=N), False
+    N, E, C_in, C, H = spec["N"], spec["E"], spec["in"], spec["out"], spec["heads"]
+    x = torch.randn(N, C_in, device=device, dtype=dtype)
+    edge_index = torch.randint(0, N, (2, E), device=device)
+    import torch_geometric.nn as pygnn
+
+    import graphattn.nn as gnn
+
+    peer_cls = {"gat": pygnn.GATConv, "gatv2": pygnn.GATv2Conv, "dot": pygnn.TransformerConv}[kind]
+    ours_cls = {"gat": gnn.GATConv, "gatv2": gnn.GATv2Conv, "dot": gnn.DotProductConv}[kind]
+    peer = peer_cls(C_in, C, heads=H).to(device, dtype)
+    layer = peer if impl == "pyg" else ours_cls.from_pyg(peer)
+    if spec["mode"] == "forward":
+        def run():
+            with torch.no_grad():
+                return layer(x, edge_index)
+        return run, False
+    xg = x.clone().requires_grad_(True)
+
+    def run():
+        out = layer(xg, edge_index)
+        out.sum().backward()
+        layer.zero_grad(set_to_none=True)
+        xg.grad = None
+    return run, True
+
+
+def child(spec) -> dict:
+    import torch
+
+    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
+    run, _ = _build(spec)
+    cuda = spec["device"].startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    run()  # warm-up (builds caches: kernels, graph structure)
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run()
+        sync()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        ok = _reset_peak()
+        base = _rss_kib("VmRSS")
+        run()
+        peak = (_rss_kib("VmHWM") - base) / 1024 if ok else float("nan")
+    times = []
+    deadline = time.perf_counter() + spec.get("budget_s", 60)
+    while len(times) < spec.get("repeats", 5) or (time.perf_counter() < deadline and len(times) < 20 and
+                                                  sum(times) < 2.0):
+        sync()
+        t0 = time.perf_counter()
+        run()
+        sync()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= spec.get("repeats", 5) and time.perf_counter() > deadline:
+            break
+    times.sort()
+    return {"time_ms": 1e3 * times[len(times) // 2], "repeats": len(times), "peak_mem_mib": peak}
+
+
+# -------------------------------------------------------------------- parent
+def run_case(spec) -> dict:
+    cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def layer_cases(device, sizes, kinds, modes):
+    for (N, E) in sizes:
+        for kind in kinds:
+            for mode in modes:
+                yield {"kind": kind, "mode": mode, "N": N, "E": E, "in": 128, "out": 16, "heads": 8,
+                       "device": device}
+
+
+PEERS = {"gat": "PyG GATConv", "gatv2": "PyG GATv2Conv", "dot": "PyG TransformerConv",
+         "edge_softmax": "torch_geometric.utils.softmax"}
+NAMES = {"gat": "GATConv", "gatv2": "GATv2Conv", "dot": "DotProductConv", "edge_softmax": "edge_softmax"}
+
+
+def have(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("suite", nargs="?", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--quick", action="store_true", help="small sizes only")
+    p.add_argument("--out", default=str(RESULTS), help="results folder")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+
+    from tqdm import tqdm
+
+    sys.path.insert(0, str(ROOT))
+    from graphattn.experiment import machine_info
+
+    device = "cuda" if args.suite == "gpu" else "cpu"
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("error: the gpu suite needs a CUDA GPU")
+    if args.quick:
+        sizes, scaling = [(2_000, 20_000)], [5_000, 20_000]
+    elif device == "cpu":
+        sizes, scaling = [(20_000, 200_000), (100_000, 1_000_000)], [50_000, 200_000, 1_000_000, 2_000_000]
+    else:
+        sizes, scaling = [(100_000, 1_000_000), (1_000_000, 10_000_000)], [10**5, 10**6, 10**7, 3 * 10**7]
+    specs = []
+    for E in ([1_000_000] if not args.quick else [20_000]):
+        base = {"kind": "edge_softmax", "mode": "forward", "N": E // 10, "E": E, "H": 8, "device": device}
+        specs.append(("graphattn", base))
+        specs.append(("pyg", base))
+        if have("torch_scatter"):
+            specs.append(("torch_scatter", base))
+    for spec in layer_cases(device, sizes, ["gat", "gatv2", "dot"], ["forward", "forward+backward"]):
+        specs += [("graphattn", spec), ("pyg", spec)]
+    for E in scaling:
+        spec = {"kind": "gat", "mode": "forward+backward", "N": max(E // 10, 100), "E": E, "in": 128, "out": 16,
+                "heads": 8, "device": device, "scaling": True}
+        specs += [("graphattn", spec), ("pyg", spec)]
+
+    rows = []
+    for impl, spec in tqdm(specs, desc=f"{args.suite} suite"):
+        res = run_case({**spec, "impl": impl})
+        rows.append({"impl": impl, **spec, **res})
+
+    stamp = dt.datetime.now(dt.timezone.utc)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{args.suite}{'-quick' if args.quick else ''}-{stamp:%Y-%m-%d}"
+    report = {
+        "suite": args.suite, "date": stamp.isoformat(timespec="seconds"),
+        "command": "python benchmarks/run.py " + " ".join(a for a in (argv or sys.argv[1:])),
+        "machine": machine_info(), "peers": {k: PEERS[k] for k in PEERS},
+        "torch_scatter": have("torch_scatter"), "cases": compare(rows),
+    }
+    (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    md = markdown(report)
+    (out_dir / f"{name}.md").write_text(md)
+    plot_scaling(report, out_dir / f"{name}-scaling.png")
+    print(md)
+    print(f"written: {out_dir / name}.json, .md, -scaling.png")
+
+
+def compare(rows):
+    """Pair each graphattn row with the peers of the same case; ratios are peer / graphattn."""
+    key = lambda r: (r["kind"], r["mode"], r["N"], r["E"], r.get("scaling", False))  # noqa: E731
+    groups = {}
+    for r in rows:
+        groups.setdefault(key(r), {})[r["impl"]] = r
+    cases = []
+    for k, g in groups.items():
+        ours = g.get("graphattn", {})
+        case = {"op": NAMES[k[0]], "kind": k[0], "mode": k[1], "N": k[2], "E": k[3], "scaling": k[4],
+                "graphattn": {x: ours.get(x) for x in ("time_ms", "peak_mem_mib", "error")}}
+        for impl, r in g.items():
+            if impl == "graphattn":
+                continue
+            entry = {x: r.get(x) for x in ("time_ms", "peak_mem_mib", "error")}
+            if ours.get("time_ms") and r.get("time_ms"):
+                entry["speedup"] = r["time_ms"] / ours["time_ms"]
+            if ours.get("peak_mem_mib") and r.get("peak_mem_mib") and ours["peak_mem_mib"] > 0:
+                entry["memory_ratio"] = r["peak_mem_mib"] / ours["peak_mem_mib"]
+            case[impl] = entry
+        cases.append(case)
+    return cases
+
+
+def _fmt(v, unit=""):
+    return "—" if v is None else (f"{v:,.1f}{unit}" if isinstance(v, float) else str(v))
+
+
+def markdown(report) -> str:
+    m = report["machine"]
+    lines = [
+        f"### {report['suite'].upper()} suite, {report['date'][:10]}",
+        "",
+        f"Machine: {m['processor']}, {m['cpu_count']} cores ({m['torch_threads']} torch threads)"
+        + (f", GPU {m['cuda']}" if m.get("cuda") else "")
+        + f"; torch {m['torch']}, torch_geometric {m.get('torch_geometric')}, graphattn {m['graphattn']}.",
+        f"Command: `{report['command']}`. Median of >= 5 calls after a warm-up; memory is peak growth over one call.",
+        "",
+        "| op | mode | N | E | graphattn ms | peer | peer ms | speed-up | graphattn MiB | peer MiB | memory ratio |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for c in report["cases"]:
+        for impl in [k for k in c if k in ("pyg", "torch_scatter")]:
+            peer = c[impl]
+            peer_name = PEERS[c["kind"]] if impl == "pyg" else "torch_scatter.scatter_softmax"
+            lines.append(
+                f"| {c['op']}{' (scaling)' if c['scaling'] else ''} | {c['mode']} | {c['N']:,} | {c['E']:,} | "
+                f"{_fmt(c['graphattn']['time_ms'])} | {peer_name} | {_fmt(peer.get('time_ms'))} | "
+                f"{_fmt(peer.get('speedup'), 'x')} | {_fmt(c['graphattn']['peak_mem_mib'])} | "
+                f"{_fmt(peer.get('peak_mem_mib'))} | {_fmt(peer.get('memory_ratio'), 'x')} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot_scaling(report, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    cases = sorted((c for c in report["cases"] if c["scaling"]), key=lambda c: c["E"])
+    if not cases:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for impl, label in (("graphattn", "graphattn GATConv"), ("pyg", "PyG GATConv")):
+        xs, ts, ms = [], [], []
+        for c in cases:
+            r = c["graphattn"] if impl == "graphattn" else c.get("pyg", {})
+            if r.get("time_ms"):
+                xs.append(c["E"])
+                ts.append(r["time_ms"])
+                ms.append(max(r.get("peak_mem_mib") or 0, 1e-3))
+        axes[0].loglog(xs, ts, "o-", label=label)
+        axes[1].loglog(xs, ms, "o-", label=label)
+    axes[0].set(xlabel="edges", ylabel="forward+backward time (ms)", title="time")
+    axes[1].set(xlabel="edges", ylabel="peak memory growth (MiB)", title="memory")
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"GATConv(128, 16, heads=8), {report['suite'].upper()}, {report['date'][:10]}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
