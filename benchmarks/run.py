@@ -70,6 +70,8 @@ def _build(spec):
             from torch_scatter import scatter_softmax
 
             return lambda: scatter_softmax(scores, index, dim=0, dim_size=N), False
+    if kind in ("seq_layer", "seq_op"):
+        return _build_seq(spec, device, dtype)
     N, E, C_in, C, H = spec["N"], spec["E"], spec["in"], spec["out"], spec["heads"]
     x = torch.randn(N, C_in, device=device, dtype=dtype)
     edge_index = torch.randint(0, N, (2, E), device=device)
@@ -94,6 +96,62 @@ def _build(spec):
         layer.zero_grad(set_to_none=True)
         xg.grad = None
     return run, True
+
+
+def _build_seq(spec, device, dtype):
+    """Sliding-window (|i - j| <= w) self-attention over one sequence of length L."""
+    import torch
+    import torch.nn.functional as F
+
+    from graphattn import ops, patterns
+    from graphattn.nn import MultiheadGraphAttention
+
+    L, w, H, D, impl = spec["L"], spec["w"], spec["heads"], spec["head_dim"], spec["impl"]
+    i = torch.arange(L, device=device)
+    band_mask = None
+    if impl != "graphattn":
+        band_mask = (i[None, :] - i[:, None]).abs() > w  # True = not allowed (torch's convention)
+    if spec["kind"] == "seq_layer":
+        mha = torch.nn.MultiheadAttention(H * D, H, batch_first=True).to(device, dtype).eval()
+        x = torch.randn(1, L, H * D, device=device, dtype=dtype)
+        if impl == "torch":
+            def run():
+                with torch.no_grad():
+                    return mha(x, x, x, attn_mask=band_mask, need_weights=False)[0]
+        else:
+            ours = MultiheadGraphAttention.from_torch(
+                mha, pattern=lambda Lq, Lk: patterns.sliding_window(Lq, w, w, device=device)).eval()
+
+            def run():
+                with torch.no_grad():
+                    return ours(x, x, x, need_weights=False)[0]
+
+            def reference():
+                mask = (i[None, :] - i[:, None]).abs() > w
+                with torch.no_grad():
+                    return mha(x, x, x, attn_mask=mask, need_weights=False)[0]
+            run.reference = reference
+        return run, False
+    q, k, v = (torch.randn(L, H, D, device=device, dtype=dtype) for _ in range(3))
+    if impl == "sdpa":
+        def run():
+            with torch.no_grad():
+                return F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                                      attn_mask=~band_mask)
+        return run, False
+    g = patterns.sliding_window(L, w, w, device=device)
+
+    def run():
+        with torch.no_grad():
+            return ops.dot_product_attention(q, k, v, g)
+
+    def reference():
+        mask = (i[None, :] - i[:, None]).abs() <= w
+        with torch.no_grad():
+            return F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                                  attn_mask=mask).transpose(0, 1)
+    run.reference = reference
+    return run, False
 
 
 def child(spec) -> dict:
@@ -128,7 +186,10 @@ def child(spec) -> dict:
         if len(times) >= spec.get("repeats", 5) and time.perf_counter() > deadline:
             break
     times.sort()
-    return {"time_ms": 1e3 * times[len(times) // 2], "repeats": len(times), "peak_mem_mib": peak}
+    res = {"time_ms": 1e3 * times[len(times) // 2], "repeats": len(times), "peak_mem_mib": peak}
+    if hasattr(run, "reference"):  # same output as the dense peer?
+        res["max_abs_diff"] = float((run().float() - run.reference().float()).abs().max())
+    return res
 
 
 # -------------------------------------------------------------------- parent
@@ -149,8 +210,11 @@ def layer_cases(device, sizes, kinds, modes):
 
 
 PEERS = {"gat": "PyG GATConv", "gatv2": "PyG GATv2Conv", "dot": "PyG TransformerConv",
-         "edge_softmax": "torch_geometric.utils.softmax"}
-NAMES = {"gat": "GATConv", "gatv2": "GATv2Conv", "dot": "DotProductConv", "edge_softmax": "edge_softmax"}
+         "edge_softmax": "torch_geometric.utils.softmax",
+         "seq_layer": "nn.MultiheadAttention + dense band mask", "seq_op": "F.scaled_dot_product_attention + dense band mask"}
+NAMES = {"gat": "GATConv", "gatv2": "GATv2Conv", "dot": "DotProductConv", "edge_softmax": "edge_softmax",
+         "seq_layer": "MultiheadGraphAttention, window ±128", "seq_op": "dot_product_attention, window ±128"}
+PEER_IMPLS = ("pyg", "torch_scatter", "torch", "sdpa")
 
 
 def have(module: str) -> bool:
@@ -196,6 +260,13 @@ def main(argv=None):
             specs.append(("torch_scatter", base))
     for spec in layer_cases(device, sizes, ["gat", "gatv2", "dot"], ["forward", "forward+backward"]):
         specs += [("graphattn", spec), ("pyg", spec)]
+    seq_lengths = [1024] if args.quick else ([1024, 4096, 8192] if device == "cpu" else [1024, 4096, 16384, 32768])
+    for L in seq_lengths:
+        for kind, peer in (("seq_layer", "torch"), ("seq_op", "sdpa")):
+            spec = {"kind": kind, "mode": "forward", "N": L, "E": 0, "L": L, "w": 128, "heads": 8, "head_dim": 64,
+                    "device": device}
+            spec["E"] = sum(min(L - 1, t + 128) - max(0, t - 128) + 1 for t in range(L))
+            specs += [("graphattn", spec), (peer, spec)]
     for E in scaling:
         spec = {"kind": "gat", "mode": "forward+backward", "N": max(E // 10, 100), "E": E, "in": 128, "out": 16,
                 "heads": 8, "device": device, "scaling": True}
@@ -234,7 +305,7 @@ def compare(rows):
     for k, g in groups.items():
         ours = g.get("graphattn", {})
         case = {"op": NAMES[k[0]], "kind": k[0], "mode": k[1], "N": k[2], "E": k[3], "scaling": k[4],
-                "graphattn": {x: ours.get(x) for x in ("time_ms", "peak_mem_mib", "error")}}
+                "graphattn": {x: ours.get(x) for x in ("time_ms", "peak_mem_mib", "error", "max_abs_diff")}}
         for impl, r in g.items():
             if impl == "graphattn":
                 continue
@@ -262,18 +333,22 @@ def markdown(report) -> str:
         + f"; torch {m['torch']}, torch_geometric {m.get('torch_geometric')}, graphattn {m['graphattn']}.",
         f"Command: `{report['command']}`. Median of >= 5 calls after a warm-up; memory is peak growth over one call.",
         "",
-        "| op | mode | N | E | graphattn ms | peer | peer ms | speed-up | graphattn MiB | peer MiB | memory ratio |",
-        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| op | mode | N | E | graphattn ms | peer | peer ms | speed-up | graphattn MiB | peer MiB | memory ratio "
+        "| max abs diff |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for c in report["cases"]:
-        for impl in [k for k in c if k in ("pyg", "torch_scatter")]:
+        for impl in [k for k in c if k in PEER_IMPLS]:
             peer = c[impl]
-            peer_name = PEERS[c["kind"]] if impl == "pyg" else "torch_scatter.scatter_softmax"
+            peer_name = "torch_scatter.scatter_softmax" if impl == "torch_scatter" else PEERS[c["kind"]]
+            d = c["graphattn"].get("max_abs_diff")
+            diff = "—" if d is None else f"{d:.1e}"
             lines.append(
                 f"| {c['op']}{' (scaling)' if c['scaling'] else ''} | {c['mode']} | {c['N']:,} | {c['E']:,} | "
                 f"{_fmt(c['graphattn']['time_ms'])} | {peer_name} | {_fmt(peer.get('time_ms'))} | "
                 f"{_fmt(peer.get('speedup'), 'x')} | {_fmt(c['graphattn']['peak_mem_mib'])} | "
-                f"{_fmt(peer.get('peak_mem_mib'))} | {_fmt(peer.get('memory_ratio'), 'x')} |"
+                f"{_fmt(peer.get('peak_mem_mib'))} | {_fmt(peer.get('memory_ratio'), 'x')} | "
+                f"{diff} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -4,7 +4,7 @@ Every attention is a graph: scores on edges, a softmax per destination, a
 weighted sum of source values. See :class:`Graph`, :mod:`graphattn.ops` and
 :mod:`graphattn.nn`.
 """
-from . import nn, ops
+from . import nn, ops, patterns
 from .graph import Graph, Pattern
 from .ops import dot_product_attention, edge_softmax, gat_attention, gatv2_attention
 
@@ -15,6 +15,7 @@ __all__ = [
     "Pattern",
     "nn",
     "ops",
+    "patterns",
     "edge_softmax",
     "gat_attention",
     "gatv2_attention",

@@ -1,5 +1,14 @@
 """Layers: thin ``torch.nn.Module`` shells that own parameters and call :mod:`graphattn.ops`."""
 from .dot_product import DotProductConv
 from .gat import GATConv, GATv2Conv
+from .multihead import MultiheadGraphAttention
+from .transformer import GraphTransformerDecoderLayer, GraphTransformerEncoderLayer
 
-__all__ = ["GATConv", "GATv2Conv", "DotProductConv"]
+__all__ = [
+    "GATConv",
+    "GATv2Conv",
+    "DotProductConv",
+    "MultiheadGraphAttention",
+    "GraphTransformerEncoderLayer",
+    "GraphTransformerDecoderLayer",
+]

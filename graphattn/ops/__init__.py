@@ -6,6 +6,8 @@ Public functions: :func:`edge_softmax`, :func:`gat_attention`,
 and ask which ran with :func:`last_backend`.
 """
 from . import cpu as _cpu
+from . import dense as _dense
+from . import triton_backend as _triton
 from . import reference as _reference
 from ._dispatch import available_backends, last_backend, register_backend, use_backend
 from .functional import as_graph, dot_product_attention, edge_softmax, gat_attention, gatv2_attention
@@ -18,6 +20,13 @@ register_backend("dot_product", "reference", _reference.dot_product)
 register_backend("gat", "cpu", _cpu.gat, supports=_cpu.supports, priority=10)
 register_backend("gatv2", "cpu", _cpu.gatv2, supports=_cpu.supports, priority=10)
 register_backend("dot_product", "cpu", _cpu.dot_product, supports=_cpu.supports, priority=10)
+# Triton kernels on CUDA (on CPU only when forced under TRITON_INTERPRET=1).
+register_backend("gat", "triton", _triton.gat, supports=_triton.supports, priority=15)
+register_backend("gatv2", "triton", _triton.gatv2, supports=_triton.supports, priority=15)
+register_backend("dot_product", "triton", _triton.dot_product, supports=_triton.supports, priority=15)
+# Graphs known to be complete / causal / cross go to PyTorch's SDPA when nothing
+# sparse-specific (edge terms, returned weights) is asked for.
+register_backend("dot_product", "dense", _dense.dot_product, supports=_dense.supports, priority=20)
 
 __all__ = [
     "edge_softmax",

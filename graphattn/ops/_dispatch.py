@@ -45,7 +45,8 @@ def register_backend(
 ) -> None:
     """Register ``fn`` as backend ``name`` of ``op``. ``supports(**ctx)`` receives
     ``device``, ``dtype``, ``graph`` and op-specific flags, and says whether the
-    backend can run that call; higher ``priority`` wins among those that can."""
+    backend can run that call (``forced`` says whether the caller named it);
+    higher ``priority`` wins among those that can."""
     if op not in _REGISTRY:
         raise ValueError(f"unknown op {op!r}; ops are {OPS}")
     _REGISTRY[op][name] = Backend(name, fn, supports or _always, priority)
@@ -86,7 +87,7 @@ def select_backend(op: str, backend: Optional[str] = None, **ctx) -> Backend:
         if name not in table:
             raise ValueError(f"op {op!r} has no backend {name!r}; available: {available_backends(op)}")
         chosen = table[name]
-        if not chosen.supports(**ctx):
+        if not chosen.supports(forced=True, **ctx):
             raise RuntimeError(
                 f"backend {name!r} cannot run {op!r} here "
                 f"(device={ctx.get('device')}, dtype={ctx.get('dtype')})"
@@ -94,7 +95,7 @@ def select_backend(op: str, backend: Optional[str] = None, **ctx) -> Backend:
     else:
         chosen = None
         for cand in sorted(table.values(), key=lambda b: -b.priority):
-            if cand.supports(**ctx):
+            if cand.supports(forced=False, **ctx):
                 chosen = cand
                 break
         if chosen is None:

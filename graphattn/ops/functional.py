@@ -285,8 +285,10 @@ def dot_product_attention(
         _check_shape("edge_bias", edge_bias, (E, H), "num_edges, heads")
     _check_device(g, query)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    has_edge_terms = edge_key is not None or edge_value is not None or edge_bias is not None
     impl = select_backend("dot_product", backend, device=query.device, dtype=dt, graph=g,
-                          dropout=dropout if training else 0.0)
+                          dropout=dropout if training else 0.0, need_weights=return_weights,
+                          has_edge_terms=has_edge_terms)
     out, alpha = impl.fn(
         query, key, value, g,
         scale=scale, edge_key=_edge(g, edge_key), edge_value=_edge(g, edge_value),

@@ -1,0 +1,317 @@
+"""``torch.nn.MultiheadAttention`` on graphattn's engine, with sparse patterns."""
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import ops, patterns
+from ..graph import Graph
+
+PatternLike = Union[None, str, Callable[..., Graph], Graph]
+
+
+class MultiheadGraphAttention(nn.Module):
+    r"""Multi-head attention with ``torch.nn.MultiheadAttention``'s arguments, masks and
+    parameter names, computed as graph attention over a pattern.
+
+    .. math::
+        \mathrm{MHA}(Q, K, V) = [\mathrm{head}_1, \dots, \mathrm{head}_H] W^O,\quad
+        \mathrm{head}_h = \sum_{j \to i} \operatorname{softmax}_i\!\Big(\frac{q_i^\top k_j}{\sqrt{d}}\Big) v_j
+
+    where query ``i`` attends to key ``j`` when the pattern graph has the edge ``j -> i``
+    and no mask removes it.
+
+    Args:
+        embed_dim, num_heads, dropout, bias, add_bias_kv, add_zero_attn, kdim, vdim,
+        batch_first, device, dtype: as in ``torch.nn.MultiheadAttention``.
+        pattern: which keys each query may attend to. ``None`` (default): all keys
+            (causal when ``is_causal=True``); a name (``"complete"``, ``"causal"``);
+            a callable ``pattern(Lq, Lk) -> Graph`` such as
+            ``lambda Lq, Lk: graphattn.patterns.sliding_window(Lq, 128, 128)``; or a
+            fixed :class:`~graphattn.Graph` over ``(Lk, Lq)`` tokens. Masks are applied
+            on top of the pattern.
+
+    Forward: ``forward(query, key, value, key_padding_mask=None, need_weights=True,
+    attn_mask=None, average_attn_weights=True, is_causal=False)`` returns
+    ``(attn_output, attn_weights)`` with torch's shapes and mask conventions (boolean
+    masks: ``True`` = not allowed; float masks are added to the scores). Weights are
+    dense ``(N, L, S)`` (or ``(N, H, L, S)``) and taken before dropout. A query whose
+    keys are all masked outputs zeros (torch gives NaN).
+    """
+
+    __constants__ = ["batch_first"]
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        add_bias_kv: bool = False,
+        add_zero_attn: bool = False,
+        kdim: Optional[int] = None,
+        vdim: Optional[int] = None,
+        batch_first: bool = False,
+        device=None,
+        dtype=None,
+        pattern: PatternLike = None,
+    ) -> None:
+        if embed_dim <= 0 or num_heads <= 0:
+            raise ValueError(f"embed_dim and num_heads must be > 0, got {embed_dim} and {num_heads}")
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        super().__init__()
+        fk = {"device": device, "dtype": dtype}
+        self.embed_dim = embed_dim
+        self.kdim = kdim if kdim is not None else embed_dim
+        self.vdim = vdim if vdim is not None else embed_dim
+        self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.batch_first = batch_first
+        self.head_dim = embed_dim // num_heads
+        self.pattern = pattern
+        if not self._qkv_same_embed_dim:
+            self.q_proj_weight = nn.Parameter(torch.empty((embed_dim, embed_dim), **fk))
+            self.k_proj_weight = nn.Parameter(torch.empty((embed_dim, self.kdim), **fk))
+            self.v_proj_weight = nn.Parameter(torch.empty((embed_dim, self.vdim), **fk))
+            self.register_parameter("in_proj_weight", None)
+        else:
+            self.in_proj_weight = nn.Parameter(torch.empty((3 * embed_dim, embed_dim), **fk))
+            self.register_parameter("q_proj_weight", None)
+            self.register_parameter("k_proj_weight", None)
+            self.register_parameter("v_proj_weight", None)
+        if bias:
+            self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim, **fk))
+        else:
+            self.register_parameter("in_proj_bias", None)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **fk)
+        if add_bias_kv:
+            self.bias_k = nn.Parameter(torch.empty((1, 1, embed_dim), **fk))
+            self.bias_v = nn.Parameter(torch.empty((1, 1, embed_dim), **fk))
+        else:
+            self.bias_k = self.bias_v = None
+        self.add_zero_attn = add_zero_attn
+        self._graph_key = None
+        self._graph: Optional[Graph] = None
+        self._reset_parameters()
+
+    def _reset_parameters(self) -> None:
+        if self._qkv_same_embed_dim:
+            nn.init.xavier_uniform_(self.in_proj_weight)
+        else:
+            nn.init.xavier_uniform_(self.q_proj_weight)
+            nn.init.xavier_uniform_(self.k_proj_weight)
+            nn.init.xavier_uniform_(self.v_proj_weight)
+        if self.in_proj_bias is not None:
+            nn.init.constant_(self.in_proj_bias, 0.0)
+            nn.init.constant_(self.out_proj.bias, 0.0)
+        if self.bias_k is not None:
+            nn.init.xavier_normal_(self.bias_k)
+            nn.init.xavier_normal_(self.bias_v)
+
+    @classmethod
+    def from_torch(cls, mha: nn.MultiheadAttention, pattern: PatternLike = None) -> "MultiheadGraphAttention":
+        """A MultiheadGraphAttention with the arguments and weights of ``mha``."""
+        if not isinstance(mha, nn.MultiheadAttention):
+            raise TypeError(f"expected torch.nn.MultiheadAttention, got {type(mha).__name__}")
+        p = next(mha.parameters())
+        layer = cls(
+            mha.embed_dim, mha.num_heads, dropout=mha.dropout, bias=mha.in_proj_bias is not None,
+            add_bias_kv=mha.bias_k is not None, add_zero_attn=mha.add_zero_attn, kdim=mha.kdim, vdim=mha.vdim,
+            batch_first=mha.batch_first, device=p.device, dtype=p.dtype, pattern=pattern,
+        )
+        layer.load_state_dict(mha.state_dict())
+        layer.train(mha.training)
+        return layer
+
+    # ---------------------------------------------------------------- helpers
+    def _projections(self, query: Tensor, key: Tensor, value: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        E = self.embed_dim
+        b = self.in_proj_bias
+        bq, bk, bv = (None, None, None) if b is None else (b[:E], b[E:2 * E], b[2 * E:])
+        if self._qkv_same_embed_dim:
+            wq, wk, wv = self.in_proj_weight[:E], self.in_proj_weight[E:2 * E], self.in_proj_weight[2 * E:]
+        else:
+            wq, wk, wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+        return F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
+
+    def _pattern_graph(self, Lq: int, Lk: int, is_causal: bool, device) -> Graph:
+        pat = self.pattern
+        if pat is None:
+            pat = "causal" if is_causal else "complete"
+        if isinstance(pat, Graph):
+            if (pat.num_dst, pat.num_src) != (Lq, Lk):
+                raise ValueError(f"pattern graph is over ({pat.num_dst} queries, {pat.num_src} keys), "
+                                 f"inputs have ({Lq}, {Lk})")
+            return pat.to(device)
+        if isinstance(pat, str):
+            if pat == "complete":
+                return patterns.complete(Lq, Lk, device=device)
+            if pat == "causal":
+                if Lq != Lk:
+                    raise ValueError(f"a causal pattern needs as many queries as keys, got {Lq} and {Lk}")
+                return patterns.causal(Lq, device=device)
+            raise ValueError(f"unknown pattern {pat!r}; use 'complete', 'causal', a callable or a Graph")
+        return pat(Lq, Lk).to(device)
+
+    @torch.compiler.disable
+    def _build_graph(self, N: int, Lq: int, S: int, extra: int, is_causal: bool, device,
+                     keep_2d: Optional[Tensor], keep_kpm: Optional[Tensor]) -> Graph:
+        """Block-diagonal graph over N sequences: the pattern over the S real keys,
+        plus ``extra`` appended keys (bias_kv / zero_attn) visible to every query,
+        minus the edges removed by boolean masks."""
+        cacheable = keep_2d is None and keep_kpm is None
+        key = (N, Lq, S, extra, is_causal, str(device), id(self.pattern))
+        if cacheable and self._graph_key == key:
+            return self._graph
+        base = self._pattern_graph(Lq, S, is_causal, device)
+        rows, cols = base.row, base.col
+        if extra:
+            q = torch.arange(Lq, device=device).repeat_interleave(extra)
+            k = S + torch.arange(extra, device=device).repeat(Lq)
+            rows, cols = torch.cat([rows, q]), torch.cat([cols, k])
+            order = torch.sort(rows, stable=True)[1]
+            rows, cols = rows[order], cols[order]
+        Sx = S + extra
+        E0 = rows.numel()
+        b = torch.arange(N, device=device).repeat_interleave(E0)
+        r = rows.repeat(N)
+        c = cols.repeat(N)
+        keep = None
+        if keep_2d is not None:
+            keep = keep_2d[r, c]
+        if keep_kpm is not None:
+            k2 = keep_kpm[b, c]
+            keep = k2 if keep is None else keep & k2
+        same_blocks = keep is None
+        if keep is not None:
+            b, r, c = b[keep], r[keep], c[keep]
+        pattern_meta = None
+        if same_blocks and base.pattern is not None and not extra:
+            from ..graph import Pattern
+
+            meta = () if Lq == S else (("key_lengths", (S,) * N),)
+            pattern_meta = Pattern(base.pattern.kind, base.pattern.params + meta, (Lq,) * N)
+        g = Graph._build(b * Sx + c, b * Lq + r, N * Sx, N * Lq, pattern=pattern_meta)
+        if cacheable:
+            self._graph_key, self._graph = key, g
+        return g
+
+    # ---------------------------------------------------------------- forward
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Optional[Tensor] = None,
+        need_weights: bool = True,
+        attn_mask: Optional[Tensor] = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif not self.batch_first:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        if query.dim() != 3 or key.dim() != 3 or value.dim() != 3:
+            raise ValueError("query, key and value must be (L, E), (L, N, E) or, with batch_first, (N, L, E)")
+        N, Lq, Eq = query.shape
+        S = key.size(1)
+        if Eq != self.embed_dim:
+            raise ValueError(f"query has embedding size {Eq} but embed_dim is {self.embed_dim}")
+        if key.shape[:2] != value.shape[:2] or key.size(0) != N:
+            raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must match the batch and "
+                             f"length of each other and the batch of query {tuple(query.shape)}")
+        H, D = self.num_heads, self.head_dim
+        q, k, v = self._projections(query, key, value)
+        extra = 0
+        if self.bias_k is not None:
+            k = torch.cat([k, self.bias_k.expand(N, 1, -1)], dim=1)
+            v = torch.cat([v, self.bias_v.expand(N, 1, -1)], dim=1)
+            extra += 1
+        if self.add_zero_attn:
+            k = torch.cat([k, k.new_zeros(N, 1, self.embed_dim)], dim=1)
+            v = torch.cat([v, v.new_zeros(N, 1, self.embed_dim)], dim=1)
+            extra += 1
+        Sx = S + extra
+
+        # masks -> removed edges (boolean, shared by heads) and score biases (float or per-head)
+        keep_2d = keep_kpm = None
+        bias_2d = bias_3d = bias_kpm = None
+        if attn_mask is not None:
+            if attn_mask.dim() == 2:
+                if attn_mask.shape != (Lq, S):
+                    raise ValueError(f"attn_mask must be ({Lq}, {S}), got {tuple(attn_mask.shape)}")
+            elif attn_mask.dim() == 3:
+                if attn_mask.shape != (N * H, Lq, S):
+                    raise ValueError(f"attn_mask must be ({N * H}, {Lq}, {S}), got {tuple(attn_mask.shape)}")
+            else:
+                raise ValueError(f"attn_mask must be 2-D or 3-D, got {attn_mask.dim()}-D")
+            pad = (0, extra)
+            if attn_mask.dtype == torch.bool:
+                if attn_mask.dim() == 2:
+                    keep_2d = F.pad(~attn_mask, pad, value=True)
+                else:
+                    bias_3d = F.pad(attn_mask.float().masked_fill(attn_mask, float("-inf")), pad)
+            elif attn_mask.is_floating_point():
+                padded = F.pad(attn_mask, pad)
+                bias_2d, bias_3d = (padded, None) if attn_mask.dim() == 2 else (None, padded)
+            else:
+                raise TypeError(f"attn_mask must be bool or floating point, got {attn_mask.dtype}")
+        if key_padding_mask is not None:
+            if key_padding_mask.shape != (N, S):
+                raise ValueError(f"key_padding_mask must be ({N}, {S}), got {tuple(key_padding_mask.shape)}")
+            if key_padding_mask.dtype == torch.bool:
+                keep_kpm = F.pad(~key_padding_mask, (0, extra), value=True)
+            elif key_padding_mask.is_floating_point():
+                bias_kpm = F.pad(key_padding_mask, (0, extra))
+            else:
+                raise TypeError(f"key_padding_mask must be bool or floating point, got {key_padding_mask.dtype}")
+        causal_hint = is_causal and attn_mask is None
+        graph = self._build_graph(N, Lq, S, extra, causal_hint, query.device, keep_2d, keep_kpm)
+
+        edge_bias = None
+        if bias_2d is not None or bias_3d is not None or bias_kpm is not None:
+            b = graph.row // Lq
+            i = graph.row % Lq
+            j = graph.col % Sx
+            eb = query.new_zeros(graph.num_edges, H)
+            if bias_2d is not None:
+                eb = eb + bias_2d.to(eb.dtype)[i, j].unsqueeze(1)
+            if bias_kpm is not None:
+                eb = eb + bias_kpm.to(eb.dtype)[b, j].unsqueeze(1)
+            if bias_3d is not None:
+                heads = torch.arange(H, device=eb.device)
+                eb = eb + bias_3d.to(eb.dtype).view(N, H, Lq, Sx)[b.unsqueeze(1), heads, i.unsqueeze(1),
+                                                                  j.unsqueeze(1)]
+            edge_bias = graph.to_user_order(eb) if graph.perm is not None else eb
+
+        out = ops.dot_product_attention(
+            q.reshape(N * Lq, H, D), k.reshape(N * Sx, H, D), v.reshape(N * Sx, H, D), graph,
+            scale=D ** -0.5, edge_bias=edge_bias, dropout=self.dropout, training=self.training,
+            return_weights=need_weights,
+        )
+        out, alpha = out if need_weights else (out, None)
+        out = self.out_proj(out.reshape(N, Lq, self.embed_dim))
+
+        weights = None
+        if need_weights:
+            ei = graph.edge_index
+            dense = alpha.new_zeros(N, H, Lq, Sx)
+            b, i, j = ei[1] // Lq, ei[1] % Lq, ei[0] % Sx
+            dense[b.unsqueeze(1), torch.arange(H, device=alpha.device), i.unsqueeze(1), j.unsqueeze(1)] = alpha
+            weights = dense.mean(dim=1) if average_attn_weights else dense
+            if unbatched:
+                weights = weights.squeeze(0)
+        if unbatched:
+            out = out.squeeze(0)
+        elif not self.batch_first:
+            out = out.transpose(0, 1)
+        return out, weights

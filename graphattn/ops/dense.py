@@ -1,0 +1,55 @@
+"""Dense dispatch: graphs known to be complete, causal or complete-bipartite (one
+sequence, or a batch of equal-length sequences) run through PyTorch's
+``scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU, a
+fused kernel on CPU). The result equals the sparse path's; tests check it.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..graph import Graph
+
+DENSE_KINDS = ("complete", "causal", "cross")
+
+
+def blocks(graph: Graph) -> Optional[Tuple[int, int, int]]:
+    """``(batch, Lq, Lk)`` when the graph is a batch of identical dense blocks, else None."""
+    pat = graph.pattern
+    if pat is None or pat.kind not in DENSE_KINDS:
+        return None
+    if pat.batch is None:
+        return 1, graph.num_dst, graph.num_src
+    qs = set(pat.batch)
+    ks = set(pat.get("key_lengths", pat.batch))
+    if len(qs) != 1 or len(ks) != 1:
+        return None
+    B = len(pat.batch)
+    Lq, Lk = next(iter(qs)), next(iter(ks))
+    if pat.kind == "causal" and Lq != Lk:
+        return None
+    return B, Lq, Lk
+
+
+def supports(graph=None, need_weights=False, has_edge_terms=False, **_) -> bool:
+    return graph is not None and not need_weights and not has_edge_terms and blocks(graph) is not None
+
+
+def dot_product(query, key, value, graph, *, scale, edge_key, edge_value, edge_bias, dropout, training,
+                need_weights=False):
+    if edge_key is not None or edge_value is not None or edge_bias is not None or need_weights:
+        raise RuntimeError("the dense backend runs plain attention only (no edge terms, no returned weights)")
+    B, Lq, Lk = blocks(graph)
+    H, D, C = query.size(1), query.size(2), value.size(2)
+
+    def to_dense(t: Tensor, L: int) -> Tensor:  # [B*L, H, X] -> [B, H, L, X]
+        return t.reshape(B, L, H, t.size(-1)).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(
+        to_dense(query, Lq), to_dense(key, Lk), to_dense(value, Lk),
+        dropout_p=dropout if training else 0.0, is_causal=graph.pattern.kind == "causal", scale=scale,
+    )
+    return out.transpose(1, 2).reshape(B * Lq, H, C), None

@@ -1,0 +1,237 @@
+"""Fused graph attention in Triton (GPU; on CPU under ``TRITON_INTERPRET=1`` for tests).
+
+Same algorithm as the native CPU kernel (``csrc/fused_attention.cpp``):
+
+* forward: one program per (destination ``i``, head ``h``) walks ``i``'s CSR row in
+  blocks of ``BLOCK_E`` edges with an online softmax, and stores ``out[i, h]`` and the
+  log-sum-exp ``lse[i, h]`` only;
+* backward: one program per (source ``j``, head ``h``) walks the transposed graph and
+  recomputes each weight from ``lse`` (source-side and per-edge gradients, no float
+  atomics), then one program per (destination, head) sums the destination-side
+  gradients from the per-edge score gradient.
+
+Score kinds: ``KIND = 0`` GAT (``leaky(B[j] + A[i] + EF[e])``), ``1`` GATv2
+(``att . leaky(B[j] + A[i] + EF[e])``), ``2`` dot product (``scale * A[i].(B[j] + EF[e]) + EB[e]``).
+Inputs may be fp16/bf16/fp32/fp64; they are cast to fp32 (fp64 stays fp64) right after
+loading and accumulated there. ``slope`` and ``scale`` come from a tensor in that
+dtype (``params``): Triton types Python float arguments as fp32. Channel counts are padded to powers of two with masks.
+Dropout keeps an edge with probability ``1 - p`` using ``tl.rand(seed, e * H + h)``,
+so the backward regenerates the same mask.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _scores(KIND: tl.constexpr, A, B, EF, EB, att, i, j, e, h, e_mask, H, F, offs_f, f_mask,
+            slope, scale, HAS_A: tl.constexpr, HAS_EF: tl.constexpr, HAS_EB: tl.constexpr, ACC: tl.constexpr):
+    """Scores of a block of edges (j[k] -> i[k], edge ids e[k]) for head h: [BLOCK_E]."""
+    if KIND == 0:
+        s = tl.load(B + j * H + h, mask=e_mask, other=0.0).to(ACC)
+        if HAS_A:
+            s += tl.load(A + i * H + h, mask=e_mask, other=0.0).to(ACC)
+        if HAS_EF:
+            s += tl.load(EF + e * H + h, mask=e_mask, other=0.0).to(ACC)
+        s = tl.where(s > 0, s, s * slope)
+    else:
+        m2 = e_mask[:, None] & f_mask[None, :]
+        b = tl.load(B + (j * H + h)[:, None] * F + offs_f[None, :], mask=m2, other=0.0).to(ACC)
+        a = tl.load(A + (i * H + h)[:, None] * F + offs_f[None, :], mask=m2, other=0.0).to(ACC)
+        if HAS_EF:
+            b += tl.load(EF + (e * H + h)[:, None] * F + offs_f[None, :], mask=m2, other=0.0).to(ACC)
+        if KIND == 1:
+            z = a + b
+            z = tl.where(z > 0, z, z * slope)
+            w = tl.load(att + h * F + offs_f, mask=f_mask, other=0.0).to(ACC)
+            s = tl.sum(z * w[None, :], axis=1)
+        else:
+            s = tl.sum(a * b, axis=1) * scale
+            if HAS_EB:
+                s += tl.load(EB + e * H + h, mask=e_mask, other=0.0).to(ACC)
+    return s
+
+
+@triton.jit
+def fused_forward_kernel(
+    KIND: tl.constexpr, rowptr, col, A, B, V, EF, EB, EV, att, out, lse,
+    H, F, Cv, params, p, seed,
+    HAS_A: tl.constexpr, HAS_EF: tl.constexpr, HAS_EB: tl.constexpr, HAS_EV: tl.constexpr,
+    DROPOUT: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_C: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    slope = tl.load(params)
+    scale = tl.load(params + 1)
+    i = tl.program_id(0)
+    h = tl.program_id(1)
+    start = tl.load(rowptr + i)
+    end = tl.load(rowptr + i + 1)
+    offs_f = tl.arange(0, BLOCK_F)
+    f_mask = offs_f < F
+    offs_c = tl.arange(0, BLOCK_C)
+    c_mask = offs_c < Cv
+    m = tl.full((), float("-inf"), ACC)
+    l = tl.zeros((), ACC)
+    acc = tl.zeros((BLOCK_C,), ACC)
+    for e0 in range(start, end, BLOCK_E):
+        e = e0 + tl.arange(0, BLOCK_E)
+        e_mask = e < end
+        j = tl.load(col + e, mask=e_mask, other=0)
+        ii = tl.zeros((BLOCK_E,), tl.int64) + i
+        s = _scores(KIND, A, B, EF, EB, att, ii, j, e, h, e_mask, H, F, offs_f, f_mask, slope, scale,
+                    HAS_A, HAS_EF, HAS_EB, ACC)
+        s = tl.where(e_mask, s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        r = tl.exp(m - m_safe)
+        pr = tl.exp(s - m_safe)
+        l = l * r + tl.sum(pr, axis=0)
+        w = pr
+        if DROPOUT:
+            keep = tl.rand(seed, (e * H + h).to(tl.int32)) >= p
+            w = tl.where(keep, pr / (1.0 - p), 0.0)
+        vm = e_mask[:, None] & c_mask[None, :]
+        v = tl.load(V + (j * H + h)[:, None] * Cv + offs_c[None, :], mask=vm, other=0.0).to(ACC)
+        if HAS_EV:
+            v += tl.load(EV + (e * H + h)[:, None] * Cv + offs_c[None, :], mask=vm, other=0.0).to(ACC)
+        acc = acc * r + tl.sum(w[:, None] * v, axis=0)
+        m = m_new
+    l_safe = tl.where(l > 0, l, 1.0)  # both branches of tl.where are evaluated
+    inv = tl.where(l > 0, 1.0 / l_safe, 0.0)
+    tl.store(out + (i * H + h) * Cv + offs_c, (acc * inv).to(out.dtype.element_ty), mask=c_mask)
+    m_fin = tl.where(m == float("-inf"), 0.0, m)
+    tl.store(lse + i * H + h, tl.where(l > 0, m_fin + tl.log(l_safe), float("-inf")).to(lse.dtype.element_ty))
+
+
+@triton.jit
+def fused_backward_src_kernel(
+    KIND: tl.constexpr, colptr, row_by_src, eid, A, B, V, EF, EB, EV, att, lse, dO, Dm,
+    dB, dV, dEF, dEB, dEV, g,
+    H, F, Cv, params, p, seed,
+    HAS_A: tl.constexpr, HAS_EF: tl.constexpr, HAS_EB: tl.constexpr, HAS_EV: tl.constexpr,
+    DROPOUT: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_C: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    slope = tl.load(params)
+    scale = tl.load(params + 1)
+    j = tl.program_id(0)
+    h = tl.program_id(1)
+    start = tl.load(colptr + j)
+    end = tl.load(colptr + j + 1)
+    offs_f = tl.arange(0, BLOCK_F)
+    f_mask = offs_f < F
+    offs_c = tl.arange(0, BLOCK_C)
+    c_mask = offs_c < Cv
+    v_j = tl.load(V + (j * H + h) * Cv + offs_c, mask=c_mask, other=0.0).to(ACC)
+    dv = tl.zeros((BLOCK_C,), ACC)
+    db = tl.zeros((BLOCK_F,), ACC)
+    for k0 in range(start, end, BLOCK_E):
+        k = k0 + tl.arange(0, BLOCK_E)
+        e_mask = k < end
+        e = tl.load(eid + k, mask=e_mask, other=0)
+        i = tl.load(row_by_src + k, mask=e_mask, other=0)
+        jj = tl.zeros((BLOCK_E,), tl.int64) + j
+        s = _scores(KIND, A, B, EF, EB, att, i, jj, e, h, e_mask, H, F, offs_f, f_mask, slope, scale,
+                    HAS_A, HAS_EF, HAS_EB, ACC)
+        L = tl.load(lse + i * H + h, mask=e_mask, other=float("-inf")).to(ACC)
+        alpha = tl.where((L == float("-inf")) | (s == float("-inf")) | (~e_mask), 0.0, tl.exp(s - L))
+        kp = tl.full((BLOCK_E,), 1.0, ACC)
+        if DROPOUT:
+            kp = tl.where(tl.rand(seed, (e * H + h).to(tl.int32)) >= p, 1.0 / (1.0 - p), 0.0)
+        cm = e_mask[:, None] & c_mask[None, :]
+        d_out = tl.load(dO + (i * H + h)[:, None] * Cv + offs_c[None, :], mask=cm, other=0.0).to(ACC)
+        vv = v_j[None, :] + tl.zeros((BLOCK_E, BLOCK_C), ACC)
+        if HAS_EV:
+            vv += tl.load(EV + (e * H + h)[:, None] * Cv + offs_c[None, :], mask=cm, other=0.0).to(ACC)
+        dal = tl.sum(d_out * vv, axis=1)
+        Dv = tl.load(Dm + i * H + h, mask=e_mask, other=0.0).to(ACC)
+        ds = alpha * (kp * dal - Dv)
+        wv = alpha * kp
+        dv += tl.sum(wv[:, None] * d_out, axis=0)
+        if HAS_EV:
+            tl.store(dEV + (e * H + h)[:, None] * Cv + offs_c[None, :], (wv[:, None] * d_out).to(dEV.dtype.element_ty),
+                     mask=cm)
+        if KIND == 0:
+            z = tl.load(B + j * H + h).to(ACC) + tl.zeros((BLOCK_E,), ACC)
+            if HAS_A:
+                z += tl.load(A + i * H + h, mask=e_mask, other=0.0).to(ACC)
+            if HAS_EF:
+                z += tl.load(EF + e * H + h, mask=e_mask, other=0.0).to(ACC)
+            dz = ds * tl.where(z > 0, 1.0, slope)
+            dz = tl.where(e_mask, dz, 0.0)
+            db += tl.sum(dz, axis=0)  # broadcast into lane 0 below
+            if HAS_EF:
+                tl.store(dEF + e * H + h, dz.to(dEF.dtype.element_ty), mask=e_mask)
+            tl.store(g + e * H + h, dz.to(g.dtype.element_ty), mask=e_mask)
+        else:
+            fm = e_mask[:, None] & f_mask[None, :]
+            a = tl.load(A + (i * H + h)[:, None] * F + offs_f[None, :], mask=fm, other=0.0).to(ACC)
+            if KIND == 1:
+                z = a + tl.load(B + (j * H + h) * F + offs_f, mask=f_mask, other=0.0).to(ACC)[None, :]
+                if HAS_EF:
+                    z += tl.load(EF + (e * H + h)[:, None] * F + offs_f[None, :], mask=fm, other=0.0).to(ACC)
+                w = tl.load(att + h * F + offs_f, mask=f_mask, other=0.0).to(ACC)
+                dz = ds[:, None] * w[None, :] * tl.where(z > 0, 1.0, slope)
+                dz = tl.where(fm, dz, 0.0)
+                db += tl.sum(dz, axis=0)
+                if HAS_EF:
+                    tl.store(dEF + (e * H + h)[:, None] * F + offs_f[None, :], dz.to(dEF.dtype.element_ty), mask=fm)
+            else:
+                dk = (ds * scale)[:, None] * a
+                dk = tl.where(fm, dk, 0.0)
+                db += tl.sum(dk, axis=0)
+                if HAS_EF:
+                    tl.store(dEF + (e * H + h)[:, None] * F + offs_f[None, :], dk.to(dEF.dtype.element_ty), mask=fm)
+                if HAS_EB:
+                    tl.store(dEB + e * H + h, ds.to(dEB.dtype.element_ty), mask=e_mask)
+            tl.store(g + e * H + h, ds.to(g.dtype.element_ty), mask=e_mask)
+    tl.store(dV + (j * H + h) * Cv + offs_c, dv.to(dV.dtype.element_ty), mask=c_mask)
+    if KIND == 0:
+        # db holds the same scalar sum in every lane; write it once
+        tl.store(dB + j * H + h + offs_f * 0, db.to(dB.dtype.element_ty), mask=offs_f == 0)
+    else:
+        tl.store(dB + (j * H + h) * F + offs_f, db.to(dB.dtype.element_ty), mask=f_mask)
+
+
+@triton.jit
+def fused_backward_dst_kernel(
+    KIND: tl.constexpr, rowptr, col, A, B, EF, att, g, dA, datt_rows,
+    H, F, params,
+    HAS_EF: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr, ACC: tl.constexpr,
+):
+    slope = tl.load(params)
+    scale = tl.load(params + 1)
+    i = tl.program_id(0)
+    h = tl.program_id(1)
+    start = tl.load(rowptr + i)
+    end = tl.load(rowptr + i + 1)
+    offs_f = tl.arange(0, BLOCK_F)
+    f_mask = offs_f < F
+    da = tl.zeros((BLOCK_F,), ACC)
+    dat = tl.zeros((BLOCK_F,), ACC)
+    for e0 in range(start, end, BLOCK_E):
+        e = e0 + tl.arange(0, BLOCK_E)
+        e_mask = e < end
+        gs = tl.load(g + e * H + h, mask=e_mask, other=0.0).to(ACC)
+        if KIND == 0:
+            da += tl.sum(gs, axis=0)
+        else:
+            j = tl.load(col + e, mask=e_mask, other=0)
+            fm = e_mask[:, None] & f_mask[None, :]
+            b = tl.load(B + (j * H + h)[:, None] * F + offs_f[None, :], mask=fm, other=0.0).to(ACC)
+            if HAS_EF:
+                b += tl.load(EF + (e * H + h)[:, None] * F + offs_f[None, :], mask=fm, other=0.0).to(ACC)
+            if KIND == 1:
+                z = b + tl.load(A + (i * H + h) * F + offs_f, mask=f_mask, other=0.0).to(ACC)[None, :]
+                w = tl.load(att + h * F + offs_f, mask=f_mask, other=0.0).to(ACC)
+                da += tl.sum(tl.where(fm, gs[:, None] * w[None, :] * tl.where(z > 0, 1.0, slope), 0.0), axis=0)
+                dat += tl.sum(tl.where(fm, gs[:, None] * tl.where(z > 0, z, z * slope), 0.0), axis=0)
+            else:
+                da += tl.sum(tl.where(fm, (gs * scale)[:, None] * b, 0.0), axis=0)
+    if KIND == 0:
+        tl.store(dA + i * H + h + offs_f * 0, da.to(dA.dtype.element_ty), mask=offs_f == 0)
+    else:
+        tl.store(dA + (i * H + h) * F + offs_f, da.to(dA.dtype.element_ty), mask=f_mask)
+        if KIND == 1:
+            tl.store(datt_rows + (i * H + h) * F + offs_f, dat.to(datt_rows.dtype.element_ty), mask=f_mask)

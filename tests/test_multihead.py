@@ -1,0 +1,186 @@
+"""Parity with torch.nn.MultiheadAttention (copied weights, eval mode, 1e-5 in fp32)."""
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from graphattn import Graph, ops, patterns
+from graphattn.nn import MultiheadGraphAttention
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+E, H = 16, 4
+
+
+def _pair(batch_first=False, kdim=None, vdim=None, bias=True, add_bias_kv=False, add_zero_attn=False, **kw):
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(E, H, batch_first=batch_first, kdim=kdim, vdim=vdim, bias=bias,
+                                add_bias_kv=add_bias_kv, add_zero_attn=add_zero_attn).eval()
+    ours = MultiheadGraphAttention.from_torch(mha, **kw).eval()
+    return mha, ours
+
+
+def _inputs(N, L, S, batch_first, kdim=None, vdim=None, self_attn=True):
+    q = torch.randn(N, L, E) if batch_first else torch.randn(L, N, E)
+    if self_attn:
+        return q, q, q
+    shape_k = (N, S, kdim or E) if batch_first else (S, N, kdim or E)
+    shape_v = (N, S, vdim or E) if batch_first else (S, N, vdim or E)
+    return q, torch.randn(shape_k), torch.randn(shape_v)
+
+
+def _check(mha, ours, args, **kw):
+    out_t, w_t = mha(*args, **kw)
+    out_o, w_o = ours(*args, **kw)
+    torch.testing.assert_close(out_o, out_t, **TOL)
+    if w_t is None:
+        assert w_o is None
+    else:
+        torch.testing.assert_close(w_o, w_t, **TOL)
+
+
+GRID = list(itertools.product([False, True], [True, False], [True, False]))
+
+
+@pytest.mark.parametrize("batch_first,self_attn,average", GRID)
+def test_plain(batch_first, self_attn, average):
+    mha, ours = _pair(batch_first)
+    args = _inputs(3, 7, 5, batch_first, self_attn=self_attn)
+    _check(mha, ours, args, average_attn_weights=average)
+    _check(mha, ours, args, need_weights=False)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_key_padding_mask_bool_and_float(batch_first):
+    mha, ours = _pair(batch_first)
+    args = _inputs(3, 6, 6, batch_first, self_attn=False)
+    kpm = torch.zeros(3, 6, dtype=torch.bool)
+    kpm[0, 4:] = True
+    kpm[2, 1] = True
+    _check(mha, ours, args, key_padding_mask=kpm)
+    fkpm = torch.zeros(3, 6).masked_fill(kpm, float("-inf"))
+    fkpm[1, 2] = -0.7
+    _check(mha, ours, args, key_padding_mask=fkpm)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_causal_and_banded_masks(batch_first):
+    mha, ours = _pair(batch_first)
+    L = 9
+    args = _inputs(2, L, L, batch_first)
+    causal = torch.triu(torch.ones(L, L, dtype=torch.bool), 1)
+    _check(mha, ours, args, attn_mask=causal)
+    i = torch.arange(L)
+    band = (i[None, :] - i[:, None]).abs() > 2
+    _check(mha, ours, args, attn_mask=band)
+    float_mask = torch.randn(L, L).masked_fill(causal, float("-inf"))
+    _check(mha, ours, args, attn_mask=float_mask)
+    # is_causal with the mask given (torch requires the mask on this path)
+    _check(mha, ours, args, attn_mask=causal, is_causal=True)
+
+
+def test_per_head_3d_masks():
+    mha, ours = _pair()
+    L, N = 5, 2
+    args = _inputs(N, L, L, False)
+    m = torch.rand(N * H, L, L) > 0.6
+    m[:, :, 0] = False  # every query keeps one key
+    _check(mha, ours, args, attn_mask=m)
+    _check(mha, ours, args, attn_mask=torch.randn(N * H, L, L), average_attn_weights=False)
+
+
+def test_kdim_vdim_no_bias_bias_kv_zero_attn():
+    mha, ours = _pair(kdim=6, vdim=10, bias=False)
+    _check(mha, ours, _inputs(2, 4, 7, False, kdim=6, vdim=10, self_attn=False))
+    mha, ours = _pair(add_bias_kv=True, add_zero_attn=True)
+    args = _inputs(2, 4, 7, False, self_attn=False)
+    kpm = torch.zeros(2, 7, dtype=torch.bool)
+    kpm[1, 5:] = True
+    _check(mha, ours, args, key_padding_mask=kpm)
+    _check(mha, ours, args, attn_mask=torch.rand(4, 7) > 0.7)
+
+
+def test_unbatched():
+    mha, ours = _pair()
+    x = torch.randn(6, E)
+    _check(mha, ours, (x, x, x))
+
+
+def test_is_causal_without_mask_means_causal_pattern():
+    mha, ours = _pair()
+    L = 8
+    args = _inputs(2, L, L, False)
+    causal = torch.triu(torch.ones(L, L, dtype=torch.bool), 1)
+    ref, _ = mha(*args, attn_mask=causal)
+    out, _ = ours(*args, is_causal=True, need_weights=False)
+    torch.testing.assert_close(out, ref, **TOL)
+
+
+def test_sliding_window_pattern_equals_dense_band_mask():
+    L, w = 20, 3
+    mha, _ = _pair(batch_first=True)
+    ours = MultiheadGraphAttention.from_torch(mha, pattern=lambda Lq, Lk: patterns.sliding_window(Lq, w, w)).eval()
+    x = torch.randn(2, L, E)
+    i = torch.arange(L)
+    band = (i[None, :] - i[:, None]).abs() > w
+    ref, wref = mha(x, x, x, attn_mask=band)
+    out, wout = ours(x, x, x)
+    torch.testing.assert_close(out, ref, **TOL)
+    torch.testing.assert_close(wout, wref, **TOL)
+
+
+def test_dense_path_equals_sparse_path_and_is_chosen():
+    mha, ours = _pair(batch_first=True)
+    x = torch.randn(3, 10, E)
+    for is_causal in (False, True):
+        out_auto, _ = ours(x, x, x, need_weights=False, is_causal=is_causal)
+        assert ops.last_backend("dot_product") == "dense"
+        with ops.use_backend("reference"):
+            out_ref, _ = ours(x, x, x, need_weights=False, is_causal=is_causal)
+        torch.testing.assert_close(out_auto, out_ref, **TOL)
+
+
+def test_dense_backend_on_pattern_graphs_directly():
+    torch.manual_seed(1)
+    for g in (patterns.complete(7), patterns.causal(7), patterns.cross(5, 9),
+              patterns.batch([6, 6, 6], patterns.causal), patterns.batch([4, 4], patterns.cross, key_lengths=[3, 3])):
+        q = torch.randn(g.num_dst, 2, 8)
+        k, v = torch.randn(g.num_src, 2, 8), torch.randn(g.num_src, 2, 8)
+        dense = ops.dot_product_attention(q, k, v, g, backend="dense")
+        sparse = ops.dot_product_attention(q, k, v, g, backend="reference")
+        torch.testing.assert_close(dense, sparse, **TOL)
+    band = patterns.sliding_window(9, 2, 2)
+    q = k = v = torch.randn(9, 2, 8)
+    with pytest.raises(RuntimeError, match="cannot run"):
+        ops.dot_product_attention(q, k, v, band, backend="dense")
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="divisible"):
+        MultiheadGraphAttention(10, 3)
+    _, ours = _pair()
+    x = torch.randn(5, 2, E)
+    with pytest.raises(ValueError, match=r"attn_mask must be \(5, 5\)"):
+        ours(x, x, x, attn_mask=torch.zeros(4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="key_padding_mask must be"):
+        ours(x, x, x, key_padding_mask=torch.zeros(3, 5, dtype=torch.bool))
+    with pytest.raises(TypeError, match="attn_mask must be bool or floating"):
+        ours(x, x, x, attn_mask=torch.zeros(5, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="embedding size"):
+        ours(torch.randn(5, 2, E + 1), x, x)
+    with pytest.raises(TypeError, match="MultiheadAttention"):
+        MultiheadGraphAttention.from_torch(nn.Linear(2, 2))
+
+
+def test_gradients_match_torch():
+    mha, ours = _pair(batch_first=True)
+    mha.train(), ours.train()
+    x1 = torch.randn(2, 6, E, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    kpm = torch.zeros(2, 6, dtype=torch.bool)
+    kpm[1, 4:] = True
+    mha(x1, x1, x1, key_padding_mask=kpm)[0].sum().backward()
+    ours(x2, x2, x2, key_padding_mask=kpm)[0].sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad, **TOL)
+    for (n, p1), (_, p2) in zip(mha.named_parameters(), ours.named_parameters()):
+        torch.testing.assert_close(p2.grad, p1.grad, **TOL, msg=n)

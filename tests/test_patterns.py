@@ -1,0 +1,93 @@
+"""Every pattern against its dense-mask equivalent."""
+import pytest
+import torch
+
+from graphattn import Graph, patterns
+
+
+def dense(g: Graph) -> torch.Tensor:
+    m = torch.zeros(g.num_dst, g.num_src, dtype=torch.long)
+    m.index_put_((g.row, g.col), torch.ones_like(g.row), accumulate=True)
+    return m
+
+
+def test_complete_causal_cross():
+    assert torch.equal(dense(patterns.complete(5)), torch.ones(5, 5, dtype=torch.long))
+    assert torch.equal(dense(patterns.causal(6)), torch.tril(torch.ones(6, 6, dtype=torch.long)))
+    c = patterns.cross(3, 7)
+    assert (c.num_dst, c.num_src) == (3, 7) and torch.equal(dense(c), torch.ones(3, 7, dtype=torch.long))
+    assert patterns.causal(4).pattern.kind == "causal" and c.pattern.kind == "cross"
+    assert patterns.causal(0).num_edges == 0
+
+
+@pytest.mark.parametrize("left,right", [(0, 0), (2, 0), (1, 3), (10, 10)])
+def test_sliding_window(left, right):
+    L = 9
+    i = torch.arange(L)
+    diff = i[None, :] - i[:, None]  # key - query
+    ref = ((diff >= -left) & (diff <= right)).long()
+    g = patterns.sliding_window(L, left, right)
+    assert torch.equal(dense(g), ref) and g.perm is None  # built sorted: no permutation
+    assert g.pattern.get("left") == left
+
+
+def test_dilated():
+    L = 12
+    i = torch.arange(L)
+    diff = i[None, :] - i[:, None]
+    ref = ((diff % 3 == 0) & (diff.abs() <= 2 * 3)).long()
+    assert torch.equal(dense(patterns.dilated(L, 2, 3)), ref)
+    ref_c = ref * (diff <= 0).long()
+    assert torch.equal(dense(patterns.dilated(L, 2, 3, causal_only=True)), ref_c)
+    with pytest.raises(ValueError, match="dilation"):
+        patterns.dilated(L, 2, 0)
+
+
+def test_global_local():
+    L = 10
+    i = torch.arange(L)
+    ref = ((i[None, :] - i[:, None]).abs() <= 1)
+    ref[:, [0, 5]] = True
+    ref[[0, 5], :] = True
+    g = patterns.global_local(L, 1, [0, 5])
+    assert torch.equal(dense(g), ref.long())
+    with pytest.raises(ValueError, match="global token ids"):
+        patterns.global_local(L, 1, [12])
+
+
+def test_random_and_bigbird_are_reproducible():
+    a, b = patterns.random(20, 4, seed=3), patterns.random(20, 4, seed=3)
+    assert torch.equal(a.col, b.col) and not torch.equal(a.col, patterns.random(20, 4, seed=4).col)
+    d = dense(a)
+    assert torch.equal(d.sum(1), torch.full((20,), 4)) and d.max() == 1
+    bb = dense(patterns.bigbird(30, 2, 2, 3, seed=1))
+    assert bb.max() == 1
+    assert (bb - dense(patterns.global_local(30, 2, 2))).min() >= 0
+
+
+def test_union_removes_duplicates():
+    u = patterns.union(patterns.causal(6), patterns.sliding_window(6, 1, 1))
+    ref = ((dense(patterns.causal(6)) + dense(patterns.sliding_window(6, 1, 1))) > 0).long()
+    assert torch.equal(dense(u), ref)
+    with pytest.raises(ValueError, match="cannot unite"):
+        patterns.union(patterns.causal(3), patterns.causal(4))
+
+
+def test_batch_is_block_diagonal_and_pack_unpack_round_trip():
+    g = patterns.batch([3, 1, 4], patterns.causal)
+    d = dense(g)
+    ref = torch.block_diag(*(torch.tril(torch.ones(n, n, dtype=torch.long)) for n in (3, 1, 4)))
+    assert torch.equal(d, ref) and g.pattern.batch == (3, 1, 4) and g.pattern.kind == "causal"
+    x = torch.randn(3, 5, 2)
+    kpm = torch.arange(5)[None, :] >= torch.tensor([3, 1, 4])[:, None]
+    packed, lengths = patterns.pack(x, key_padding_mask=kpm)
+    assert packed.shape == (8, 2) and lengths.tolist() == [3, 1, 4]
+    back = patterns.unpack(packed, lengths, max_len=5)
+    torch.testing.assert_close(back[~kpm], x[~kpm])
+    assert torch.equal(back[kpm], torch.zeros_like(back[kpm]))
+    with pytest.raises(ValueError, match="suffix"):
+        patterns.lengths_from_padding_mask(torch.tensor([[True, False]]))
+    cross = patterns.batch([2, 3], patterns.cross, key_lengths=[4, 1])
+    assert (cross.num_dst, cross.num_src) == (5, 5)
+    assert torch.equal(dense(cross), torch.block_diag(torch.ones(2, 4, dtype=torch.long),
+                                                       torch.ones(3, 1, dtype=torch.long)))

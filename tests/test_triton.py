@@ -1,0 +1,135 @@
+"""The Triton kernels under the interpreter (TRITON_INTERPRET=1), on CPU, against
+the reference backend: outputs, weights and gradients, fp32 and fp64."""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before graphattn's kernels are first imported
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from graphattn import Graph, ops  # noqa: E402
+from graphattn.ops import triton_backend  # noqa: E402
+
+from conftest import random_graph  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not triton_backend.is_available() or os.environ.get("TRITON_INTERPRET") != "1",
+    reason="triton not installed (or TRITON_INTERPRET was set to something else)",
+)
+
+N, H, C = 24, 2, 5
+
+
+def _graph(seed=0):
+    return Graph.from_edge_index(random_graph(N, N, 90, seed=seed), N)
+
+
+def _run_both(fn, inputs):
+    results = {}
+    for backend in ("reference", "triton"):
+        xs = [t.detach().clone().requires_grad_(True) for t in inputs]
+        out, alpha = fn(*xs, backend)
+        w = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+        (out * w).sum().backward()
+        results[backend] = (out.detach(), alpha, [x.grad for x in xs])
+    return results
+
+
+def _compare(results, dtype):
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-10, rtol=1e-10)
+    (o1, a1, g1), (o2, a2, g2) = results["reference"], results["triton"]
+    torch.testing.assert_close(o2, o1, **tol)
+    torch.testing.assert_close(a2, a1, **tol)
+    for x, y in zip(g1, g2):
+        torch.testing.assert_close(y, x, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("edge", [False, True])
+def test_gat(dtype, edge):
+    g = _graph()
+    r = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731
+    inputs = [r(N, H), r(N, H), r(N, H, C)] + ([r(g.num_edges, H)] if edge else [])
+
+    def fn(ss, sd, v, *es, backend):
+        return ops.gat_attention(ss, sd, v, g, edge_score=es[0] if es else None, return_weights=True,
+                                 backend=backend)
+
+    _compare(_run_both(lambda *a: fn(*a[:-1], backend=a[-1]), inputs), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("edge", [False, True])
+def test_gatv2(dtype, edge):
+    g = _graph(1)
+    r = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731
+    inputs = [r(N, H, C), r(N, H, C), r(H, C)] + ([r(g.num_edges, H, C)] if edge else [])
+
+    def fn(xs, xd, att, *ef, backend):
+        return ops.gatv2_attention(xs, xd, att, g, edge_feat=ef[0] if ef else None, return_weights=True,
+                                   backend=backend)
+
+    _compare(_run_both(lambda *a: fn(*a[:-1], backend=a[-1]), inputs), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("edge", [False, True])
+def test_dot_product(dtype, edge):
+    g = _graph(2)
+    E = g.num_edges
+    r = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731
+    inputs = [r(N, H, 4), r(N, H, 4), r(N, H, C)] + ([r(E, H, 4), r(E, H, C), r(E, H)] if edge else [])
+
+    def fn(q, k, v, *extra, backend):
+        ek, ev, eb = extra if extra else (None, None, None)
+        return ops.dot_product_attention(q, k, v, g, edge_key=ek, edge_value=ev, edge_bias=eb, return_weights=True,
+                                         backend=backend)
+
+    _compare(_run_both(lambda *a: fn(*a[:-1], backend=a[-1]), inputs), dtype)
+
+
+def test_empty_rows_masked_edges_and_empty_graph():
+    ei = torch.tensor([[0, 1, 2, 0], [1, 1, 1, 2]])
+    g = Graph.from_edge_index(ei, (3, 4))
+    q, k, v = torch.randn(4, 2, 3), torch.randn(3, 2, 3), torch.randn(3, 2, 3)
+    bias = torch.zeros(4, 2)
+    bias[3] = float("-inf")
+    out, alpha = ops.dot_product_attention(q, k, v, g, edge_bias=bias, return_weights=True, backend="triton")
+    ref, ref_alpha = ops.dot_product_attention(q, k, v, g, edge_bias=bias, return_weights=True, backend="reference")
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(alpha, ref_alpha)
+    empty = Graph.from_edge_index(torch.empty(2, 0, dtype=torch.long), 3)
+    out = ops.gat_attention(torch.randn(3, 2), torch.randn(3, 2), torch.randn(3, 2, 4), empty, backend="triton")
+    assert torch.equal(out, torch.zeros(3, 2, 4))
+
+
+def test_dropout_is_seeded_unbiased_and_keeps_weights():
+    g = _graph(3)
+    ss, sd, v = torch.randn(N, H), torch.randn(N, H), torch.randn(N, H, C)
+    clean, a0 = ops.gat_attention(ss, sd, v, g, return_weights=True, backend="triton")
+    torch.manual_seed(5)
+    d1, a1 = ops.gat_attention(ss, sd, v, g, dropout=0.5, return_weights=True, backend="triton")
+    torch.manual_seed(5)
+    d2 = ops.gat_attention(ss, sd, v, g, dropout=0.5, backend="triton")
+    torch.testing.assert_close(d1, d2)
+    torch.testing.assert_close(a0, a1)
+    assert not torch.allclose(d1, clean)
+
+
+def test_gradcheck_float64_with_dropout_mask_fixed_by_seed():
+    g = Graph.from_edge_index(random_graph(6, 6, 16, seed=4), 6)
+    d = dict(dtype=torch.float64, requires_grad=True)
+    q, k, v = torch.randn(6, 2, 3, **d), torch.randn(6, 2, 3, **d), torch.randn(6, 2, 3, **d)
+
+    def f(q, k, v):
+        return triton_backend._Fused.apply(triton_backend.DOT, g, 0.0, 0.5, 0.3, 1234, q, k, v, None, None, None,
+                                           None)[0]
+
+    assert torch.autograd.gradcheck(f, (q, k, v), fast_mode=True)
+
+
+def test_not_chosen_on_cpu_unless_forced():
+    g = _graph()
+    ops.gat_attention(torch.randn(N, H), torch.randn(N, H), torch.randn(N, H, C), g)
+    assert ops.last_backend("gat") != "triton"
