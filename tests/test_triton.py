@@ -2,8 +2,6 @@
 the reference backend: outputs, weights and gradients, fp32 and fp64."""
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before graphattn's kernels are first imported
-
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
