@@ -7,7 +7,8 @@
 
 Every case runs in a fresh subprocess: inputs are built, one warm-up call is
 made, then peak memory growth is taken over one call (CPU: the process's peak
-RSS, reset through /proc/self/clear_refs, minus the RSS before the call; GPU:
+RSS, reset through /proc/self/clear_refs, minus the RSS before the call, with
+glibc's mmap threshold fixed so freed blocks are returned rather than reused; GPU:
 torch.cuda.max_memory_allocated growth), then the median time of >= 5 calls.
 Results go to benchmarks/results/<suite>-<date>.json and .md (machine, versions,
 command, and for each case graphattn's and the peer's numbers with their ratios),
@@ -195,7 +196,12 @@ def child(spec) -> dict:
 # -------------------------------------------------------------------- parent
 def run_case(spec) -> dict:
     cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    # Fixed malloc thresholds: glibc's dynamic mmap threshold would otherwise keep
+    # memory freed by the warm-up call in the heap, and its reuse would not show as
+    # RSS growth (hiding an implementation's real peak). With a fixed threshold every
+    # large block is mapped on allocation and returned on free.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -228,6 +234,8 @@ def main(argv=None):
     p.add_argument("suite", nargs="?", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--quick", action="store_true", help="small sizes only")
     p.add_argument("--out", default=str(RESULTS), help="results folder")
+    p.add_argument("--cases", default="all", choices=["all", "graph", "seq"],
+                   help="graph layers and edge_softmax, sequence attention, or both (default)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -272,6 +280,9 @@ def main(argv=None):
                 "heads": 8, "device": device, "scaling": True}
         specs += [("graphattn", spec), ("pyg", spec)]
 
+    if args.cases != "all":
+        want_seq = args.cases == "seq"
+        specs = [(impl, spec) for impl, spec in specs if spec["kind"].startswith("seq") == want_seq]
     rows = []
     for impl, spec in tqdm(specs, desc=f"{args.suite} suite"):
         res = run_case({**spec, "impl": impl})
@@ -280,7 +291,8 @@ def main(argv=None):
     stamp = dt.datetime.now(dt.timezone.utc)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{args.suite}{'-quick' if args.quick else ''}-{stamp:%Y-%m-%d}"
+    tag = "" if args.cases == "all" else f"-{args.cases}"
+    name = f"{args.suite}{tag}{'-quick' if args.quick else ''}-{stamp:%Y-%m-%d}"
     report = {
         "suite": args.suite, "date": stamp.isoformat(timespec="seconds"),
         "command": "python benchmarks/run.py " + " ".join(a for a in (argv or sys.argv[1:])),

@@ -179,18 +179,19 @@ def batch(lengths: Sequence[int], pattern: Callable[..., Graph] = complete,
     klens = lengths if key_lengths is None else [int(x) for x in key_lengths]
     if len(klens) != len(lengths):
         raise ValueError(f"{len(lengths)} query lengths but {len(klens)} key lengths")
-    rows, cols, kind = [], [], None
+    rows, cols, kind, block_params = [], [], None, ()
     q_off = k_off = 0
     for Lq, Lk in zip(lengths, klens):
         g = pattern(Lq, **kwargs) if key_lengths is None else pattern(Lq, Lk, **kwargs)
         kind = g.pattern.kind if g.pattern is not None else "graph"
+        block_params = g.pattern.params if g.pattern is not None else ()
         rows.append(g.row + q_off)
         cols.append(g.col + k_off)
         q_off += Lq
         k_off += Lk
     row = torch.cat(rows) if rows else torch.empty(0, dtype=torch.long)
     col = torch.cat(cols) if cols else torch.empty(0, dtype=torch.long)
-    params = (("key_lengths", tuple(klens)),) if key_lengths is not None else ()
+    params = tuple(block_params) + ((("key_lengths", tuple(klens)),) if key_lengths is not None else ())
     return Graph._build(col, row, k_off, q_off, pattern=Pattern(kind or "complete", params, tuple(lengths)))
 
 

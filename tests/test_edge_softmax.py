@@ -97,3 +97,46 @@ def test_half_precision_computed_in_fp32():
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+from graphattn import ops  # noqa: E402
+from graphattn.ops import cpu as cpu_backend  # noqa: E402
+
+GRAPH_BACKENDS = ["reference"] + (["cpu"] if cpu_backend.is_available() else [])
+
+
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+@pytest.mark.parametrize("sorted_input", [False, True])
+def test_graph_backends_match_pyg_and_each_other(backend, sorted_input):
+    ei = random_graph(30, 30, 200, seed=7)
+    if sorted_input:
+        ei = ei[:, torch.sort(ei[1], stable=True)[1]]
+    g = Graph.from_edge_index(ei, 30)
+    assert (g.perm is None) == sorted_input
+    s = torch.randn(ei.size(1), 3, dtype=torch.float64) * 4
+    s[:3] = float("-inf")
+    y = edge_softmax(s, g, backend=backend)
+    assert ops.last_backend("edge_softmax") == backend
+    ref = edge_softmax(s, ei[1], num_nodes=30, backend="reference")
+    torch.testing.assert_close(y, ref)
+    dst_with_inf = ei[1][:3]
+    clean = ~torch.isin(ei[1], dst_with_inf)  # rows untouched by the -inf scores
+    torch.testing.assert_close(y[clean], pyg_softmax(s, ei[1], num_nodes=30)[clean])
+    t = torch.randn(ei.size(1), 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: edge_softmax(x, g, backend=backend), (t,))
+
+
+@pytest.mark.skipif("cpu" not in GRAPH_BACKENDS, reason="fused CPU kernel not built")
+def test_cpu_edge_softmax_saves_only_output_and_handles_empty_and_half():
+    g = Graph.from_edge_index(random_graph(10, 10, 40), 10)
+    s = torch.randn(g.num_edges, 2, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = edge_softmax(s, g, backend="cpu")
+    floats = [t for t in saved if t.is_floating_point()]
+    assert len(floats) == 1 and torch.equal(floats[0], y)
+    empty = Graph.from_edge_index(torch.empty(2, 0, dtype=torch.long), 4)
+    assert edge_softmax(torch.empty(0, 2), empty, backend="cpu").shape == (0, 2)
+    yh = edge_softmax(s.detach().bfloat16(), g, backend="cpu")
+    assert yh.dtype == torch.bfloat16
+    torch.testing.assert_close(yh.float(), y.detach(), atol=1e-2, rtol=1e-2)

@@ -184,3 +184,16 @@ def test_gradients_match_torch():
     torch.testing.assert_close(x2.grad, x1.grad, **TOL)
     for (n, p1), (_, p2) in zip(mha.named_parameters(), ours.named_parameters()):
         torch.testing.assert_close(p2.grad, p1.grad, **TOL, msg=n)
+
+
+@pytest.mark.parametrize("make", [lambda: patterns.sliding_window(40, 5, 3), lambda: patterns.causal(40),
+                                  lambda: patterns.batch([20, 20], patterns.sliding_window, left=4, right=4)])
+def test_flex_backend_equals_sparse_path(make):
+    g = make()
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(g.num_dst, 2, 8) for _ in range(3))
+    flex = ops.dot_product_attention(q, k, v, g, backend="flex")
+    ref = ops.dot_product_attention(q, k, v, g, backend="reference")
+    torch.testing.assert_close(flex, ref, **TOL)
+    ops.dot_product_attention(q, k, v, g)
+    assert ops.last_backend("dot_product") != "flex"  # on CPU only when forced

@@ -78,6 +78,8 @@ def test_batch_is_block_diagonal_and_pack_unpack_round_trip():
     d = dense(g)
     ref = torch.block_diag(*(torch.tril(torch.ones(n, n, dtype=torch.long)) for n in (3, 1, 4)))
     assert torch.equal(d, ref) and g.pattern.batch == (3, 1, 4) and g.pattern.kind == "causal"
+    gb = patterns.batch([5, 5], patterns.sliding_window, left=2, right=1)
+    assert gb.pattern.kind == "band" and gb.pattern.get("left") == 2 and gb.pattern.get("right") == 1
     x = torch.randn(3, 5, 2)
     kpm = torch.arange(5)[None, :] >= torch.tensor([3, 1, 4])[:, None]
     packed, lengths = patterns.pack(x, key_padding_mask=kpm)

@@ -13,6 +13,14 @@ from ._base import GraphLayer, GraphLike, copy_from, glorot_, make_linear, reset
 Channels = Union[int, Tuple[int, int]]
 
 
+def _folded_scores(x: Tensor, lin: nn.Module, att: Tensor) -> Tensor:
+    """``(lin(x).view(N, H, C) * att).sum(-1)`` computed as ``x @ (W^T att)``:
+    the per-head score projection folded into the weight (exact algebraically)."""
+    H, C = att.shape[-2], att.shape[-1]
+    w = (lin.weight.view(H, C, -1) * att.view(H, C, 1)).sum(1)  # [H, in]
+    return x @ w.t()
+
+
 def _finish(layer, out: Tensor, res: Optional[Tensor], graph, alpha, return_attention_weights: bool):
     H, C = layer.heads, layer.out_channels
     out = out.reshape(-1, H * C) if layer.concat else out.mean(dim=1)
@@ -138,8 +146,11 @@ class GATConv(GraphLayer):
         else:
             x_src = self.lin_src(x_src_in).view(-1, H, C)
             x_dst = None if x_dst_in is None else self.lin_dst(x_dst_in).view(-1, H, C)
-        score_src = (x_src * self.att_src).sum(-1)
-        score_dst = None if x_dst is None else (x_dst * self.att_dst).sum(-1)
+        # a . (W x) == x . (W^T a): one [in, H] GEMM instead of an [N, H, C] product
+        lin_src = self.lin if self.lin is not None else self.lin_src
+        lin_dst = self.lin if self.lin is not None else self.lin_dst
+        score_src = _folded_scores(x_src_in, lin_src, self.att_src)
+        score_dst = None if x_dst is None else _folded_scores(x_dst_in, lin_dst, self.att_dst)
 
         graph = self.resolve_graph(
             edge_index, x_src.size(0), None if x_dst is None else x_dst.size(0), self.add_self_loops
@@ -149,10 +160,8 @@ class GATConv(GraphLayer):
             if self.lin_edge is None:
                 raise self._no_edge_dim_error()
             ea = self.edge_attr_rows(edge_attr, graph, self.fill_value)
-            # a_e . (W_e e) == e . (W_e^T a_e): the [E, H, C] edge embedding is never built.
-            w = self.lin_edge.weight.view(H, C, -1)
-            w_score = (w * self.att_edge.view(H, C, 1)).sum(1)  # [H, edge_dim]
-            edge_score = ea.to(w_score.dtype) @ w_score.t()
+            # the [E, H, C] edge embedding is never built
+            edge_score = _folded_scores(ea.to(self.att_edge.dtype), self.lin_edge, self.att_edge)
 
         out = ops.gat_attention(
             score_src, score_dst, x_src, graph,

@@ -7,6 +7,7 @@ and ask which ran with :func:`last_backend`.
 """
 from . import cpu as _cpu
 from . import dense as _dense
+from . import flex as _flex
 from . import triton_backend as _triton
 from . import reference as _reference
 from ._dispatch import available_backends, last_backend, register_backend, use_backend
@@ -17,6 +18,7 @@ register_backend("gat", "reference", _reference.gat)
 register_backend("gatv2", "reference", _reference.gatv2)
 register_backend("dot_product", "reference", _reference.dot_product)
 # The fused native CPU kernel wins on CPU whenever it can be built.
+register_backend("edge_softmax", "cpu", _cpu.edge_softmax, supports=_cpu.edge_softmax_supports, priority=10)
 register_backend("gat", "cpu", _cpu.gat, supports=_cpu.supports, priority=10)
 register_backend("gatv2", "cpu", _cpu.gatv2, supports=_cpu.supports, priority=10)
 register_backend("dot_product", "cpu", _cpu.dot_product, supports=_cpu.supports, priority=10)
@@ -24,6 +26,9 @@ register_backend("dot_product", "cpu", _cpu.dot_product, supports=_cpu.supports,
 register_backend("gat", "triton", _triton.gat, supports=_triton.supports, priority=15)
 register_backend("gatv2", "triton", _triton.gatv2, supports=_triton.supports, priority=15)
 register_backend("dot_product", "triton", _triton.dot_product, supports=_triton.supports, priority=15)
+# Banded / causal graphs on CUDA: flex attention with a block mask skips blocks
+# outside the band (on CPU only when forced; the sparse kernel wins there).
+register_backend("dot_product", "flex", _flex.dot_product, supports=_flex.supports, priority=18)
 # Graphs known to be complete / causal / cross go to PyTorch's SDPA when nothing
 # sparse-specific (edge terms, returned weights) is asked for.
 register_backend("dot_product", "dense", _dense.dot_product, supports=_dense.supports, priority=20)

@@ -173,6 +173,81 @@ def _backward(ctx, d_out, _d_lse):
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("graphattn::cpu_edge_softmax", mutates_args=())
+def _edge_softmax_op(rowptr: Tensor, perm: Tensor, scores: Tensor) -> Tensor:
+    return load_extension().edge_softmax_forward(rowptr, perm, scores)
+
+
+@_edge_softmax_op.register_fake
+def _(rowptr, perm, scores):
+    return torch.empty_like(scores)
+
+
+@torch.library.custom_op("graphattn::cpu_edge_softmax_backward", mutates_args=())
+def _edge_softmax_backward_op(rowptr: Tensor, perm: Tensor, y: Tensor, grad: Tensor) -> Tensor:
+    return load_extension().edge_softmax_backward(rowptr, perm, y, grad)
+
+
+@_edge_softmax_backward_op.register_fake
+def _(rowptr, perm, y, grad):
+    return torch.empty_like(y)
+
+
+def _es_setup(ctx, inputs, output):
+    rowptr, perm, _ = inputs
+    ctx.save_for_backward(rowptr, perm, output)  # the output only (DGL's closed form)
+
+
+def _es_backward(ctx, grad):
+    rowptr, perm, y = ctx.saved_tensors
+    return None, None, _edge_softmax_backward_op(rowptr, perm, y, grad.contiguous())
+
+
+_edge_softmax_op.register_autograd(_es_backward, setup_context=_es_setup)
+
+
+def _row_sums(rowptr: Tensor, perm: Tensor, t: Tensor) -> Tensor:
+    """Per-destination sums of ``t`` (caller's edge order), broadcast back to edges."""
+    n = rowptr.numel() - 1
+    row = torch.repeat_interleave(torch.arange(n, device=t.device), rowptr.diff())
+    if perm.numel():
+        index = torch.empty_like(row)
+        index[perm] = row
+    else:
+        index = row
+    return t.new_zeros((n,) + tuple(t.shape[1:])).index_add_(0, index, t).index_select(0, index)
+
+
+def _esb_setup(ctx, inputs, output):
+    rowptr, perm, y, grad = inputs
+    ctx.save_for_backward(rowptr, perm, y, grad)
+
+
+def _esb_backward(ctx, u):
+    # ds = y * (g - S), S = rowsum(g * y):  dL/dg = y * (u - T),  dL/dy = u * (g - S) - g * T,
+    # with T = rowsum(u * y).
+    rowptr, perm, y, g = ctx.saved_tensors
+    u = u.contiguous()
+    d_g = _edge_softmax_backward_op(rowptr, perm, y, u)
+    d_y = u * (g - _row_sums(rowptr, perm, g * y)) - g * _row_sums(rowptr, perm, u * y)
+    return None, None, d_y, d_g
+
+
+_edge_softmax_backward_op.register_autograd(_esb_backward, setup_context=_esb_setup)
+
+
+def edge_softmax(scores: Tensor, index: Tensor, num_segments: int, graph=None) -> Tensor:
+    """Per-destination softmax over a Graph's CSR rows; scores stay in the caller's order."""
+    dtype = scores.dtype
+    x = scores.float() if dtype in (torch.float16, torch.bfloat16) else scores
+    perm = graph.perm if graph.perm is not None else graph.rowptr.new_empty(0)
+    return _edge_softmax_op(graph.rowptr, perm, x.contiguous()).to(dtype)
+
+
+def edge_softmax_supports(device=None, dtype=None, graph=None, **_) -> bool:
+    return graph is not None and supports(device=device, dtype=dtype)
+
+
 # ------------------------------------------------------------------ backend
 def _run(kind, graph, A, B, V, EF, EB, EV, att, slope, scale, dropout, training, need_weights):
     dtype = V.dtype

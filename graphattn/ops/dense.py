@@ -16,10 +16,11 @@ from ..graph import Graph
 DENSE_KINDS = ("complete", "causal", "cross")
 
 
-def blocks(graph: Graph) -> Optional[Tuple[int, int, int]]:
-    """``(batch, Lq, Lk)`` when the graph is a batch of identical dense blocks, else None."""
+def blocks(graph: Graph, kinds: Tuple[str, ...] = DENSE_KINDS) -> Optional[Tuple[int, int, int]]:
+    """``(batch, Lq, Lk)`` when the graph is a batch of identical blocks of one of
+    ``kinds``, else None."""
     pat = graph.pattern
-    if pat is None or pat.kind not in DENSE_KINDS:
+    if pat is None or pat.kind not in kinds:
         return None
     if pat.batch is None:
         return 1, graph.num_dst, graph.num_src
@@ -29,7 +30,7 @@ def blocks(graph: Graph) -> Optional[Tuple[int, int, int]]:
         return None
     B = len(pat.batch)
     Lq, Lk = next(iter(qs)), next(iter(ks))
-    if pat.kind == "causal" and Lq != Lk:
+    if pat.kind in ("causal", "band") and Lq != Lk:
         return None
     return B, Lq, Lk
 

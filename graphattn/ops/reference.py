@@ -116,5 +116,5 @@ def dot_product(
     return out.to(value.dtype), alpha.to(value.dtype)
 
 
-def edge_softmax(scores: Tensor, index: Tensor, num_segments: int) -> Tensor:
+def edge_softmax(scores: Tensor, index: Tensor, num_segments: int, graph: Optional[Graph] = None) -> Tensor:
     return segment_softmax(scores, index, num_segments)

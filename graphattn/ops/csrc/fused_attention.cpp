@@ -428,7 +428,80 @@ std::vector<torch::Tensor> fused_backward(int64_t kind, torch::Tensor rowptr, to
   return {dA, dB, dV, dEF, dEB, dEV, datt};
 }
 
+// Edge softmax over CSR rows. scores / y are [E, K] in the caller's edge order;
+// perm[k] is the caller's index of CSR position k (empty: the orders coincide).
+torch::Tensor edge_softmax_forward(torch::Tensor rowptr, torch::Tensor perm, torch::Tensor scores) {
+  TORCH_CHECK(scores.is_contiguous() && rowptr.is_contiguous() && perm.is_contiguous(), "inputs must be contiguous");
+  const int64_t Nd = rowptr.size(0) - 1, K = scores.numel() / std::max<int64_t>(scores.size(0), 1);
+  auto y = torch::empty_like(scores);
+  AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "edge_softmax_forward", [&] {
+    using T = scalar_t;
+    const int64_t* rp = rowptr.data_ptr<int64_t>();
+    const int64_t* pm = perm.numel() ? perm.data_ptr<int64_t>() : nullptr;
+    const T* s = scores.data_ptr<T>();
+    T* out = y.data_ptr<T>();
+    at::parallel_for(0, Nd, 256, [&](int64_t begin, int64_t end) {
+      std::vector<T> m(K), l(K);
+      for (int64_t i = begin; i < end; ++i) {
+        std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
+        std::fill(l.begin(), l.end(), T(0));
+        for (int64_t k = rp[i]; k < rp[i + 1]; ++k) {
+          const T* sr = s + (pm ? pm[k] : k) * K;
+          for (int64_t c = 0; c < K; ++c) m[c] = sr[c] > m[c] ? sr[c] : m[c];
+        }
+        for (int64_t c = 0; c < K; ++c) m[c] = m[c] == -std::numeric_limits<T>::infinity() ? T(0) : m[c];
+        for (int64_t k = rp[i]; k < rp[i + 1]; ++k) {
+          const int64_t u = pm ? pm[k] : k;
+          for (int64_t c = 0; c < K; ++c) {
+            const T ex = std::exp(s[u * K + c] - m[c]);
+            out[u * K + c] = ex;
+            l[c] += ex;
+          }
+        }
+        for (int64_t c = 0; c < K; ++c) l[c] = l[c] > T(0) ? T(1) / l[c] : T(0);
+        for (int64_t k = rp[i]; k < rp[i + 1]; ++k) {
+          T* o = out + (pm ? pm[k] : k) * K;
+          for (int64_t c = 0; c < K; ++c) o[c] *= l[c];
+        }
+      }
+    });
+  });
+  return y;
+}
+
+// d scores = y * (g - sum_row(g * y)), from the output alone.
+torch::Tensor edge_softmax_backward(torch::Tensor rowptr, torch::Tensor perm, torch::Tensor y, torch::Tensor grad) {
+  TORCH_CHECK(y.is_contiguous() && grad.is_contiguous(), "inputs must be contiguous");
+  const int64_t Nd = rowptr.size(0) - 1, K = y.numel() / std::max<int64_t>(y.size(0), 1);
+  auto ds = torch::empty_like(y);
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "edge_softmax_backward", [&] {
+    using T = scalar_t;
+    const int64_t* rp = rowptr.data_ptr<int64_t>();
+    const int64_t* pm = perm.numel() ? perm.data_ptr<int64_t>() : nullptr;
+    const T* yp = y.data_ptr<T>();
+    const T* gp = grad.data_ptr<T>();
+    T* dp = ds.data_ptr<T>();
+    at::parallel_for(0, Nd, 256, [&](int64_t begin, int64_t end) {
+      std::vector<T> acc(K);
+      for (int64_t i = begin; i < end; ++i) {
+        std::fill(acc.begin(), acc.end(), T(0));
+        for (int64_t k = rp[i]; k < rp[i + 1]; ++k) {
+          const int64_t u = (pm ? pm[k] : k) * K;
+          for (int64_t c = 0; c < K; ++c) acc[c] += gp[u + c] * yp[u + c];
+        }
+        for (int64_t k = rp[i]; k < rp[i + 1]; ++k) {
+          const int64_t u = (pm ? pm[k] : k) * K;
+          for (int64_t c = 0; c < K; ++c) dp[u + c] = yp[u + c] * (gp[u + c] - acc[c]);
+        }
+      }
+    });
+  });
+  return ds;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("edge_softmax_forward", &edge_softmax_forward, "edge softmax over CSR rows (CPU)");
+  m.def("edge_softmax_backward", &edge_softmax_backward, "edge softmax backward from its output (CPU)");
   m.def("forward", &fused_forward, "fused graph attention forward (CPU)");
   m.def("weights", &fused_weights, "normalised attention weights from the saved log-sum-exp");
   m.def("backward", &fused_backward, "fused graph attention backward (CPU)");

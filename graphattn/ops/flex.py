@@ -1,0 +1,79 @@
+"""Banded (sliding-window), causal and complete graphs through PyTorch's
+``flex_attention`` with a block mask: on GPU it skips the blocks outside the band.
+
+Chosen automatically for CUDA tensors; on CPU only when forced (the fused sparse
+kernel is faster there), which is how the tests check it equals the sparse path.
+No dropout, edge terms or returned weights (those calls take another backend).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .dense import blocks
+
+FLEX_KINDS = ("band", "causal", "complete")
+
+
+def _available() -> bool:
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _band(graph):
+    pat = graph.pattern
+    dims = blocks(graph, FLEX_KINDS)
+    if dims is None:
+        return None
+    _, Lq, Lk = dims
+    if pat.kind == "band":
+        return dims, pat.get("left"), pat.get("right")
+    if pat.kind == "causal":
+        return dims, Lq, 0
+    return dims, Lk, Lk  # complete
+
+
+def supports(graph=None, need_weights=False, has_edge_terms=False, device=None, dropout=0.0, forced=False,
+             **_) -> bool:
+    if graph is None or need_weights or has_edge_terms or dropout > 0 or _band(graph) is None:
+        return False
+    if not _available():
+        return False
+    return torch.device(device).type == "cuda" or forced
+
+
+@functools.lru_cache(maxsize=32)
+def _block_mask(Lq: int, Lk: int, left: int, right: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (kv_idx >= q_idx - left) & (kv_idx <= q_idx + right)
+
+    return create_block_mask(mask_mod, None, None, Lq, Lk, device=device)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def dot_product(query, key, value, graph, *, scale, edge_key, edge_value, edge_bias, dropout, training,
+                need_weights=False):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    (B, Lq, Lk), left, right = _band(graph)
+    H = query.size(1)
+    mask = _block_mask(Lq, Lk, int(left), int(right), str(query.device))
+
+    def to_dense(t, L):  # [B*L, H, X] -> [B, H, L, X]
+        return t.reshape(B, L, H, t.size(-1)).transpose(1, 2)
+
+    fn = _compiled() if query.is_cuda else flex_attention
+    out = fn(to_dense(query, Lq), to_dense(key, Lk), to_dense(value, Lk), block_mask=mask, scale=scale)
+    return out.transpose(1, 2).reshape(B * Lq, H, value.size(-1)), None

@@ -1,0 +1,47 @@
+"""Optional backend on ``torch_scatter`` (``pip install graphattn[scatter]``):
+``edge_softmax`` over an unsorted destination index with torch-scatter's fused
+scatter reductions. Used only when installed; nothing requires it.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+from torch import Tensor
+
+from .softmax import segment_softmax_backward
+
+
+def is_available() -> bool:
+    return importlib.util.find_spec("torch_scatter") is not None
+
+
+class _ScatterSoftmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scores: Tensor, index: Tensor, n: int) -> Tensor:
+        from torch_scatter import scatter_add, scatter_max
+
+        seg_max = scatter_max(scores, index, dim=0, dim_size=n)[0]
+        seg_max = torch.where(torch.isinf(seg_max) & (seg_max < 0), torch.zeros_like(seg_max), seg_max)
+        exp = torch.exp(scores - seg_max.index_select(0, index))
+        denom = scatter_add(exp, index, dim=0, dim_size=n)
+        denom = torch.where(denom == 0, torch.ones_like(denom), denom)
+        out = exp / denom.index_select(0, index)
+        ctx.save_for_backward(out, index)
+        ctx.n = n
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        out, index = ctx.saved_tensors
+        return segment_softmax_backward(out, grad, index, ctx.n), None, None
+
+
+def edge_softmax(scores: Tensor, index: Tensor, num_segments: int, graph=None) -> Tensor:
+    dtype = scores.dtype
+    x = scores.float() if dtype in (torch.float16, torch.bfloat16) else scores
+    return _ScatterSoftmax.apply(x, index, num_segments).to(dtype)
+
+
+def supports(device=None, dtype=None, **_) -> bool:
+    return is_available() and dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
