@@ -28,3 +28,7 @@ test-all: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
+
+## CPU benchmark suite: results under benchmarks/results/ (about 12 minutes on 2 cores).
+bench-cpu: $(STAMP)
+	$(PY) benchmarks/run.py cpu

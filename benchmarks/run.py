@@ -108,10 +108,17 @@ def _build_seq(spec, device, dtype):
     from graphattn.nn import MultiheadGraphAttention
 
     L, w, H, D, impl = spec["L"], spec["w"], spec["heads"], spec["head_dim"], spec["impl"]
+    causal = spec.get("pattern") == "causal"
     i = torch.arange(L, device=device)
-    band_mask = None
-    if impl != "graphattn":
-        band_mask = (i[None, :] - i[:, None]).abs() > w  # True = not allowed (torch's convention)
+
+    def blocked():  # True = not allowed (torch's convention)
+        diff = i[None, :] - i[:, None]  # key - query
+        return diff > 0 if causal else diff.abs() > w
+
+    def make_graph():
+        return patterns.causal(L, device=device) if causal else patterns.sliding_window(L, w, w, device=device)
+
+    band_mask = blocked() if impl not in ("graphattn", "flex") else None
     if spec["kind"] == "seq_layer":
         mha = torch.nn.MultiheadAttention(H * D, H, batch_first=True).to(device, dtype).eval()
         x = torch.randn(1, L, H * D, device=device, dtype=dtype)
@@ -120,17 +127,15 @@ def _build_seq(spec, device, dtype):
                 with torch.no_grad():
                     return mha(x, x, x, attn_mask=band_mask, need_weights=False)[0]
         else:
-            ours = MultiheadGraphAttention.from_torch(
-                mha, pattern=lambda Lq, Lk: patterns.sliding_window(Lq, w, w, device=device)).eval()
+            ours = MultiheadGraphAttention.from_torch(mha, pattern=lambda Lq, Lk: make_graph()).eval()
 
             def run():
                 with torch.no_grad():
                     return ours(x, x, x, need_weights=False)[0]
 
             def reference():
-                mask = (i[None, :] - i[:, None]).abs() > w
                 with torch.no_grad():
-                    return mha(x, x, x, attn_mask=mask, need_weights=False)[0]
+                    return mha(x, x, x, attn_mask=blocked(), need_weights=False)[0]
             run.reference = reference
         return run, False
     q, k, v = (torch.randn(L, H, D, device=device, dtype=dtype) for _ in range(3))
@@ -140,17 +145,29 @@ def _build_seq(spec, device, dtype):
                 return F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
                                                       attn_mask=~band_mask)
         return run, False
-    g = patterns.sliding_window(L, w, w, device=device)
+    if impl == "flex":  # compiled flex attention with a block mask (GPU peer)
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        lo, hi = (L, 0) if causal else (w, w)
+        bm = create_block_mask(lambda b, h, qi, ki: (ki >= qi - lo) & (ki <= qi + hi), None, None, L, L,
+                               device=device)
+        flex = torch.compile(flex_attention)
+        qd, kd, vd = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+
+        def run():
+            with torch.no_grad():
+                return flex(qd, kd, vd, block_mask=bm)
+        return run, False
+    g = make_graph()
 
     def run():
         with torch.no_grad():
             return ops.dot_product_attention(q, k, v, g)
 
     def reference():
-        mask = (i[None, :] - i[:, None]).abs() <= w
         with torch.no_grad():
             return F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-                                                  attn_mask=mask).transpose(0, 1)
+                                                  attn_mask=~blocked()).transpose(0, 1)
     run.reference = reference
     return run, False
 
@@ -217,10 +234,11 @@ def layer_cases(device, sizes, kinds, modes):
 
 PEERS = {"gat": "PyG GATConv", "gatv2": "PyG GATv2Conv", "dot": "PyG TransformerConv",
          "edge_softmax": "torch_geometric.utils.softmax",
-         "seq_layer": "nn.MultiheadAttention + dense band mask", "seq_op": "F.scaled_dot_product_attention + dense band mask"}
+         "seq_layer": "nn.MultiheadAttention + dense band mask",
+         "seq_op": "F.scaled_dot_product_attention + dense band mask"}
 NAMES = {"gat": "GATConv", "gatv2": "GATv2Conv", "dot": "DotProductConv", "edge_softmax": "edge_softmax",
          "seq_layer": "MultiheadGraphAttention, window ±128", "seq_op": "dot_product_attention, window ±128"}
-PEER_IMPLS = ("pyg", "torch_scatter", "torch", "sdpa")
+PEER_IMPLS = ("pyg", "torch_scatter", "torch", "sdpa", "flex")
 
 
 def have(module: str) -> bool:
@@ -270,11 +288,21 @@ def main(argv=None):
         specs += [("graphattn", spec), ("pyg", spec)]
     seq_lengths = [1024] if args.quick else ([1024, 4096, 8192] if device == "cpu" else [1024, 4096, 16384, 32768])
     for L in seq_lengths:
-        for kind, peer in (("seq_layer", "torch"), ("seq_op", "sdpa")):
-            spec = {"kind": kind, "mode": "forward", "N": L, "E": 0, "L": L, "w": 128, "heads": 8, "head_dim": 64,
-                    "device": device}
-            spec["E"] = sum(min(L - 1, t + 128) - max(0, t - 128) + 1 for t in range(L))
-            specs += [("graphattn", spec), (peer, spec)]
+        for kind, pattern, peers in (("seq_layer", "band", ["torch"]), ("seq_op", "band", ["sdpa"]),
+                                     ("seq_op", "causal", ["sdpa"])):
+            if device == "cuda" and kind == "seq_op":
+                peers = peers + ["flex"]
+            spec = {"kind": kind, "pattern": pattern, "mode": "forward", "N": L, "L": L, "w": 128, "heads": 8,
+                    "head_dim": 64, "device": device}
+            spec["E"] = (L * (L + 1) // 2 if pattern == "causal"
+                         else sum(min(L - 1, t + 128) - max(0, t - 128) + 1 for t in range(L)))
+            specs += [("graphattn", spec)] + [(peer, spec) for peer in peers]
+    if device == "cuda" and not args.quick:
+        for dtype in ("float32", "bfloat16"):
+            for mode in ("forward", "forward+backward"):
+                spec = {"kind": "gat", "mode": mode, "N": 2_449_029, "E": 123_718_280, "in": 100, "out": 64,
+                        "heads": 4, "device": device, "dtype": dtype, "products": True}
+                specs += [("graphattn", spec), ("pyg", spec)]
     for E in scaling:
         spec = {"kind": "gat", "mode": "forward+backward", "N": max(E // 10, 100), "E": E, "in": 128, "out": 16,
                 "heads": 8, "device": device, "scaling": True}
@@ -309,14 +337,17 @@ def main(argv=None):
 
 def compare(rows):
     """Pair each graphattn row with the peers of the same case; ratios are peer / graphattn."""
-    key = lambda r: (r["kind"], r["mode"], r["N"], r["E"], r.get("scaling", False))  # noqa: E731
+    key = lambda r: (r["kind"], r["mode"], r["N"], r["E"], r.get("scaling", False), r.get("pattern"),  # noqa: E731
+                     r.get("dtype", "float32"))
     groups = {}
     for r in rows:
         groups.setdefault(key(r), {})[r["impl"]] = r
     cases = []
     for k, g in groups.items():
         ours = g.get("graphattn", {})
-        case = {"op": NAMES[k[0]], "kind": k[0], "mode": k[1], "N": k[2], "E": k[3], "scaling": k[4],
+        op = NAMES[k[0]].replace("window ±128", "causal") if k[5] == "causal" else NAMES[k[0]]
+        case = {"op": op + ("" if k[6] == "float32" else f" ({k[6]})"), "kind": k[0], "mode": k[1], "N": k[2],
+                "E": k[3], "scaling": k[4], "pattern": k[5], "dtype": k[6],
                 "graphattn": {x: ours.get(x) for x in ("time_ms", "peak_mem_mib", "error", "max_abs_diff")}}
         for impl, r in g.items():
             if impl == "graphattn":
@@ -352,7 +383,10 @@ def markdown(report) -> str:
     for c in report["cases"]:
         for impl in [k for k in c if k in PEER_IMPLS]:
             peer = c[impl]
-            peer_name = "torch_scatter.scatter_softmax" if impl == "torch_scatter" else PEERS[c["kind"]]
+            peer_name = {"torch_scatter": "torch_scatter.scatter_softmax",
+                         "flex": "flex_attention (compiled, block mask)"}.get(impl, PEERS[c["kind"]])
+            if c.get("pattern") == "causal" and impl == "sdpa":
+                peer_name = "F.scaled_dot_product_attention + dense causal mask"
             d = c["graphattn"].get("max_abs_diff")
             diff = "—" if d is None else f"{d:.1e}"
             lines.append(

@@ -140,3 +140,16 @@ def test_cpu_edge_softmax_saves_only_output_and_handles_empty_and_half():
     yh = edge_softmax(s.detach().bfloat16(), g, backend="cpu")
     assert yh.dtype == torch.bfloat16
     torch.testing.assert_close(yh.float(), y.detach(), atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.skipif(not ops.scatter.is_available(), reason="torch-scatter not installed (optional extra)")
+def test_torch_scatter_backend_matches_reference():
+    dst = torch.tensor([0, 0, 1, 1, 2, 2, 2])
+    s = torch.tensor([1e30, -1e30, float("-inf"), float("-inf"), float("-inf"), 3.0, 3.0], dtype=torch.float64)
+    y = edge_softmax(s, dst, num_nodes=4, backend="scatter")
+    torch.testing.assert_close(y, edge_softmax(s, dst, num_nodes=4, backend="reference"))
+    t = torch.randn(20, 2, dtype=torch.float64, requires_grad=True)
+    idx = torch.randint(0, 5, (20,))
+    assert torch.autograd.gradcheck(lambda x: edge_softmax(x, idx, num_nodes=5, backend="scatter"), (t,))
+    edge_softmax(t, idx, num_nodes=5)
+    assert ops.last_backend("edge_softmax") == "reference"  # slower here: only when asked for
