@@ -26,7 +26,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-GAT, GATV2, DOT = 0, 1, 2
+from ._fused import DOT, GAT, GATV2, backend_functions  # noqa: F401
 _SOURCE = Path(__file__).parent / "csrc" / "fused_attention.cpp"
 # -fopenmp: at::parallel_for is an inline template that parallelises with OpenMP
 # pragmas; without the flag the kernel silently runs on one thread.
@@ -270,20 +270,7 @@ def _run(kind, graph, A, B, V, EF, EB, EV, att, slope, scale, dropout, training,
     return out.to(dtype), alpha
 
 
-def gat(score_src, score_dst, value, graph, *, negative_slope, edge_score, dropout, training, need_weights=True):
-    return _run(GAT, graph, score_dst, score_src, value, edge_score, None, None, None,
-                negative_slope, 1.0, dropout, training, need_weights)
-
-
-def gatv2(x_src, x_dst, att, value, graph, *, negative_slope, edge_feat, dropout, training, need_weights=True):
-    return _run(GATV2, graph, x_dst, x_src, value, edge_feat, None, None, att,
-                negative_slope, 1.0, dropout, training, need_weights)
-
-
-def dot_product(query, key, value, graph, *, scale, edge_key, edge_value, edge_bias, dropout, training,
-                need_weights=True):
-    return _run(DOT, graph, query, key, value, edge_key, edge_bias, edge_value, None,
-                0.0, scale, dropout, training, need_weights)
+gat, gatv2, dot_product = backend_functions(_run)
 
 
 _FLOAT = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
