@@ -76,6 +76,10 @@ def test_lazy_in_channels():
     x, ei, _ = _inputs()
     for layer in (GATConv(-1, 4, heads=2), GATv2Conv(-1, 4), DotProductConv(-1, 4)):
         assert layer(x, ei).shape[0] == 30
+    bipartite = GATConv((-1, -1), 4, heads=2)
+    out = bipartite((x, x[:20]), Graph.from_edge_index(ei[:, ei[1] < 20], (30, 20)))
+    assert out.shape == (20, 8)
+    assert not torch.nn.parameter.is_lazy(bipartite.lin_dst.weight)
 
 
 def test_gat_with_missing_destination_features():

@@ -16,6 +16,8 @@ Channels = Union[int, Tuple[int, int]]
 def _folded_scores(x: Tensor, lin: nn.Module, att: Tensor) -> Tensor:
     """``(lin(x).view(N, H, C) * att).sum(-1)`` computed as ``x @ (W^T att)``:
     the per-head score projection folded into the weight (exact algebraically)."""
+    if isinstance(lin, nn.LazyLinear):  # becomes nn.Linear once materialised
+        lin(x[:1])  # a lazy layer learns its input size from its first input
     H, C = att.shape[-2], att.shape[-1]
     w = (lin.weight.view(H, C, -1) * att.view(H, C, 1)).sum(1)  # [H, in]
     return x @ w.t()
@@ -140,20 +142,14 @@ class GATConv(GraphLayer):
         H, C = self.heads, self.out_channels
         x_src_in, x_dst_in, _ = split_pair(x)
         res = self.res(x_dst_in) if (self.res is not None and x_dst_in is not None) else None
-        if self.lin is not None:
-            x_src = self.lin(x_src_in).view(-1, H, C)
-            x_dst = None if x_dst_in is None else (x_src if x_dst_in is x_src_in else self.lin(x_dst_in).view(-1, H, C))
-        else:
-            x_src = self.lin_src(x_src_in).view(-1, H, C)
-            x_dst = None if x_dst_in is None else self.lin_dst(x_dst_in).view(-1, H, C)
-        # a . (W x) == x . (W^T a): one [in, H] GEMM instead of an [N, H, C] product
         lin_src = self.lin if self.lin is not None else self.lin_src
         lin_dst = self.lin if self.lin is not None else self.lin_dst
+        x_src = lin_src(x_src_in).view(-1, H, C)  # the values; destinations need only their scores
         score_src = _folded_scores(x_src_in, lin_src, self.att_src)
-        score_dst = None if x_dst is None else _folded_scores(x_dst_in, lin_dst, self.att_dst)
+        score_dst = None if x_dst_in is None else _folded_scores(x_dst_in, lin_dst, self.att_dst)
 
         graph = self.resolve_graph(
-            edge_index, x_src.size(0), None if x_dst is None else x_dst.size(0), self.add_self_loops
+            edge_index, x_src.size(0), None if x_dst_in is None else x_dst_in.size(0), self.add_self_loops
         )
         edge_score = None
         if edge_attr is not None:
