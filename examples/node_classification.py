@@ -119,19 +119,17 @@ def new_run_state(args, run, data, device):
     }
 
 
+# The plain fields of a run's state that a checkpoint carries (model and optimiser apart).
+RUN_FIELDS = ("run", "epoch", "best_acc", "best_loss", "early", "bad_epochs", "history")
+
+
 def save(args, state, done):
     atomic_save({
         "config": config_of(args),
         "done": done,
-        "run": state["run"] if state else None,
-        "epoch": state["epoch"] if state else None,
+        **{k: state[k] if state else None for k in RUN_FIELDS},
         "model": state["model"].state_dict() if state else None,
         "opt": state["opt"].state_dict() if state else None,
-        "best_acc": state["best_acc"] if state else None,
-        "best_loss": state["best_loss"] if state else None,
-        "early": state["early"] if state else None,
-        "bad_epochs": state["bad_epochs"] if state else None,
-        "history": state["history"] if state else None,
         "rng": torch.get_rng_state(),
     }, args.checkpoint)
 
@@ -197,7 +195,7 @@ def main(argv=None) -> dict:
                 state = new_run_state(args, ckpt["run"], data, device)
                 state["model"].load_state_dict(ckpt["model"])
                 state["opt"].load_state_dict(ckpt["opt"])
-                for k in ("epoch", "best_acc", "best_loss", "early", "bad_epochs", "history"):
+                for k in RUN_FIELDS:
                     state[k] = ckpt[k]
                 torch.set_rng_state(ckpt["rng"])
             print(f"resumed from {args.checkpoint}: {len(done)} run(s) done"

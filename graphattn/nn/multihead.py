@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops, patterns
-from ..graph import Graph
+from ..graph import Graph, Pattern
 
 PatternLike = Union[None, str, Callable[..., Graph], Graph]
 
@@ -192,8 +192,6 @@ class MultiheadGraphAttention(nn.Module):
             b, r, c = b[keep], r[keep], c[keep]
         pattern_meta = None
         if same_blocks and base.pattern is not None and not extra:
-            from ..graph import Pattern
-
             meta = () if Lq == S else (("key_lengths", (S,) * N),)
             pattern_meta = Pattern(base.pattern.kind, base.pattern.params + meta, (Lq,) * N)
         g = Graph._build(b * Sx + c, b * Lq + r, N * Sx, N * Lq, pattern=pattern_meta)
@@ -291,7 +289,7 @@ class MultiheadGraphAttention(nn.Module):
                 heads = torch.arange(H, device=eb.device)
                 eb = eb + bias_3d.to(eb.dtype).view(N, H, Lq, Sx)[b.unsqueeze(1), heads, i.unsqueeze(1),
                                                                   j.unsqueeze(1)]
-            edge_bias = graph.to_user_order(eb) if graph.perm is not None else eb
+            edge_bias = graph.to_user_order(eb)
 
         out = ops.dot_product_attention(
             q.reshape(N * Lq, H, D), k.reshape(N * Sx, H, D), v.reshape(N * Sx, H, D), graph,

@@ -26,6 +26,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ._dtypes import FLOAT_DTYPES, upcast
 from ._fused import DOT, GAT, GATV2, backend_functions  # noqa: F401
 _SOURCE = Path(__file__).parent / "csrc" / "fused_attention.cpp"
 # -fopenmp: at::parallel_for is an inline template that parallelises with OpenMP
@@ -206,15 +207,18 @@ def _es_backward(ctx, grad):
 _edge_softmax_op.register_autograd(_es_backward, setup_context=_es_setup)
 
 
-def _row_sums(rowptr: Tensor, perm: Tensor, t: Tensor) -> Tensor:
-    """Per-destination sums of ``t`` (caller's edge order), broadcast back to edges."""
-    n = rowptr.numel() - 1
-    row = torch.repeat_interleave(torch.arange(n, device=t.device), rowptr.diff())
-    if perm.numel():
-        index = torch.empty_like(row)
-        index[perm] = row
-    else:
-        index = row
+def _destination_index(rowptr: Tensor, perm: Tensor) -> Tensor:
+    """Each edge's destination, in the caller's edge order."""
+    row = torch.repeat_interleave(torch.arange(rowptr.numel() - 1, device=rowptr.device), rowptr.diff())
+    if not perm.numel():
+        return row
+    index = torch.empty_like(row)
+    index[perm] = row
+    return index
+
+
+def _row_sums(index: Tensor, n: int, t: Tensor) -> Tensor:
+    """Per-destination sums of ``t``, broadcast back to the edges."""
     return t.new_zeros((n,) + tuple(t.shape[1:])).index_add_(0, index, t).index_select(0, index)
 
 
@@ -229,7 +233,8 @@ def _esb_backward(ctx, u):
     rowptr, perm, y, g = ctx.saved_tensors
     u = u.contiguous()
     d_g = _edge_softmax_backward_op(rowptr, perm, y, u)
-    d_y = u * (g - _row_sums(rowptr, perm, g * y)) - g * _row_sums(rowptr, perm, u * y)
+    index, n = _destination_index(rowptr, perm), rowptr.numel() - 1
+    d_y = u * (g - _row_sums(index, n, g * y)) - g * _row_sums(index, n, u * y)
     return None, None, d_y, d_g
 
 
@@ -238,10 +243,8 @@ _edge_softmax_backward_op.register_autograd(_esb_backward, setup_context=_esb_se
 
 def edge_softmax(scores: Tensor, index: Tensor, num_segments: int, graph=None) -> Tensor:
     """Per-destination softmax over a Graph's CSR rows; scores stay in the caller's order."""
-    dtype = scores.dtype
-    x = scores.float() if dtype in (torch.float16, torch.bfloat16) else scores
     perm = graph.perm if graph.perm is not None else graph.rowptr.new_empty(0)
-    return _edge_softmax_op(graph.rowptr, perm, x.contiguous()).to(dtype)
+    return _edge_softmax_op(graph.rowptr, perm, upcast(scores).contiguous()).to(scores.dtype)
 
 
 def edge_softmax_supports(device=None, dtype=None, graph=None, **_) -> bool:
@@ -251,8 +254,7 @@ def edge_softmax_supports(device=None, dtype=None, graph=None, **_) -> bool:
 # ------------------------------------------------------------------ backend
 def _run(kind, graph, A, B, V, EF, EB, EV, att, slope, scale, dropout, training, need_weights):
     dtype = V.dtype
-    if dtype in (torch.float16, torch.bfloat16):  # computed in fp32
-        A, B, V, EF, EB, EV, att = (None if x is None else x.float() for x in (A, B, V, EF, EB, EV, att))
+    A, B, V, EF, EB, EV, att = (upcast(x) for x in (A, B, V, EF, EB, EV, att))
     empty = V.new_empty(0)
     t = [empty if x is None else x.contiguous() for x in (A, B, V, EF, EB, EV, att)]
     p = float(dropout) if (training and dropout > 0) else 0.0
@@ -273,8 +275,5 @@ def _run(kind, graph, A, B, V, EF, EB, EV, att, slope, scale, dropout, training,
 gat, gatv2, dot_product = backend_functions(_run)
 
 
-_FLOAT = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
 def supports(device=None, dtype=None, **_) -> bool:
-    return device is not None and torch.device(device).type == "cpu" and dtype in _FLOAT and is_available()
+    return device is not None and torch.device(device).type == "cpu" and dtype in FLOAT_DTYPES and is_available()

@@ -95,9 +95,8 @@ def edge_softmax(
         if scores.size(0) != graph.num_edges:
             raise ValueError(f"scores has {scores.size(0)} rows but the graph has {graph.num_edges} edges")
         index, n = graph.edge_index[1], graph.num_dst
-        impl = select_backend("edge_softmax", backend, device=scores.device, dtype=scores.dtype, graph=graph)
-        return impl.fn(scores, index, n, graph=graph)
     elif isinstance(graph_or_index, Tensor):
+        graph = None
         index = graph_or_index
         if index.is_floating_point() or index.dtype == torch.bool or index.is_complex():
             raise TypeError(f"index must be an integer tensor, got dtype {index.dtype}")
@@ -116,8 +115,8 @@ def edge_softmax(
                 raise ValueError(f"index has value {lo if lo < 0 else hi}, out of range for num_nodes={n}")
     else:
         raise TypeError(f"graph_or_index must be a Graph or an index tensor, got {type(graph_or_index).__name__}")
-    impl = select_backend("edge_softmax", backend, device=scores.device, dtype=scores.dtype, graph=None)
-    return impl.fn(scores, index, n, graph=None)
+    impl = select_backend("edge_softmax", backend, device=scores.device, dtype=scores.dtype, graph=graph)
+    return impl.fn(scores, index, n, graph=graph)
 
 
 def gat_attention(

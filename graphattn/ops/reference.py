@@ -14,13 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..graph import Graph
+from ._dtypes import compute_dtype
 from .softmax import segment_softmax
 
 Out = Tuple[Tensor, Tensor]
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _up(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
@@ -58,7 +55,7 @@ def gat(
     training: bool,
     need_weights: bool = True,
 ) -> Out:
-    dt = _compute_dtype(value.dtype)
+    dt = compute_dtype(value.dtype)
     s = score_src.to(dt).index_select(0, graph.col)
     if score_dst is not None:
         s = s + score_dst.to(dt).index_select(0, graph.row)
@@ -82,7 +79,7 @@ def gatv2(
     training: bool,
     need_weights: bool = True,
 ) -> Out:
-    dt = _compute_dtype(value.dtype)
+    dt = compute_dtype(value.dtype)
     z = x_src.to(dt).index_select(0, graph.col) + x_dst.to(dt).index_select(0, graph.row)
     if edge_feat is not None:
         z = z + edge_feat.to(dt)
@@ -105,7 +102,7 @@ def dot_product(
     training: bool,
     need_weights: bool = True,
 ) -> Out:
-    dt = _compute_dtype(value.dtype)
+    dt = compute_dtype(value.dtype)
     k = key.to(dt).index_select(0, graph.col)
     if edge_key is not None:
         k = k + edge_key.to(dt)

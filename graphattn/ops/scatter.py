@@ -9,6 +9,7 @@ import importlib.util
 import torch
 from torch import Tensor
 
+from ._dtypes import FLOAT_DTYPES, upcast
 from .softmax import segment_softmax_backward
 
 
@@ -38,10 +39,8 @@ class _ScatterSoftmax(torch.autograd.Function):
 
 
 def edge_softmax(scores: Tensor, index: Tensor, num_segments: int, graph=None) -> Tensor:
-    dtype = scores.dtype
-    x = scores.float() if dtype in (torch.float16, torch.bfloat16) else scores
-    return _ScatterSoftmax.apply(x, index, num_segments).to(dtype)
+    return _ScatterSoftmax.apply(upcast(scores), index, num_segments).to(scores.dtype)
 
 
 def supports(device=None, dtype=None, **_) -> bool:
-    return is_available() and dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    return is_available() and dtype in FLOAT_DTYPES

@@ -4,9 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
-def _upcast(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+from ._dtypes import upcast
 
 
 def _expand_index(index: Tensor, like: Tensor) -> Tensor:
@@ -53,5 +51,5 @@ class SegmentSoftmax(torch.autograd.Function):
 
 def segment_softmax(scores: Tensor, index: Tensor, num_segments: int) -> Tensor:
     """Differentiable segment softmax; half-precision inputs are computed in fp32."""
-    out = SegmentSoftmax.apply(_upcast(scores), index, num_segments)
+    out = SegmentSoftmax.apply(upcast(scores), index, num_segments)
     return out.to(scores.dtype)

@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 
+from ._dtypes import FLOAT_DTYPES, compute_dtype
 from ._fused import DOT, GAT, GATV2, backend_functions  # noqa: F401
 
 
@@ -25,7 +26,7 @@ def _interpreting() -> bool:
 
 
 def supports(device=None, dtype=None, forced=False, **_) -> bool:
-    if device is None or dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+    if device is None or dtype not in FLOAT_DTYPES:
         return False
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -46,12 +47,11 @@ def _kernels():
 def _acc(dtype):
     import triton.language as tl
 
-    return tl.float64 if dtype == torch.float64 else tl.float32
+    return tl.float64 if compute_dtype(dtype) == torch.float64 else tl.float32
 
 
 def _params(slope: float, scale: float, like: torch.Tensor) -> torch.Tensor:
-    dt = torch.float64 if like.dtype == torch.float64 else torch.float32
-    return torch.tensor([slope, scale], dtype=dt, device=like.device)
+    return torch.tensor([slope, scale], dtype=compute_dtype(like.dtype), device=like.device)
 
 
 def _block_e() -> int:
@@ -65,7 +65,7 @@ class _Fused(torch.autograd.Function):
         Nd, H = graph.num_dst, B.size(1)
         F = 1 if kind == GAT else B.size(2)
         Cv = V.size(2)
-        acc_dtype = torch.float64 if V.dtype == torch.float64 else torch.float32
+        acc_dtype = compute_dtype(V.dtype)
         out = torch.empty(Nd, H, Cv, device=V.device, dtype=V.dtype)
         lse = torch.empty(Nd, H, device=V.device, dtype=acc_dtype)
         dummy = V
