@@ -30,13 +30,17 @@ from tqdm import tqdm
 
 from graphattn import patterns
 from graphattn.experiment import (
+    add_run_arguments,
     atomic_save,
     atomic_write_json,
     load_checkpoint,
     machine_info,
     plot_curves,
     resolve_device,
+    restore_training_state,
+    resume_from,
     summarize_runs,
+    training_state,
 )
 from graphattn.nn import GraphTransformerEncoderLayer
 
@@ -73,6 +77,13 @@ class Vocab:
         self.itos = ["<pad>", "<unk>", "<cls>"] + words
         self.stoi = {w: i for i, w in enumerate(self.itos)}
 
+    @classmethod
+    def from_itos(cls, itos):
+        v = cls.__new__(cls)
+        v.itos = list(itos)
+        v.stoi = {w: i for i, w in enumerate(v.itos)}
+        return v
+
     def encode(self, sentence: str, max_len: int):
         ids = [self.CLS] + [self.stoi.get(t, self.UNK) for t in tokenize(sentence)]
         return ids[:max_len]
@@ -82,8 +93,11 @@ class Vocab:
 
 
 class Classifier(nn.Module):
-    def __init__(self, vocab_size, num_classes, dim, heads, layers, ff, dropout, max_len, pattern):
+    def __init__(self, vocab_size, num_classes, dim, heads, layers, ff, dropout, max_len, pattern, pool="mean"):
         super().__init__()
+        if pool not in ("mean", "cls", "mean-max"):
+            raise ValueError(f"pool must be 'mean', 'cls' or 'mean-max', got {pool!r}")
+        self.pool = pool
         self.embed = nn.Embedding(vocab_size, dim, padding_idx=Vocab.PAD)
         self.pos = nn.Embedding(max_len, dim)
         self.drop = nn.Dropout(dropout)
@@ -93,7 +107,7 @@ class Classifier(nn.Module):
             for _ in range(layers)
         )
         self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
+        self.head = nn.Linear(2 * dim if pool == "mean-max" else dim, num_classes)
 
     def forward(self, ids, pad_mask):
         x = self.embed(ids) + self.pos(torch.arange(ids.size(1), device=ids.device))
@@ -101,9 +115,30 @@ class Classifier(nn.Module):
         for layer in self.layers:
             x = layer(x, src_key_padding_mask=pad_mask)
         x = self.norm(x)
+        if self.pool == "cls":
+            return self.head(x[:, 0])
         keep = (~pad_mask).unsqueeze(-1).to(x.dtype)
-        pooled = (x * keep).sum(1) / keep.sum(1).clamp_min(1)  # mean over real tokens
-        return self.head(pooled)
+        mean = (x * keep).sum(1) / keep.sum(1).clamp_min(1)  # mean over real tokens
+        if self.pool == "mean":
+            return self.head(mean)
+        top = x.masked_fill(pad_mask.unsqueeze(-1), float("-inf")).amax(1)
+        return self.head(torch.cat([mean, top], dim=-1))
+
+
+def load_classifier(path: str, device="cpu"):
+    """``(model, vocab, config)`` from the ``.model.pt`` file a run writes beside its results."""
+    saved = load_checkpoint(path)
+    if saved is None:
+        raise FileNotFoundError(f"{path} not found: train one with examples/text_classification.py (it writes "
+                                f"<out>.model.pt)")
+    c = saved["config"]
+    pattern = None if c["pattern"] == "complete" else (
+        lambda Lq, Lk: patterns.sliding_window(Lq, c["window"], c["window"]))
+    vocab = Vocab.from_itos(saved["vocab"])
+    model = Classifier(len(vocab), saved["num_classes"], c["dim"], c["heads"], c["layers"], c["ff"], c["dropout"],
+                       c["max_len"], pattern, c.get("pool", "mean"))
+    model.load_state_dict(saved["model"])
+    return model.to(device).eval(), vocab, c
 
 
 def batches(encoded, labels, batch_size, shuffle, generator=None):
@@ -146,18 +181,16 @@ def parse_args(argv=None):
     p.add_argument("--ff", type=int, default=256)
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--max-len", type=int, default=64)
+    p.add_argument("--pool", default="mean", choices=["mean", "cls", "mean-max"], help="sentence readout")
+    p.add_argument("--word-dropout", type=float, default=0.0, help="training tokens replaced by <unk>")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--vocab-size", type=int, default=20000)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--runs", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help="results JSON (default runs/text_classification/<dataset>.json)")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--smoke", action="store_true", help="tiny model, first 300 training rows, 1 epoch")
-    p.add_argument("--no-progress", action="store_true")
+    add_run_arguments(p, "runs/text_classification/<dataset>-<pattern>.json",
+                      "tiny model, first 300 training rows, 1 epoch")
     args = p.parse_args(argv)
     if args.smoke:
         args.dim, args.heads, args.ff, args.layers, args.epochs = 32, 2, 64, 1, 1
@@ -167,11 +200,13 @@ def parse_args(argv=None):
     if args.out is None:
         args.out = f"runs/text_classification/{args.dataset}-{args.pattern}.json"
     args.checkpoint = str(Path(args.out).with_suffix(".ckpt.pt"))
+    args.model_path = str(Path(args.out).with_suffix(".model.pt"))  # the last run's trained model
     return args
 
 
 def config_of(args):
-    keys = ("train", "dev", "pattern", "window", "dim", "heads", "layers", "ff", "dropout", "max_len", "vocab_size",
+    keys = ("train", "dev", "pattern", "window", "dim", "heads", "layers", "ff", "dropout", "max_len", "pool",
+            "word_dropout", "label_smoothing", "vocab_size",
             "epochs", "batch_size", "lr", "weight_decay", "runs", "seed", "smoke")
     return {k: getattr(args, k) for k in keys}
 
@@ -196,27 +231,21 @@ def main(argv=None):
     print(f"{args.dataset}: {len(train)} train / {len(dev)} dev sentences, vocabulary {len(vocab)}, "
           f"{num_classes} classes, pattern {args.pattern}")
 
-    ckpt = load_checkpoint(args.checkpoint) if args.resume else None
-    if ckpt is not None and ckpt["config"] != config_of(args):
-        raise SystemExit(f"error: {args.checkpoint} was written with another configuration; remove it or match it")
+    ckpt = resume_from(args.checkpoint, config_of(args), args.resume)
     done = ckpt["done"] if ckpt else []
     t0 = time.perf_counter()
     while len(done) < args.runs:
         run = len(done)
         torch.manual_seed(args.seed + run)
         model = Classifier(len(vocab), num_classes, args.dim, args.heads, args.layers, args.ff, args.dropout,
-                           args.max_len, pattern).to(device)
+                           args.max_len, pattern, args.pool).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
         steps = args.epochs * ((len(enc_train) + args.batch_size - 1) // args.batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=max(steps, 1), pct_start=0.1)
         gen = torch.Generator().manual_seed(args.seed + run)
         state = {"epoch": 0, "history": {"train_loss": [], "dev_acc": []}, "best": -1.0}
         if ckpt is not None and ckpt.get("run") == run:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["opt"])
-            sched.load_state_dict(ckpt["sched"])
-            gen.set_state(ckpt["gen"])
-            torch.set_rng_state(ckpt["rng"])
+            restore_training_state(ckpt, model, opt, sched, gen)
             state = ckpt["state"]
         for epoch in range(state["epoch"], args.epochs):
             model.train()
@@ -225,7 +254,10 @@ def main(argv=None):
                        total=(len(enc_train) + args.batch_size - 1) // args.batch_size, desc=f"run {run} ep {epoch}")
             for ids, mask, y in bar:
                 ids, mask, y = ids.to(device), mask.to(device), y.to(device)
-                loss = F.cross_entropy(model(ids, mask), y)
+                if args.word_dropout > 0:  # replace random real tokens by <unk> (regularises the embeddings)
+                    hit = (torch.rand(ids.shape, generator=gen) < args.word_dropout).to(device)
+                    ids = ids.masked_fill(hit & (ids > Vocab.CLS), Vocab.UNK)
+                loss = F.cross_entropy(model(ids, mask), y, label_smoothing=args.label_smoothing)
                 opt.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -239,9 +271,10 @@ def main(argv=None):
             state["history"]["dev_acc"].append(acc)
             state["best"] = max(state["best"], acc)
             print(f"run {run} epoch {epoch}: train loss {total / max(n, 1):.4f}, dev accuracy {acc:.4f}")
-            atomic_save({"config": config_of(args), "done": done, "run": run, "model": model.state_dict(),
-                         "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
-                         "rng": torch.get_rng_state(), "state": state}, args.checkpoint)
+            atomic_save({"config": config_of(args), "done": done, "run": run, "state": state,
+                         **training_state(model, opt, sched, gen)}, args.checkpoint)
+        atomic_save({"model": model.state_dict(), "vocab": vocab.itos, "num_classes": num_classes,
+                     "config": config_of(args)}, args.model_path)
         done.append({"seed": args.seed + run, "dev_acc": state["history"]["dev_acc"][-1],
                      "history": state["history"]})
         atomic_save({"config": config_of(args), "done": done, "run": None}, args.checkpoint)

@@ -4,7 +4,7 @@ Every attention is a graph: scores on edges, a softmax per destination, a
 weighted sum of source values. See :class:`Graph`, :mod:`graphattn.ops` and
 :mod:`graphattn.nn`.
 """
-from . import nn, ops, patterns
+from . import explain, nn, ops, patterns, robustness
 from .graph import Graph, Pattern
 from .ops import dot_product_attention, edge_softmax, gat_attention, gatv2_attention
 
@@ -13,9 +13,11 @@ __version__ = "0.1.0"
 __all__ = [
     "Graph",
     "Pattern",
+    "explain",
     "nn",
     "ops",
     "patterns",
+    "robustness",
     "edge_softmax",
     "gat_attention",
     "gatv2_attention",

@@ -12,6 +12,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import torch
 
 __all__ = [
+    "add_run_arguments",
+    "resume_from",
+    "training_state",
+    "restore_training_state",
     "resolve_device",
     "atomic_save",
     "load_checkpoint",
@@ -32,6 +36,43 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise SystemExit(f"error: --device {name}: only {torch.cuda.device_count()} GPU(s) present")
     return dev
+
+
+def add_run_arguments(parser, default_out: str, smoke_help: str, runs: int = 1) -> None:
+    """The arguments every example shares: seeds, device, results file, resume, smoke mode."""
+    parser.add_argument("--runs", type=int, default=runs, help=f"number of seeds (default {runs}); run r uses --seed + r")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--out", default=None, help=f"results JSON (default {default_out}); checkpoint and plots beside it")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
+    parser.add_argument("--smoke", action="store_true", help=smoke_help)
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def resume_from(path: os.PathLike, config: Dict[str, Any], resume: bool) -> Optional[Dict[str, Any]]:
+    """The checkpoint to continue from (None: start afresh). A checkpoint written with
+    another configuration is an error rather than a silent restart or a mixed result."""
+    ckpt = load_checkpoint(path) if resume else None
+    if ckpt is not None and ckpt.get("config") != config:
+        raise SystemExit(f"error: {path} was written with another configuration; remove it or rerun with the "
+                         f"same arguments")
+    return ckpt
+
+
+def training_state(model, opt, sched, gen: torch.Generator) -> Dict[str, Any]:
+    """What a checkpoint needs to continue training exactly: weights, optimiser and
+    schedule state, the data generator's and torch's RNG states."""
+    return {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+            "gen": gen.get_state(), "rng": torch.get_rng_state()}
+
+
+def restore_training_state(saved: Dict[str, Any], model, opt, sched, gen: torch.Generator) -> None:
+    """The inverse of :func:`training_state`."""
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["opt"])
+    sched.load_state_dict(saved["sched"])
+    gen.set_state(saved["gen"])
+    torch.set_rng_state(saved["rng"])
 
 
 def _atomic(path: Path, write) -> None:
@@ -97,9 +138,10 @@ def machine_info() -> Dict[str, Any]:
     return info
 
 
-def plot_curves(curves: Dict[str, List[Iterable[float]]], path: os.PathLike, title: str = "", xlabel: str = "epoch") -> bool:
-    """One panel per metric, one line per run. Returns False (and writes nothing)
-    when matplotlib is not installed."""
+def plot_curves(curves: Dict[str, List[Iterable[float]]], path: os.PathLike, title: str = "", xlabel: str = "epoch",
+                labels: Optional[Sequence[str]] = None) -> bool:
+    """One panel per metric, one line per run (named by ``labels``, default "run i").
+    Returns False (and writes nothing) when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -111,7 +153,7 @@ def plot_curves(curves: Dict[str, List[Iterable[float]]], path: os.PathLike, tit
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
     for ax, name in zip(axes[0], names):
         for i, run in enumerate(curves[name]):
-            ax.plot(list(run), lw=1.2, label=f"run {i}")
+            ax.plot(list(run), lw=1.2, label=labels[i] if labels is not None else f"run {i}")
         ax.set_title(name)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)

@@ -1,6 +1,7 @@
 """Layers: thin ``torch.nn.Module`` shells that own parameters and call :mod:`graphattn.ops`."""
 from .dot_product import DotProductConv
 from .gat import GATConv, GATv2Conv
+from .linear import LinearAttention
 from .multihead import MultiheadGraphAttention
 from .transformer import GraphTransformerDecoderLayer, GraphTransformerEncoderLayer
 
@@ -9,6 +10,7 @@ __all__ = [
     "GATv2Conv",
     "DotProductConv",
     "MultiheadGraphAttention",
+    "LinearAttention",
     "GraphTransformerEncoderLayer",
     "GraphTransformerDecoderLayer",
 ]

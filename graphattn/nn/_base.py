@@ -6,11 +6,28 @@ import weakref
 from typing import Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..graph import Graph
 
 GraphLike = Union[Graph, Tensor]
+
+# Attention recorders (graphattn.explain.capture) active right now. While one is,
+# every graphattn layer computes its weights and hands them over; models need no change.
+_RECORDERS: list = []
+
+
+def capturing() -> bool:
+    return bool(_RECORDERS)
+
+
+def record_attention(module: nn.Module, edge_index: Tensor, weights: Tensor, num_src: int, num_dst: int,
+                     seq_shape: Optional[Tuple[int, int, int]] = None) -> None:
+    """Give a layer's normalised weights (``[E, H]``, caller's edge order, before
+    dropout) to every active recorder; ``seq_shape = (batch, Lq, Lk)`` for sequences."""
+    for rec in list(_RECORDERS):
+        rec._add(module, edge_index, weights, num_src, num_dst, seq_shape)
 
 
 def glorot_(t: Optional[Tensor]) -> None:
@@ -86,9 +103,43 @@ class GraphCache:
 class GraphLayer(nn.Module):
     """Base of the graph attention layers: turns ``edge_index`` or a Graph into a Graph."""
 
-    def __init__(self) -> None:
+    def __init__(self, prune_threshold: Optional[float] = None) -> None:
         super().__init__()
         self._graph_cache = GraphCache()
+        if prune_threshold is not None and not -1.0 <= float(prune_threshold) <= 1.0:
+            raise ValueError(f"prune_threshold is a cosine similarity in [-1, 1], got {prune_threshold}")
+        self.prune_threshold = prune_threshold
+
+    def prune_edges(self, x_src: Tensor, x_dst: Optional[Tensor], edge_index: GraphLike,
+                    edge_attr: Optional[Tensor]) -> Tuple[GraphLike, Optional[Tensor]]:
+        """Defence against structure attacks: before any attention, drop the edges whose
+        endpoints' input features have cosine similarity below ``prune_threshold``
+        (GNNGuard / Jaccard-style). Self-loops are never dropped. No-op when unset."""
+        t = self.prune_threshold
+        if t is None:
+            return edge_index, edge_attr
+        x_dst = x_src if x_dst is None else x_dst
+        if x_src.size(-1) != x_dst.size(-1):
+            raise ValueError("prune_threshold compares source and destination features, which need the same "
+                             f"size; got {x_src.size(-1)} and {x_dst.size(-1)}")
+        if isinstance(edge_index, Graph):
+            num_src, num_dst, ei = edge_index.num_src, edge_index.num_dst, edge_index.edge_index
+        else:
+            num_src, num_dst, ei = x_src.size(0), x_dst.size(0), Graph.from_edge_index(
+                edge_index, num_src=x_src.size(0), num_dst=x_dst.size(0)).edge_index  # validates indices
+        src, dst = ei[0], ei[1]
+        xs, xd = F.normalize(x_src.detach().float(), dim=-1), F.normalize(x_dst.detach().float(), dim=-1)
+        sim = torch.empty(src.numel(), device=xs.device)
+        step = max(1, 2 ** 24 // max(1, xs.size(-1)))  # bounded memory for wide features
+        for a in range(0, src.numel(), step):
+            sim[a:a + step] = (xs[src[a:a + step]] * xd[dst[a:a + step]]).sum(-1)
+        keep = sim >= t
+        if num_src == num_dst:
+            keep |= src == dst
+        pruned = Graph.from_edge_index(ei[:, keep], num_src=num_src, num_dst=num_dst)
+        if edge_attr is not None:
+            edge_attr = edge_attr[keep]
+        return pruned, edge_attr
 
     @torch.compiler.disable
     def _graph_from_index(self, edge_index: Tensor, num_src: Optional[int], num_dst: Optional[int]) -> Graph:

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ._base import GraphLayer, GraphLike, copy_from, make_linear, reset_linear, split_pair
+from ._base import (GraphLayer, GraphLike, capturing, copy_from, make_linear, record_attention, reset_linear,
+                    split_pair)
 
 
 class DotProductConv(GraphLayer):
@@ -31,6 +32,8 @@ class DotProductConv(GraphLayer):
         heads, concat, dropout, edge_dim, bias: as in PyG.
         beta: gate the skip connection (needs ``root_weight``).
         root_weight: add the skip connection :math:`\mathbf{W}_1 \mathbf{x}_i`.
+        prune_threshold: defence option (not in PyG): drop edges whose endpoints' input
+            features have cosine similarity below this before attending (self-loops kept).
 
     No self-loops are added (as in PyG). Parameter names are PyG's; :meth:`from_pyg`
     copies a ``TransformerConv``.
@@ -47,8 +50,9 @@ class DotProductConv(GraphLayer):
         edge_dim: Optional[int] = None,
         bias: bool = True,
         root_weight: bool = True,
+        prune_threshold: Optional[float] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(prune_threshold)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.heads = heads
@@ -86,6 +90,7 @@ class DotProductConv(GraphLayer):
         query = self.lin_query(x_dst).view(-1, H, C)
         key = self.lin_key(x_src).view(-1, H, C)
         value = self.lin_value(x_src).view(-1, H, C)
+        edge_index, edge_attr = self.prune_edges(x_src, x_dst, edge_index, edge_attr)
         graph = self.resolve_graph(edge_index, key.size(0), query.size(0), add_self_loops=False)
         edge = None
         if edge_attr is not None:
@@ -93,12 +98,15 @@ class DotProductConv(GraphLayer):
                 raise self._no_edge_dim_error()
             ea = self.edge_attr_rows(edge_attr, graph, "mean")
             edge = self.lin_edge(ea.to(key.dtype)).view(-1, H, C)
+        want = return_attention_weights or capturing()
         out = ops.dot_product_attention(
             query, key, value, graph,
             scale=1.0 / math.sqrt(C), edge_key=edge, edge_value=edge,
-            dropout=self.dropout, training=self.training, return_weights=return_attention_weights,
+            dropout=self.dropout, training=self.training, return_weights=want,
         )
-        out, alpha = out if return_attention_weights else (out, None)
+        out, alpha = out if want else (out, None)
+        if alpha is not None and capturing():
+            record_attention(self, graph.edge_index, alpha, graph.num_src, graph.num_dst)
         out = out.reshape(-1, H * C) if self.concat else out.mean(dim=1)
         if self.root_weight:
             x_r = self.lin_skip(x_dst)

@@ -8,7 +8,8 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..graph import FillValue
-from ._base import GraphLayer, GraphLike, copy_from, glorot_, make_linear, reset_linear, split_pair
+from ._base import (GraphLayer, GraphLike, capturing, copy_from, glorot_, make_linear, record_attention,
+                    reset_linear, split_pair)
 
 Channels = Union[int, Tuple[int, int]]
 
@@ -24,6 +25,8 @@ def _folded_scores(x: Tensor, lin: nn.Module, att: Tensor) -> Tensor:
 
 
 def _finish(layer, out: Tensor, res: Optional[Tensor], graph, alpha, return_attention_weights: bool):
+    if alpha is not None and capturing():
+        record_attention(layer, graph.edge_index, alpha, graph.num_src, graph.num_dst)
     H, C = layer.heads, layer.out_channels
     out = out.reshape(-1, H * C) if layer.concat else out.mean(dim=1)
     if res is not None:
@@ -62,6 +65,8 @@ class GATConv(GraphLayer):
             (``"mean"``, ``"add"``, ``"max"``, ``"min"``, ``"mul"``) of the node's incoming edges.
         bias: learnable output bias.
         residual: add a linear projection of the destination input to the output.
+        prune_threshold: defence option (not in PyG): drop edges whose endpoints' input
+            features have cosine similarity below this before attending (self-loops kept).
 
     Forward: ``forward(x, edge_index, edge_attr=None, return_attention_weights=False)``
     with ``edge_index`` a ``[2, E]`` tensor (row 0 = source) or a :class:`graphattn.Graph`;
@@ -82,8 +87,9 @@ class GATConv(GraphLayer):
         fill_value: FillValue = "mean",
         bias: bool = True,
         residual: bool = False,
+        prune_threshold: Optional[float] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(prune_threshold)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.heads = heads
@@ -148,6 +154,7 @@ class GATConv(GraphLayer):
         score_src = _folded_scores(x_src_in, lin_src, self.att_src)
         score_dst = None if x_dst_in is None else _folded_scores(x_dst_in, lin_dst, self.att_dst)
 
+        edge_index, edge_attr = self.prune_edges(x_src_in, x_dst_in, edge_index, edge_attr)
         graph = self.resolve_graph(
             edge_index, x_src.size(0), None if x_dst_in is None else x_dst_in.size(0), self.add_self_loops
         )
@@ -159,12 +166,13 @@ class GATConv(GraphLayer):
             # the [E, H, C] edge embedding is never built
             edge_score = _folded_scores(ea.to(self.att_edge.dtype), self.lin_edge, self.att_edge)
 
+        want = return_attention_weights or capturing()
         out = ops.gat_attention(
             score_src, score_dst, x_src, graph,
             negative_slope=self.negative_slope, edge_score=edge_score,
-            dropout=self.dropout, training=self.training, return_weights=return_attention_weights,
+            dropout=self.dropout, training=self.training, return_weights=want,
         )
-        out, alpha = out if return_attention_weights else (out, None)
+        out, alpha = out if want else (out, None)
         return _finish(self, out, res, graph, alpha, return_attention_weights)
 
     @classmethod
@@ -212,8 +220,9 @@ class GATv2Conv(GraphLayer):
         bias: bool = True,
         share_weights: bool = False,
         residual: bool = False,
+        prune_threshold: Optional[float] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(prune_threshold)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.heads = heads
@@ -264,6 +273,7 @@ class GATv2Conv(GraphLayer):
         res = self.res(x_dst_in) if self.res is not None else None
         x_l = self.lin_l(x_src_in).view(-1, H, C)
         x_r = x_l if (self.share_weights and x_dst_in is x_src_in) else self.lin_r(x_dst_in).view(-1, H, C)
+        edge_index, edge_attr = self.prune_edges(x_src_in, x_dst_in, edge_index, edge_attr)
         graph = self.resolve_graph(edge_index, x_l.size(0), x_r.size(0), self.add_self_loops)
         edge_feat = None
         if edge_attr is not None:
@@ -271,12 +281,13 @@ class GATv2Conv(GraphLayer):
                 raise self._no_edge_dim_error()
             ea = self.edge_attr_rows(edge_attr, graph, self.fill_value)
             edge_feat = self.lin_edge(ea.to(x_l.dtype)).view(-1, H, C)
+        want = return_attention_weights or capturing()
         out = ops.gatv2_attention(
             x_l, x_r, self.att, graph,
             negative_slope=self.negative_slope, edge_feat=edge_feat,
-            dropout=self.dropout, training=self.training, return_weights=return_attention_weights,
+            dropout=self.dropout, training=self.training, return_weights=want,
         )
-        out, alpha = out if return_attention_weights else (out, None)
+        out, alpha = out if want else (out, None)
         return _finish(self, out, res, graph, alpha, return_attention_weights)
 
     @classmethod

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from .. import ops, patterns
 from ..graph import Graph, Pattern
+from ._base import capturing, record_attention
 
 PatternLike = Union[None, str, Callable[..., Graph], Graph]
 
@@ -211,22 +212,9 @@ class MultiheadGraphAttention(nn.Module):
         average_attn_weights: bool = True,
         is_causal: bool = False,
     ) -> Tuple[Tensor, Optional[Tensor]]:
-        unbatched = query.dim() == 2
-        if unbatched:
-            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
-            if key_padding_mask is not None:
-                key_padding_mask = key_padding_mask.unsqueeze(0)
-        elif not self.batch_first:
-            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
-        if query.dim() != 3 or key.dim() != 3 or value.dim() != 3:
-            raise ValueError("query, key and value must be (L, E), (L, N, E) or, with batch_first, (N, L, E)")
-        N, Lq, Eq = query.shape
+        unbatched, query, key, value, key_padding_mask = self._batch_first(query, key, value, key_padding_mask)
+        N, Lq, _ = query.shape
         S = key.size(1)
-        if Eq != self.embed_dim:
-            raise ValueError(f"query has embedding size {Eq} but embed_dim is {self.embed_dim}")
-        if key.shape[:2] != value.shape[:2] or key.size(0) != N:
-            raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must match the batch and "
-                             f"length of each other and the batch of query {tuple(query.shape)}")
         H, D = self.num_heads, self.head_dim
         q, k, v = self._projections(query, key, value)
         extra = 0
@@ -291,21 +279,48 @@ class MultiheadGraphAttention(nn.Module):
                                                                   j.unsqueeze(1)]
             edge_bias = graph.to_user_order(eb)
 
+        want = need_weights or capturing()
         out = ops.dot_product_attention(
             q.reshape(N * Lq, H, D), k.reshape(N * Sx, H, D), v.reshape(N * Sx, H, D), graph,
             scale=D ** -0.5, edge_bias=edge_bias, dropout=self.dropout, training=self.training,
-            return_weights=need_weights,
+            return_weights=want,
         )
-        out, alpha = out if need_weights else (out, None)
+        out, alpha = out if want else (out, None)
         out = self.out_proj(out.reshape(N, Lq, self.embed_dim))
+        if alpha is not None and capturing():
+            record_attention(self, graph.edge_index, alpha, graph.num_src, graph.num_dst, (N, Lq, Sx))
 
         weights = None
         if need_weights:
             ei = graph.edge_index
-            dense = alpha.new_zeros(N, H, Lq, Sx)
+            weights = alpha.new_zeros(N, H, Lq, Sx)
             b, i, j = ei[1] // Lq, ei[1] % Lq, ei[0] % Sx
-            dense[b.unsqueeze(1), torch.arange(H, device=alpha.device), i.unsqueeze(1), j.unsqueeze(1)] = alpha
-            weights = dense.mean(dim=1) if average_attn_weights else dense
+            weights[b.unsqueeze(1), torch.arange(H, device=alpha.device), i.unsqueeze(1), j.unsqueeze(1)] = alpha
+        return self._caller_layout(out, weights, unbatched, average_attn_weights)
+
+    def _batch_first(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor]):
+        """Inputs in any of torch's layouts -> ``(unbatched, q, k, v, kpm)`` with ``(N, L, E)`` tensors."""
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif not self.batch_first:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        if query.dim() != 3 or key.dim() != 3 or value.dim() != 3:
+            raise ValueError("query, key and value must be (L, E), (L, N, E) or, with batch_first, (N, L, E)")
+        if query.size(-1) != self.embed_dim:
+            raise ValueError(f"query has embedding size {query.size(-1)} but embed_dim is {self.embed_dim}")
+        if key.shape[:2] != value.shape[:2] or key.size(0) != query.size(0):
+            raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must match the batch and "
+                             f"length of each other and the batch of query {tuple(query.shape)}")
+        return unbatched, query, key, value, key_padding_mask
+
+    def _caller_layout(self, out: Tensor, weights: Optional[Tensor], unbatched: bool,
+                       average_attn_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        """``(N, L, E)`` output and ``(N, H, L, S)`` weights back to the caller's layout."""
+        if weights is not None:
+            weights = weights.mean(dim=1) if average_attn_weights else weights
             if unbatched:
                 weights = weights.squeeze(0)
         if unbatched:

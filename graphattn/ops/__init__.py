@@ -1,7 +1,8 @@
 """Attention ops: the only place in graphattn where attention is computed.
 
 Public functions: :func:`edge_softmax`, :func:`gat_attention`,
-:func:`gatv2_attention`, :func:`dot_product_attention`. Backends are chosen by
+:func:`gatv2_attention`, :func:`dot_product_attention`, and beside the graph ops
+:func:`linear_attention` (kernelised, no edges). Backends are chosen by
 :mod:`graphattn.ops._dispatch`; force one with ``backend=`` or :func:`use_backend`,
 and ask which ran with :func:`last_backend`.
 """
@@ -13,6 +14,7 @@ from . import reference as _reference
 from . import scatter as _scatter
 from ._dispatch import available_backends, last_backend, register_backend, use_backend
 from .functional import as_graph, dot_product_attention, edge_softmax, gat_attention, gatv2_attention
+from .linear import linear_attention
 
 register_backend("edge_softmax", "reference", _reference.edge_softmax)
 register_backend("gat", "reference", _reference.gat)
@@ -42,6 +44,7 @@ __all__ = [
     "gat_attention",
     "gatv2_attention",
     "dot_product_attention",
+    "linear_attention",
     "as_graph",
     "use_backend",
     "last_backend",
