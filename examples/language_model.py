@@ -97,12 +97,32 @@ def attention_setup(variant: str, context: int, window: int, dilation: int):
     raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
 
 
+def sinusoidal(length: int, dim: int) -> torch.Tensor:
+    """Fixed sine/cosine position codes (Vaswani et al.): the same for every context length."""
+    pos = torch.arange(length, dtype=torch.float32).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return pe
+
+
 class CharLM(nn.Module):
+    """Decoder-only transformer. Positions are fixed sinusoids by default: learned absolute
+    embeddings train each position separately, which handicaps the longer contexts in a
+    short run and would confound the comparison of attention patterns."""
+
     def __init__(self, vocab: int, dim: int, heads: int, layers: int, ff: int, dropout: float, context: int,
-                 pattern=None, linear: bool = False):
+                 pattern=None, linear: bool = False, positions: str = "sinusoidal"):
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
-        self.pos = nn.Embedding(context, dim)
+        if positions == "learned":
+            self.pos = nn.Embedding(context, dim)
+        elif positions == "sinusoidal":
+            self.register_buffer("pe", sinusoidal(context, dim), persistent=False)
+            self.pos = lambda idx: self.pe[idx]
+        else:
+            raise ValueError(f"positions must be 'sinusoidal' or 'learned', got {positions!r}")
         self.drop = nn.Dropout(dropout)
         self.layers = nn.ModuleList()
         for _ in range(layers):
@@ -158,7 +178,8 @@ def parse_args(argv=None):
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--ff", type=int, default=512)
     p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--positions", default="sinusoidal", choices=["sinusoidal", "learned"])
+    p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=16, help="rows of --context tokens per step")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=0.01)
@@ -185,7 +206,7 @@ def parse_args(argv=None):
 
 def config_of(args):
     keys = ("train", "valid", "test", "variants", "context", "window", "dilation", "dim", "heads", "layers", "ff",
-            "dropout", "steps", "batch_size", "lr", "weight_decay", "eval_every", "runs", "seed", "smoke")
+            "dropout", "positions", "steps", "batch_size", "lr", "weight_decay", "eval_every", "runs", "seed", "smoke")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -196,7 +217,7 @@ def train_one(args, variant, run, data, vocab_size, device, progress, ckpt, save
     seed = args.seed + run
     torch.manual_seed(seed)
     model = CharLM(vocab_size, args.dim, args.heads, args.layers, args.ff, args.dropout, context, pattern,
-                   linear).to(device)
+                   linear, args.positions).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     warm = max(1, args.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(

@@ -181,9 +181,10 @@ def parse_args(argv=None):
     p.add_argument("--ff", type=int, default=256)
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--max-len", type=int, default=64)
-    p.add_argument("--pool", default="mean", choices=["mean", "cls", "mean-max"], help="sentence readout")
-    p.add_argument("--word-dropout", type=float, default=0.0, help="training tokens replaced by <unk>")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--pool", default="mean-max", choices=["mean", "cls", "mean-max"],
+                   help="sentence readout: mean of the tokens, the <cls> token, or mean and max concatenated")
+    p.add_argument("--word-dropout", type=float, default=0.1, help="training tokens replaced by <unk>")
+    p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--vocab-size", type=int, default=20000)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=64)

@@ -39,7 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--dataset", default="Cora", help="Cora (Planetoid) or synthetic")
     p.add_argument("--root", default=str(SHARED / "planetoid"))
     p.add_argument("--model", default="gat", choices=["gat", "gatv2", "dot"])
-    p.add_argument("--node", type=int, default=None, help="node to draw (default: a test node with 6-12 neighbours)")
+    p.add_argument("--node", type=int, default=None,
+                   help="node to draw (default: a test node with 4-8 neighbours and at most 40 edges two hops away)")
     p.add_argument("--text-model", default=None, help="a .model.pt from examples/text_classification.py")
     p.add_argument("--text-train", default=str(SHARED / "text" / "sst2" / "train.tsv"))
     p.add_argument("--text-dev", default=str(SHARED / "text" / "sst2" / "dev.tsv"))
@@ -71,9 +72,11 @@ def graph_pictures(args, out: Path, device) -> dict:
     conv1 = cap["conv1"]
     deg = torch.bincount(data.edge_index[1], minlength=data.num_nodes)
     node = args.node
-    if node is None:
-        cand = torch.nonzero(data.test_mask & (deg >= 6) & (deg <= 12)).flatten()
-        node = int(cand[0]) if cand.numel() else int(deg.argmax())
+    if node is None:  # a test node with a readable 2-hop tree: a few neighbours, none of them a hub
+        src, dst = data.edge_index
+        two_hop = torch.zeros(data.num_nodes, dtype=torch.long, device=deg.device).index_add_(0, dst, deg[src])
+        cand = torch.nonzero(data.test_mask & (deg >= 4) & (deg <= 8) & (two_hop <= 40)).flatten()
+        node = int(cand[0]) if cand.numel() else int(torch.nonzero(data.test_mask).flatten()[0])
     explain.plot_neighbourhood(conv1, node, hops=2, labels=data.y.cpu(), path=out / f"cora_neighbourhood_{node}.png",
                                title=f"{args.dataset} {args.model.upper()} layer 1: attention into node {node} "
                                      f"(class {int(data.y[node])})")

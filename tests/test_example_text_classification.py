@@ -71,3 +71,21 @@ def test_bad_inputs(tmp_path):
         tc.main(["--train", str(tmp_path / "bad.tsv"), "--dev", str(tmp_path / "bad.tsv"), "--smoke"])
     with pytest.raises(SystemExit, match="not found"):
         tc.main(["--train", str(tmp_path / "missing.tsv"), "--smoke"])
+
+
+@pytest.mark.parametrize("pool", ["mean", "cls", "mean-max"])
+def test_readouts_and_saved_model_round_trip(tmp_path, pool):
+    import torch
+
+    res = tc.main(_args(tmp_path, "--pool", pool, "--word-dropout", "0.2", "--label-smoothing", "0.1"))
+    model, vocab, cfg = tc.load_classifier(str(tmp_path / "res.model.pt"))
+    assert cfg["pool"] == pool and model.pool == pool
+    dev = tc.read_tsv(str(tmp_path / "dev.tsv"))
+    enc = [vocab.encode(s, cfg["max_len"]) for s, _ in dev]
+    acc = tc.accuracy(model, enc, [y for _, y in dev], 64, torch.device("cpu"))
+    assert acc == pytest.approx(res["per_run"][-1])  # the saved model is the one that was scored
+
+
+def test_missing_saved_model_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="text_classification.py"):
+        tc.load_classifier(str(tmp_path / "none.model.pt"))
