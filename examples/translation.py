@@ -283,7 +283,7 @@ def parse_args(argv=None):
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--max-len", type=int, default=100, help="tokens kept per sentence")
-    p.add_argument("--epochs", type=int, default=9)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=6000, help="source+target tokens per batch (with padding)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=float, default=0.08, help="fraction of the steps spent warming up")
