@@ -125,8 +125,9 @@ class GraphLayer(nn.Module):
         if isinstance(edge_index, Graph):
             num_src, num_dst, ei = edge_index.num_src, edge_index.num_dst, edge_index.edge_index
         else:
-            num_src, num_dst, ei = x_src.size(0), x_dst.size(0), Graph.from_edge_index(
-                edge_index, num_src=x_src.size(0), num_dst=x_dst.size(0)).edge_index  # validates indices
+            # validated (and sorted only once per edge_index tensor) through the layer's graph cache
+            num_src, num_dst = x_src.size(0), x_dst.size(0)
+            ei = self._graph_from_index(edge_index, num_src, num_dst).edge_index
         src, dst = ei[0], ei[1]
         xs, xd = F.normalize(x_src.detach().float(), dim=-1), F.normalize(x_dst.detach().float(), dim=-1)
         sim = torch.empty(src.numel(), device=xs.device)
