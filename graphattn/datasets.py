@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch_geometric.data import Data
 
-__all__ = ["PLANETOID", "load_planetoid", "contextual_sbm", "edge_homophily", "describe", "cache_dir", "writable_copy"]
+__all__ = ["PLANETOID", "OGB_NODE", "OGB_LINK", "load_planetoid", "load_ogb_node", "load_ogb_link", "contextual_sbm", "edge_homophily", "describe", "cache_dir", "writable_copy"]
 
 PLANETOID = ("Cora", "CiteSeer", "PubMed")
 _PLANETOID_FILES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
@@ -90,6 +90,109 @@ def load_planetoid(root: str, name: str, normalize_features: bool = True) -> Dat
     data.num_classes = dataset.num_classes
     data.name = canonical
     return data
+
+
+OGB_NODE = ("ogbn-arxiv", "ogbn-products")
+OGB_LINK = ("ogbl-ddi",)
+# Files OGB's own dataset classes read from ``<root>/<name with _>/`` (its on-disk layout).
+_OGB_FILES = {
+    "ogbn-arxiv": ("RELEASE_v1.txt", "raw/edge.csv.gz", "raw/node-feat.csv.gz", "raw/node-label.csv.gz",
+                   "raw/num-node-list.csv.gz", "raw/num-edge-list.csv.gz", "raw/node_year.csv.gz",
+                   "split/time/train.csv.gz", "split/time/valid.csv.gz", "split/time/test.csv.gz"),
+    "ogbn-products": ("RELEASE_v1.txt", "raw/edge.csv.gz", "raw/node-feat.csv.gz", "raw/node-label.csv.gz",
+                      "raw/num-node-list.csv.gz", "raw/num-edge-list.csv.gz", "split/sales_ranking/train.csv.gz",
+                      "split/sales_ranking/valid.csv.gz", "split/sales_ranking/test.csv.gz"),
+    "ogbl-ddi": ("RELEASE_v1.txt", "raw/edge.csv.gz", "raw/num-node-list.csv.gz", "raw/num-edge-list.csv.gz",
+                 "split/target/train.pt", "split/target/valid.pt", "split/target/test.pt"),
+}
+
+
+def _ogb_folder(root: str, name: str) -> Path:
+    """``<root>/<name>`` checked for the files OGB's classes need. OGB's classes would
+    try to download missing files (or prompt on stdin); offline, say what is missing."""
+    if name not in _OGB_FILES:
+        raise ValueError(f"unknown OGB dataset {name!r}; choose one of {', '.join(_OGB_FILES)}")
+    try:
+        import ogb  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"loading {name} needs the ogb package: pip install 'graphattn[ogb]'") from e
+    folder = Path(root) / name.replace("-", "_")
+    missing = [f for f in _OGB_FILES[name] if not (folder / f).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{name} files not found in {folder}: missing {', '.join(missing)}. Unzip OGB's {name} archive "
+            f"(http://snap.stanford.edu/ogb/data/) so that {folder}/raw/ and {folder}/split/ exist, or pass --root "
+            f"pointing at the folder that contains {folder.name}/."
+        )
+    return writable_copy(folder, "ogb")
+
+
+class _TrustedTorchLoad:
+    """ogb 1.3.6 calls ``torch.load(path)`` for its split files, which hold numpy
+    arrays; torch >= 2.6 refuses those under its ``weights_only=True`` default. Within
+    this context, and only for files under ``folder`` (the dataset being loaded, which
+    the caller put there), the calls get ``weights_only=False``; every other call is
+    untouched."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = str(Path(folder).resolve())
+
+    def __enter__(self):
+        self.original = torch.load
+        original, folder = self.original, self.folder
+
+        def load(f, *args, **kwargs):
+            if isinstance(f, (str, os.PathLike)) and str(Path(f).resolve()).startswith(folder + os.sep):
+                kwargs.setdefault("weights_only", False)
+            return original(f, *args, **kwargs)
+
+        torch.load = load
+        return self
+
+    def __exit__(self, *exc) -> None:
+        torch.load = self.original
+
+
+def load_ogb_node(root: str, name: str) -> Data:
+    """An OGB node-property dataset through ``ogb``'s ``PygNodePropPredDataset``, offline.
+
+    ``root`` holds ``<name with _>/`` in OGB's layout (``ogbn_arxiv/raw/edge.csv.gz``, ...).
+    Returns a ``Data`` with ``x``, ``y`` (``[N]``), ``edge_index`` (both directions: the
+    arxiv citation graph is made undirected as in OGB's GAT baselines), ``train/val/test_mask``,
+    ``split_idx`` (OGB's index split) and ``num_classes``.
+    """
+    folder = _ogb_folder(root, name)
+    from ogb.nodeproppred import PygNodePropPredDataset
+    from torch_geometric.utils import to_undirected
+
+    with _TrustedTorchLoad(folder):
+        dataset = PygNodePropPredDataset(name=name, root=str(folder.parent))
+        split = dataset.get_idx_split()
+    data = dataset[0]
+    data.edge_index = to_undirected(data.edge_index, num_nodes=data.num_nodes)
+    data.y = data.y.view(-1)
+    for key, idx in (("train", split["train"]), ("val", split["valid"]), ("test", split["test"])):
+        mask = torch.zeros(data.num_nodes, dtype=torch.bool)
+        mask[idx] = True
+        data[f"{key}_mask"] = mask
+    data.split_idx = split
+    data.num_classes = dataset.num_classes
+    data.name = name
+    return data
+
+
+def load_ogb_link(root: str, name: str = "ogbl-ddi"):
+    """An OGB link-property dataset through ``ogb``'s ``PygLinkPropPredDataset``, offline.
+    Returns ``(data, split_edge)`` as OGB's examples use them."""
+    folder = _ogb_folder(root, name)
+    from ogb.linkproppred import PygLinkPropPredDataset
+
+    with _TrustedTorchLoad(folder):
+        dataset = PygLinkPropPredDataset(name=name, root=str(folder.parent))
+        split_edge = dataset.get_edge_split()
+    data = dataset[0]
+    data.name = name
+    return data, split_edge
 
 
 def contextual_sbm(

@@ -59,18 +59,19 @@ def resume_from(path: os.PathLike, config: Dict[str, Any], resume: bool) -> Opti
     return ckpt
 
 
-def training_state(model, opt, sched, gen: torch.Generator) -> Dict[str, Any]:
+def training_state(model, opt, sched: Optional[Any], gen: torch.Generator) -> Dict[str, Any]:
     """What a checkpoint needs to continue training exactly: weights, optimiser and
     schedule state, the data generator's and torch's RNG states."""
-    return {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+    return {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict() if sched is not None else None,
             "gen": gen.get_state(), "rng": torch.get_rng_state()}
 
 
-def restore_training_state(saved: Dict[str, Any], model, opt, sched, gen: torch.Generator) -> None:
+def restore_training_state(saved: Dict[str, Any], model, opt, sched: Optional[Any], gen: torch.Generator) -> None:
     """The inverse of :func:`training_state`."""
     model.load_state_dict(saved["model"])
     opt.load_state_dict(saved["opt"])
-    sched.load_state_dict(saved["sched"])
+    if sched is not None:
+        sched.load_state_dict(saved["sched"])
     gen.set_state(saved["gen"])
     torch.set_rng_state(saved["rng"])
 

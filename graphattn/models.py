@@ -9,9 +9,10 @@ from torch import Tensor, nn
 
 from .nn import DotProductConv, GATConv, GATv2Conv
 
-__all__ = ["NodeClassifier", "MODELS", "fit_node_classifier"]
+__all__ = ["NodeClassifier", "DeepNodeClassifier", "LinkPredictor", "MODELS", "DECODERS", "fit_node_classifier"]
 
 MODELS = ("gat", "gatv2", "dot")
+DECODERS = ("dot", "mlp")
 
 
 def make_conv(kind: str, in_channels: int, out_channels: int, heads: int, concat: bool, dropout: float,
@@ -61,6 +62,45 @@ class NodeClassifier(nn.Module):
             conv.reset_parameters()
 
 
+class DeepNodeClassifier(nn.Module):
+    """A deeper attention network for large graphs (OGB's GAT baselines): ``layers``
+    attention layers, each with a linear skip of its input, batch norm, ReLU and
+    dropout between; dropout on the input features and on attention; the last layer
+    averages its heads into class logits."""
+
+    def __init__(self, kind: str, in_channels: int, num_classes: int, hidden: int = 250, heads: int = 3,
+                 layers: int = 3, dropout: float = 0.75, input_dropout: float = 0.1, attn_dropout: float = 0.05,
+                 norm: bool = True) -> None:
+        super().__init__()
+        if layers < 1:
+            raise ValueError(f"layers must be >= 1, got {layers}")
+        self.dropout, self.input_dropout = dropout, input_dropout
+        dims = [in_channels] + [hidden * heads] * (layers - 1)
+        self.convs = nn.ModuleList()
+        self.skips = nn.ModuleList()
+        for i, d in enumerate(dims):
+            last = i == layers - 1
+            self.convs.append(make_conv(kind, d, num_classes if last else hidden, heads, not last, attn_dropout))
+            self.skips.append(nn.Linear(d, num_classes if last else hidden * heads, bias=False))
+        self.norms = nn.ModuleList(nn.BatchNorm1d(hidden * heads) if norm else nn.Identity()
+                                   for _ in range(layers - 1))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        for m in (*self.convs, *self.skips, *self.norms):
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+    def forward(self, x: Tensor, edge_index) -> Tensor:
+        h = F.dropout(x, p=self.input_dropout, training=self.training)
+        for i, (conv, skip) in enumerate(zip(self.convs, self.skips)):
+            out = conv(h, edge_index) + skip(h)
+            if i < len(self.norms):
+                out = F.dropout(F.relu(self.norms[i](out)), p=self.dropout, training=self.training)
+            h = out
+        return h
+
+
 def fit_node_classifier(model: nn.Module, data, epochs: int = 300, patience: int = 100, lr: float = 0.005,
                         weight_decay: float = 5e-4, graph=None, progress: bool = False) -> dict:
     """Full-batch training on ``data.train_mask`` with early stopping on validation
@@ -94,3 +134,73 @@ def fit_node_classifier(model: nn.Module, data, epochs: int = 300, patience: int
     model.load_state_dict(best_state)
     model.eval()
     return best
+
+
+class LinkPredictor(nn.Module):
+    """Graph autoencoder for link prediction: ``layers`` attention layers (heads
+    concatenated, ReLU and dropout between) encode nodes, a decoder scores pairs.
+
+    ``in_channels=None`` gives every node a learnable embedding instead of input
+    features (for featureless graphs such as ogbl-ddi; ``num_nodes`` is then needed).
+    ``residual=True`` adds a linear map of each node's own input to every layer, so
+    a node keeps its identity beside its attended neighbourhood (GraphSAGE's root
+    weight). Decoders: ``"dot"`` scores ``<z_i, z_j>``; ``"mlp"`` feeds ``z_i * z_j``
+    through a 3-layer MLP of width ``decoder_hidden`` (default: the encoder's width;
+    OGB's link-prediction baselines). Scores are logits.
+    """
+
+    def __init__(self, kind: str, in_channels: Optional[int], hidden: int = 64, heads: int = 1, layers: int = 2,
+                 dropout: float = 0.5, attn_dropout: float = 0.0, decoder: str = "dot", residual: bool = True,
+                 num_nodes: Optional[int] = None, decoder_hidden: Optional[int] = None) -> None:
+        super().__init__()
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
+        if layers < 1:
+            raise ValueError(f"layers must be >= 1, got {layers}")
+        width = hidden * heads
+        if in_channels is None:
+            if num_nodes is None:
+                raise ValueError("a featureless LinkPredictor (in_channels=None) needs num_nodes")
+            self.embedding = nn.Embedding(num_nodes, width)
+            in_channels = width
+        else:
+            self.embedding = None
+        self.dropout = dropout
+        dims = [in_channels] + [width] * (layers - 1)
+        self.convs = nn.ModuleList(make_conv(kind, d, hidden, heads, True, attn_dropout) for d in dims)
+        self.skips = nn.ModuleList(nn.Linear(d, width, bias=False) for d in dims) if residual else None
+        self.decoder = decoder
+        if decoder == "mlp":
+            dh = decoder_hidden or width
+            self.mlp = nn.Sequential(nn.Linear(width, dh), nn.ReLU(), nn.Dropout(dropout),
+                                     nn.Linear(dh, dh), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dh, 1))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        if self.embedding is not None:
+            nn.init.xavier_uniform_(self.embedding.weight)
+        for conv in self.convs:
+            conv.reset_parameters()
+        for skip in self.skips or ():
+            skip.reset_parameters()
+        if self.decoder == "mlp":
+            for m in self.mlp:
+                if isinstance(m, nn.Linear):
+                    m.reset_parameters()
+
+    def encode(self, x: Optional[Tensor], edge_index) -> Tensor:
+        h = self.embedding.weight if self.embedding is not None else x
+        for i, conv in enumerate(self.convs):
+            out = conv(h, edge_index)
+            h = out + self.skips[i](h) if self.skips is not None else out
+            if i < len(self.convs) - 1:
+                h = F.dropout(F.relu(h), p=self.dropout, training=self.training)
+        return h
+
+    def decode(self, z: Tensor, pairs: Tensor) -> Tensor:
+        """Logits for ``pairs`` (``[2, B]``: source row, destination row)."""
+        a, b = z[pairs[0]], z[pairs[1]]
+        if self.decoder == "dot":
+            return (a * b).sum(-1)
+        return self.mlp(a * b).view(-1)

@@ -52,3 +52,33 @@ def test_cora_from_read_only_folder_is_copied_not_written(tmp_path, monkeypatch)
     finally:
         for p in [ro / "Cora", ro / "Cora" / "raw"]:
             p.chmod(stat.S_IRWXU)
+
+
+def test_ogb_loader_allows_full_unpickling_only_inside_the_dataset_folder(tmp_path):
+    from graphattn.datasets import _TrustedTorchLoad
+
+    inside, outside = tmp_path / "ds", tmp_path / "other"
+    inside.mkdir()
+    outside.mkdir()
+    import numpy as np
+
+    for folder in (inside, outside):
+        torch.save({"edge": np.zeros((2, 2))}, folder / "split.pt")
+    before = torch.load
+    with _TrustedTorchLoad(inside):
+        assert torch.load(inside / "split.pt")["edge"].shape == (2, 2)
+        with pytest.raises(Exception, match="weights_only|Unsupported global|numpy"):
+            torch.load(outside / "split.pt")
+    assert torch.load is before
+
+
+def test_ogb_loaders_name_missing_files(tmp_path):
+    pytest.importorskip("ogb")
+    from graphattn.datasets import load_ogb_link, load_ogb_node
+
+    with pytest.raises(FileNotFoundError, match="ogbn_arxiv.*RELEASE_v1.txt"):
+        load_ogb_node(str(tmp_path), "ogbn-arxiv")
+    with pytest.raises(FileNotFoundError, match="split/target/train.pt"):
+        load_ogb_link(str(tmp_path), "ogbl-ddi")
+    with pytest.raises(ValueError, match="unknown OGB dataset"):
+        load_ogb_node(str(tmp_path), "ogbn-papers")
