@@ -10,6 +10,11 @@ ogbl-ddi (OGB's split and Evaluator, Hits@20; the nodes have no features, so eac
 gets a learnable embedding):
 
     python examples/link_prediction.py --dataset ogbl-ddi --root ../shared/data/ogb
+    torchrun --nproc_per_node=2 examples/link_prediction.py --dataset ogbl-ddi --root ../shared/data/ogb
+
+Under ``torchrun`` every process encodes the whole graph and scores its share of
+each batch's positive and negative pairs; with the dot decoder (no dropout after
+the encoder) the averaged gradient is exactly the single-process one.
 
 Training samples negatives afresh every epoch (uniform node pairs; for Planetoid,
 pairs that are not training edges). The model of the evaluation with the best
@@ -31,6 +36,7 @@ from tqdm import tqdm
 
 from graphattn import Graph
 from graphattn.datasets import PLANETOID, load_ogb_link, load_planetoid
+from graphattn.distributed import all_reduce_sum, cleanup, setup
 from graphattn.experiment import (
     add_run_arguments,
     atomic_save,
@@ -206,33 +212,38 @@ def new_model(args, data, device):
                          decoder_hidden=args.decoder_hidden or None).to(device)
 
 
-def train_epoch(args, model, opt, data, graph, gen, device) -> float:
-    model.train()
+def train_epoch(args, ddp, opt, data, graph, gen, info) -> float:
+    ddp.train()
+    device = info.device
     train_pos = data.train_pos
-    perm = torch.randperm(train_pos.size(1), generator=gen)
+    perm = torch.randperm(train_pos.size(1), generator=gen)  # the same on every rank
     size = args.batch_size if args.batch_size > 0 else train_pos.size(1)
     total, count = 0.0, 0
     for start in range(0, perm.numel(), size):
         pos = train_pos[:, perm[start:start + size]]
         neg = _sample_pairs(data.num_nodes, pos.size(1), gen, exclude=data.exclude)
+        batch = pos.size(1)
+        if info.enabled:  # this rank's share of the batch's pairs
+            pos, neg = pos[:, info.rank::info.world_size], neg[:, info.rank::info.world_size]
         opt.zero_grad()
-        z = model.encode(data.x, graph)
-        pos_out = model.decode(z, pos.to(device))
-        neg_out = model.decode(z, neg.to(device))
-        loss = (F.binary_cross_entropy_with_logits(pos_out, torch.ones_like(pos_out))
-                + F.binary_cross_entropy_with_logits(neg_out, torch.zeros_like(neg_out)))
+        pos_out, neg_out = ddp(data.x, graph, pos.to(device), neg.to(device))
+        # (sum over this rank's pairs) x world / batch: DDP's mean over ranks is the batch mean
+        loss = (F.binary_cross_entropy_with_logits(pos_out, torch.ones_like(pos_out), reduction="sum")
+                + F.binary_cross_entropy_with_logits(neg_out, torch.zeros_like(neg_out), reduction="sum")
+                ) * info.world_size / batch
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(ddp.parameters(), 1.0)
         opt.step()
-        total += loss.item() * pos.size(1)
-        count += pos.size(1)
+        total += all_reduce_sum(loss.item(), info) / info.world_size * batch
+        count += batch
     return total / count
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    device = resolve_device(args.device)
-    progress = not args.no_progress and sys.stderr.isatty()
+    info = setup(resolve_device(args.device))
+    device = info.device
+    progress = info.is_main and not args.no_progress and sys.stderr.isatty()
     ckpt_path = Path(args.out).with_suffix(".ckpt.pt")
     ckpt = resume_from(ckpt_path, config_of(args), args.resume)
     done = ckpt["done"] if ckpt else []
@@ -246,7 +257,7 @@ def main(argv=None) -> dict:
         except (FileNotFoundError, ValueError, ImportError) as e:
             raise SystemExit(f"error: {e}")
         data = cached
-        if run == len(done) and not done:
+        if run == len(done) and not done and info.is_main:
             print(f"{args.dataset}: {data.num_nodes} nodes, {data.train_pos.size(1)} training edges, "
                   f"{data.val_pos.size(1)}/{data.test_pos.size(1)} validation/test edges")
         data.x = data.x.to(device) if data.x is not None else None
@@ -254,17 +265,19 @@ def main(argv=None) -> dict:
         torch.manual_seed(args.seed + run)
         gen = torch.Generator().manual_seed(args.seed + run)
         model = new_model(args, data, device)
+        ddp = torch.nn.parallel.DistributedDataParallel(model) if info.enabled else model
         opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
         st = {"epoch": 0, "best": None, "bad": 0, "history": {"train_loss": [], f"val_{metric}": [],
                                                              f"test_{metric}": []}}
         if ckpt is not None and ckpt.get("state") is not None and ckpt["run"] == run:
             restore_training_state(ckpt["state"], model, opt, None, gen)
             st = ckpt["run_state"]
-            print(f"resumed run {run} at epoch {st['epoch']}")
+            if info.is_main:
+                print(f"resumed run {run} at epoch {st['epoch']}")
         bar = tqdm(total=args.epochs, initial=st["epoch"], desc=f"{args.dataset}/{args.model} run {run}",
                    disable=not progress)
         while st["epoch"] < args.epochs and st["bad"] < args.patience:
-            loss = train_epoch(args, model, opt, data, graph, gen, device)
+            loss = train_epoch(args, ddp, opt, data, graph, gen, info)
             st["epoch"] += 1
             st["history"]["train_loss"].append(loss)
             bar.update(1)
@@ -279,12 +292,15 @@ def main(argv=None) -> dict:
                 st["bad"] += 1
             bar.set_postfix(loss=f"{loss:.4f}", val=f"{ev[f'val_{metric}']:.4f}",
                             best=f"{st['best'][f'val_{metric}']:.4f}")
-            atomic_save({"config": config_of(args), "done": done, "run": run, "run_state": st,
-                         "state": training_state(model, opt, None, gen)}, ckpt_path)
+            if info.is_main:
+                atomic_save({"config": config_of(args), "done": done, "run": run, "run_state": st,
+                             "state": training_state(model, opt, None, gen)}, ckpt_path)
         bar.close()
         best = st["best"]
         done.append({"seed": args.seed + run, "epochs": st["epoch"], "best_epoch": best["epoch"],
                      **{k: v for k, v in best.items() if k != "epoch"}, "history": st["history"]})
+        if not info.is_main:
+            continue
         print(f"run {run}: test {metric} {best[f'test_{metric}']:.4f} (val {best[f'val_{metric}']:.4f}, "
               f"epoch {best['epoch']}, stopped after {st['epoch']})")
         atomic_save({"config": config_of(args), "done": done, "run": None, "run_state": None, "state": None},
@@ -299,8 +315,12 @@ def main(argv=None) -> dict:
         **{k: [r[k] for r in done] for k in others if k != f"test_{metric}"},
         "best_epoch": [r["best_epoch"] for r in done], "epochs": [r["epochs"] for r in done],
         "config": config_of(args), "seconds": time.perf_counter() - t0, "machine": machine_info(),
-        "device": str(device),
+        "device": str(device), "world_size": info.world_size,
+        "history": [r["history"] for r in done],
     }
+    cleanup(info)
+    if not info.is_main:
+        return result
     atomic_write_json(result, args.out)
     png = Path(args.out).with_suffix(".png")
     curves = {k: [r["history"][k] for r in done] for k in done[0]["history"]}

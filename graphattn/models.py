@@ -198,6 +198,12 @@ class LinkPredictor(nn.Module):
                 h = F.dropout(F.relu(h), p=self.dropout, training=self.training)
         return h
 
+    def forward(self, x: Optional[Tensor], edge_index, *pairs: Tensor):
+        """Encode, then score each ``[2, B]`` tensor of ``pairs``: a tuple of logits
+        (going through ``forward`` lets ``DistributedDataParallel`` see the step)."""
+        z = self.encode(x, edge_index)
+        return tuple(self.decode(z, p) for p in pairs)
+
     def decode(self, z: Tensor, pairs: Tensor) -> Tensor:
         """Logits for ``pairs`` (``[2, B]``: source row, destination row)."""
         a, b = z[pairs[0]], z[pairs[1]]

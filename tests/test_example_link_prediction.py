@@ -7,7 +7,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "tests"))
 import link_prediction as lp  # noqa: E402
+from launch import torchrun  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 needs_cora = pytest.mark.skipif(not (SHARED / "planetoid" / "Cora" / "raw").exists(), reason="no Cora in shared data")
@@ -107,3 +109,17 @@ def test_link_predictor_shapes_and_checks():
         LinkPredictor("gat", None)
     with pytest.raises(ValueError, match="decoder"):
         LinkPredictor("gat", 4, decoder="cosine")
+
+
+@needs_cora
+def test_two_processes_agree_with_one(tmp_path):
+    """torchrun, 2 CPU processes: each scores half of every batch's pairs; with the dot
+    decoder the losses, scores and chosen epoch equal the single-process run's."""
+    common = ["--dataset", "Cora", "--root", SHARED / "planetoid", "--smoke", "--no-progress", "--device", "cpu",
+              "--epochs", "6", "--decoder", "dot"]
+    single = lp.main([str(a) for a in common] + ["--out", str(tmp_path / "one.json")])
+    torchrun("link_prediction.py", common + ["--out", tmp_path / "two.json"])
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["world_size"] == 2
+    assert two["per_run"] == pytest.approx(single["per_run"], abs=1e-6)
+    assert two["history"][0]["train_loss"] == pytest.approx(single["history"][0]["train_loss"], rel=1e-5)

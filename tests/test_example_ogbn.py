@@ -1,9 +1,6 @@
 """The OGB node-classification examples end to end, through ogb's own dataset
 classes, on small datasets the tests write in OGB's on-disk layout."""
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +13,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import ogbn_arxiv  # noqa: E402
 import ogbn_common  # noqa: E402
 import ogbn_products  # noqa: E402
+from launch import torchrun  # noqa: E402
 from ogb_format import write_ogbn  # noqa: E402
 
 pytest.importorskip("ogb")
@@ -98,24 +96,13 @@ def test_clear_errors(ogb_root, tmp_path):
             ogbn_arxiv.main(_args(ogb_root, tmp_path / "r.json", "--device", "cuda"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_agree_with_one(ogb_root, tmp_path):
     """torchrun with 2 CPU processes (gloo): full-graph data parallelism gives the
     single-process losses and accuracies."""
     common = ["--root", str(ogb_root), "--smoke", "--no-progress", "--device", "cpu", "--epochs", "5",
               "--dropout", "0.2"]
     single = ogbn_arxiv.main(common + ["--out", str(tmp_path / "one.json")])
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           f"--master_port={_free_port()}", str(ROOT / "examples" / "ogbn_arxiv.py"), *common,
-           "--out", str(tmp_path / "two.json")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun("ogbn_arxiv.py", common + ["--out", tmp_path / "two.json"])
     two = json.loads((tmp_path / "two.json").read_text())
     assert two["world_size"] == 2
     assert two["per_run"] == pytest.approx(single["per_run"], abs=1e-9)
