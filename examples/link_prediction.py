@@ -40,9 +40,8 @@ from graphattn.distributed import all_reduce_sum, cleanup, setup
 from graphattn.experiment import (
     add_run_arguments,
     atomic_save,
-    atomic_write_json,
     machine_info,
-    plot_curves,
+    report,
     resolve_device,
     restore_training_state,
     resume_from,
@@ -321,14 +320,8 @@ def main(argv=None) -> dict:
     cleanup(info)
     if not info.is_main:
         return result
-    atomic_write_json(result, args.out)
-    png = Path(args.out).with_suffix(".png")
-    curves = {k: [r["history"][k] for r in done] for k in done[0]["history"]}
-    plotted = plot_curves(curves, png, title=f"{args.model.upper()} link prediction on {args.dataset}",
-                          xlabel="epoch (loss) / evaluation (scores)")
-    print(f"{args.dataset} {args.model}: test {metric} {100 * summary['mean']:.2f} +- {100 * summary['std']:.2f} "
-          f"over {len(per_run)} run(s)")
-    print(f"results: {args.out}" + (f", curves: {png}" if plotted else ""))
+    report(result, args.out, result["history"], list(done[0]["history"]),
+           f"{args.model.upper()} link prediction on {args.dataset}", "epoch (loss) / evaluation (scores)")
     return result
 
 

@@ -28,10 +28,9 @@ from graphattn import Graph
 from graphattn.datasets import PLANETOID, contextual_sbm, describe, load_planetoid
 from graphattn.experiment import (
     atomic_save,
-    atomic_write_json,
     load_checkpoint,
     machine_info,
-    plot_curves,
+    report,
     resolve_device,
     summarize_runs,
 )
@@ -226,13 +225,8 @@ def main(argv=None) -> dict:
         "config": config_of(args), "seconds": time.perf_counter() - t0, "machine": machine_info(),
         "device": str(device),
     }
-    atomic_write_json(result, args.out)
-    png = Path(args.out).with_suffix(".png")
-    curves = {k: [r["history"][k] for r in done] for k in ("train_loss", "val_loss", "val_acc")}
-    plotted = plot_curves(curves, png, title=f"{args.model.upper()} on {args.dataset}")
-    print(f"{args.dataset} {args.model}: test accuracy {100 * summary['mean']:.2f} +- {100 * summary['std']:.2f} "
-          f"over {len(per_run)} run(s)")
-    print(f"results: {args.out}" + (f", curves: {png}" if plotted else ""))
+    report(result, args.out, [r["history"] for r in done], ("train_loss", "val_loss", "val_acc"),
+           f"{args.model.upper()} on {args.dataset}")
     return result
 
 

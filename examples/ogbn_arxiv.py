@@ -17,20 +17,14 @@ neighbour-sampled mini-batches instead.
 """
 from __future__ import annotations
 
-from ogbn_common import build_parser, finish_args, run
+from ogbn_common import entry_points
 
 NAME = "ogbn-arxiv"
 DEFAULTS = dict(mode="full", num_neighbors="15,10,5", batch_size=1024, hidden=250, heads=3, layers=3, dropout=0.75,
                 input_dropout=0.1, attn_dropout=0.05, lr=0.002, epochs=500, eval_every=1, patience=100)
 
 
-def parse_args(argv=None):
-    p = build_parser(__doc__, NAME, DEFAULTS)
-    return finish_args(p, p.parse_args(argv), NAME, DEFAULTS)
-
-
-def main(argv=None) -> dict:
-    return run(parse_args(argv), NAME)
+parse_args, main = entry_points(__doc__, NAME, DEFAULTS)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,8 @@ from graphattn.distributed import all_reduce_sum, cleanup, setup, shard, shard_l
 from graphattn.experiment import (
     add_run_arguments,
     atomic_save,
-    atomic_write_json,
     machine_info,
-    plot_curves,
+    report,
     resolve_device,
     resume_from,
     summarize_runs,
@@ -34,6 +33,19 @@ from graphattn.models import MODELS, DeepNodeClassifier
 from graphattn.sampling import NeighborSampler, neighbor_loader_available
 
 SMOKE = dict(epochs=4, eval_every=1, hidden=8, heads=2, layers=2, batch_size=64, num_neighbors="5,5", patience=50)
+
+
+def entry_points(doc: str, name: str, defaults: dict):
+    """``parse_args`` and ``main`` of an OGB node script with these defaults."""
+
+    def parse_args(argv=None):
+        p = build_parser(doc, name, defaults)
+        return finish_args(p, p.parse_args(argv), name, defaults)
+
+    def main(argv=None) -> dict:
+        return run(parse_args(argv), name)
+
+    return parse_args, main
 
 
 def build_parser(doc: str, name: str, defaults: dict) -> argparse.ArgumentParser:
@@ -239,13 +251,7 @@ def run(args, doc_name: str) -> dict:
         "seconds": time.perf_counter() - t0, "machine": machine_info(), "device": str(device),
     }
     if info.is_main:
-        atomic_write_json(result, args.out)
-        png = Path(args.out).with_suffix(".png")
-        curves = {k: [d["history"][k] for d in done] for k in ("train_loss", "val_acc", "test_acc")}
-        plotted = plot_curves(curves, png, title=f"{args.model.upper()} on {args.name} ({args.mode})",
-                              xlabel="epoch (loss) / evaluation (accuracy)")
-        print(f"{args.name} {args.model}: test accuracy {100 * summary['mean']:.2f} +- {100 * summary['std']:.2f} "
-              f"over {len(per_run)} run(s)")
-        print(f"results: {args.out}" + (f", curves: {png}" if plotted else ""))
+        report(result, args.out, result["history"], ("train_loss", "val_acc", "test_acc"),
+               f"{args.model.upper()} on {args.name} ({args.mode})", "epoch (loss) / evaluation (accuracy)")
     cleanup(info)
     return result

@@ -14,20 +14,14 @@ Under ``torchrun`` each process trains on its shard of every epoch's seed nodes.
 """
 from __future__ import annotations
 
-from ogbn_common import build_parser, finish_args, run
+from ogbn_common import entry_points
 
 NAME = "ogbn-products"
 DEFAULTS = dict(mode="sampled", num_neighbors="10,10,10", batch_size=512, hidden=128, heads=4, layers=3,
                 dropout=0.5, input_dropout=0.0, attn_dropout=0.0, lr=0.001, epochs=100, eval_every=5, patience=10)
 
 
-def parse_args(argv=None):
-    p = build_parser(__doc__, NAME, DEFAULTS)
-    return finish_args(p, p.parse_args(argv), NAME, DEFAULTS)
-
-
-def main(argv=None) -> dict:
-    return run(parse_args(argv), NAME)
+parse_args, main = entry_points(__doc__, NAME, DEFAULTS)
 
 
 if __name__ == "__main__":

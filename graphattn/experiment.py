@@ -23,6 +23,7 @@ __all__ = [
     "summarize_runs",
     "machine_info",
     "plot_curves",
+    "report",
 ]
 
 
@@ -168,3 +169,15 @@ def plot_curves(curves: Dict[str, List[Iterable[float]]], path: os.PathLike, tit
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def report(result: Dict[str, Any], out: os.PathLike, histories: Sequence[Dict[str, List[float]]],
+           keys: Sequence[str], title: str, xlabel: str = "epoch") -> None:
+    """Finish an example: ``result`` to ``out`` (JSON, atomically), the curves named by
+    ``keys`` (one line per run) to a PNG beside it, and a one-line summary."""
+    atomic_write_json(result, out)
+    png = Path(out).with_suffix(".png")
+    plotted = plot_curves({k: [h[k] for h in histories] for k in keys}, png, title=title, xlabel=xlabel)
+    print(f"{result['dataset']} {result['model']}: {result['metric'].replace('_', ' ')} {100 * result['mean']:.2f} "
+          f"+- {100 * result['std']:.2f} over {result['runs']} run(s)")
+    print(f"results: {out}" + (f", curves: {png}" if plotted else ""))
