@@ -56,10 +56,10 @@ DATASETS = PLANETOID + ("ogbl-ddi",)
 DEFAULTS = {
     "planetoid": dict(root="data/planetoid", hidden=16, heads=8, layers=2, decoder="dot", decoder_hidden=0,
                       dropout=0.5, lr=0.01,
-                      epochs=300, batch_size=0, eval_every=5, patience=20, weight_decay=0.0),
+                      epochs=300, batch_size=0, eval_every=5, patience=20, weight_decay=0.0, disjoint_ratio=0.0),
     "ogbl-ddi": dict(root="data/ogb", hidden=256, heads=1, layers=2, decoder="mlp", decoder_hidden=64,
                      dropout=0.5, lr=0.005,
-                     epochs=200, batch_size=65536, eval_every=5, patience=10, weight_decay=0.0),
+                     epochs=200, batch_size=65536, eval_every=5, patience=10, weight_decay=0.0, disjoint_ratio=0.0),
 }
 
 
@@ -88,6 +88,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=None, help="epochs between evaluations (default 5)")
     p.add_argument("--patience", type=int, default=None,
                    help="evaluations without a better validation score before stopping (default 20; 10 for ogbl-ddi)")
+    p.add_argument("--disjoint-ratio", type=float, default=None,
+                   help="share of training edges drawn afresh each epoch as supervision and removed from that "
+                        "epoch's message-passing graph (0 = every training edge does both; default 0)")
     p.add_argument("--val-ratio", type=float, default=0.05, help="Planetoid: share of edges held out for validation")
     p.add_argument("--test-ratio", type=float, default=0.1, help="Planetoid: share of edges held out for test")
     add_run_arguments(p, "runs/link_prediction/<dataset>-<model>.json",
@@ -106,6 +109,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.runs < 1 or args.epochs < 1 or args.eval_every < 1 or args.patience < 1:
         p.error("--runs, --epochs, --eval-every and --patience must be >= 1")
+    if not 0 <= args.disjoint_ratio < 1:
+        p.error("--disjoint-ratio must be in [0, 1)")
     if not (0 < args.val_ratio < 1 and 0 < args.test_ratio < 1 and args.val_ratio + args.test_ratio < 1):
         p.error("--val-ratio and --test-ratio must be in (0, 1) and sum to less than 1")
     if args.out is None:
@@ -114,9 +119,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def config_of(args) -> dict:
-    keys = ("dataset", "model", "decoder", "decoder_hidden", "hidden", "heads", "layers", "no_residual", "dropout", "attn_dropout", "lr",
-            "weight_decay", "epochs", "batch_size", "eval_every", "patience", "val_ratio", "test_ratio", "runs",
-            "seed", "smoke")
+    keys = ("dataset", "model", "decoder", "decoder_hidden", "hidden", "heads", "layers", "no_residual", "dropout",
+            "attn_dropout", "lr", "weight_decay", "disjoint_ratio", "epochs", "batch_size", "eval_every", "patience",
+            "val_ratio", "test_ratio", "runs", "seed", "smoke")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -216,7 +221,13 @@ def train_epoch(args, ddp, opt, data, graph, gen, info) -> float:
     device = info.device
     train_pos = data.train_pos
     perm = torch.randperm(train_pos.size(1), generator=gen)  # the same on every rank
-    size = args.batch_size if args.batch_size > 0 else train_pos.size(1)
+    if args.disjoint_ratio > 0:
+        # This epoch's supervision edges carry no messages: the encoder cannot score a
+        # positive pair by having seen that very edge (PyG's disjoint_train_ratio).
+        n_sup = max(1, int(args.disjoint_ratio * perm.numel()))
+        graph = Graph.from_edge_index(_both(train_pos[:, perm[n_sup:]]).to(device), data.num_nodes)
+        perm = perm[:n_sup]
+    size = args.batch_size if args.batch_size > 0 else perm.numel()
     total, count = 0.0, 0
     for start in range(0, perm.numel(), size):
         pos = train_pos[:, perm[start:start + size]]

@@ -123,3 +123,34 @@ def test_two_processes_agree_with_one(tmp_path):
     assert two["world_size"] == 2
     assert two["per_run"] == pytest.approx(single["per_run"], abs=1e-6)
     assert two["history"][0]["train_loss"] == pytest.approx(single["history"][0]["train_loss"], rel=1e-5)
+
+
+@needs_cora
+def test_disjoint_supervision_edges_carry_no_messages(monkeypatch):
+    args = lp.parse_args(["--dataset", "Cora", "--root", str(SHARED / "planetoid"), "--smoke", "--disjoint-ratio",
+                          "0.3", "--device", "cpu"])
+    data = lp.load_data(args, 0)
+    seen = {}
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x, graph, pos, neg):
+            seen.setdefault("pos", []).append(pos)
+            seen["graph"] = graph
+            return self.model(x, graph, pos, neg)
+
+    model = lp.new_model(args, data, torch.device("cpu"))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    from graphattn.distributed import DistInfo
+
+    lp.train_epoch(args, Recorder(model), opt, data, None, torch.Generator().manual_seed(0), DistInfo())
+    n = data.num_nodes
+    pos = torch.cat(seen["pos"], dim=1)
+    assert pos.size(1) == int(0.3 * data.train_pos.size(1))
+    msg = seen["graph"].edge_index
+    msg_keys = set((msg[0] * n + msg[1]).tolist())
+    assert not msg_keys & set((pos[0] * n + pos[1]).tolist()) and not msg_keys & set((pos[1] * n + pos[0]).tolist())
+    assert len(msg_keys) == 2 * (data.train_pos.size(1) - pos.size(1))
