@@ -12,6 +12,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -124,7 +125,7 @@ def make_batches(args, data, nodes, gen, shuffle):
     return ((b.n_id, b.edge_index, b.batch_size) for b in sampler)
 
 
-def train_epoch(args, ddp, opt, data, graph, info, gen) -> float:
+def train_epoch(args, ddp, opt, data, graph, info, epoch_seed: int) -> float:
     ddp.train()
     train_idx = data.split_idx["train"]
     device = info.device
@@ -138,7 +139,9 @@ def train_epoch(args, ddp, opt, data, graph, info, gen) -> float:
         loss.backward()
         opt.step()
         return all_reduce_sum(float(loss.detach()) / info.world_size, info)
-    perm = train_idx[torch.randperm(train_idx.numel(), generator=gen)]
+    # One permutation for all ranks (each takes its shard of it); neighbour draws differ per rank.
+    perm = train_idx[torch.randperm(train_idx.numel(), generator=torch.Generator().manual_seed(epoch_seed))]
+    gen = torch.Generator().manual_seed(epoch_seed * 7 + 1 + info.rank)
     total, count = 0.0, 0
     for n_id, edge_index, bs in make_batches(args, data.cpu_graph, shard(perm, info), gen, shuffle=False):
         n_id = n_id.to(device)
@@ -187,7 +190,8 @@ def run(args, doc_name: str) -> dict:
         raise SystemExit(f"error: {e}")
     if info.is_main:
         print(describe(data) + (f"; {info.world_size} processes" if info.enabled else ""))
-    data.cpu_graph = data.clone() if args.mode == "sampled" or args.eval_mode == "sampled" else None
+    # the samplers work on the CPU copy of the structure (features stay where training runs)
+    data.cpu_graph = SimpleNamespace(edge_index=data.edge_index, num_nodes=data.num_nodes)
     data.x, data.y = data.x.to(device), data.y.to(device)
     graph = Graph.from_edge_index(data.edge_index.to(device), data.num_nodes) \
         if "full" in (args.mode, args.eval_mode) else None
@@ -215,8 +219,7 @@ def run(args, doc_name: str) -> dict:
             # Each epoch's randomness comes from its own seed, so a resumed run draws what it would have.
             epoch_seed = (args.seed + r) * 1_000_003 + st["epoch"]
             torch.manual_seed(epoch_seed)
-            gen = torch.Generator().manual_seed(epoch_seed * 7 + info.rank)
-            loss = train_epoch(args, ddp, opt, data, graph, info, gen)
+            loss = train_epoch(args, ddp, opt, data, graph, info, epoch_seed)
             st["epoch"] += 1
             st["history"]["train_loss"].append(loss)
             bar.update(1)

@@ -108,3 +108,28 @@ def test_two_processes_agree_with_one(ogb_root, tmp_path):
     assert two["per_run"] == pytest.approx(single["per_run"], abs=1e-9)
     assert two["history"][0]["train_loss"] == pytest.approx(single["history"][0]["train_loss"], rel=1e-4)
     assert two["history"][0]["val_acc"] == pytest.approx(single["history"][0]["val_acc"], abs=1e-9)
+
+
+def test_sampled_shards_partition_each_epochs_training_nodes(ogb_root, monkeypatch):
+    """Under torchrun each rank trains on its own shard of one shared permutation."""
+    from types import SimpleNamespace
+
+    from graphattn.datasets import load_ogb_node
+    from graphattn.distributed import DistInfo
+
+    args = ogbn_products.parse_args(["--root", str(ogb_root), "--smoke", "--sampler", "graphattn"])
+    data = load_ogb_node(args.root, args.name)
+    data.cpu_graph = SimpleNamespace(edge_index=data.edge_index, num_nodes=data.num_nodes)
+    seen = {}
+
+    def recording(args_, graph, nodes, gen, shuffle):
+        seen[rank] = nodes.clone()
+        return iter(())
+
+    monkeypatch.setattr(ogbn_common, "make_batches", recording)
+    monkeypatch.setattr(ogbn_common, "all_reduce_sum", lambda value, info: value)  # no process group here
+    for rank in (0, 1):
+        ogbn_common.train_epoch(args, torch.nn.Identity(), None, data, None, DistInfo(rank=rank, world_size=2), 42)
+    both = torch.cat([seen[0], seen[1]])
+    assert both.numel() == data.split_idx["train"].numel()
+    assert torch.equal(both.sort().values, data.split_idx["train"].sort().values)
