@@ -17,6 +17,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -26,6 +27,38 @@ namespace {
 
 enum Kind { GAT = 0, GATV2 = 1, DOT = 2 };
 constexpr int64_t kMaxF = 1024;  // GATv2 channels per head held on the stack (checked on entry)
+
+// Reductions over channels. A plain `acc += x[c] * y[c]` loop is a serial chain of
+// dependent adds (the compiler may not reorder floating-point sums), one FMA latency
+// per channel; `omp simd reduction` lets it keep vector partial sums instead, which
+// made the GAT backward about 2x faster at 256 channels. The order is fixed, so the
+// result is still deterministic.
+template <typename T>
+inline T dot(const T* __restrict__ x, const T* __restrict__ y, int64_t n) {
+  T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+  for (int64_t c = 0; c < n; ++c) acc += x[c] * y[c];
+  return acc;
+}
+
+// <x, y + z>
+template <typename T>
+inline T dot_sum(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ z, int64_t n) {
+  T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+  for (int64_t c = 0; c < n; ++c) acc += x[c] * (y[c] + z[c]);
+  return acc;
+}
+
+// LeakyReLU and its derivative in forms GCC vectorises: max/min instead of a
+// select, and a 0/1 select of constants (if-converted under -fno-trapping-math).
+// The channel loops below copy the slope to a local first: read through the Args
+// reference it is reloaded every iteration and the loop stays scalar and branchy,
+// and with a sign that is a coin flip per channel the branch mispredicts half the time.
+template <typename T>
+inline T leaky_relu(T z, T slope) { return std::max(z, T(0)) + slope * std::min(z, T(0)); }
+template <typename T>
+inline T leaky_relu_grad(T z, T slope) { return z > T(0) ? T(1) : slope; }
 
 inline double uniform_hash(uint64_t seed, uint64_t counter) {
   uint64_t x = seed + counter * 0x9E3779B97F4A7C15ull;
@@ -50,8 +83,8 @@ struct Args {
   double p;          // dropout probability
   uint64_t seed;
 
-  inline T leaky(T z) const { return z > T(0) ? z : z * slope; }
-  inline T dleaky(T z) const { return z > T(0) ? T(1) : slope; }
+  inline T leaky(T z) const { return leaky_relu(z, slope); }
+  inline T dleaky(T z) const { return leaky_relu_grad(z, slope); }
 
   // GATv2 pre-activation z = B[j,h,:] + A[i,h,:] (+ EF[e,h,:]), branch-free loops.
   inline void gatv2_z(int64_t i, int64_t j, int64_t e, int64_t h, T* __restrict__ z) const {
@@ -84,21 +117,17 @@ struct Args {
       for (int64_t h = 0; h < H; ++h) {
         gatv2_z(i, j, e, h, z);
         const T* at = att + h * F;
-        T acc = T(0);
-        for (int64_t c = 0; c < F; ++c) acc += at[c] * leaky(z[c]);
-        s[h] = acc;
+        const T sl = slope;
+#pragma omp simd
+        for (int64_t c = 0; c < F; ++c) z[c] = leaky_relu(z[c], sl);
+        s[h] = dot(at, z, F);
       }
     } else {
       const T* b = B + j * H * F;
       const T* q = A + i * H * F;
       const T* ef = EF ? EF + e * H * F : nullptr;
       for (int64_t h = 0; h < H; ++h) {
-        T acc = T(0);
-        if (ef) {
-          for (int64_t c = 0; c < F; ++c) acc += q[h * F + c] * (b[h * F + c] + ef[h * F + c]);
-        } else {
-          for (int64_t c = 0; c < F; ++c) acc += q[h * F + c] * b[h * F + c];
-        }
+        const T acc = ef ? dot_sum(q + h * F, b + h * F, ef + h * F, F) : dot(q + h * F, b + h * F, F);
         s[h] = acc * scale;
       }
       if (EB) {
@@ -240,13 +269,7 @@ void backward_impl(const Args<T>& a, const int64_t* rp, const int64_t* cl, const
           const T kp = a.keep(e, h);
           const T* dOh = dout + h * Cv;
           const T* vh = v + h * Cv;
-          T dal = T(0);
-          if (evp) {
-            const T* evh = evp + h * Cv;
-            for (int64_t c = 0; c < Cv; ++c) dal += dOh[c] * (vh[c] + evh[c]);
-          } else {
-            for (int64_t c = 0; c < Cv; ++c) dal += dOh[c] * vh[c];
-          }
+          const T dal = evp ? dot_sum(dOh, vh, evp + h * Cv, Cv) : dot(dOh, vh, Cv);
           ds[h] = alpha * (kp * dal - Dp[i * H + h]);
           wv[h] = alpha * kp;
         }
@@ -276,8 +299,9 @@ void backward_impl(const Args<T>& a, const int64_t* rp, const int64_t* cl, const
             a.gatv2_z(i, j, e, h, z);
             const T* at = a.att + h * F;
             T* __restrict__ db = dBp + (j * H + h) * F;
-            const T dsh = ds[h];
-            for (int64_t c = 0; c < F; ++c) z[c] = dsh * at[c] * a.dleaky(z[c]);
+            const T dsh = ds[h], sl = a.slope;
+#pragma omp simd
+            for (int64_t c = 0; c < F; ++c) z[c] = dsh * at[c] * leaky_relu_grad(z[c], sl);
             for (int64_t c = 0; c < F; ++c) db[c] += z[c];
             if (dEFp) {
               T* __restrict__ def = dEFp + (e * H + h) * F;
@@ -319,9 +343,11 @@ void backward_impl(const Args<T>& a, const int64_t* rp, const int64_t* cl, const
             const T* at = a.att + h * F;
             T* __restrict__ da = dAp + a_off;
             T* __restrict__ dat = dattp + a_off;
+            const T sl = a.slope;
+#pragma omp simd
             for (int64_t c = 0; c < F; ++c) {
-              da[c] += gs * at[c] * a.dleaky(z[c]);
-              dat[c] += gs * a.leaky(z[c]);
+              da[c] += gs * at[c] * leaky_relu_grad(z[c], sl);
+              dat[c] += gs * leaky_relu(z[c], sl);
             }
           } else {
             const T sg = gs * a.scale;
