@@ -35,9 +35,9 @@ _SOURCE = Path(__file__).parent / "csrc" / "fused_attention.cpp"
 # runs it; the build name includes this CPU's feature flags (see _cpu_signature),
 # so a cache shared with a different CPU rebuilds instead of faulting.
 # -fno-trapping-math: the kernels never read floating-point exception flags; without
-# it GCC will not if-convert LeakyReLU's select (it would speculate a multiply that
-# could trap), which left every GATv2 channel loop scalar and branchy (8x slower).
-# It permits no reassociation and keeps NaN and inf semantics: results are unchanged.
+# it GCC (12) will not if-convert the select in LeakyReLU's derivative, so GATv2's
+# backward channel loops stay scalar and branchy even under `omp simd`. It permits
+# no reassociation and keeps NaN and inf semantics: results are unchanged.
 _CFLAGS = ["-O3", "-fopenmp", "-march=native", "-fno-trapping-math"]
 _LDFLAGS = ["-fopenmp"]
 _LOCK = threading.Lock()

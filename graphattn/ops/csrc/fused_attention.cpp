@@ -83,9 +83,6 @@ struct Args {
   double p;          // dropout probability
   uint64_t seed;
 
-  inline T leaky(T z) const { return leaky_relu(z, slope); }
-  inline T dleaky(T z) const { return leaky_relu_grad(z, slope); }
-
   // GATv2 pre-activation z = B[j,h,:] + A[i,h,:] (+ EF[e,h,:]), branch-free loops.
   inline void gatv2_z(int64_t i, int64_t j, int64_t e, int64_t h, T* __restrict__ z) const {
     const T* __restrict__ b = B + (j * H + h) * F;
@@ -111,7 +108,7 @@ struct Args {
         const T* ef = EF + e * H;
         for (int64_t h = 0; h < H; ++h) s[h] += ef[h];
       }
-      for (int64_t h = 0; h < H; ++h) s[h] = leaky(s[h]);
+      for (int64_t h = 0; h < H; ++h) s[h] = leaky_relu(s[h], slope);
     } else if (KIND == GATV2) {
       T z[kMaxF];
       for (int64_t h = 0; h < H; ++h) {
@@ -288,7 +285,7 @@ void backward_impl(const Args<T>& a, const int64_t* rp, const int64_t* cl, const
             T z = a.B[j * H + h];
             if (a.A) z += a.A[i * H + h];
             if (a.EF) z += a.EF[e * H + h];
-            const T dz = ds[h] * a.dleaky(z);
+            const T dz = ds[h] * leaky_relu_grad(z, a.slope);
             dBp[j * H + h] += dz;
             if (dEFp) dEFp[e * H + h] = dz;
             gp[e * H + h] = dz;
