@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from graphattn import patterns
 from graphattn.experiment import (
+    CheckpointError,
     add_run_arguments,
     atomic_save,
     atomic_write_json,
@@ -279,7 +280,10 @@ def main(argv=None):
     print(f"{args.dataset}: {data['train'].numel():,} train / {data['valid'].numel():,} valid / "
           f"{data['test'].numel():,} test characters, vocabulary {len(vocab)}; variants {', '.join(args.variants)}")
 
-    ckpt = resume_from(args.checkpoint, config_of(args), args.resume)
+    try:
+        ckpt = resume_from(args.checkpoint, config_of(args), args.resume)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
     done = ckpt["done"] if ckpt else []
     t0 = time.perf_counter()
     jobs = [(v, r) for r in range(args.runs) for v in args.variants]

@@ -38,6 +38,7 @@ from graphattn import Graph
 from graphattn.datasets import PLANETOID, load_ogb_link, load_planetoid
 from graphattn.distributed import all_reduce_sum, cleanup, setup
 from graphattn.experiment import (
+    CheckpointError,
     add_run_arguments,
     atomic_save,
     machine_info,
@@ -255,7 +256,10 @@ def main(argv=None) -> dict:
     device = info.device
     progress = info.is_main and not args.no_progress and sys.stderr.isatty()
     ckpt_path = Path(args.out).with_suffix(".ckpt.pt")
-    ckpt = resume_from(ckpt_path, config_of(args), args.resume)
+    try:
+        ckpt = resume_from(ckpt_path, config_of(args), args.resume)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
     done = ckpt["done"] if ckpt else []
     metric = selection_metric(args)
     t0 = time.perf_counter()

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from graphattn import Graph
 from graphattn.datasets import PLANETOID, contextual_sbm, describe, load_planetoid
 from graphattn.experiment import (
+    CheckpointError,
     atomic_save,
     load_checkpoint,
     machine_info,
@@ -184,11 +185,14 @@ def main(argv=None) -> dict:
 
     done, state = [], None
     if args.resume:
-        ckpt = load_checkpoint(args.checkpoint)
+        try:
+            ckpt = load_checkpoint(args.checkpoint)
+        except CheckpointError as e:
+            raise SystemExit(f"error: {e}") from None
         if ckpt is not None:
-            if ckpt["config"] != config_of(args):
+            if ckpt.get("config") != config_of(args):
                 raise SystemExit(f"error: checkpoint {args.checkpoint} was written with a different configuration:"
-                                 f" {ckpt['config']}; remove it or rerun with those arguments")
+                                 f" {ckpt.get('config')}; remove it or rerun with those arguments")
             done = ckpt["done"]
             if ckpt["run"] is not None and ckpt["run"] == len(done):
                 state = new_run_state(args, ckpt["run"], data, device)

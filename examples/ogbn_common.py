@@ -22,6 +22,7 @@ from graphattn import Graph
 from graphattn.datasets import describe, load_ogb_node
 from graphattn.distributed import all_reduce_sum, cleanup, setup, shard, shard_loss_scale
 from graphattn.experiment import (
+    CheckpointError,
     add_run_arguments,
     atomic_save,
     machine_info,
@@ -196,7 +197,10 @@ def run(args, doc_name: str) -> dict:
     graph = Graph.from_edge_index(data.edge_index.to(device), data.num_nodes) \
         if "full" in (args.mode, args.eval_mode) else None
     ckpt_path = Path(args.out).with_suffix(".ckpt.pt")
-    ckpt = resume_from(ckpt_path, config_of(args), args.resume)
+    try:
+        ckpt = resume_from(ckpt_path, config_of(args), args.resume)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
     done = ckpt["done"] if ckpt else []
     t0 = time.perf_counter()
     for r in range(len(done), args.runs):

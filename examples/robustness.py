@@ -31,6 +31,7 @@ from graphattn import explain
 from graphattn import robustness as rb
 from graphattn.datasets import contextual_sbm, describe, load_planetoid
 from graphattn.experiment import (
+    CheckpointError,
     add_run_arguments,
     atomic_save,
     atomic_write_json,
@@ -226,7 +227,10 @@ def main(argv=None):
         raise SystemExit(f"error: {e}")
     print(describe(data))
     data = data.to(device)
-    ckpt = resume_from(args.checkpoint, config_of(args), args.resume)
+    try:
+        ckpt = resume_from(args.checkpoint, config_of(args), args.resume)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
     rows = ckpt["rows"] if ckpt else {}
     clean = ckpt["clean"] if ckpt else {}
     t0 = time.perf_counter()
@@ -269,7 +273,10 @@ def main(argv=None):
               "curves": curves, "config": config_of(args), "seconds": time.perf_counter() - t0,
               "machine": machine_info(), "device": str(device)}
     if args.text_model:
-        result["text"] = text_curves(args, device, progress)
+        try:
+            result["text"] = text_curves(args, device, progress)
+        except (FileNotFoundError, CheckpointError) as e:
+            raise SystemExit(f"error: {e}") from None
     atomic_write_json(result, args.out)
     png = Path(args.out).with_suffix(".png")
     plot(result, png)

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from graphattn import patterns
 from graphattn.experiment import (
+    CheckpointError,
     add_run_arguments,
     atomic_save,
     atomic_write_json,
@@ -127,10 +128,15 @@ class Classifier(nn.Module):
 
 def load_classifier(path: str, device="cpu"):
     """``(model, vocab, config)`` from the ``.model.pt`` file a run writes beside its results."""
-    saved = load_checkpoint(path)
+    hint = "pass the <out>.model.pt that examples/text_classification.py writes (train one with it)"
+    saved = load_checkpoint(path, hint=hint)  # weights_only=True: a crafted file cannot run code
     if saved is None:
         raise FileNotFoundError(f"{path} not found: train one with examples/text_classification.py (it writes "
                                 f"<out>.model.pt)")
+    missing = [k for k in ("model", "vocab", "num_classes", "config") if k not in saved]
+    if missing:
+        raise CheckpointError(f"{path} is not a model file written by examples/text_classification.py (it lacks "
+                              f"{', '.join(missing)}); {hint}")
     c = saved["config"]
     pattern = None if c["pattern"] == "complete" else (
         lambda Lq, Lk: patterns.sliding_window(Lq, c["window"], c["window"]))
@@ -232,7 +238,10 @@ def main(argv=None):
     print(f"{args.dataset}: {len(train)} train / {len(dev)} dev sentences, vocabulary {len(vocab)}, "
           f"{num_classes} classes, pattern {args.pattern}")
 
-    ckpt = resume_from(args.checkpoint, config_of(args), args.resume)
+    try:
+        ckpt = resume_from(args.checkpoint, config_of(args), args.resume)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
     done = ckpt["done"] if ckpt else []
     t0 = time.perf_counter()
     while len(done) < args.runs:

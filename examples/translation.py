@@ -32,6 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from graphattn.experiment import (
+    CheckpointError,
     add_run_arguments,
     atomic_save,
     atomic_write_json,
@@ -332,7 +333,10 @@ def main(argv=None):
     print(f"{args.dataset} {args.src}->{args.tgt}: {len(train_s)} train / {len(val_s)} val / {len(test_s)} "
           f"{args.test_split} pairs")
 
-    ckpt = resume_from(args.checkpoint, config_of(args), args.resume)
+    try:
+        ckpt = resume_from(args.checkpoint, config_of(args), args.resume)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_str(ckpt["tokenizer"]) if ckpt else train_tokenizer(train_s + train_t, args.vocab_size)

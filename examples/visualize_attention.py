@@ -27,7 +27,7 @@ import torch
 
 from graphattn import explain
 from graphattn.datasets import contextual_sbm, load_planetoid
-from graphattn.experiment import atomic_write_json, resolve_device
+from graphattn.experiment import CheckpointError, atomic_write_json, resolve_device
 from graphattn.models import NodeClassifier, fit_node_classifier
 
 HERE = Path(__file__).resolve().parent
@@ -141,8 +141,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     try:
         summary = {"graph": graph_pictures(args, out, device), "text": text_pictures(args, out, device)}
-    except FileNotFoundError as e:
-        raise SystemExit(f"error: {e}")
+    except (FileNotFoundError, CheckpointError) as e:
+        raise SystemExit(f"error: {e}") from None
     atomic_write_json(summary, out / "summary.json")
     print(f"pictures and summary under {out}/")
     return summary

@@ -8,8 +8,10 @@ those loaders write a ``processed/`` folder beside ``raw/``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import pickle
 import shutil
 import stat
 from pathlib import Path
@@ -83,6 +85,7 @@ def load_planetoid(root: str, name: str, normalize_features: bool = True) -> Dat
     from torch_geometric.datasets import Planetoid
 
     base = writable_copy(Path(root) / canonical, "planetoid")
+    _check_pyg_processed(base / "processed", "data.pt")
     dataset = Planetoid(str(base.parent), canonical)
     data = dataset[0]
     if normalize_features:
@@ -127,30 +130,86 @@ def _ogb_folder(root: str, name: str) -> Path:
     return writable_copy(folder, "ogb")
 
 
-class _TrustedTorchLoad:
-    """ogb 1.3.6 calls ``torch.load(path)`` for its split files, which hold numpy
-    arrays; torch >= 2.6 refuses those under its ``weights_only=True`` default. Within
-    this context, and only for files under ``folder`` (the dataset being loaded, which
-    the caller put there), the calls get ``weights_only=False``; every other call is
-    untouched."""
+def _ogb_safe_globals() -> list:
+    """The allow-list for ``torch.load(weights_only=True)`` of OGB's files: exactly the
+    classes that the files of :data:`OGB_NODE` and :data:`OGB_LINK` hold beyond what
+    torch rebuilds by default (tensors, plain containers, ``_codecs.encode`` for bytes).
+    Found by loading them (``torch.serialization.get_unsafe_globals_in_checkpoint`` and
+    the legacy pickles' GLOBAL opcodes):
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = str(Path(folder).resolve())
+    - ``split/target/{valid,test}.pt`` of ogbl-ddi, as OGB distributes them (legacy
+      torch pickles written with numpy 1.x): dicts of int64 numpy arrays, which need
+      ``numpy.core.multiarray._reconstruct`` (numpy's array rebuild function, under
+      the name numpy 1.x pickles it by; numpy 2 keeps it in ``numpy._core``),
+      ``numpy.ndarray``, ``numpy.dtype`` and the int64 dtype's class
+      (``numpy.dtypes.Int64DType``). ``train.pt`` holds a tensor: nothing needed.
+    - ``processed/geometric_data_processed.pt``, which ogb writes with PyG's ``collate``
+      on first load and reads back with ``torch.load``: ``torch_geometric.data.Data``
+      (PyG also allow-lists it itself on import), the ``DataEdgeAttr`` and
+      ``DataTensorAttr`` classes a ``Data`` keeps as attributes, and ``GlobalStorage``.
 
-    def __enter__(self):
-        self.original = torch.load
-        original, folder = self.original, self.folder
+    The ogbn datasets' raw files and splits are ``.csv.gz`` (no pickles). No function
+    other than numpy's array rebuild is allowed: every entry only builds data.
+    """
+    import numpy as np
+    from torch_geometric.data.data import Data, DataEdgeAttr, DataTensorAttr
+    from torch_geometric.data.storage import GlobalStorage
 
-        def load(f, *args, **kwargs):
-            if isinstance(f, (str, os.PathLike)) and str(Path(f).resolve()).startswith(folder + os.sep):
-                kwargs.setdefault("weights_only", False)
-            return original(f, *args, **kwargs)
+    try:  # numpy >= 2 (``numpy.core`` is a deprecated alias there)
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    legacy = "numpy.core.multiarray._reconstruct"  # the name OGB's files use
+    if f"{_reconstruct.__module__}.{_reconstruct.__qualname__}" != legacy:  # numpy 2 moved it to numpy._core
+        _reconstruct = (_reconstruct, legacy)  # allow it under the name in the files (torch >= 2.6 takes pairs)
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.int64)),
+            Data, DataEdgeAttr, DataTensorAttr, GlobalStorage]
 
-        torch.load = load
-        return self
 
-    def __exit__(self, *exc) -> None:
-        torch.load = self.original
+@contextlib.contextmanager
+def _ogb_files_allowed(folder: Path, name: str):
+    """Within this block, ``torch.load`` (called by ogb with torch's default
+    ``weights_only=True``) also rebuilds the classes of :func:`_ogb_safe_globals`.
+    ``torch.load`` itself is untouched. The allow-list is torch's
+    ``serialization.safe_globals`` context: it is added on entry and removed on exit
+    (entries that were already allowed before, e.g. PyG's ``Data``, are left alone).
+    A file that needs anything else is refused: a ``ValueError`` naming the folder."""
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is None:  # torch < 2.5: torch.load defaults to weights_only=False there
+        yield
+        return
+    already = set(torch.serialization.get_safe_globals())
+    try:
+        with safe_globals([g for g in _ogb_safe_globals() if g not in already]):
+            yield
+    except pickle.UnpicklingError as e:
+        detail = next((line.replace("WeightsUnpickler error:", "").strip() for line in str(e).splitlines()
+                       if "global" in line.lower() or "unsupported" in line.lower()), type(e).__name__)
+        raise ValueError(
+            f"{name}: a file under {folder} holds objects other than those OGB's {name} files contain ({detail}); "
+            f"it was not unpickled, as that could run code. Restore the files from OGB's archive, and delete "
+            f"{folder / 'processed'} to have it rebuilt") from e
+
+
+def _check_pyg_processed(processed: Path, *data_files: str) -> None:
+    """PyG's ``Dataset`` reads ``processed/pre_transform.pt`` and ``pre_filter.pt`` with
+    ``torch.load(weights_only=False)``, and ``InMemoryDataset.load`` retries its data
+    file with ``weights_only=False`` when the safe load fails. Check those files with
+    ``weights_only=True`` before PyG sees them (the markers only ever hold a string),
+    so that a crafted file is refused here instead of run there."""
+    checks = [("pre_transform.pt", True), ("pre_filter.pt", True)] + [(f, False) for f in data_files]
+    for marker, is_string in checks:
+        path = Path(processed) / marker
+        if not path.exists():
+            continue
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            ok = isinstance(obj, str) or not is_string
+        except Exception:
+            ok = False
+        if not ok:
+            raise ValueError(f"{path} is not a file PyG writes; it was not loaded, as unpickling it could run code. "
+                             f"Delete {path.parent} to have it rebuilt")
 
 
 def load_ogb_node(root: str, name: str) -> Data:
@@ -165,7 +224,8 @@ def load_ogb_node(root: str, name: str) -> Data:
     from ogb.nodeproppred import PygNodePropPredDataset
     from torch_geometric.utils import to_undirected
 
-    with _TrustedTorchLoad(folder):
+    _check_pyg_processed(folder / "processed")  # ogb reads its data file itself, under the allow-list
+    with _ogb_files_allowed(folder, name):
         dataset = PygNodePropPredDataset(name=name, root=str(folder.parent))
         split = dataset.get_idx_split()
     data = dataset[0]
@@ -187,7 +247,8 @@ def load_ogb_link(root: str, name: str = "ogbl-ddi"):
     folder = _ogb_folder(root, name)
     from ogb.linkproppred import PygLinkPropPredDataset
 
-    with _TrustedTorchLoad(folder):
+    _check_pyg_processed(folder / "processed")  # ogb reads its data file itself, under the allow-list
+    with _ogb_files_allowed(folder, name):
         dataset = PygLinkPropPredDataset(name=name, root=str(folder.parent))
         split_edge = dataset.get_edge_split()
     data = dataset[0]

@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import platform
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -18,6 +20,7 @@ __all__ = [
     "restore_training_state",
     "resolve_device",
     "atomic_save",
+    "CheckpointError",
     "load_checkpoint",
     "atomic_write_json",
     "summarize_runs",
@@ -52,11 +55,13 @@ def add_run_arguments(parser, default_out: str, smoke_help: str, runs: int = 1) 
 
 def resume_from(path: os.PathLike, config: Dict[str, Any], resume: bool) -> Optional[Dict[str, Any]]:
     """The checkpoint to continue from (None: start afresh). A checkpoint written with
-    another configuration is an error rather than a silent restart or a mixed result."""
+    another configuration is an error rather than a silent restart or a mixed result.
+    Raises :class:`CheckpointError` (a ``ValueError``) for an unusable file; scripts
+    turn it into their own exit message."""
     ckpt = load_checkpoint(path) if resume else None
     if ckpt is not None and ckpt.get("config") != config:
-        raise SystemExit(f"error: {path} was written with another configuration; remove it or rerun with the "
-                         f"same arguments")
+        raise CheckpointError(f"{path} was written with another configuration; remove it or rerun with the "
+                              f"same arguments")
     return ckpt
 
 
@@ -92,19 +97,95 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
-def atomic_save(obj: Any, path: os.PathLike) -> None:
+# What ``torch.load(weights_only=True)`` rebuilds without an allow-list (exact types:
+# a numpy scalar is a float subclass, a namedtuple a tuple subclass, and both are refused).
+_PLAIN_LEAVES = (type(None), bool, int, float, complex, str, bytes, bytearray, torch.Size, torch.device, torch.dtype)
+_PLAIN_CONTAINERS = (list, tuple, set, dict, OrderedDict)
+
+
+def _check_plain(obj: Any, where: str, path: Path) -> None:
+    kind = type(obj)
+    if kind in (torch.Tensor, torch.nn.Parameter) or kind in _PLAIN_LEAVES:
+        return
+    if kind in _PLAIN_CONTAINERS:
+        if isinstance(obj, dict):
+            for key, value in obj.items():
+                _check_plain(key, f"{where} key {key!r}", path)
+                _check_plain(value, f"{where}[{key!r}]", path)
+        else:
+            for i, value in enumerate(obj):
+                _check_plain(value, f"{where}[{i}]", path)
+        return
+    raise TypeError(f"atomic_save({path}): {where} is a {kind.__module__}.{kind.__qualname__}, which "
+                    f"torch.load(weights_only=True) refuses; save it as plain ints/floats/strings/lists/dicts "
+                    f"or tensors (e.g. vars(args), int(x), x.tolist())")
+
+
+def atomic_save(obj: Any, path: os.PathLike, plain: bool = True) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename: a
-    crash never leaves a half-written checkpoint behind."""
-    _atomic(Path(path), lambda fh: torch.save(obj, fh))
+    crash never leaves a half-written checkpoint behind.
+
+    With ``plain`` (the default) ``obj`` must hold only tensors, numbers, strings,
+    None and plain lists/tuples/sets/dicts, i.e. what :func:`load_checkpoint`
+    (``weights_only=True``) loads back; anything else (a numpy scalar, an argparse
+    Namespace, a custom class) is a ``TypeError`` here rather than at ``--resume``."""
+    path = Path(path)
+    if plain:
+        _check_plain(obj, "the object", path)
+    _atomic(path, lambda fh: torch.save(obj, fh))
 
 
-def load_checkpoint(path: os.PathLike) -> Optional[Dict[str, Any]]:
-    """The checkpoint at ``path`` or None. Our own checkpoints hold RNG states and
-    plain Python containers, hence ``weights_only=False`` (only load files you wrote)."""
+class CheckpointError(ValueError):
+    """A checkpoint or saved model that cannot be used: missing pieces (truncated or
+    empty), not written by ``torch.save``, not a checkpoint dictionary, holding objects
+    other than tensors and plain containers, or written with another configuration.
+    The message names the file and what to do."""
+
+
+_RESUME_HINT = "delete it (or move it away) to start afresh, or run without --resume"
+
+
+def _load_failure(exc: BaseException) -> str:
+    """The informative line of a ``torch.load`` error, without torch's advice to retry
+    with ``weights_only=False`` (which is what a crafted file wants)."""
+    skip = ("weights only load failed", "check the documentation", "(1)", "(2)", "please file an issue",
+            "in pytorch 2.6")
+    for line in str(exc).splitlines():
+        line = line.replace("WeightsUnpickler error:", "").strip()
+        if line and not line.lower().startswith(skip):
+            first = line.split(". ")[0].rstrip(".")  # torch's first sentence says what; the rest is advice
+            return f"{type(exc).__name__}: {first[:200]}"
+    return type(exc).__name__
+
+
+def load_checkpoint(path: os.PathLike, hint: str = _RESUME_HINT) -> Optional[Dict[str, Any]]:
+    """The checkpoint dictionary at ``path``, or None when there is no file.
+
+    Loaded with ``torch.load(weights_only=True)``: tensors (RNG states included),
+    numbers, strings, None and plain lists/tuples/dicts only, so a crafted file cannot
+    run code; everything the examples save is of that kind. A file that cannot be
+    loaded that way (empty, truncated, not written by ``torch.save``, holding other
+    objects, or not a dictionary) raises :class:`CheckpointError` naming the file;
+    ``hint`` says what to do about it (default: for a ``--resume`` checkpoint).
+    """
     path = Path(path)
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"checkpoint {path} cannot be used: it is not a checkpoint these scripts write (it is corrupt, or holds "
+            f"objects other than tensors and plain containers, which are never unpickled because that could run "
+            f"code; {_load_failure(e)}); {hint}") from e
+    except Exception as e:  # truncated zip, empty file, bytes that are not a torch file, unreadable path
+        what = "is empty" if path.is_file() and path.stat().st_size == 0 else \
+            "is truncated or was not written by torch.save"
+        raise CheckpointError(f"checkpoint {path} cannot be used: it {what} ({_load_failure(e)}); {hint}") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} cannot be used: it holds a {type(obj).__name__}, not a checkpoint "
+                              f"dictionary; {hint}")
+    return obj
 
 
 def atomic_write_json(obj: Any, path: os.PathLike) -> None:
