@@ -125,7 +125,9 @@ class Graph:
         loop_nodes: Optional[Tensor] = None,
         pattern: Optional[Pattern] = None,
     ) -> None:
-        # Trusted constructor: inputs are already validated and sorted.
+        # The builders below pass tensors they made and sorted themselves (and mark the
+        # graph valid); a Graph constructed directly is checked in full on first use
+        # (:meth:`ensure_valid`), since the fused kernels index with these arrays.
         self.rowptr = rowptr
         self.col = col
         self.row = row
@@ -143,6 +145,7 @@ class Graph:
         self._inv_perm: Optional[Tensor] = None
         self._looped: Optional[Graph] = None
         self._transpose: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+        self._valid_stamp: Optional[Tuple[int, ...]] = None
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -192,12 +195,16 @@ class Graph:
                         f"{name}={count} does not fit edge_index's dtype {edge_index.dtype} "
                         f"(max index {info.max}); pass edge_index as torch.long"
                     )
+        # The graph owns its indices: a copy (widened to int64) taken before the range
+        # check, so a caller who reuses its buffer can neither change this graph nor
+        # slip out-of-range indices past the check.
+        owned = edge_index.to(torch.long, copy=True)
         if validate:
-            _check_range(src, ns, "source", "source nodes")
-            _check_range(dst, nd, "destination", "destination nodes")
-        src = src.long()
-        dst = dst.long()
-        graph = cls._build(src, dst, ns, nd, pattern=pattern)
+            _check_range(owned[0], ns, "source", "source nodes")
+            _check_range(owned[1], nd, "destination", "destination nodes")
+        graph = cls._build(owned[0], owned[1], ns, nd, pattern=pattern, edge_index=owned)
+        if not validate:
+            graph._valid_stamp = None  # unchecked input: checked in full before any kernel reads it
         return graph.with_self_loops() if add_self_loops else graph
 
     @classmethod
@@ -212,15 +219,20 @@ class Graph:
         num_base_edges: Optional[int] = None,
         loop_nodes: Optional[Tensor] = None,
         pattern: Optional[Pattern] = None,
+        edge_index: Optional[Tensor] = None,
     ) -> "Graph":
-        edge_index = torch.stack([src, dst], dim=0)
+        """A graph from in-range int64 ``src``/``dst`` made by graphattn itself (pass
+        ``edge_index`` when they are the rows of a tensor the graph may own)."""
+        if edge_index is None:
+            edge_index = torch.stack([src, dst], dim=0)
+        src, dst = edge_index[0], edge_index[1]  # views of a tensor no caller holds
         if dst.numel() > 1 and bool((dst[1:] < dst[:-1]).any()):
             dst_sorted, perm = torch.sort(dst, stable=True)
             col = src[perm]
         else:
             dst_sorted, perm, col = dst, None, src
         rowptr = _offsets(dst_sorted, num_dst)
-        return cls(
+        graph = cls(
             rowptr,
             col,
             dst_sorted,
@@ -233,6 +245,8 @@ class Graph:
             loop_nodes=loop_nodes,
             pattern=pattern,
         )
+        graph._valid_stamp = graph._stamp()
+        return graph
 
     @classmethod
     def from_networkx(
@@ -383,6 +397,60 @@ class Graph:
             raise TypeError(f"fill_value must be a number, a tensor or a string, got {type(fill_value).__name__}")
         return torch.cat([kept, loop_attr], dim=0)
 
+    # ---------------------------------------------------------------- validity
+    def _stamp(self) -> Tuple[int, ...]:
+        """Version counters of the index tensors: any in-place edit changes it."""
+        ts = (self.rowptr, self.col, self.row, self.perm)
+        return tuple(-1 if t is None else t._version for t in ts) + (id(self.rowptr), id(self.col), id(self.row))
+
+    def ensure_valid(self) -> "Graph":
+        """Check, once, everything the fused kernels rely on (O(E)); repeated calls cost
+        a few attribute reads until an index tensor is replaced or edited in place,
+        which clears the cached derived structures and checks again. Returns ``self``."""
+        if torch.compiler.is_compiling():
+            return self
+        stamp = self._stamp()
+        if stamp == self._valid_stamp:
+            return self
+        self.validate()
+        self._inv_perm = self._looped = self._transpose = None
+        self._edge_index = None
+        self._valid_stamp = self._stamp()
+        return self
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first problem that would make a kernel read
+        out of range or disagree with the reference: dtypes, shapes, devices, CSR
+        offsets, index ranges, ``row`` against ``rowptr``, ``perm`` a permutation."""
+        ns, nd = _check_count("num_src", self.num_src), _check_count("num_dst", self.num_dst)
+        for name in ("rowptr", "col", "row"):
+            t = getattr(self, name)
+            if not isinstance(t, Tensor) or t.dtype != torch.long or t.dim() != 1:
+                raise ValueError(f"Graph.{name} must be a 1-D torch.long tensor, got "
+                                 f"{getattr(t, 'dtype', type(t).__name__)} of shape {list(getattr(t, 'shape', []))}")
+            if t.device != self.rowptr.device:
+                raise ValueError(f"Graph.{name} is on {t.device} but rowptr is on {self.rowptr.device}")
+        E = self.col.numel()
+        if self.rowptr.numel() != nd + 1:
+            raise ValueError(f"Graph.rowptr has {self.rowptr.numel()} entries; num_dst={nd} needs {nd + 1}")
+        if self.row.numel() != E:
+            raise ValueError(f"Graph.row has {self.row.numel()} entries but col has {E}")
+        if int(self.rowptr[0]) != 0 or int(self.rowptr[-1]) != E:
+            raise ValueError(f"Graph.rowptr must start at 0 and end at num_edges={E}, got "
+                             f"{int(self.rowptr[0])} .. {int(self.rowptr[-1])}")
+        if nd and bool((self.rowptr[1:] < self.rowptr[:-1]).any()):
+            raise ValueError("Graph.rowptr must be non-decreasing (CSR offsets by destination)")
+        _check_range(self.col, ns, "source", "source nodes")
+        expected_row = torch.repeat_interleave(torch.arange(nd, device=self.rowptr.device), self.rowptr.diff())
+        if not torch.equal(self.row, expected_row):
+            raise ValueError("Graph.row must be each CSR edge's destination (the row its rowptr range says)")
+        if self.perm is not None:
+            p = self.perm
+            if not isinstance(p, Tensor) or p.dtype != torch.long or p.shape != (E,):
+                raise ValueError(f"Graph.perm must be a torch.long tensor of shape [{E}]")
+            if E and not torch.equal(torch.sort(p)[0], torch.arange(E, device=p.device)):
+                raise ValueError("Graph.perm must be a permutation of 0..num_edges-1")
+
     # -------------------------------------------------------------------- misc
     def to(self, device: Union[str, torch.device]) -> "Graph":
         """A copy of the graph on ``device`` (the CSR arrays and maps move)."""
@@ -393,7 +461,8 @@ class Graph:
         def mv(t: Optional[Tensor]) -> Optional[Tensor]:
             return None if t is None else t.to(device)
 
-        return Graph(
+        self.ensure_valid()
+        moved = Graph(
             self.rowptr.to(device),
             self.col.to(device),
             self.row.to(device),
@@ -406,16 +475,19 @@ class Graph:
             loop_nodes=mv(self.loop_nodes),
             pattern=self.pattern,
         )
+        moved._valid_stamp = moved._stamp()  # copies of checked arrays
+        return moved
 
-    def check_nodes(self, num_src: int, num_dst: int, what: str = "x") -> None:
-        """Raise if node-feature tensors do not match the graph's node counts."""
-        if num_src != self.num_src:
+    def check_nodes(self, num_src: Optional[int], num_dst: Optional[int], what: str = "x") -> None:
+        """Raise if node-feature tensors do not match the graph's node counts (``None``:
+        that side has no tensor to check)."""
+        if num_src is not None and num_src != self.num_src:
             raise ValueError(
-                f"{what} has {num_src} source-node rows but the graph has {self.num_src} source nodes"
+                f"{what}: {num_src} source-node rows but the graph has {self.num_src} source nodes"
             )
-        if num_dst != self.num_dst:
+        if num_dst is not None and num_dst != self.num_dst:
             raise ValueError(
-                f"{what} has {num_dst} destination-node rows but the graph has {self.num_dst} destination nodes"
+                f"{what}: {num_dst} destination-node rows but the graph has {self.num_dst} destination nodes"
             )
 
     def __repr__(self) -> str:

@@ -34,6 +34,7 @@ __all__ = [
     "pack",
     "unpack",
     "lengths_from_padding_mask",
+    "check_block",
 ]
 
 
@@ -41,6 +42,19 @@ def _check_len(name: str, L: int) -> int:
     if isinstance(L, bool) or not isinstance(L, int) or L < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {L!r}")
     return L
+
+
+def check_block(graph, Lq: int, Lk: int, what: str = "pattern") -> Graph:
+    """``graph`` checked as the pattern of one block of ``Lq`` queries over ``Lk`` keys:
+    a valid :class:`Graph` with exactly those node counts. A user's pattern callable is
+    checked here before its edges are offset into a batch, where an index past its
+    block would silently read another sequence's keys."""
+    if not isinstance(graph, Graph):
+        raise TypeError(f"{what} must return a graphattn.Graph, got {type(graph).__name__}")
+    if (graph.num_dst, graph.num_src) != (Lq, Lk):
+        raise ValueError(f"{what} gave a graph over ({graph.num_dst} queries, {graph.num_src} keys) for a block of "
+                         f"({Lq} queries, {Lk} keys)")
+    return graph.ensure_valid()
 
 
 def _from_mask_rows(query: Tensor, key: Tensor, Lq: int, Lk: int, pattern: Pattern, device=None) -> Graph:
@@ -175,14 +189,15 @@ def batch(lengths: Sequence[int], pattern: Callable[..., Graph] = complete,
     numbered after those of sequences ``0..b-1`` (the packed layout of :func:`pack`).
     The graph's pattern records the block kind and the lengths.
     """
-    lengths = [int(x) for x in lengths]
-    klens = lengths if key_lengths is None else [int(x) for x in key_lengths]
+    lengths = [_check_len("lengths[i]", int(x)) for x in lengths]
+    klens = lengths if key_lengths is None else [_check_len("key_lengths[i]", int(x)) for x in key_lengths]
     if len(klens) != len(lengths):
         raise ValueError(f"{len(lengths)} query lengths but {len(klens)} key lengths")
     rows, cols, kind, block_params = [], [], None, ()
     q_off = k_off = 0
     for Lq, Lk in zip(lengths, klens):
         g = pattern(Lq, **kwargs) if key_lengths is None else pattern(Lq, Lk, **kwargs)
+        check_block(g, Lq, Lk, f"pattern for the block of length {Lq}")
         kind = g.pattern.kind if g.pattern is not None else "graph"
         block_params = g.pattern.params if g.pattern is not None else ()
         rows.append(g.row + q_off)

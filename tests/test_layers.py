@@ -24,16 +24,16 @@ def test_graph_cache_reuses_and_invalidates(name):
     layer = LAYERS[name]().eval()
     x, ei, ea = _inputs()
     out1 = layer(x, ei, ea)
-    g1 = layer._graph_cache._graph
+    g1 = layer._graph_cache.graph
     layer(x, ei, ea)
-    assert layer._graph_cache._graph is g1  # same tensor: no re-sort
+    assert layer._graph_cache.graph is g1  # same tensor: no re-sort
     ei2 = ei.clone()
     torch.testing.assert_close(layer(x, ei2, ea), out1)
-    assert layer._graph_cache._graph is not g1  # a different tensor object rebuilds
-    g2 = layer._graph_cache._graph
+    assert layer._graph_cache.graph is not g1  # a different tensor object rebuilds
+    g2 = layer._graph_cache.graph
     ei2[0, 0] = (ei2[0, 0] + 1) % 30  # in-place edit bumps the version: rebuilt, never stale
     layer(x, ei2, ea)
-    assert layer._graph_cache._graph is not g2
+    assert layer._graph_cache.graph is not g2
     fresh = LAYERS[name]()
     fresh.load_state_dict(layer.state_dict())
     torch.testing.assert_close(layer(x, ei2, ea), fresh.eval()(x, ei2, ea))

@@ -1,6 +1,7 @@
 """Shared plumbing for the graph layers: graph resolution with a safe cache, init."""
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from typing import Optional, Tuple, Union
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..graph import Graph
+from ..ops._inputs import check_scalar
 
 GraphLike = Union[Graph, Tensor]
 
@@ -77,6 +79,43 @@ def split_pair(x) -> Tuple[Tensor, Optional[Tensor], bool]:
     raise TypeError(f"x must be a tensor or a pair (x_src, x_dst), got {type(x).__name__}")
 
 
+def compiler_disable(fn):
+    """``torch.compiler.disable(fn)``, applied on the first call: the decorator imports
+    ``torch._dynamo`` (seconds), which ``import graphattn`` should not pay for."""
+    compiled_out = None
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        nonlocal compiled_out
+        if compiled_out is None:
+            compiled_out = torch.compiler.disable(fn)
+        return compiled_out(*args, **kwargs)
+
+    return wrapper
+
+
+def check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_hyperparameters(*, out_channels=None, heads=None, dropout=None, negative_slope=None,
+                          edge_dim=None) -> None:
+    """The constructor arguments every graph layer shares, each checked against its
+    domain with an error that names it (the ops apply the same scalar rules per call)."""
+    if out_channels is not None:
+        check_positive_int("out_channels", out_channels)
+    if heads is not None:
+        check_positive_int("heads", heads)
+    if dropout is not None:
+        check_scalar("dropout", dropout, "probability")
+    if negative_slope is not None:
+        check_scalar("negative_slope", negative_slope, "finite")
+    if edge_dim is not None:
+        check_positive_int("edge_dim", edge_dim)
+
+
 class GraphCache:
     """Remembers the Graph built for the last ``edge_index`` tensor a layer saw.
 
@@ -84,26 +123,35 @@ class GraphCache:
     (its in-place version counter), with the same node counts; anything else
     rebuilds. So a training loop that passes the same ``edge_index`` every step
     sorts once, and editing the tensor in place is never served stale.
+
+    The entry is one tuple, read and replaced in single steps, so threads calling the
+    same layer never pair one tensor with another's graph.
     """
 
     def __init__(self) -> None:
-        self._ref: Optional[weakref.ref] = None
-        self._key = None
-        self._graph: Optional[Graph] = None
+        self._entry: Optional[Tuple[weakref.ref, tuple, Graph]] = None
 
     def get(self, edge_index: Tensor, num_src: Optional[int], num_dst: Optional[int]) -> Graph:
         key = (edge_index._version, num_src, num_dst, edge_index.device)
-        if self._ref is not None and self._ref() is edge_index and self._key == key and self._graph is not None:
-            return self._graph
+        entry = self._entry  # one read: the ref, key and graph belong together
+        if entry is not None and entry[0]() is edge_index and entry[1] == key:
+            return entry[2]
         graph = Graph.from_edge_index(edge_index, num_src=num_src, num_dst=num_dst)
-        self._ref, self._key, self._graph = weakref.ref(edge_index), key, graph
+        self._entry = (weakref.ref(edge_index), key, graph)
         return graph
+
+    @property
+    def graph(self) -> Optional[Graph]:
+        """The cached graph, if any."""
+        entry = self._entry
+        return None if entry is None else entry[2]
 
 
 class GraphLayer(nn.Module):
     """Base of the graph attention layers: turns ``edge_index`` or a Graph into a Graph."""
 
-    def __init__(self, prune_threshold: Optional[float] = None) -> None:
+    def __init__(self, prune_threshold: Optional[float] = None, **hyperparameters) -> None:
+        check_hyperparameters(**hyperparameters)
         super().__init__()
         self._graph_cache = GraphCache()
         if prune_threshold is not None and not -1.0 <= float(prune_threshold) <= 1.0:
@@ -142,7 +190,7 @@ class GraphLayer(nn.Module):
             edge_attr = edge_attr[keep]
         return pruned, edge_attr
 
-    @torch.compiler.disable
+    @compiler_disable
     def _graph_from_index(self, edge_index: Tensor, num_src: Optional[int], num_dst: Optional[int]) -> Graph:
         return self._graph_cache.get(edge_index, num_src, num_dst)
 

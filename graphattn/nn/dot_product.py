@@ -52,7 +52,8 @@ class DotProductConv(GraphLayer):
         root_weight: bool = True,
         prune_threshold: Optional[float] = None,
     ) -> None:
-        super().__init__(prune_threshold)
+        super().__init__(prune_threshold, out_channels=out_channels, heads=heads, dropout=dropout,
+                         edge_dim=edge_dim)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.heads = heads

@@ -89,7 +89,8 @@ class GATConv(GraphLayer):
         residual: bool = False,
         prune_threshold: Optional[float] = None,
     ) -> None:
-        super().__init__(prune_threshold)
+        super().__init__(prune_threshold, out_channels=out_channels, heads=heads, dropout=dropout,
+                         negative_slope=negative_slope, edge_dim=edge_dim)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.heads = heads
@@ -222,7 +223,8 @@ class GATv2Conv(GraphLayer):
         residual: bool = False,
         prune_threshold: Optional[float] = None,
     ) -> None:
-        super().__init__(prune_threshold)
+        super().__init__(prune_threshold, out_channels=out_channels, heads=heads, dropout=dropout,
+                         negative_slope=negative_slope, edge_dim=edge_dim)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.heads = heads

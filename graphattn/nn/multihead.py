@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .. import ops, patterns
 from ..graph import Graph, Pattern
-from ._base import capturing, record_attention
+from ._base import capturing, check_hyperparameters, check_positive_int, compiler_disable, record_attention
 
 PatternLike = Union[None, str, Callable[..., Graph], Graph]
 
@@ -60,8 +60,9 @@ class MultiheadGraphAttention(nn.Module):
         dtype=None,
         pattern: PatternLike = None,
     ) -> None:
-        if embed_dim <= 0 or num_heads <= 0:
-            raise ValueError(f"embed_dim and num_heads must be > 0, got {embed_dim} and {num_heads}")
+        check_positive_int("embed_dim", embed_dim)
+        check_positive_int("num_heads", num_heads)
+        check_hyperparameters(dropout=dropout)
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         super().__init__()
@@ -96,8 +97,7 @@ class MultiheadGraphAttention(nn.Module):
         else:
             self.bias_k = self.bias_v = None
         self.add_zero_attn = add_zero_attn
-        self._graph_key = None
-        self._graph: Optional[Graph] = None
+        self._graph_entry: Optional[Tuple[tuple, Graph]] = None  # (key, graph): one atomic slot
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -145,10 +145,7 @@ class MultiheadGraphAttention(nn.Module):
         if pat is None:
             pat = "causal" if is_causal else "complete"
         if isinstance(pat, Graph):
-            if (pat.num_dst, pat.num_src) != (Lq, Lk):
-                raise ValueError(f"pattern graph is over ({pat.num_dst} queries, {pat.num_src} keys), "
-                                 f"inputs have ({Lq}, {Lk})")
-            return pat.to(device)
+            return patterns.check_block(pat, Lq, Lk, "pattern graph").to(device)
         if isinstance(pat, str):
             if pat == "complete":
                 return patterns.complete(Lq, Lk, device=device)
@@ -157,9 +154,9 @@ class MultiheadGraphAttention(nn.Module):
                     raise ValueError(f"a causal pattern needs as many queries as keys, got {Lq} and {Lk}")
                 return patterns.causal(Lq, device=device)
             raise ValueError(f"unknown pattern {pat!r}; use 'complete', 'causal', a callable or a Graph")
-        return pat(Lq, Lk).to(device)
+        return patterns.check_block(pat(Lq, Lk), Lq, Lk, "pattern(Lq, Lk)").to(device)
 
-    @torch.compiler.disable
+    @compiler_disable
     def _build_graph(self, N: int, Lq: int, S: int, extra: int, is_causal: bool, device,
                      keep_2d: Optional[Tensor], keep_kpm: Optional[Tensor]) -> Graph:
         """Block-diagonal graph over N sequences: the pattern over the S real keys,
@@ -167,8 +164,9 @@ class MultiheadGraphAttention(nn.Module):
         minus the edges removed by boolean masks."""
         cacheable = keep_2d is None and keep_kpm is None
         key = (N, Lq, S, extra, is_causal, str(device), id(self.pattern))
-        if cacheable and self._graph_key == key:
-            return self._graph
+        entry = self._graph_entry
+        if cacheable and entry is not None and entry[0] == key:
+            return entry[1]
         base = self._pattern_graph(Lq, S, is_causal, device)
         rows, cols = base.row, base.col
         if extra:
@@ -197,7 +195,7 @@ class MultiheadGraphAttention(nn.Module):
             pattern_meta = Pattern(base.pattern.kind, base.pattern.params + meta, (Lq,) * N)
         g = Graph._build(b * Sx + c, b * Lq + r, N * Sx, N * Lq, pattern=pattern_meta)
         if cacheable:
-            self._graph_key, self._graph = key, g
+            self._graph_entry = (key, g)
         return g
 
     # ---------------------------------------------------------------- forward

@@ -12,7 +12,7 @@ from . import flex as _flex
 from . import triton_backend as _triton
 from . import reference as _reference
 from . import scatter as _scatter
-from ._dispatch import available_backends, last_backend, register_backend, use_backend
+from ._dispatch import available_backends, last_backend, register_backend, use_backend, why_not
 from .functional import as_graph, dot_product_attention, edge_softmax, gat_attention, gatv2_attention
 from .linear import linear_attention
 
@@ -21,23 +21,23 @@ register_backend("gat", "reference", _reference.gat)
 register_backend("gatv2", "reference", _reference.gatv2)
 register_backend("dot_product", "reference", _reference.dot_product)
 # The fused native CPU kernel wins on CPU whenever it can be built.
-register_backend("edge_softmax", "cpu", _cpu.edge_softmax, supports=_cpu.edge_softmax_supports, priority=10)
-register_backend("gat", "cpu", _cpu.gat, supports=_cpu.supports, priority=10)
-register_backend("gatv2", "cpu", _cpu.gatv2, supports=_cpu.supports, priority=10)
-register_backend("dot_product", "cpu", _cpu.dot_product, supports=_cpu.supports, priority=10)
+register_backend("edge_softmax", "cpu", _cpu.edge_softmax, decline=_cpu.edge_softmax_decline, priority=10)
+register_backend("gat", "cpu", _cpu.gat, decline=_cpu.decline, priority=10)
+register_backend("gatv2", "cpu", _cpu.gatv2, decline=_cpu.decline, priority=10)
+register_backend("dot_product", "cpu", _cpu.dot_product, decline=_cpu.decline, priority=10)
 # Triton kernels on CUDA (on CPU only when forced under TRITON_INTERPRET=1).
-register_backend("gat", "triton", _triton.gat, supports=_triton.supports, priority=15)
-register_backend("gatv2", "triton", _triton.gatv2, supports=_triton.supports, priority=15)
-register_backend("dot_product", "triton", _triton.dot_product, supports=_triton.supports, priority=15)
+register_backend("gat", "triton", _triton.gat, decline=_triton.decline, priority=15)
+register_backend("gatv2", "triton", _triton.gatv2, decline=_triton.decline, priority=15)
+register_backend("dot_product", "triton", _triton.dot_product, decline=_triton.decline, priority=15)
 # Banded / causal graphs on CUDA: flex attention with a block mask skips blocks
 # outside the band (on CPU only when forced; the sparse kernel wins there).
-register_backend("dot_product", "flex", _flex.dot_product, supports=_flex.supports, priority=18)
+register_backend("dot_product", "flex", _flex.dot_product, decline=_flex.decline, priority=18)
 # torch-scatter (optional): measured slower than reference for edge_softmax on this
 # machine kind (175 vs 105 ms at E=1M, H=8), so it runs only when asked for.
-register_backend("edge_softmax", "scatter", _scatter.edge_softmax, supports=_scatter.supports, priority=-10)
+register_backend("edge_softmax", "scatter", _scatter.edge_softmax, decline=_scatter.decline, priority=-10)
 # Graphs known to be complete / causal / cross go to PyTorch's SDPA when nothing
 # sparse-specific (edge terms, returned weights) is asked for.
-register_backend("dot_product", "dense", _dense.dot_product, supports=_dense.supports, priority=20)
+register_backend("dot_product", "dense", _dense.dot_product, decline=_dense.decline, priority=20)
 
 __all__ = [
     "edge_softmax",
@@ -48,6 +48,7 @@ __all__ = [
     "as_graph",
     "use_backend",
     "last_backend",
+    "why_not",
     "available_backends",
     "register_backend",
 ]

@@ -1,8 +1,10 @@
 """The fused CPU backend: a native kernel (C++, ATen's thread pool) built on first use.
 
-Forward is one pass over each destination's CSR row with an online softmax; it
-keeps only the output and a per-node log-sum-exp. Backward recomputes the
-weights from it: a pass over the transposed graph (per source, no atomics, so
+Forward makes two passes over each destination's CSR row (the row's scores and their
+per-head max into a small per-row buffer, then the exponentials and the weighted sum
+of values); it keeps only the output and, per node and head, the row's max and log
+normaliser (kept apart: summed into one log-sum-exp they round badly for huge
+logits). Backward recomputes the weights from them: a pass over the transposed graph (per source, no atomics, so
 results are deterministic) and a pass over rows. No ``E x H x C`` tensor is ever
 built; the only per-edge buffer is one ``E x H`` score gradient in backward.
 
@@ -39,8 +41,14 @@ _SOURCE = Path(__file__).parent / "csrc" / "fused_attention.cpp"
 # backward channel loops stay scalar and branchy even under `omp simd`. It permits
 # no reassociation and keeps NaN and inf semantics: results are unchanged.
 _CFLAGS = ["-O3", "-fopenmp", "-march=native", "-fno-trapping-math"]
+# GRAPHATTN_KERNEL_CHECKS=1 builds (and caches separately) a kernel that bounds-checks
+# every index it reads and raises instead of reading out of range: for tests and for
+# hunting a suspected validation gap, at some cost in speed.
+if os.environ.get("GRAPHATTN_KERNEL_CHECKS") == "1":
+    _CFLAGS.append("-DGRAPHATTN_BOUNDS_CHECK")
 _LDFLAGS = ["-fopenmp"]
 _LOCK = threading.Lock()
+MAX_GATV2_CHANNELS = 1024  # kMaxF in the C++ source: GATv2 channels per head held on the stack
 _EXT = None
 _EXT_ERROR: Optional[str] = None
 
@@ -86,88 +94,112 @@ def load_extension(verbose: bool = False):
 def is_available() -> bool:
     """Whether the native CPU kernel is (or can be) built here. Set
     ``GRAPHATTN_DISABLE_CPU_KERNEL=1`` to turn it off."""
+    return unavailable_reason() is None
+
+
+def unavailable_reason() -> Optional[str]:
+    """``None`` when the native kernel is (or can be) built here, else why not. The
+    first failed build warns once, briefly; :func:`build_error` has the full log."""
     global _EXT_ERROR
     if os.environ.get("GRAPHATTN_DISABLE_CPU_KERNEL") == "1":
-        return False
+        return "turned off by GRAPHATTN_DISABLE_CPU_KERNEL=1"
     if _EXT is not None:
-        return True
-    if _EXT_ERROR is not None:
-        return False
-    try:
-        load_extension()
-        return True
-    except Exception as exc:  # no compiler, no ninja, ...
-        _EXT_ERROR = f"{type(exc).__name__}: {exc}"
-        warnings.warn(f"graphattn: the fused CPU kernel could not be built, using the reference backend ({_EXT_ERROR})")
-        return False
+        return None
+    if _EXT_ERROR is None:
+        try:
+            load_extension()
+            return None
+        except Exception as exc:  # no compiler, no ninja, ...
+            _EXT_ERROR = f"{type(exc).__name__}: {exc}"
+            warnings.warn(
+                f"graphattn: the fused CPU kernel could not be built ({_summary(_EXT_ERROR)}); the reference "
+                "backend runs instead. graphattn.ops.cpu.build_error() has the compiler's output; set "
+                "GRAPHATTN_DISABLE_CPU_KERNEL=1 to skip the build and this warning.",
+                stacklevel=3,
+            )
+    return f"the native kernel could not be built ({_summary(_EXT_ERROR)})"
+
+
+def build_error() -> Optional[str]:
+    """The full error of the failed kernel build, if one failed."""
+    return _EXT_ERROR
+
+
+def _summary(error: str) -> str:
+    """The first line of a (possibly long, ninja-log) build error."""
+    first = error.strip().splitlines()[0] if error.strip() else error
+    return first[:200]
 
 
 # ----------------------------------------------------------------- custom ops
+# The version in the fused ops' names is bumped whenever their outputs change shape
+# (v2: per-row (max, log normaliser) instead of a log-sum-exp): torch.compile's on-disk
+# cache keys graphs by op name, and would otherwise replay a graph built for the old shapes.
 # Absent optional inputs are passed as empty tensors (numel 0).
 
 # The forward op also takes the graph's transposed CSR (colptr, row_by_src, eid):
 # unused by the forward itself, it is what the backward traverses.
-@torch.library.custom_op("graphattn::cpu_fused_forward", mutates_args=())
+@torch.library.custom_op("graphattn::cpu_fused_forward_v2", mutates_args=())
 def _forward_op(
     kind: int, rowptr: Tensor, col: Tensor, colptr: Tensor, row_by_src: Tensor, eid: Tensor, num_dst: int,
     A: Tensor, B: Tensor, V: Tensor, EF: Tensor, EB: Tensor, EV: Tensor, att: Tensor,
     slope: float, scale: float, p: float, seed: Tensor,
 ) -> Tuple[Tensor, Tensor]:
-    out, lse = load_extension().forward(kind, rowptr, col, num_dst, A, B, V, EF, EB, EV, att, slope, scale, p, seed)
-    return out, lse
+    out, stats = load_extension().forward(kind, rowptr, col, num_dst, A, B, V, EF, EB, EV, att, slope, scale, p, seed)
+    return out, stats
 
 
 @_forward_op.register_fake
 def _(kind, rowptr, col, colptr, row_by_src, eid, num_dst, A, B, V, EF, EB, EV, att, slope, scale, p, seed):
     H, Cv = V.shape[1], V.shape[2]
-    return V.new_empty(num_dst, H, Cv), V.new_empty(num_dst, H)
+    return V.new_empty(num_dst, H, Cv), V.new_empty(num_dst, H, 2)  # out, per-row (max, log normaliser)
 
 
-@torch.library.custom_op("graphattn::cpu_fused_backward", mutates_args=())
+@torch.library.custom_op("graphattn::cpu_fused_backward_v2", mutates_args=())
 def _backward_op(
     kind: int, rowptr: Tensor, col: Tensor, colptr: Tensor, row_by_src: Tensor, eid: Tensor, A: Tensor, B: Tensor,
-    V: Tensor, EF: Tensor, EB: Tensor, EV: Tensor, att: Tensor, lse: Tensor, dO: Tensor, Dm: Tensor,
+    V: Tensor, EF: Tensor, EB: Tensor, EV: Tensor, att: Tensor, stats: Tensor, dO: Tensor, Dm: Tensor,
     slope: float, scale: float, p: float, seed: Tensor,
 ) -> List[Tensor]:
     return list(load_extension().backward(kind, rowptr, col, colptr, row_by_src, eid, A, B, V, EF, EB, EV, att,
-                                          lse, dO, Dm, slope, scale, p, seed))
+                                          stats, dO, Dm, slope, scale, p, seed))
 
 
 @_backward_op.register_fake
-def _(kind, rowptr, col, colptr, row_by_src, eid, A, B, V, EF, EB, EV, att, lse, dO, Dm, slope, scale, p, seed):
+def _(kind, rowptr, col, colptr, row_by_src, eid, A, B, V, EF, EB, EV, att, stats, dO, Dm, slope, scale, p, seed):
     datt = att.new_empty(att.shape) if kind == GATV2 else att.new_empty(0)
     return [A.new_empty(A.shape), B.new_empty(B.shape), V.new_empty(V.shape), EF.new_empty(EF.shape),
             EB.new_empty(EB.shape), EV.new_empty(EV.shape), datt]
 
 
-@torch.library.custom_op("graphattn::cpu_fused_weights", mutates_args=())
+@torch.library.custom_op("graphattn::cpu_fused_weights_v2", mutates_args=())
 def _weights_op(
-    kind: int, rowptr: Tensor, col: Tensor, lse: Tensor, A: Tensor, B: Tensor, V: Tensor, EF: Tensor, EB: Tensor,
+    kind: int, rowptr: Tensor, col: Tensor, stats: Tensor, A: Tensor, B: Tensor, V: Tensor, EF: Tensor, EB: Tensor,
     EV: Tensor, att: Tensor, slope: float, scale: float,
 ) -> Tensor:
-    return load_extension().weights(kind, rowptr, col, lse, A, B, V, EF, EB, EV, att, slope, scale)
+    return load_extension().weights(kind, rowptr, col, stats, A, B, V, EF, EB, EV, att, slope, scale)
 
 
 @_weights_op.register_fake
-def _(kind, rowptr, col, lse, A, B, V, EF, EB, EV, att, slope, scale):
+def _(kind, rowptr, col, stats, A, B, V, EF, EB, EV, att, slope, scale):
     return V.new_empty(col.shape[0], B.shape[1])
 
 
 def _setup_context(ctx, inputs, output):
     kind, rowptr, col, colptr, row_by_src, eid, num_dst, A, B, V, EF, EB, EV, att, slope, scale, p, seed = inputs
-    out, lse = output
+    out, stats = output
     ctx.kind, ctx.params = kind, (slope, scale, p)
-    ctx.save_for_backward(rowptr, col, colptr, row_by_src, eid, A, B, V, EF, EB, EV, att, out, lse, seed)
-    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(rowptr, col, colptr, row_by_src, eid, A, B, V, EF, EB, EV, att, out, stats, seed)
+    ctx.mark_non_differentiable(stats)
 
 
-def _backward(ctx, d_out, _d_lse):
-    rowptr, col, colptr, row_by_src, eid, A, B, V, EF, EB, EV, att, out, lse, seed = ctx.saved_tensors
+def _backward(ctx, d_out, _d_stats):
+    rowptr, col, colptr, row_by_src, eid, A, B, V, EF, EB, EV, att, out, stats, seed = ctx.saved_tensors
     d_out = d_out.contiguous()
     Dm = (d_out * out).sum(-1)
     slope, scale, p = ctx.params
     dA, dB, dV, dEF, dEB, dEV, datt = _backward_op(
-        ctx.kind, rowptr, col, colptr, row_by_src, eid, A, B, V, EF, EB, EV, att, lse, d_out, Dm,
+        ctx.kind, rowptr, col, colptr, row_by_src, eid, A, B, V, EF, EB, EV, att, stats, d_out, Dm,
         slope, scale, p, seed,
     )
     grads = [dA, dB, dV, dEF, dEB, dEV, datt]
@@ -251,8 +283,10 @@ def edge_softmax(scores: Tensor, index: Tensor, num_segments: int, graph=None) -
     return _edge_softmax_op(graph.rowptr, perm, upcast(scores).contiguous()).to(scores.dtype)
 
 
-def edge_softmax_supports(device=None, dtype=None, graph=None, **_) -> bool:
-    return graph is not None and supports(device=device, dtype=dtype)
+def edge_softmax_decline(device=None, dtype=None, graph=None, **_) -> Optional[str]:
+    if graph is None:
+        return "it needs a Graph (CSR rows), not a bare destination index"
+    return decline(device=device, dtype=dtype)
 
 
 # ------------------------------------------------------------------ backend
@@ -267,11 +301,11 @@ def _run(kind, graph, A, B, V, EF, EB, EV, att, slope, scale, dropout, training,
         transpose = graph.transpose_csr()  # cached on the graph
     else:
         transpose = (graph.rowptr.new_empty(0),) * 3
-    out, lse = _forward_op(kind, graph.rowptr, graph.col, *transpose, graph.num_dst, *t,
+    out, stats = _forward_op(kind, graph.rowptr, graph.col, *transpose, graph.num_dst, *t,
                            float(slope), float(scale), p, seed)
     alpha = None
     if need_weights:
-        alpha = _weights_op(kind, graph.rowptr, graph.col, lse.detach(), *[x.detach() for x in t],
+        alpha = _weights_op(kind, graph.rowptr, graph.col, stats.detach(), *[x.detach() for x in t],
                             float(slope), float(scale)).to(dtype)
     return out.to(dtype), alpha
 
@@ -279,5 +313,12 @@ def _run(kind, graph, A, B, V, EF, EB, EV, att, slope, scale, dropout, training,
 gat, gatv2, dot_product = backend_functions(_run)
 
 
-def supports(device=None, dtype=None, **_) -> bool:
-    return device is not None and torch.device(device).type == "cpu" and dtype in FLOAT_DTYPES and is_available()
+def decline(device=None, dtype=None, op=None, channels=None, **_) -> Optional[str]:
+    """Why the native kernel cannot run a call (``None``: it can)."""
+    if device is None or torch.device(device).type != "cpu":
+        return f"it runs on CPU tensors, the inputs are on {device}"
+    if dtype not in FLOAT_DTYPES:
+        return f"dtype {dtype} is not a floating-point type it computes in"
+    if op == "gatv2" and channels is not None and channels > MAX_GATV2_CHANNELS:
+        return f"GATv2 with {channels} channels per head; the kernel holds at most {MAX_GATV2_CHANNELS}"
+    return unavailable_reason()

@@ -32,11 +32,41 @@ def blocks(graph: Graph, kinds: Tuple[str, ...] = DENSE_KINDS) -> Optional[Tuple
     Lq, Lk = next(iter(qs)), next(iter(ks))
     if pat.kind in ("causal", "band") and Lq != Lk:
         return None
+    if not _counts_agree(graph, pat, B, Lq, Lk):
+        return None
     return B, Lq, Lk
 
 
-def supports(graph=None, need_weights=False, has_edge_terms=False, **_) -> bool:
-    return graph is not None and not need_weights and not has_edge_terms and blocks(graph) is not None
+def _band_edges(L: int, left: int, right: int) -> int:
+    """Edges of a band of ``left``/``right`` neighbours clipped to ``L`` tokens."""
+    a, b = min(left, max(L - 1, 0)), min(right, max(L - 1, 0))
+    return L * (a + b + 1) - a * (a + 1) // 2 - b * (b + 1) // 2 if L else 0
+
+
+def _counts_agree(graph: Graph, pat, B: int, Lq: int, Lk: int) -> bool:
+    """A recorded pattern is a claim; the node and edge counts must bear it out before
+    a dense kernel replaces the edges (a mislabelled graph takes the sparse path)."""
+    if pat.kind in ("complete", "cross"):
+        per_block = Lq * Lk
+    elif pat.kind == "causal":
+        per_block = _band_edges(Lq, Lq, 0)
+    elif pat.kind == "band":
+        per_block = _band_edges(Lq, int(pat.get("left", 0)), int(pat.get("right", 0)))
+    else:
+        return False
+    return graph.num_dst == B * Lq and graph.num_src == B * Lk and graph.num_edges == B * per_block
+
+
+def decline(graph=None, need_weights=False, has_edge_terms=False, **_) -> Optional[str]:
+    if graph is None:
+        return "no graph"
+    if need_weights:
+        return "attention weights were asked for (SDPA does not return them)"
+    if has_edge_terms:
+        return "the call has per-edge terms (edge_key / edge_value / edge_bias)"
+    if blocks(graph) is None:
+        return "the graph is not known to be complete, causal or cross blocks of one size"
+    return None
 
 
 def dot_product(query, key, value, graph, *, scale, edge_key, edge_value, edge_bias, dropout, training,

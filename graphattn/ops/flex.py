@@ -8,6 +8,7 @@ No dropout, edge terms or returned weights (those calls take another backend).
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import torch
 
@@ -37,13 +38,21 @@ def _band(graph):
     return dims, Lk, Lk  # complete
 
 
-def supports(graph=None, need_weights=False, has_edge_terms=False, device=None, dropout=0.0, forced=False,
-             **_) -> bool:
-    if graph is None or need_weights or has_edge_terms or dropout > 0 or _band(graph) is None:
-        return False
+def decline(graph=None, need_weights=False, has_edge_terms=False, device=None, dropout=0.0, forced=False,
+            **_) -> Optional[str]:
+    if graph is None or _band(graph) is None:
+        return "the graph is not a known band / causal pattern"
+    if need_weights:
+        return "attention weights were asked for"
+    if has_edge_terms:
+        return "the call has per-edge terms"
+    if dropout > 0:
+        return "attention dropout is on"
     if not _available():
-        return False
-    return torch.device(device).type == "cuda" or forced
+        return "torch has no flex_attention"
+    if torch.device(device).type != "cuda" and not forced:
+        return "on CPU it runs only when forced (the sparse kernel is faster there)"
+    return None
 
 
 @functools.lru_cache(maxsize=32)

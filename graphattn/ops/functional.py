@@ -4,18 +4,21 @@ Every op takes per-node tensors, a :class:`~graphattn.Graph` (or a PyG-style
 ``edge_index``) and per-edge tensors in the graph's **user order** (the order of
 ``graph.edge_index``), and returns per-destination outputs ``[num_dst, H, C]``
 plus, on request, the normalised attention weights ``[E, H]`` in user order,
-taken before dropout.
+taken before dropout. Each op's inputs are described once in :mod:`._inputs` and
+checked from that description before any backend runs.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
 from ..graph import Graph
+from . import _inputs
 from ._dispatch import select_backend
+from ._inputs import check_call, edge_rows
 
 GraphLike = Union[Graph, Tensor]
 
@@ -23,47 +26,16 @@ __all__ = ["edge_softmax", "gat_attention", "gatv2_attention", "dot_product_atte
 
 
 def as_graph(graph: GraphLike, num_src: Optional[int] = None, num_dst: Optional[int] = None) -> Graph:
-    """A :class:`Graph` for ``graph``: a Graph is checked against the node counts
-    and returned as is; an ``edge_index`` is validated and sorted (once per call:
-    build a Graph yourself to reuse it)."""
-    if isinstance(graph, Graph):
-        if num_src is not None and num_dst is not None:
-            graph.check_nodes(num_src, num_dst)
-        return graph
-    if isinstance(graph, Tensor):
-        return Graph.from_edge_index(graph, num_src=num_src, num_dst=num_dst)
-    raise TypeError(f"expected a graphattn.Graph or an edge_index tensor, got {type(graph).__name__}")
-
-
-def _check_float(name: str, t: Tensor, dtype: Optional[torch.dtype] = None) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{name} has dtype {t.dtype} but the other inputs are {dtype}; cast them to one dtype")
-
-
-def _check_shape(name: str, t: Tensor, expected: Sequence[Optional[int]], meaning: str) -> None:
-    ok = t.dim() == len(expected) and all(e is None or s == e for s, e in zip(t.shape, expected))
-    if not ok:
-        want = ", ".join("*" if e is None else str(e) for e in expected)
-        raise ValueError(f"{name} must have shape [{want}] ({meaning}), got {list(t.shape)}")
-
-
-def _check_device(graph: Graph, t: Tensor) -> None:
-    if t.device != graph.device:
-        raise ValueError(f"inputs are on {t.device} but the graph is on {graph.device}; use graph.to(device)")
+    """A valid :class:`Graph` for ``graph``: a Graph is checked (once) and against the
+    node counts given; an ``edge_index`` is validated and sorted (once per call: build
+    a Graph yourself to reuse it)."""
+    return _inputs.resolve_graph(graph, num_src, num_dst)
 
 
 def _finish(graph: Graph, out: Tensor, alpha: Tensor, return_weights: bool):
     if return_weights:
         return out, graph.to_user_order(alpha)
     return out
-
-
-def _edge(graph: Graph, t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else graph.to_csr_order(t)
 
 
 def edge_softmax(
@@ -88,10 +60,15 @@ def edge_softmax(
     Stable for huge logits; nodes whose in-edges are all ``-inf`` get weights 0.
     The backward pass saves only the output: :math:`\partial s = y \odot (g - \sum_i g \odot y)`.
     """
-    _check_float("scores", scores)
+    if not isinstance(scores, Tensor) or not scores.is_floating_point() or scores.layout != torch.strided:
+        raise TypeError(f"scores must be a dense floating-point tensor, got "
+                        f"{getattr(scores, 'dtype', type(scores).__name__)}")
+    if scores.dim() == 0:
+        raise ValueError("scores must have shape [num_edges, ...], got a 0-d tensor")
     if isinstance(graph_or_index, Graph):
-        graph = graph_or_index
-        _check_device(graph, scores)
+        graph = graph_or_index.ensure_valid()
+        if scores.device != graph.device:
+            raise ValueError(f"scores is on {scores.device} but the graph is on {graph.device}; use graph.to(device)")
         if scores.size(0) != graph.num_edges:
             raise ValueError(f"scores has {scores.size(0)} rows but the graph has {graph.num_edges} edges")
         index, n = graph.edge_index[1], graph.num_dst
@@ -109,6 +86,8 @@ def edge_softmax(
             n = int(index.max()) + 1 if index.numel() else 0
         else:
             n = int(num_nodes)
+            if n < 0:
+                raise ValueError(f"num_nodes must be >= 0, got {n}")
         if not torch.compiler.is_compiling() and index.numel():
             lo, hi = int(index.min()), int(index.max())
             if lo < 0 or hi >= n:
@@ -151,28 +130,14 @@ def gat_attention(
     Returns:
         ``out`` ``[N_dst, H, C]``, or ``(out, alpha)``.
     """
-    _check_float("value", value)
-    dt = value.dtype
-    if value.dim() != 3:
-        raise ValueError(f"value must have shape [num_src, heads, channels], got {list(value.shape)}")
-    ns, H, _ = value.shape
-    nd = score_dst.size(0) if score_dst is not None else None
-    g = as_graph(graph, ns, nd)
-    nd = g.num_dst
-    _check_float("score_src", score_src, dt)
-    _check_shape("score_src", score_src, (ns, H), "num_src, heads")
-    if score_dst is not None:
-        _check_float("score_dst", score_dst, dt)
-        _check_shape("score_dst", score_dst, (nd, H), "num_dst, heads")
-    if edge_score is not None:
-        _check_float("edge_score", edge_score, dt)
-        _check_shape("edge_score", edge_score, (g.num_edges, H), "num_edges, heads")
-    _check_device(g, value)
-    impl = select_backend("gat", backend, device=value.device, dtype=dt, graph=g, dropout=dropout if training else 0.0)
+    tensors = dict(value=value, score_src=score_src, score_dst=score_dst, edge_score=edge_score)
+    g, _, sc = check_call(_inputs.GAT, graph, tensors, dict(negative_slope=negative_slope, dropout=dropout))
+    impl = select_backend("gat", backend, device=value.device, dtype=value.dtype, graph=g,
+                          dropout=sc["dropout"] if training else 0.0, need_weights=return_weights)
     out, alpha = impl.fn(
         score_src, score_dst, value, g,
-        negative_slope=negative_slope, edge_score=_edge(g, edge_score), dropout=dropout, training=training,
-        need_weights=return_weights,
+        negative_slope=sc["negative_slope"], edge_score=edge_rows(["edge_score"], g, tensors)["edge_score"],
+        dropout=sc["dropout"], training=training, need_weights=return_weights,
     )
     return _finish(g, out, alpha, return_weights)
 
@@ -203,31 +168,17 @@ def gatv2_attention(
         edge_feat: optional ``[E, H, C]`` edge term added before the nonlinearity (user order).
         value: ``[N_src, H, C']`` values (default ``x_src``).
     """
-    _check_float("x_src", x_src)
-    dt = x_src.dtype
-    if x_src.dim() != 3:
-        raise ValueError(f"x_src must have shape [num_src, heads, channels], got {list(x_src.shape)}")
-    ns, H, C = x_src.shape
-    _check_float("x_dst", x_dst, dt)
-    if x_dst.dim() != 3:
-        raise ValueError(f"x_dst must have shape [num_dst, heads, channels], got {list(x_dst.shape)}")
-    g = as_graph(graph, ns, x_dst.size(0))
-    _check_shape("x_dst", x_dst, (g.num_dst, H, C), "num_dst, heads, channels")
-    _check_float("att", att, dt)
-    att = att.reshape(att.shape[-2:]) if att.dim() == 3 and att.size(0) == 1 else att
-    _check_shape("att", att, (H, C), "heads, channels")
-    value = x_src if value is None else value
-    _check_float("value", value, dt)
-    _check_shape("value", value, (ns, H, None), "num_src, heads, channels")
-    if edge_feat is not None:
-        _check_float("edge_feat", edge_feat, dt)
-        _check_shape("edge_feat", edge_feat, (g.num_edges, H, C), "num_edges, heads, channels")
-    _check_device(g, x_src)
-    impl = select_backend("gatv2", backend, device=x_src.device, dtype=dt, graph=g, dropout=dropout if training else 0.0)
+    if isinstance(att, Tensor) and att.dim() == 3 and att.size(0) == 1:
+        att = att.reshape(att.shape[1:])
+    tensors = dict(x_src=x_src, x_dst=x_dst, att=att, value=value, edge_feat=edge_feat)
+    g, dims, sc = check_call(_inputs.GATV2, graph, tensors, dict(negative_slope=negative_slope, dropout=dropout))
+    impl = select_backend("gatv2", backend, device=x_src.device, dtype=x_src.dtype, graph=g,
+                          dropout=sc["dropout"] if training else 0.0, need_weights=return_weights,
+                          channels=dims["channels"])
     out, alpha = impl.fn(
-        x_src, x_dst, att, value, g,
-        negative_slope=negative_slope, edge_feat=_edge(g, edge_feat), dropout=dropout, training=training,
-        need_weights=return_weights,
+        x_src, x_dst, att, x_src if value is None else value, g,
+        negative_slope=sc["negative_slope"], edge_feat=edge_rows(["edge_feat"], g, tensors)["edge_feat"],
+        dropout=sc["dropout"], training=training, need_weights=return_weights,
     )
     return _finish(g, out, alpha, return_weights)
 
@@ -262,38 +213,18 @@ def dot_product_attention(
             (PyG's ``TransformerConv`` edge features), user order.
         edge_bias: optional ``[E, H]`` additive score bias (user order); ``-inf`` masks an edge.
     """
-    _check_float("query", query)
-    dt = query.dtype
-    for name, t in (("query", query), ("key", key), ("value", value)):
-        if t.dim() != 3:
-            raise ValueError(f"{name} must have shape [num_nodes, heads, channels], got {list(t.shape)}")
-    nd, H, D = query.shape
-    ns = key.size(0)
-    _check_float("key", key, dt)
-    _check_float("value", value, dt)
-    _check_shape("key", key, (ns, H, D), "num_src, heads, head_dim")
-    _check_shape("value", value, (ns, H, None), "num_src, heads, channels")
-    g = as_graph(graph, ns, nd)
-    E, C = g.num_edges, value.size(-1)
-    if edge_key is not None:
-        _check_float("edge_key", edge_key, dt)
-        _check_shape("edge_key", edge_key, (E, H, D), "num_edges, heads, head_dim")
-    if edge_value is not None:
-        _check_float("edge_value", edge_value, dt)
-        _check_shape("edge_value", edge_value, (E, H, C), "num_edges, heads, channels")
-    if edge_bias is not None:
-        _check_float("edge_bias", edge_bias, dt)
-        _check_shape("edge_bias", edge_bias, (E, H), "num_edges, heads")
-    _check_device(g, query)
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if scale is None and isinstance(query, Tensor) and query.dim() == 3:
+        scale = 1.0 / math.sqrt(query.size(-1)) if query.size(-1) else 1.0
+    tensors = dict(query=query, key=key, value=value, edge_key=edge_key, edge_value=edge_value, edge_bias=edge_bias)
+    g, _, sc = check_call(_inputs.DOT_PRODUCT, graph, tensors, dict(scale=scale, dropout=dropout))
     has_edge_terms = edge_key is not None or edge_value is not None or edge_bias is not None
-    impl = select_backend("dot_product", backend, device=query.device, dtype=dt, graph=g,
-                          dropout=dropout if training else 0.0, need_weights=return_weights,
+    impl = select_backend("dot_product", backend, device=query.device, dtype=query.dtype, graph=g,
+                          dropout=sc["dropout"] if training else 0.0, need_weights=return_weights,
                           has_edge_terms=has_edge_terms)
+    csr = edge_rows(["edge_key", "edge_value", "edge_bias"], g, tensors)
     out, alpha = impl.fn(
         query, key, value, g,
-        scale=scale, edge_key=_edge(g, edge_key), edge_value=_edge(g, edge_value),
-        edge_bias=_edge(g, edge_bias), dropout=dropout, training=training,
-        need_weights=return_weights,
+        scale=sc["scale"], edge_key=csr["edge_key"], edge_value=csr["edge_value"], edge_bias=csr["edge_bias"],
+        dropout=sc["dropout"], training=training, need_weights=return_weights,
     )
     return _finish(g, out, alpha, return_weights)

@@ -5,6 +5,7 @@ scatter reductions. Used only when installed; nothing requires it.
 from __future__ import annotations
 
 import importlib.util
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -42,5 +43,9 @@ def edge_softmax(scores: Tensor, index: Tensor, num_segments: int, graph=None) -
     return _ScatterSoftmax.apply(upcast(scores), index, num_segments).to(scores.dtype)
 
 
-def supports(device=None, dtype=None, **_) -> bool:
-    return is_available() and dtype in FLOAT_DTYPES
+def decline(device=None, dtype=None, **_) -> Optional[str]:
+    if not is_available():
+        return "torch-scatter is not installed"
+    if dtype not in FLOAT_DTYPES:
+        return f"dtype {dtype} is not floating point"
+    return None

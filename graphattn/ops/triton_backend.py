@@ -25,13 +25,17 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def supports(device=None, dtype=None, forced=False, **_) -> bool:
+def decline(device=None, dtype=None, forced=False, **_) -> Optional[str]:
     if device is None or dtype not in FLOAT_DTYPES:
-        return False
+        return f"dtype {dtype} is not a floating-point type it computes in"
+    if not is_available():
+        return "triton is not installed"
     dev = torch.device(device)
     if dev.type == "cuda":
-        return is_available()
-    return dev.type == "cpu" and forced and _interpreting() and is_available()
+        return None
+    if dev.type != "cpu" or not forced or not _interpreting():
+        return "it runs on CUDA tensors (on CPU only when forced with TRITON_INTERPRET=1 set before import)"
+    return None
 
 
 def _pow2(n: int) -> int:
@@ -147,7 +151,8 @@ def _weights(graph, lse, kind, A, B, EF, EB, att, slope, scale):
         kk = B.to(acc)[graph.col] + (EF.to(acc) if EF is not None else 0)
         s = (A.to(acc)[graph.row] * kk).sum(-1) * scale + (EB.to(acc) if EB is not None else 0)
     L = lse[graph.row]
-    return torch.where(torch.isinf(L) | torch.isinf(s), torch.zeros_like(s), torch.exp(s - L))
+    alpha = torch.where((L == float("-inf")) | (s == float("-inf")), torch.zeros_like(s), torch.exp(s - L))
+    return torch.where(torch.isnan(L), L, alpha)  # a NaN normaliser: the whole row is NaN
 
 
 def _run(kind, graph, A, B, V, EF, EB, EV, att, slope, scale, dropout, training, need_weights):

@@ -97,11 +97,15 @@ def fused_forward_kernel(
             v += tl.load(EV + (e * H + h)[:, None] * Cv + offs_c[None, :], mask=vm, other=0.0).to(ACC)
         acc = acc * r + tl.sum(w[:, None] * v, axis=0)
         m = m_new
-    l_safe = tl.where(l > 0, l, 1.0)  # both branches of tl.where are evaluated
-    inv = tl.where(l > 0, 1.0 / l_safe, 0.0)
+    # l == 0 (no edge, or all -inf): output 0, lse -inf. A NaN l (a NaN or +inf score)
+    # propagates into the output and lse, as in the reference. Both branches of
+    # tl.where are evaluated, hence the safe divisor.
+    empty = l == 0
+    l_safe = tl.where(empty, 1.0, l)
+    inv = tl.where(empty, 0.0, 1.0 / l_safe)
     tl.store(out + (i * H + h) * Cv + offs_c, (acc * inv).to(out.dtype.element_ty), mask=c_mask)
     m_fin = tl.where(m == float("-inf"), 0.0, m)
-    tl.store(lse + i * H + h, tl.where(l > 0, m_fin + tl.log(l_safe), float("-inf")).to(lse.dtype.element_ty))
+    tl.store(lse + i * H + h, tl.where(empty, float("-inf"), m_fin + tl.log(l_safe)).to(lse.dtype.element_ty))
 
 
 @triton.jit
@@ -135,7 +139,10 @@ def fused_backward_src_kernel(
         s = _scores(KIND, A, B, EF, EB, att, i, jj, e, h, e_mask, H, F, offs_f, f_mask, slope, scale,
                     HAS_A, HAS_EF, HAS_EB, ACC)
         L = tl.load(lse + i * H + h, mask=e_mask, other=float("-inf")).to(ACC)
-        alpha = tl.where((L == float("-inf")) | (s == float("-inf")) | (~e_mask), 0.0, tl.exp(s - L))
+        # a NaN lse (the row's normaliser is NaN) makes every weight of the row NaN
+        alpha = tl.where((L == float("-inf")) | (s == float("-inf")), 0.0, tl.exp(s - L))
+        alpha = tl.where(L != L, L, alpha)
+        alpha = tl.where(e_mask, alpha, 0.0)
         kp = tl.full((BLOCK_E,), 1.0, ACC)
         if DROPOUT:
             kp = tl.where(tl.rand(seed, (e * H + h).to(tl.int32)) >= p, 1.0 / (1.0 - p), 0.0)

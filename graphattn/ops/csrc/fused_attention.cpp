@@ -8,12 +8,25 @@
 // for an edge e = (j -> i) in CSR order (sorted by destination i). Messages are
 // V[j,h,:] (+ EV[e,h,:]). A = destination-side node tensor, B = source-side.
 //
-// Forward: one pass over each destination row with an online softmax; saves
-// out and lse[i,h] (log-sum-exp) only. Backward recomputes the weights from lse:
-// a pass over the transposed graph (per source j, no atomics) produces the
+// Forward: two passes over each destination row (its scores and their max into a
+// per-row buffer, then exponentials and the weighted sum); saves out and, per node
+// and head, stats[i,h] = (row max m, log of the normaliser l) only. The two are kept
+// apart rather than summed into a log-sum-exp: with logits near 1e16 (fp64) or 1e7
+// (fp32), m + log(l) rounds to m and every tied weight would be recomputed as 1.
+// Backward recomputes the weights from the stats: a pass over the transposed graph (per source j, no atomics) produces the
 // source-side and per-edge gradients, a pass over rows the destination-side ones.
 // Dropout masks come from a counter-based hash of (seed, edge, head), so the
 // backward regenerates them instead of storing them.
+//
+// Inputs are validated in Python before any call (graphattn/ops/_inputs.py and
+// Graph.ensure_valid): the kernels trust the CSR arrays. The entry points still
+// check the O(1) facts (sizes that must agree), and a build with
+// GRAPHATTN_BOUNDS_CHECK defined (GRAPHATTN_KERNEL_CHECKS=1, used by the tests)
+// checks every index before it is used.
+//
+// NaN and inf propagate as in the reference: a row whose normaliser is NaN gives
+// NaN outputs, weights and gradients (the tests compare NaN positions); only an
+// exact zero normaliser (no in-edges, or all scores -inf) gives zeros.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -22,6 +35,13 @@
 #include <cstdint>
 #include <limits>
 #include <vector>
+
+#ifdef GRAPHATTN_BOUNDS_CHECK
+#define GA_CHECK_INDEX(idx, bound, what) \
+  TORCH_CHECK((idx) >= 0 && (idx) < (bound), "graphattn kernel: ", what, " index ", (idx), " out of [0, ", (bound), ")")
+#else
+#define GA_CHECK_INDEX(idx, bound, what) ((void)0)
+#endif
 
 namespace {
 
@@ -72,6 +92,7 @@ template <typename T>
 struct Args {
   int kind;
   int64_t H, F, Cv;  // heads, score feature size, value size
+  int64_t Ns, Nd, E; // source nodes, destination nodes, edges (for the checks)
   const T* A;        // [Nd, H, F] or null (GAT: may be null)
   const T* B;        // [Ns, H, F]
   const T* V;        // [Ns, H, Cv]
@@ -142,7 +163,7 @@ struct Args {
 };
 
 template <typename T>
-Args<T> make_args(int64_t kind, const torch::Tensor& A, const torch::Tensor& B, const torch::Tensor& V,
+Args<T> make_args(int64_t kind, int64_t nd, int64_t ne, const torch::Tensor& A, const torch::Tensor& B, const torch::Tensor& V,
                   const torch::Tensor& EF, const torch::Tensor& EB, const torch::Tensor& EV,
                   const torch::Tensor& att, double slope, double scale, double p, int64_t seed) {
   Args<T> a;
@@ -150,6 +171,9 @@ Args<T> make_args(int64_t kind, const torch::Tensor& A, const torch::Tensor& B, 
   a.H = B.size(1);
   a.F = kind == GAT ? 1 : B.size(2);
   a.Cv = V.size(2);
+  a.Ns = V.size(0);
+  a.Nd = nd;
+  a.E = ne;
   auto ptr = [](const torch::Tensor& t) -> const T* { return t.numel() ? t.data_ptr<T>() : nullptr; };
   a.A = ptr(A);
   a.B = B.data_ptr<T>();
@@ -165,27 +189,42 @@ Args<T> make_args(int64_t kind, const torch::Tensor& A, const torch::Tensor& B, 
   return a;
 }
 
-void check_inputs(const torch::Tensor& rowptr, const torch::Tensor& col, const torch::Tensor& B,
-                  const torch::Tensor& V) {
+// The O(1) facts every entry point relies on; the O(E) ones are the caller's (see top).
+void check_inputs(int64_t kind, const torch::Tensor& rowptr, const torch::Tensor& col, int64_t Nd,
+                  const torch::Tensor& A, const torch::Tensor& B, const torch::Tensor& V, const torch::Tensor& EF,
+                  const torch::Tensor& EB, const torch::Tensor& EV, const torch::Tensor& att) {
   TORCH_CHECK(rowptr.device().is_cpu() && col.device().is_cpu(), "graph must be on CPU");
   TORCH_CHECK(rowptr.scalar_type() == torch::kLong && col.scalar_type() == torch::kLong, "indices must be int64");
-  TORCH_CHECK(rowptr.is_contiguous() && col.is_contiguous() && B.is_contiguous() && V.is_contiguous(),
-              "inputs must be contiguous");
+  TORCH_CHECK(rowptr.dim() == 1 && col.dim() == 1 && rowptr.size(0) == Nd + 1, "rowptr must have num_dst + 1 entries");
+  TORCH_CHECK(B.dim() >= 2 && V.dim() == 3 && B.size(0) == V.size(0) && B.size(1) == V.size(1),
+              "source-side tensors disagree in rows or heads");
+  const int64_t E = col.size(0), H = B.size(1), F = kind == GAT ? 1 : B.size(2);
+  TORCH_CHECK(!A.numel() || (A.size(0) == Nd && A.numel() == Nd * H * F), "destination-side tensor has the wrong shape");
+  TORCH_CHECK(!EF.numel() || EF.numel() == E * H * F, "per-edge score term has the wrong shape");
+  TORCH_CHECK(!EB.numel() || EB.numel() == E * H, "per-edge bias has the wrong shape");
+  TORCH_CHECK(!EV.numel() || EV.numel() == E * H * V.size(2), "per-edge value term has the wrong shape");
+  TORCH_CHECK(kind != GATV2 || att.numel() == H * F, "att has the wrong shape");
+  TORCH_CHECK(kind != DOT || A.numel() == Nd * H * F, "query has the wrong shape");
+  for (const auto* t : {&rowptr, &col, &A, &B, &V, &EF, &EB, &EV, &att})
+    TORCH_CHECK(t->is_contiguous(), "inputs must be contiguous");
 }
 
 template <typename T, int KIND>
-void forward_impl(const Args<T>& a, const int64_t* rowptr, const int64_t* col, int64_t Nd, T* out, T* lse) {
+void forward_impl(const Args<T>& a, const int64_t* rowptr, const int64_t* col, int64_t Nd, T* out, T* stats) {
   const int64_t H = a.H, Cv = a.Cv;
   constexpr T NEG_INF = -std::numeric_limits<T>::infinity();
   at::parallel_for(0, Nd, 64, [&](int64_t begin, int64_t end) {
     std::vector<T> m(H), l(H), w(H), acc(H * Cv), sbuf;
     for (int64_t i = begin; i < end; ++i) {
       const int64_t r0 = rowptr[i], deg = rowptr[i + 1] - r0;
+      GA_CHECK_INDEX(r0, a.E + 1, "rowptr");
+      GA_CHECK_INDEX(r0 + deg, a.E + 1, "rowptr");
       // pass 1: the row's scores and their per-head max
       sbuf.resize(static_cast<size_t>(deg * H));
       std::fill(m.begin(), m.end(), NEG_INF);
       for (int64_t k = 0; k < deg; ++k) {
         T* s = sbuf.data() + k * H;
+        GA_CHECK_INDEX(col[r0 + k], a.Ns, "source");
         a.template scores<KIND>(i, col[r0 + k], r0 + k, s);
         for (int64_t h = 0; h < H; ++h) m[h] = s[h] > m[h] ? s[h] : m[h];
       }
@@ -217,9 +256,11 @@ void forward_impl(const Args<T>& a, const int64_t* rowptr, const int64_t* col, i
       }
       T* o = out + i * H * Cv;
       for (int64_t h = 0; h < H; ++h) {
-        const T inv = l[h] > T(0) ? T(1) / l[h] : T(0);
+        // l == 0: no edge or all -inf, output 0. A NaN l (a NaN or +inf score) stays NaN.
+        const T inv = l[h] == T(0) ? T(0) : T(1) / l[h];
         for (int64_t c = 0; c < Cv; ++c) o[h * Cv + c] = acc[h * Cv + c] * inv;
-        lse[i * H + h] = l[h] > T(0) ? m[h] + std::log(l[h]) : NEG_INF;
+        stats[(i * H + h) * 2] = l[h] == T(0) ? NEG_INF : m[h];
+        stats[(i * H + h) * 2 + 1] = l[h] == T(0) ? NEG_INF : std::log(l[h]);
       }
     }
   });
@@ -239,10 +280,13 @@ void forward_impl(const Args<T>& a, const int64_t* rowptr, const int64_t* col, i
     }                                                 \
   }()
 
+// The normalised weight of a score from its row's stats (max, log normaliser).
 template <typename T>
-inline T weight(const Args<T>& a, T sc, T lse) {
-  if (lse == -std::numeric_limits<T>::infinity() || sc == -std::numeric_limits<T>::infinity()) return T(0);
-  return std::exp(sc - lse);
+inline T weight(T sc, const T* st) {
+  const T m = st[0], log_l = st[1];
+  if (std::isnan(m) || std::isnan(log_l)) return std::numeric_limits<T>::quiet_NaN();  // a NaN row stays NaN
+  if (m == -std::numeric_limits<T>::infinity() || sc == -std::numeric_limits<T>::infinity()) return T(0);
+  return std::exp((sc - m) - log_l);
 }
 
 template <typename T, int KIND>
@@ -257,12 +301,15 @@ void backward_impl(const Args<T>& a, const int64_t* rp, const int64_t* cl, const
       const T* v = a.V + j * H * Cv;
       T* __restrict__ dv = dVp + j * H * Cv;
       for (int64_t k = cp[j]; k < cp[j + 1]; ++k) {
+        GA_CHECK_INDEX(k, a.E, "transposed edge");
         const int64_t e = id[k], i = rs[k];
+        GA_CHECK_INDEX(e, a.E, "edge id");
+        GA_CHECK_INDEX(i, a.Nd, "destination");
         const T* dout = dOp + i * H * Cv;
         const T* evp = a.EV ? a.EV + e * H * Cv : nullptr;
         a.template scores<KIND>(i, j, e, s.data());
         for (int64_t h = 0; h < H; ++h) {
-          const T alpha = weight(a, s[h], L[i * H + h]);
+          const T alpha = weight(s[h], L + (i * H + h) * 2);
           const T kp = a.keep(e, h);
           const T* dOh = dout + h * Cv;
           const T* vh = v + h * Cv;
@@ -326,7 +373,9 @@ void backward_impl(const Args<T>& a, const int64_t* rp, const int64_t* cl, const
   at::parallel_for(0, Nd, 64, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
+        GA_CHECK_INDEX(e, a.E, "edge");
         const int64_t j = cl[e];
+        GA_CHECK_INDEX(j, a.Ns, "source");
         if (KIND == GAT) {
           for (int64_t h = 0; h < H; ++h) dAp[i * H + h] += gp[e * H + h];
           continue;
@@ -368,31 +417,32 @@ std::vector<torch::Tensor> fused_forward(int64_t kind, torch::Tensor rowptr, tor
                                          torch::Tensor A, torch::Tensor B, torch::Tensor V, torch::Tensor EF,
                                          torch::Tensor EB, torch::Tensor EV, torch::Tensor att, double slope,
                                          double scale, double p, torch::Tensor seed_t) {
-  check_inputs(rowptr, col, B, V);
+  check_inputs(kind, rowptr, col, Nd, A, B, V, EF, EB, EV, att);
   TORCH_CHECK(kind != GATV2 || B.size(2) <= kMaxF, "GATv2 supports at most ", kMaxF, " channels per head");
   const int64_t seed = seed_t.item<int64_t>();
   const int64_t H = B.size(1), Cv = V.size(2);
   auto out = torch::empty({Nd, H, Cv}, V.options());
-  auto lse = torch::empty({Nd, H}, V.options());
+  auto stats = torch::empty({Nd, H, 2}, V.options());
   AT_DISPATCH_FLOATING_TYPES(V.scalar_type(), "fused_forward", [&] {
-    auto a = make_args<scalar_t>(kind, A, B, V, EF, EB, EV, att, slope, scale, p, seed);
+    auto a = make_args<scalar_t>(kind, Nd, col.size(0), A, B, V, EF, EB, EV, att, slope, scale, p, seed);
     GA_DISPATCH_KIND(kind, [&] {
       forward_impl<scalar_t, KIND>(a, rowptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(), Nd,
-                                   out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
+                                   out.data_ptr<scalar_t>(), stats.data_ptr<scalar_t>());
     });
   });
-  return {out, lse};
+  return {out, stats};
 }
 
-// Normalised weights alpha[e, h] (CSR order, before dropout) from the saved lse.
+// Normalised weights alpha[e, h] (CSR order, before dropout) from the saved stats.
 torch::Tensor fused_weights(int64_t kind, torch::Tensor rowptr, torch::Tensor col, torch::Tensor lse,
                             torch::Tensor A, torch::Tensor B, torch::Tensor V, torch::Tensor EF, torch::Tensor EB,
                             torch::Tensor EV, torch::Tensor att, double slope, double scale) {
-  check_inputs(rowptr, col, B, V);
   const int64_t Nd = rowptr.size(0) - 1, H = B.size(1), E = col.size(0);
+  check_inputs(kind, rowptr, col, Nd, A, B, V, EF, EB, EV, att);
+  TORCH_CHECK(lse.numel() == Nd * H * 2, "stats has the wrong shape");
   auto alpha = torch::empty({E, H}, V.options());
   AT_DISPATCH_FLOATING_TYPES(V.scalar_type(), "fused_weights", [&] {
-    auto a = make_args<scalar_t>(kind, A, B, V, EF, EB, EV, att, slope, scale, 0.0, 0);
+    auto a = make_args<scalar_t>(kind, Nd, col.size(0), A, B, V, EF, EB, EV, att, slope, scale, 0.0, 0);
     const int64_t* rp = rowptr.data_ptr<int64_t>();
     const int64_t* cl = col.data_ptr<int64_t>();
     const scalar_t* L = lse.data_ptr<scalar_t>();
@@ -401,8 +451,10 @@ torch::Tensor fused_weights(int64_t kind, torch::Tensor rowptr, torch::Tensor co
       at::parallel_for(0, Nd, 64, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i)
           for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
+            GA_CHECK_INDEX(e, a.E, "edge");
+            GA_CHECK_INDEX(cl[e], a.Ns, "source");
             a.template scores<KIND>(i, cl[e], e, al + e * H);
-            for (int64_t h = 0; h < H; ++h) al[e * H + h] = weight(a, al[e * H + h], L[i * H + h]);
+            for (int64_t h = 0; h < H; ++h) al[e * H + h] = weight(al[e * H + h], L + (i * H + h) * 2);
           }
       });
     });
@@ -418,9 +470,13 @@ std::vector<torch::Tensor> fused_backward(int64_t kind, torch::Tensor rowptr, to
                                           torch::Tensor EB, torch::Tensor EV, torch::Tensor att, torch::Tensor lse,
                                           torch::Tensor dO, torch::Tensor Dm, double slope, double scale, double p,
                                           torch::Tensor seed_t) {
-  check_inputs(rowptr, col, B, V);
-  const int64_t seed = seed_t.item<int64_t>();
   const int64_t Nd = rowptr.size(0) - 1, Ns = colptr.size(0) - 1, E = col.size(0);
+  check_inputs(kind, rowptr, col, Nd, A, B, V, EF, EB, EV, att);
+  TORCH_CHECK(Ns == B.size(0) && row_by_src.size(0) == E && eid.size(0) == E, "transposed graph has the wrong shape");
+  TORCH_CHECK(lse.numel() == Nd * B.size(1) * 2 && dO.numel() == Nd * B.size(1) * V.size(2) &&
+              Dm.numel() == Nd * B.size(1), "saved tensors have the wrong shape");
+  TORCH_CHECK(lse.is_contiguous() && dO.is_contiguous() && Dm.is_contiguous(), "inputs must be contiguous");
+  const int64_t seed = seed_t.item<int64_t>();
   const int64_t H = B.size(1), Cv = V.size(2);
   // Each absent gradient gets its own empty tensor: outputs of a custom op must not alias.
   auto none = [&]() { return torch::empty({0}, V.options()); };
@@ -434,7 +490,7 @@ std::vector<torch::Tensor> fused_backward(int64_t kind, torch::Tensor rowptr, to
   torch::Tensor datt_rows = kind == GATV2 ? torch::zeros({Nd, H, B.size(2)}, V.options()) : none();
 
   AT_DISPATCH_FLOATING_TYPES(V.scalar_type(), "fused_backward", [&] {
-    auto a = make_args<scalar_t>(kind, A, B, V, EF, EB, EV, att, slope, scale, p, seed);
+    auto a = make_args<scalar_t>(kind, Nd, col.size(0), A, B, V, EF, EB, EV, att, slope, scale, p, seed);
     GA_DISPATCH_KIND(kind, [&] {
       backward_impl<scalar_t, KIND>(a, rowptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(), colptr.data_ptr<int64_t>(),
                                     row_by_src.data_ptr<int64_t>(), eid.data_ptr<int64_t>(), Nd, Ns,
@@ -455,7 +511,8 @@ std::vector<torch::Tensor> fused_backward(int64_t kind, torch::Tensor rowptr, to
 // perm[k] is the caller's index of CSR position k (empty: the orders coincide).
 torch::Tensor edge_softmax_forward(torch::Tensor rowptr, torch::Tensor perm, torch::Tensor scores) {
   TORCH_CHECK(scores.is_contiguous() && rowptr.is_contiguous() && perm.is_contiguous(), "inputs must be contiguous");
-  const int64_t Nd = rowptr.size(0) - 1, K = scores.numel() / std::max<int64_t>(scores.size(0), 1);
+  const int64_t Nd = rowptr.size(0) - 1, E = scores.size(0), K = scores.numel() / std::max<int64_t>(E, 1);
+  TORCH_CHECK(!perm.numel() || perm.size(0) == E, "perm must have one entry per edge");
   auto y = torch::empty_like(scores);
   AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "edge_softmax_forward", [&] {
     using T = scalar_t;
@@ -469,6 +526,7 @@ torch::Tensor edge_softmax_forward(torch::Tensor rowptr, torch::Tensor perm, tor
         std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
         std::fill(l.begin(), l.end(), T(0));
         for (int64_t k = rp[i]; k < rp[i + 1]; ++k) {
+          GA_CHECK_INDEX(pm ? pm[k] : k, E, "edge");
           const T* sr = s + (pm ? pm[k] : k) * K;
           for (int64_t c = 0; c < K; ++c) m[c] = sr[c] > m[c] ? sr[c] : m[c];
         }
@@ -481,7 +539,7 @@ torch::Tensor edge_softmax_forward(torch::Tensor rowptr, torch::Tensor perm, tor
             l[c] += ex;
           }
         }
-        for (int64_t c = 0; c < K; ++c) l[c] = l[c] > T(0) ? T(1) / l[c] : T(0);
+        for (int64_t c = 0; c < K; ++c) l[c] = l[c] == T(0) ? T(0) : T(1) / l[c];  // NaN stays NaN
         for (int64_t k = rp[i]; k < rp[i + 1]; ++k) {
           T* o = out + (pm ? pm[k] : k) * K;
           for (int64_t c = 0; c < K; ++c) o[c] *= l[c];
@@ -495,7 +553,9 @@ torch::Tensor edge_softmax_forward(torch::Tensor rowptr, torch::Tensor perm, tor
 // d scores = y * (g - sum_row(g * y)), from the output alone.
 torch::Tensor edge_softmax_backward(torch::Tensor rowptr, torch::Tensor perm, torch::Tensor y, torch::Tensor grad) {
   TORCH_CHECK(y.is_contiguous() && grad.is_contiguous(), "inputs must be contiguous");
-  const int64_t Nd = rowptr.size(0) - 1, K = y.numel() / std::max<int64_t>(y.size(0), 1);
+  TORCH_CHECK(y.sizes() == grad.sizes(), "grad must have the output's shape");
+  const int64_t Nd = rowptr.size(0) - 1, E = y.size(0), K = y.numel() / std::max<int64_t>(E, 1);
+  TORCH_CHECK(!perm.numel() || perm.size(0) == E, "perm must have one entry per edge");
   auto ds = torch::empty_like(y);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "edge_softmax_backward", [&] {
     using T = scalar_t;
@@ -509,6 +569,7 @@ torch::Tensor edge_softmax_backward(torch::Tensor rowptr, torch::Tensor perm, to
       for (int64_t i = begin; i < end; ++i) {
         std::fill(acc.begin(), acc.end(), T(0));
         for (int64_t k = rp[i]; k < rp[i + 1]; ++k) {
+          GA_CHECK_INDEX(pm ? pm[k] : k, E, "edge");
           const int64_t u = (pm ? pm[k] : k) * K;
           for (int64_t c = 0; c < K; ++c) acc[c] += gp[u + c] * yp[u + c];
         }
