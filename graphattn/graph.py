@@ -312,9 +312,6 @@ class Graph:
             self._inv_perm = inv
         return self._inv_perm
 
-    def in_degree(self) -> Tensor:
-        return self.rowptr.diff()
-
     def to_csr_order(self, edge_tensor: Tensor) -> Tensor:
         """A per-edge tensor in user order, reordered to CSR order."""
         return edge_tensor if self.perm is None else edge_tensor.index_select(0, self.perm)

@@ -29,12 +29,11 @@ def roc_auc(pos: Tensor, neg: Tensor) -> float:
     scores = torch.cat([pos, neg]).double()
     order = scores.argsort()
     sorted_scores = scores[order]
-    ranks = torch.empty_like(scores)
-    ranks[order] = torch.arange(1, scores.numel() + 1, dtype=torch.float64, device=scores.device)
-    # average the ranks of tied scores
-    uniq, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
+    # each score's rank, tied scores sharing the average of their ranks
+    _, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
     ends = counts.cumsum(0).double()
     avg = ends - (counts.double() - 1) / 2
+    ranks = torch.empty_like(scores)
     ranks[order] = avg[inverse]
     n_pos, n_neg = pos.numel(), neg.numel()
     u = ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2

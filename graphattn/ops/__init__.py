@@ -32,8 +32,8 @@ register_backend("dot_product", "triton", _triton.dot_product, decline=_triton.d
 # Banded / causal graphs on CUDA: flex attention with a block mask skips blocks
 # outside the band (on CPU only when forced; the sparse kernel wins there).
 register_backend("dot_product", "flex", _flex.dot_product, decline=_flex.decline, priority=18)
-# torch-scatter (optional): measured slower than reference for edge_softmax on this
-# machine kind (175 vs 105 ms at E=1M, H=8), so it runs only when asked for.
+# torch-scatter (optional): slower than reference for edge_softmax in the benchmarks
+# (benchmarks/run.py), so it runs only when asked for.
 register_backend("edge_softmax", "scatter", _scatter.edge_softmax, decline=_scatter.decline, priority=-10)
 # Graphs known to be complete / causal / cross go to PyTorch's SDPA when nothing
 # sparse-specific (edge terms, returned weights) is asked for.

@@ -90,7 +90,6 @@ inline double uniform_hash(uint64_t seed, uint64_t counter) {
 
 template <typename T>
 struct Args {
-  int kind;
   int64_t H, F, Cv;  // heads, score feature size, value size
   int64_t Ns, Nd, E; // source nodes, destination nodes, edges (for the checks)
   const T* A;        // [Nd, H, F] or null (GAT: may be null)
@@ -167,7 +166,6 @@ Args<T> make_args(int64_t kind, int64_t nd, int64_t ne, const torch::Tensor& A, 
                   const torch::Tensor& EF, const torch::Tensor& EB, const torch::Tensor& EV,
                   const torch::Tensor& att, double slope, double scale, double p, int64_t seed) {
   Args<T> a;
-  a.kind = static_cast<int>(kind);
   a.H = B.size(1);
   a.F = kind == GAT ? 1 : B.size(2);
   a.Cv = V.size(2);
@@ -503,7 +501,6 @@ std::vector<torch::Tensor> fused_backward(int64_t kind, torch::Tensor rowptr, to
     });
   });
   auto datt = kind == GATV2 ? datt_rows.sum(0) : none();
-  if (kind == GAT && EB.numel()) dEB = g.clone();
   return {dA, dB, dV, dEF, dEB, dEV, datt};
 }
 
