@@ -83,6 +83,11 @@ def _check_range(idx: Tensor, bound: int, what: str, count_name: str) -> None:
         )
 
 
+def _is_sparse_tensor_class(obj: Any) -> bool:
+    """A ``torch_sparse.SparseTensor`` (an optional dependency: never imported here)."""
+    return type(obj).__name__ == "SparseTensor" and hasattr(obj, "coo") and hasattr(obj, "sparse_sizes")
+
+
 def _offsets(index: Tensor, n: int) -> Tensor:
     """CSR offsets ``[n + 1]`` of a sorted (or any) index: ``offsets[k+1] - offsets[k]``
     is the count of ``k``. Static output shape (unlike ``bincount``), so traceable."""
@@ -247,6 +252,66 @@ class Graph:
         )
         graph._valid_stamp = graph._stamp()
         return graph
+
+    @classmethod
+    def from_sparse(cls, adj_t: Any) -> Tuple["Graph", Optional[Tensor]]:
+        """Build from a sparse adjacency in PyG's ``adj_t`` convention: rows are
+        destinations, columns sources, shape ``(num_dst, num_src[, ...])``. Takes a torch
+        sparse COO / CSR / CSC tensor or a ``torch_sparse.SparseTensor``. Returns the
+        graph and the adjacency's values in the graph's user order (``None`` if it has
+        none). A CSR ``adj_t`` *is* this graph's CSR: its arrays are copied, not sorted.
+        """
+        if _is_sparse_tensor_class(adj_t):
+            row, col, value = adj_t.coo()
+            nd, ns = adj_t.sparse_sizes()
+            graph = cls.from_edge_index(torch.stack([col, row]), num_src=int(ns), num_dst=int(nd))
+            return graph, value
+        if not isinstance(adj_t, Tensor) or adj_t.layout == torch.strided:
+            raise TypeError(f"expected a sparse adjacency (torch sparse tensor or torch_sparse.SparseTensor), "
+                            f"got {type(adj_t).__name__}")
+        if adj_t.dim() < 2:
+            raise ValueError(f"a sparse adjacency must have shape (num_dst, num_src, ...), got {list(adj_t.shape)}")
+        nd, ns = int(adj_t.shape[0]), int(adj_t.shape[1])
+        if adj_t.layout == torch.sparse_csr:
+            rowptr = adj_t.crow_indices().to(torch.long, copy=True)
+            col = adj_t.col_indices().to(torch.long, copy=True)
+            if rowptr.numel() != nd + 1:
+                raise ValueError("batched sparse CSR adjacencies are not supported; pass one (num_dst, num_src) matrix")
+            row = torch.repeat_interleave(torch.arange(nd, device=col.device), rowptr.diff())
+            graph = cls(rowptr, col, row, None, ns, nd)
+            graph.ensure_valid()  # the caller's arrays: checked in full, once
+            return graph, adj_t.values()
+        if adj_t.layout == torch.sparse_csc:
+            colptr = adj_t.ccol_indices().to(torch.long)
+            dst = adj_t.row_indices().to(torch.long)
+            src = torch.repeat_interleave(torch.arange(ns, device=dst.device), colptr.diff())
+            values = adj_t.values()
+        elif adj_t.layout == torch.sparse_coo:
+            index = adj_t._indices()
+            dst, src, values = index[0], index[1], adj_t._values()
+        else:
+            raise TypeError(f"unsupported sparse layout {adj_t.layout}")
+        graph = cls.from_edge_index(torch.stack([src, dst]), num_src=ns, num_dst=nd)
+        return graph, values
+
+    def to_sparse(self, values: Tensor, layout: torch.layout = torch.sparse_coo) -> Tensor:
+        """A torch sparse tensor in the ``adj_t`` convention (``(num_dst, num_src, ...)``)
+        holding per-edge ``values`` given in user order, in ``layout`` (COO, CSR or CSC)."""
+        ei = self.edge_index
+        src, dst = ei[0], ei[1]
+        shape = (self.num_dst, self.num_src) + tuple(values.shape[1:])
+        if layout == torch.sparse_coo:
+            return torch.sparse_coo_tensor(torch.stack([dst, src]), values, shape)
+        if layout == torch.sparse_csr:
+            major, minor, n_major = dst, src, self.num_dst
+        elif layout == torch.sparse_csc:
+            major, minor, n_major = src, dst, self.num_src
+        else:
+            raise TypeError(f"unsupported sparse layout {layout}")
+        order = torch.sort(major * max(1, max(self.num_src, self.num_dst)) + minor, stable=True)[1]
+        ptr = _offsets(major[order], n_major)
+        make = torch.sparse_csr_tensor if layout == torch.sparse_csr else torch.sparse_csc_tensor
+        return make(ptr, minor[order], values[order], shape)
 
     @classmethod
     def from_networkx(

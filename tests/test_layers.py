@@ -105,14 +105,14 @@ def test_bad_inputs_to_layers():
     with pytest.raises(ValueError, match="shape"):
         layer(x[0], ei)
     with pytest.raises(TypeError, match="sparse adjacency"):
-        layer(x, torch.sparse_coo_tensor(ei, torch.ones(ei.size(1)), (30, 30)))
+        layer(x, [[0, 1], [1, 0]])
     with pytest.raises(ValueError, match="edge_attr has 5 rows"):
         GATConv(8, 4, edge_dim=3)(x, ei, torch.randn(5, 3))
 
 
 def test_repr():
     assert repr(GATConv(8, 4, heads=2)) == "GATConv(8, 4, heads=2)"
-    assert repr(DotProductConv((8, 6), 4)) == "DotProductConv((8, 6), 4, heads=1)"
+    assert repr(DotProductConv((8, 6), 4)) == "TransformerConv((8, 6), 4, heads=1)"  # one class, PyG's name
 
 
 def test_in_a_pyg_style_model_trains():

@@ -121,5 +121,5 @@ def test_layer_bad_arguments():
     x = torch.randn(4, 1, 8)
     with pytest.raises(ValueError, match="attn_mask"):
         lin(x, x, x, attn_mask=torch.zeros(4, 4, dtype=torch.bool))
-    with pytest.raises(ValueError, match="embed_dim"):
+    with pytest.raises(ValueError, match="was expecting embedding dimension of 8, but got 6"):
         lin(torch.randn(4, 1, 6), x, x)

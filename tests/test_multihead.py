@@ -166,7 +166,7 @@ def test_bad_inputs():
         ours(x, x, x, key_padding_mask=torch.zeros(3, 5, dtype=torch.bool))
     with pytest.raises(TypeError, match="attn_mask must be bool or floating"):
         ours(x, x, x, attn_mask=torch.zeros(5, 5, dtype=torch.long))
-    with pytest.raises(ValueError, match="embedding size"):
+    with pytest.raises(ValueError, match=f"was expecting embedding dimension of {E}, but got {E + 1}"):
         ours(torch.randn(5, 2, E + 1), x, x)
     with pytest.raises(TypeError, match="MultiheadAttention"):
         MultiheadGraphAttention.from_torch(nn.Linear(2, 2))
@@ -197,3 +197,43 @@ def test_flex_backend_equals_sparse_path(make):
     torch.testing.assert_close(flex, ref, **TOL)
     ops.dot_product_attention(q, k, v, g)
     assert ops.last_backend("dot_product") != "flex"  # on CPU only when forced
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("make_args, torch_error", [
+    (lambda: (torch.randn(5, 3, 8), torch.randn(6, 3, 8), torch.randn(7, 3, 8)), "does not match value shape"),
+    (lambda: (torch.randn(5, 3, 7), torch.randn(5, 3, 8), torch.randn(5, 3, 8)),
+     "was expecting embedding dimension of 8, but got 7"),
+])
+def test_shape_errors_say_what_torchs_say(make_args, torch_error, batch_first):
+    mha = nn.MultiheadAttention(8, 2, batch_first=batch_first).train()  # train: torch's checked path
+    ours = MultiheadGraphAttention.from_torch(mha)
+    args = make_args()
+    if batch_first:
+        args = tuple(a.transpose(0, 1) for a in args)
+    with pytest.raises((AssertionError, RuntimeError, ValueError)) as theirs:
+        mha(*args)
+    assert torch_error in str(theirs.value)
+    with pytest.raises(ValueError) as mine:
+        ours(*args)
+    assert str(mine.value) == str(theirs.value)
+
+
+def test_float16_in_proj_bias_on_a_float64_module():
+    """A bias of another dtype is added with type promotion (torch's result where its
+    path accepts it, batch_first here; its contiguous-input path fails in addmm)."""
+    torch.manual_seed(3)
+    mha = nn.MultiheadAttention(8, 2, batch_first=True).double().eval()
+    mha.in_proj_bias = nn.Parameter(mha.in_proj_bias.detach().half())
+    ours = MultiheadGraphAttention.from_torch(mha).eval()
+    assert ours.in_proj_bias.dtype == torch.float16
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    ref, ref_w = mha(x, x, x)
+    out, w = ours(x, x, x)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(w, ref_w, atol=1e-10, rtol=1e-10)
+    y = torch.randn(5, 3, 8, dtype=torch.float64)  # and the layout where torch's own path fails in addmm
+    expected = ours(y.transpose(0, 1), y.transpose(0, 1), y.transpose(0, 1))[0].transpose(0, 1)
+    ours.batch_first = False
+    torch.testing.assert_close(ours(y, y, y)[0], expected)

@@ -1,5 +1,5 @@
 """Layers: thin ``torch.nn.Module`` shells that own parameters and call :mod:`graphattn.ops`."""
-from .dot_product import DotProductConv
+from .dot_product import DotProductConv, TransformerConv
 from .gat import GATConv, GATv2Conv
 from .linear import LinearAttention
 from .multihead import MultiheadGraphAttention
@@ -8,6 +8,7 @@ from .transformer import GraphTransformerDecoderLayer, GraphTransformerEncoderLa
 __all__ = [
     "GATConv",
     "GATv2Conv",
+    "TransformerConv",
     "DotProductConv",
     "MultiheadGraphAttention",
     "LinearAttention",

@@ -4,13 +4,15 @@ from __future__ import annotations
 import functools
 import math
 import weakref
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..graph import Graph
+from torch_geometric.nn.conv import MessagePassing
+
+from ..graph import Graph, _is_sparse_tensor_class
 from ..ops._inputs import check_scalar
 
 GraphLike = Union[Graph, Tensor]
@@ -117,28 +119,41 @@ def check_hyperparameters(*, out_channels=None, heads=None, dropout=None, negati
 
 
 class GraphCache:
-    """Remembers the Graph built for the last ``edge_index`` tensor a layer saw.
+    """Remembers the Graph built for the last adjacency object a layer saw: an
+    ``edge_index`` tensor, a torch sparse ``adj_t`` or a ``torch_sparse.SparseTensor``.
 
-    A hit requires the very same tensor object (weak reference), unchanged
-    (its in-place version counter), with the same node counts; anything else
-    rebuilds. So a training loop that passes the same ``edge_index`` every step
-    sorts once, and editing the tensor in place is never served stale.
-
-    The entry is one tuple, read and replaced in single steps, so threads calling the
-    same layer never pair one tensor with another's graph.
+    A hit requires the very same object (weak reference), unchanged (the in-place
+    version counter of its index tensors), with the same node counts; anything else
+    rebuilds. So a training loop that passes the same adjacency every step sorts once,
+    and editing it in place is never served stale. The entry is one tuple, read and
+    replaced in single steps, so threads calling the same layer never pair one
+    adjacency with another's graph.
     """
 
     def __init__(self) -> None:
-        self._entry: Optional[Tuple[weakref.ref, tuple, Graph]] = None
+        self._entry: Optional[Tuple[weakref.ref, tuple, Graph, Optional[Tensor]]] = None
 
-    def get(self, edge_index: Tensor, num_src: Optional[int], num_dst: Optional[int]) -> Graph:
-        key = (edge_index._version, num_src, num_dst, edge_index.device)
-        entry = self._entry  # one read: the ref, key and graph belong together
-        if entry is not None and entry[0]() is edge_index and entry[1] == key:
-            return entry[2]
-        graph = Graph.from_edge_index(edge_index, num_src=num_src, num_dst=num_dst)
-        self._entry = (weakref.ref(edge_index), key, graph)
-        return graph
+    @staticmethod
+    def _version(adjacency) -> tuple:
+        if isinstance(adjacency, Tensor):
+            return (adjacency._version, adjacency.device)
+        storage = getattr(adjacency, "storage", None)  # torch_sparse.SparseTensor
+        parts = [getattr(storage, name, None) for name in ("_row", "_rowptr", "_col", "_value")]
+        return tuple(-1 if t is None else t._version for t in parts)
+
+    def get(self, adjacency, num_src: Optional[int], num_dst: Optional[int]) -> Tuple[Graph, Optional[Tensor]]:
+        """``(graph, values)``: the graph of ``adjacency`` and, for a sparse one, its
+        values in the graph's user order."""
+        key = (self._version(adjacency), num_src, num_dst)
+        entry = self._entry  # one read: the ref, key, graph and values belong together
+        if entry is not None and entry[0]() is adjacency and entry[1] == key:
+            return entry[2], entry[3]
+        if isinstance(adjacency, Tensor) and adjacency.layout == torch.strided:
+            graph, values = Graph.from_edge_index(adjacency, num_src=num_src, num_dst=num_dst), None
+        else:
+            graph, values = Graph.from_sparse(adjacency)
+        self._entry = (weakref.ref(adjacency), key, graph, values)
+        return graph, values
 
     @property
     def graph(self) -> Optional[Graph]:
@@ -147,35 +162,59 @@ class GraphCache:
         return None if entry is None else entry[2]
 
 
-class GraphLayer(nn.Module):
-    """Base of the graph attention layers: turns ``edge_index`` or a Graph into a Graph."""
+class Adjacency(NamedTuple):
+    """What the caller passed as the graph, so results are returned in the same form."""
+    kind: str                      # "graph", "edge_index", "torch_sparse" or "sparse_tensor"
+    layout: Optional[torch.layout] = None
+
+
+def _adjacency_kind(edge_index) -> Adjacency:
+    if isinstance(edge_index, Graph):
+        return Adjacency("graph")
+    if isinstance(edge_index, Tensor):
+        return Adjacency("edge_index") if edge_index.layout == torch.strided else Adjacency("torch_sparse",
+                                                                                          edge_index.layout)
+    if _is_sparse_tensor_class(edge_index):
+        return Adjacency("sparse_tensor")
+    raise TypeError(
+        "edge_index must be a [2, E] integer tensor, a sparse adjacency (torch sparse adj_t or "
+        f"torch_sparse.SparseTensor) or a graphattn.Graph, got {type(edge_index).__name__}"
+    )
+
+
+class GraphLayer(MessagePassing):
+    """Base of the graph attention layers.
+
+    A PyG ``MessagePassing`` subclass, so PyG's machinery treats the layers as its own:
+    explainers find them and set their edge masks, message hooks fire, ``to_hetero`` and
+    ``Sequential`` handle them. ``forward`` never runs PyG's ``propagate``: attention runs
+    in :mod:`graphattn.ops`; this class turns any graph input (``edge_index``, sparse
+    ``adj_t``, ``SparseTensor``, :class:`Graph`) into a Graph, applies an explainer's edge
+    mask and PyG's message hooks, and returns attention weights in the caller's form.
+    """
 
     def __init__(self, prune_threshold: Optional[float] = None, **hyperparameters) -> None:
         check_hyperparameters(**hyperparameters)
-        super().__init__()
+        super().__init__(aggr="add", node_dim=0)
         self._graph_cache = GraphCache()
+        self._alpha: Optional[Tensor] = None  # PyG's attribute; weights are returned, never kept
         if prune_threshold is not None and not -1.0 <= float(prune_threshold) <= 1.0:
             raise ValueError(f"prune_threshold is a cosine similarity in [-1, 1], got {prune_threshold}")
         self.prune_threshold = prune_threshold
 
-    def prune_edges(self, x_src: Tensor, x_dst: Optional[Tensor], edge_index: GraphLike,
-                    edge_attr: Optional[Tensor]) -> Tuple[GraphLike, Optional[Tensor]]:
+    def prune_edges(self, x_src: Tensor, x_dst: Optional[Tensor], graph: Graph,
+                    edge_attr: Optional[Tensor]) -> Tuple[Graph, Optional[Tensor]]:
         """Defence against structure attacks: before any attention, drop the edges whose
         endpoints' input features have cosine similarity below ``prune_threshold``
         (GNNGuard / Jaccard-style). Self-loops are never dropped. No-op when unset."""
         t = self.prune_threshold
         if t is None:
-            return edge_index, edge_attr
+            return graph, edge_attr
         x_dst = x_src if x_dst is None else x_dst
         if x_src.size(-1) != x_dst.size(-1):
             raise ValueError("prune_threshold compares source and destination features, which need the same "
                              f"size; got {x_src.size(-1)} and {x_dst.size(-1)}")
-        if isinstance(edge_index, Graph):
-            num_src, num_dst, ei = edge_index.num_src, edge_index.num_dst, edge_index.edge_index
-        else:
-            # validated (and sorted only once per edge_index tensor) through the layer's graph cache
-            num_src, num_dst = x_src.size(0), x_dst.size(0)
-            ei = self._graph_from_index(edge_index, num_src, num_dst).edge_index
+        num_src, num_dst, ei = graph.num_src, graph.num_dst, graph.edge_index
         src, dst = ei[0], ei[1]
         xs, xd = F.normalize(x_src.detach().float(), dim=-1), F.normalize(x_dst.detach().float(), dim=-1)
         sim = torch.empty(src.numel(), device=xs.device)
@@ -191,29 +230,91 @@ class GraphLayer(nn.Module):
         return pruned, edge_attr
 
     @compiler_disable
-    def _graph_from_index(self, edge_index: Tensor, num_src: Optional[int], num_dst: Optional[int]) -> Graph:
-        return self._graph_cache.get(edge_index, num_src, num_dst)
+    def _cached_graph(self, adjacency, num_src: Optional[int], num_dst: Optional[int]):
+        return self._graph_cache.get(adjacency, num_src, num_dst)
 
-    def resolve_graph(
-        self, edge_index: GraphLike, num_src: int, num_dst: Optional[int], add_self_loops: bool
-    ) -> Graph:
-        if isinstance(edge_index, Graph):
+    def prepare_graph(self, x_src: Tensor, x_dst: Optional[Tensor], edge_index, edge_attr: Optional[Tensor],
+                      size: Optional[Tuple[int, int]], add_self_loops: bool, fill_value="mean",
+                      ) -> Tuple[Graph, Optional[Tensor], Adjacency]:
+        """``(graph, edge_attr rows in the graph's user order or None, adjacency kind)``.
+
+        ``size`` is PyG's ``(num_src, num_dst)``; it must agree with the node features and
+        gives the destination count when ``x_dst`` is ``None``. A sparse adjacency's values
+        serve as ``edge_attr`` when none is passed and the layer has ``edge_dim``."""
+        adjacency = _adjacency_kind(edge_index)
+        num_src, num_dst = x_src.size(0), None if x_dst is None else x_dst.size(0)
+        if size is not None:
+            if len(size) != 2:
+                raise ValueError(f"size must be (num_src, num_dst), got {size!r}")
+            s_src, s_dst = (None if v is None else int(v) for v in size)
+            for name, given, have in (("num_src", s_src, num_src), ("num_dst", s_dst, num_dst)):
+                if given is not None and have is not None and given != have:
+                    raise ValueError(f"size gives {name}={given} but the node features have {have} rows")
+            num_dst = s_dst if num_dst is None else num_dst
+        values = None
+        if adjacency.kind == "graph":
             graph = edge_index
-            if num_dst is None:
-                num_dst = graph.num_dst
-            graph.check_nodes(num_src, num_dst)
-        elif isinstance(edge_index, Tensor):
-            if edge_index.is_sparse or edge_index.layout != torch.strided:
-                raise TypeError(
-                    "sparse adjacency tensors are not accepted; pass edge_index ([2, E], row 0 = source) "
-                    "or a graphattn.Graph"
-                )
-            graph = self._graph_from_index(edge_index, num_src, num_dst)
+            graph.ensure_valid()
         else:
-            raise TypeError(
-                f"edge_index must be a [2, E] integer tensor or a graphattn.Graph, got {type(edge_index).__name__}"
-            )
-        return graph.with_self_loops() if add_self_loops else graph
+            graph, values = self._cached_graph(edge_index, num_src if adjacency.kind == "edge_index" else None,
+                                               num_dst if adjacency.kind == "edge_index" else None)
+        graph.check_nodes(num_src, num_dst)
+        if edge_attr is None and values is not None and getattr(self, "lin_edge", None) is not None:
+            edge_attr = values
+        graph, edge_attr = self.prune_edges(x_src, x_dst, graph, edge_attr)
+        if add_self_loops:
+            graph = graph.with_self_loops()
+        rows = None
+        if edge_attr is not None:
+            if getattr(self, "lin_edge", None) is None:
+                raise self._no_edge_dim_error()
+            rows = self.edge_attr_rows(edge_attr, graph, fill_value)
+        return graph, rows, adjacency
+
+    def explain_edge_mask(self, graph: Graph) -> Optional[Tensor]:
+        """The edge mask a PyG explainer set on this layer (``set_masks``), on the graph's
+        user-order edges: removed self-loops dropped, added ones masked by 1 (as PyG's
+        ``explain_message`` does). ``None`` when no explainer is active."""
+        mask = self._edge_mask
+        if not self._explain or mask is None:
+            return None
+        mask = mask.sigmoid() if self._apply_sigmoid else mask
+        if mask.dim() != 1 or mask.size(0) != graph.num_base_edges:
+            raise ValueError(f"the explainer's edge mask has shape {list(mask.shape)} but the graph was built from "
+                             f"{graph.num_base_edges} edges")
+        return graph.edge_attr_for_edges(mask.view(-1, 1), fill_value=1.0).view(-1)
+
+    def wants_weights(self, return_attention_weights) -> bool:
+        """Whether the op must return weights: asked for, being captured, or hooked."""
+        return bool(return_attention_weights) or capturing() or bool(self._message_forward_hooks)
+
+    def attention_result(self, graph: Graph, alpha: Optional[Tensor], value: Tensor, adjacency: Adjacency,
+                         return_attention_weights, edge_value: Optional[Tensor] = None):
+        """Hand the weights to recorders and PyG message hooks, and return them in the
+        caller's form (``None`` when not asked for): ``(edge_index, alpha)`` for an
+        ``edge_index`` or Graph, ``(adj_t with alpha values, alpha)`` for a torch sparse
+        ``adj_t`` (PyG's form), a ``SparseTensor`` with alpha values for one."""
+        if alpha is None:
+            return None
+        if capturing():
+            record_attention(self, graph.edge_index, alpha, graph.num_src, graph.num_dst)
+        if self._message_forward_hooks:
+            src = graph.edge_index[0]
+            messages = value.index_select(0, src) + (0 if edge_value is None else edge_value)
+            messages = messages * alpha.unsqueeze(-1)
+            inputs = ({"alpha": alpha, "edge_index": graph.edge_index, "index": graph.edge_index[1]},)
+            for hook in list(self._message_forward_hooks.values()):
+                hook(self, inputs, messages)  # observers only: the output is already computed
+        if not return_attention_weights:
+            return None
+        if adjacency.kind == "torch_sparse":
+            return graph.to_sparse(alpha, adjacency.layout), alpha
+        if adjacency.kind == "sparse_tensor":
+            from torch_sparse import SparseTensor
+
+            ei = graph.edge_index
+            return SparseTensor(row=ei[1], col=ei[0], value=alpha, sparse_sizes=(graph.num_dst, graph.num_src))
+        return graph.edge_index, alpha
 
     @staticmethod
     def edge_attr_rows(edge_attr: Tensor, graph: Graph, fill_value) -> Tensor:

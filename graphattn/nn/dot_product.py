@@ -1,18 +1,17 @@
-"""Scaled dot-product graph attention with PyG ``TransformerConv``'s arguments."""
+"""Scaled dot-product graph attention: PyG's ``TransformerConv``, under its name and arguments."""
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ._base import (GraphLayer, GraphLike, capturing, copy_from, make_linear, record_attention, reset_linear,
-                    split_pair)
+from ._base import GraphLayer, GraphLike, copy_from, make_linear, reset_linear, split_pair
 
 
-class DotProductConv(GraphLayer):
+class TransformerConv(GraphLayer):
     r"""Transformer attention over a graph (Shi et al., 2021), PyG's ``TransformerConv``
     on graphattn's ops.
 
@@ -36,7 +35,11 @@ class DotProductConv(GraphLayer):
             features have cosine similarity below this before attending (self-loops kept).
 
     No self-loops are added (as in PyG). Parameter names are PyG's; :meth:`from_pyg`
-    copies a ``TransformerConv``.
+    copies a ``TransformerConv``. ``DotProductConv`` is the same class under the name
+    that says what it computes.
+
+    Forward: ``forward(x, edge_index, edge_attr=None, return_attention_weights=None, *,
+    size=None)``, graph inputs as :class:`GATConv`'s.
     """
 
     def __init__(
@@ -82,32 +85,28 @@ class DotProductConv(GraphLayer):
         x,
         edge_index: GraphLike,
         edge_attr: Optional[Tensor] = None,
-        return_attention_weights: bool = False,
+        return_attention_weights: Optional[bool] = None,
+        *,
+        size: Optional[Tuple[int, int]] = None,
     ):
         H, C = self.heads, self.out_channels
         x_src, x_dst, _ = split_pair(x)
         if x_dst is None:
-            raise ValueError("DotProductConv needs destination features: pass (x_src, x_dst) with x_dst not None")
+            raise ValueError("TransformerConv needs destination features: pass (x_src, x_dst) with x_dst not None")
         query = self.lin_query(x_dst).view(-1, H, C)
         key = self.lin_key(x_src).view(-1, H, C)
         value = self.lin_value(x_src).view(-1, H, C)
-        edge_index, edge_attr = self.prune_edges(x_src, x_dst, edge_index, edge_attr)
-        graph = self.resolve_graph(edge_index, key.size(0), query.size(0), add_self_loops=False)
-        edge = None
-        if edge_attr is not None:
-            if self.lin_edge is None:
-                raise self._no_edge_dim_error()
-            ea = self.edge_attr_rows(edge_attr, graph, "mean")
-            edge = self.lin_edge(ea.to(key.dtype)).view(-1, H, C)
-        want = return_attention_weights or capturing()
+        graph, edge_attr, adjacency = self.prepare_graph(x_src, x_dst, edge_index, edge_attr, size,
+                                                         add_self_loops=False)
+        edge = None if edge_attr is None else self.lin_edge(edge_attr.to(key.dtype)).view(-1, H, C)
+        want = self.wants_weights(return_attention_weights)
         out = ops.dot_product_attention(
             query, key, value, graph,
-            scale=1.0 / math.sqrt(C), edge_key=edge, edge_value=edge,
+            scale=1.0 / math.sqrt(C), edge_key=edge, edge_value=edge, edge_mask=self.explain_edge_mask(graph),
             dropout=self.dropout, training=self.training, return_weights=want,
         )
         out, alpha = out if want else (out, None)
-        if alpha is not None and capturing():
-            record_attention(self, graph.edge_index, alpha, graph.num_src, graph.num_dst)
+        weights = self.attention_result(graph, alpha, value, adjacency, return_attention_weights, edge_value=edge)
         out = out.reshape(-1, H * C) if self.concat else out.mean(dim=1)
         if self.root_weight:
             x_r = self.lin_skip(x_dst)
@@ -116,13 +115,11 @@ class DotProductConv(GraphLayer):
                 out = beta * x_r + (1 - beta) * out
             else:
                 out = out + x_r
-        if return_attention_weights:
-            return out, (graph.edge_index, alpha)
-        return out
+        return out if weights is None else (out, weights)
 
     @classmethod
-    def from_pyg(cls, conv: nn.Module) -> "DotProductConv":
-        """A DotProductConv with the arguments and weights of a ``torch_geometric.nn.TransformerConv``."""
+    def from_pyg(cls, conv: nn.Module) -> "TransformerConv":
+        """A TransformerConv with the arguments and weights of a ``torch_geometric.nn.TransformerConv``."""
         from torch_geometric.nn import TransformerConv
 
         if not isinstance(conv, TransformerConv):
@@ -133,3 +130,6 @@ class DotProductConv(GraphLayer):
             root_weight=conv.root_weight,
         )
         return copy_from(layer, conv)
+
+
+DotProductConv = TransformerConv  # the descriptive name: one class, two names

@@ -8,8 +8,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..graph import FillValue
-from ._base import (GraphLayer, GraphLike, capturing, copy_from, glorot_, make_linear, record_attention,
-                    reset_linear, split_pair)
+from ._base import GraphLayer, GraphLike, copy_from, glorot_, make_linear, reset_linear, split_pair
 
 Channels = Union[int, Tuple[int, int]]
 
@@ -24,17 +23,13 @@ def _folded_scores(x: Tensor, lin: nn.Module, att: Tensor) -> Tensor:
     return x @ w.t()
 
 
-def _finish(layer, out: Tensor, res: Optional[Tensor], graph, alpha, return_attention_weights: bool):
-    if alpha is not None and capturing():
-        record_attention(layer, graph.edge_index, alpha, graph.num_src, graph.num_dst)
-    H, C = layer.heads, layer.out_channels
-    out = out.reshape(-1, H * C) if layer.concat else out.mean(dim=1)
+def _heads_out(layer, out: Tensor, res: Optional[Tensor]) -> Tensor:
+    """Concatenate or average the heads, then residual and bias (PyG's order)."""
+    out = out.reshape(-1, layer.heads * layer.out_channels) if layer.concat else out.mean(dim=1)
     if res is not None:
         out = out + res
     if layer.bias is not None:
         out = out + layer.bias
-    if return_attention_weights:
-        return out, (graph.edge_index, alpha)
     return out
 
 
@@ -68,10 +63,12 @@ class GATConv(GraphLayer):
         prune_threshold: defence option (not in PyG): drop edges whose endpoints' input
             features have cosine similarity below this before attending (self-loops kept).
 
-    Forward: ``forward(x, edge_index, edge_attr=None, return_attention_weights=False)``
-    with ``edge_index`` a ``[2, E]`` tensor (row 0 = source) or a :class:`graphattn.Graph`;
-    with weights it returns ``(out, (edge_index, alpha))``, ``edge_index`` including added
-    self-loops and ``alpha`` ``[E', H]`` (before dropout).
+    Forward: ``forward(x, edge_index, edge_attr=None, size=None, return_attention_weights=None)``
+    (PyG's signature) with ``edge_index`` a ``[2, E]`` tensor (row 0 = source), a sparse
+    ``adj_t`` (torch COO/CSR/CSC or ``torch_sparse.SparseTensor``; rows are destinations)
+    or a :class:`graphattn.Graph`; ``size = (num_src, num_dst)``. With weights it returns
+    ``(out, (edge_index, alpha))`` (``edge_index`` including added self-loops, ``alpha``
+    ``[E', H]`` before dropout), or for a sparse ``adj_t`` the weights in its form.
     """
 
     def __init__(
@@ -144,7 +141,8 @@ class GATConv(GraphLayer):
         x,
         edge_index: GraphLike,
         edge_attr: Optional[Tensor] = None,
-        return_attention_weights: bool = False,
+        size: Optional[Tuple[int, int]] = None,
+        return_attention_weights: Optional[bool] = None,
     ):
         H, C = self.heads, self.out_channels
         x_src_in, x_dst_in, _ = split_pair(x)
@@ -154,27 +152,21 @@ class GATConv(GraphLayer):
         x_src = lin_src(x_src_in).view(-1, H, C)  # the values; destinations need only their scores
         score_src = _folded_scores(x_src_in, lin_src, self.att_src)
         score_dst = None if x_dst_in is None else _folded_scores(x_dst_in, lin_dst, self.att_dst)
-
-        edge_index, edge_attr = self.prune_edges(x_src_in, x_dst_in, edge_index, edge_attr)
-        graph = self.resolve_graph(
-            edge_index, x_src.size(0), None if x_dst_in is None else x_dst_in.size(0), self.add_self_loops
-        )
-        edge_score = None
-        if edge_attr is not None:
-            if self.lin_edge is None:
-                raise self._no_edge_dim_error()
-            ea = self.edge_attr_rows(edge_attr, graph, self.fill_value)
-            # the [E, H, C] edge embedding is never built
-            edge_score = _folded_scores(ea.to(self.att_edge.dtype), self.lin_edge, self.att_edge)
-
-        want = return_attention_weights or capturing()
+        graph, edge_attr, adjacency = self.prepare_graph(
+            x_src_in, x_dst_in, edge_index, edge_attr, size, self.add_self_loops, self.fill_value)
+        # the [E, H, C] edge embedding is never built
+        edge_score = None if edge_attr is None else _folded_scores(
+            edge_attr.to(self.att_edge.dtype), self.lin_edge, self.att_edge)
+        want = self.wants_weights(return_attention_weights)
         out = ops.gat_attention(
             score_src, score_dst, x_src, graph,
-            negative_slope=self.negative_slope, edge_score=edge_score,
+            negative_slope=self.negative_slope, edge_score=edge_score, edge_mask=self.explain_edge_mask(graph),
             dropout=self.dropout, training=self.training, return_weights=want,
         )
         out, alpha = out if want else (out, None)
-        return _finish(self, out, res, graph, alpha, return_attention_weights)
+        weights = self.attention_result(graph, alpha, x_src, adjacency, return_attention_weights)
+        out = _heads_out(self, out, res)
+        return out if weights is None else (out, weights)
 
     @classmethod
     def from_pyg(cls, conv: nn.Module) -> "GATConv":
@@ -266,7 +258,9 @@ class GATv2Conv(GraphLayer):
         x,
         edge_index: GraphLike,
         edge_attr: Optional[Tensor] = None,
-        return_attention_weights: bool = False,
+        return_attention_weights: Optional[bool] = None,
+        *,
+        size: Optional[Tuple[int, int]] = None,
     ):
         H, C = self.heads, self.out_channels
         x_src_in, x_dst_in, _ = split_pair(x)
@@ -275,22 +269,19 @@ class GATv2Conv(GraphLayer):
         res = self.res(x_dst_in) if self.res is not None else None
         x_l = self.lin_l(x_src_in).view(-1, H, C)
         x_r = x_l if (self.share_weights and x_dst_in is x_src_in) else self.lin_r(x_dst_in).view(-1, H, C)
-        edge_index, edge_attr = self.prune_edges(x_src_in, x_dst_in, edge_index, edge_attr)
-        graph = self.resolve_graph(edge_index, x_l.size(0), x_r.size(0), self.add_self_loops)
-        edge_feat = None
-        if edge_attr is not None:
-            if self.lin_edge is None:
-                raise self._no_edge_dim_error()
-            ea = self.edge_attr_rows(edge_attr, graph, self.fill_value)
-            edge_feat = self.lin_edge(ea.to(x_l.dtype)).view(-1, H, C)
-        want = return_attention_weights or capturing()
+        graph, edge_attr, adjacency = self.prepare_graph(
+            x_src_in, x_dst_in, edge_index, edge_attr, size, self.add_self_loops, self.fill_value)
+        edge_feat = None if edge_attr is None else self.lin_edge(edge_attr.to(x_l.dtype)).view(-1, H, C)
+        want = self.wants_weights(return_attention_weights)
         out = ops.gatv2_attention(
             x_l, x_r, self.att, graph,
-            negative_slope=self.negative_slope, edge_feat=edge_feat,
+            negative_slope=self.negative_slope, edge_feat=edge_feat, edge_mask=self.explain_edge_mask(graph),
             dropout=self.dropout, training=self.training, return_weights=want,
         )
         out, alpha = out if want else (out, None)
-        return _finish(self, out, res, graph, alpha, return_attention_weights)
+        weights = self.attention_result(graph, alpha, x_l, adjacency, return_attention_weights)
+        out = _heads_out(self, out, res)
+        return out if weights is None else (out, weights)
 
     @classmethod
     def from_pyg(cls, conv: nn.Module) -> "GATv2Conv":

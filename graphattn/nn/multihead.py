@@ -14,6 +14,15 @@ from ._base import capturing, check_hyperparameters, check_positive_int, compile
 PatternLike = Union[None, str, Callable[..., Graph], Graph]
 
 
+def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``F.linear``, except that a bias of another dtype (a float16 ``in_proj_bias`` set on
+    a float64 module) is added with type promotion, as torch's attention does for inputs
+    it has transposed, instead of failing in ``addmm`` for contiguous ones."""
+    if bias is None or bias.dtype == weight.dtype:
+        return F.linear(x, weight, bias)
+    return F.linear(x, weight) + bias
+
+
 class MultiheadGraphAttention(nn.Module):
     r"""Multi-head attention with ``torch.nn.MultiheadAttention``'s arguments, masks and
     parameter names, computed as graph attention over a pattern.
@@ -126,6 +135,10 @@ class MultiheadGraphAttention(nn.Module):
             batch_first=mha.batch_first, device=p.device, dtype=p.dtype, pattern=pattern,
         )
         layer.load_state_dict(mha.state_dict())
+        ours = dict(layer.named_parameters())
+        for name, p in mha.named_parameters():  # a parameter of its own dtype (a float16 bias) stays so
+            if ours[name].dtype != p.dtype:
+                ours[name].data = p.detach().clone()
         layer.train(mha.training)
         return layer
 
@@ -138,7 +151,7 @@ class MultiheadGraphAttention(nn.Module):
             wq, wk, wv = self.in_proj_weight[:E], self.in_proj_weight[E:2 * E], self.in_proj_weight[2 * E:]
         else:
             wq, wk, wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
-        return F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
+        return _linear(query, wq, bq), _linear(key, wk, bk), _linear(value, wv, bv)
 
     def _pattern_graph(self, Lq: int, Lk: int, is_causal: bool, device) -> Graph:
         pat = self.pattern
@@ -298,6 +311,9 @@ class MultiheadGraphAttention(nn.Module):
 
     def _batch_first(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor]):
         """Inputs in any of torch's layouts -> ``(unbatched, q, k, v, kpm)`` with ``(N, L, E)`` tensors."""
+        def caller_shape(t: Tensor) -> torch.Size:  # as torch reports it: (L, N, E)
+            return t.shape[1:] if unbatched else t.transpose(0, 1).shape
+
         unbatched = query.dim() == 2
         if unbatched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
@@ -307,11 +323,14 @@ class MultiheadGraphAttention(nn.Module):
             query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
         if query.dim() != 3 or key.dim() != 3 or value.dim() != 3:
             raise ValueError("query, key and value must be (L, E), (L, N, E) or, with batch_first, (N, L, E)")
+        # torch's wording for torch's checks (shapes in the caller's layout)
         if query.size(-1) != self.embed_dim:
-            raise ValueError(f"query has embedding size {query.size(-1)} but embed_dim is {self.embed_dim}")
-        if key.shape[:2] != value.shape[:2] or key.size(0) != query.size(0):
-            raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must match the batch and "
-                             f"length of each other and the batch of query {tuple(query.shape)}")
+            raise ValueError(f"was expecting embedding dimension of {self.embed_dim}, but got {query.size(-1)}")
+        if key.shape[:2] != value.shape[:2]:
+            raise ValueError(f"key shape {caller_shape(key)} does not match value shape {caller_shape(value)}")
+        if key.size(0) != query.size(0):
+            raise ValueError(f"query shape {caller_shape(query)} and key shape {caller_shape(key)} have different "
+                             f"batch sizes")
         return unbatched, query, key, value, key_padding_mask
 
     def _caller_layout(self, out: Tensor, weights: Optional[Tensor], unbatched: bool,

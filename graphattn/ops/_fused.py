@@ -9,6 +9,9 @@ ops' arguments onto that convention for a backend's ``run`` function.
 from __future__ import annotations
 
 GAT, GATV2, DOT = 0, 1, 2
+# Why the fused kernels decline a call with a per-edge message mask (explainers):
+# only reference applies one; a fused version would need its gradient per edge.
+MASK_REASON = "a per-edge message mask is set (edge_mask, e.g. by an explainer); only reference applies it"
 
 
 def backend_functions(run):

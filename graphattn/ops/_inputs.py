@@ -51,6 +51,8 @@ class OpSpec:
     scalars: Tuple[ScalarArg, ...] = ()
 
 
+# a per-edge factor on each message after the softmax (PyG's explainer edge masks)
+_EDGE_MASK = TensorArg("edge_mask", "edge", (), optional=True)
 _FINITE = ScalarArg("negative_slope", "finite")
 _DROPOUT = ScalarArg("dropout", "probability")
 
@@ -59,6 +61,7 @@ GAT = OpSpec("gat", (
     TensorArg("score_src", "src", ("heads",)),
     TensorArg("score_dst", "dst", ("heads",), optional=True),
     TensorArg("edge_score", "edge", ("heads",), optional=True),
+    _EDGE_MASK,
 ), (_FINITE, _DROPOUT))
 
 GATV2 = OpSpec("gatv2", (
@@ -67,6 +70,7 @@ GATV2 = OpSpec("gatv2", (
     TensorArg("att", None, ("heads", "channels")),
     TensorArg("value", "src", ("heads", "value_channels"), optional=True),
     TensorArg("edge_feat", "edge", ("heads", "channels"), optional=True),
+    _EDGE_MASK,
 ), (_FINITE, _DROPOUT))
 
 DOT_PRODUCT = OpSpec("dot_product", (
@@ -76,6 +80,7 @@ DOT_PRODUCT = OpSpec("dot_product", (
     TensorArg("edge_key", "edge", ("heads", "head_dim"), optional=True),
     TensorArg("edge_value", "edge", ("heads", "value_dim"), optional=True),
     TensorArg("edge_bias", "edge", ("heads",), optional=True),
+    _EDGE_MASK,
 ), (ScalarArg("scale", "finite"), _DROPOUT))
 
 

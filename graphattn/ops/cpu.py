@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ._dtypes import FLOAT_DTYPES, upcast
-from ._fused import DOT, GAT, GATV2, backend_functions  # noqa: F401
+from ._fused import DOT, GAT, GATV2, MASK_REASON, backend_functions  # noqa: F401
 _SOURCE = Path(__file__).parent / "csrc" / "fused_attention.cpp"
 # -fopenmp: at::parallel_for is an inline template that parallelises with OpenMP
 # pragmas; without the flag the kernel silently runs on one thread.
@@ -313,8 +313,10 @@ def _run(kind, graph, A, B, V, EF, EB, EV, att, slope, scale, dropout, training,
 gat, gatv2, dot_product = backend_functions(_run)
 
 
-def decline(device=None, dtype=None, op=None, channels=None, **_) -> Optional[str]:
+def decline(device=None, dtype=None, op=None, channels=None, has_edge_mask=False, **_) -> Optional[str]:
     """Why the native kernel cannot run a call (``None``: it can)."""
+    if has_edge_mask:
+        return MASK_REASON
     if device is None or torch.device(device).type != "cpu":
         return f"it runs on CPU tensors, the inputs are on {device}"
     if dtype not in FLOAT_DTYPES:

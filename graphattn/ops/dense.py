@@ -57,9 +57,11 @@ def _counts_agree(graph: Graph, pat, B: int, Lq: int, Lk: int) -> bool:
     return graph.num_dst == B * Lq and graph.num_src == B * Lk and graph.num_edges == B * per_block
 
 
-def decline(graph=None, need_weights=False, has_edge_terms=False, **_) -> Optional[str]:
+def decline(graph=None, need_weights=False, has_edge_terms=False, has_edge_mask=False, **_) -> Optional[str]:
     if graph is None:
         return "no graph"
+    if has_edge_mask:
+        return "a per-edge message mask is set"
     if need_weights:
         return "attention weights were asked for (SDPA does not return them)"
     if has_edge_terms:

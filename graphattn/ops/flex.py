@@ -39,9 +39,11 @@ def _band(graph):
 
 
 def decline(graph=None, need_weights=False, has_edge_terms=False, device=None, dropout=0.0, forced=False,
-            **_) -> Optional[str]:
+            has_edge_mask=False, **_) -> Optional[str]:
     if graph is None or _band(graph) is None:
         return "the graph is not a known band / causal pattern"
+    if has_edge_mask:
+        return "a per-edge message mask is set"
     if need_weights:
         return "attention weights were asked for"
     if has_edge_terms:

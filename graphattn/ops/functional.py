@@ -32,6 +32,13 @@ def as_graph(graph: GraphLike, num_src: Optional[int] = None, num_dst: Optional[
     return _inputs.resolve_graph(graph, num_src, num_dst)
 
 
+def _mask_kwarg(csr_edge_tensors) -> dict:
+    """``edge_mask`` for the backend call, only when given: the fused backends, which
+    decline masked calls, take no such argument."""
+    m = csr_edge_tensors["edge_mask"]
+    return {} if m is None else {"edge_mask": m}
+
+
 def _finish(graph: Graph, out: Tensor, alpha: Tensor, return_weights: bool):
     if return_weights:
         return out, graph.to_user_order(alpha)
@@ -110,6 +117,7 @@ def gat_attention(
     training: bool = True,
     return_weights: bool = False,
     backend: Optional[str] = None,
+    edge_mask: Optional[Tensor] = None,
 ):
     r"""Additive (GAT) attention over a graph.
 
@@ -126,18 +134,24 @@ def gat_attention(
         edge_score: optional ``[E, H]`` per-edge term, in user order.
         dropout: attention dropout probability (applied when ``training``).
         return_weights: also return ``alpha`` ``[E, H]`` (user order, before dropout).
+        edge_mask: optional ``[E]`` factor on each edge's message after the softmax
+            (:math:`o_i = \sum_j m_{ji} \alpha_{ji} v_j`; PyG's explainer masks), user order,
+            differentiable. Only the ``reference`` backend applies it.
 
     Returns:
         ``out`` ``[N_dst, H, C]``, or ``(out, alpha)``.
     """
-    tensors = dict(value=value, score_src=score_src, score_dst=score_dst, edge_score=edge_score)
+    tensors = dict(value=value, score_src=score_src, score_dst=score_dst, edge_score=edge_score,
+                   edge_mask=edge_mask)
     g, _, sc = check_call(_inputs.GAT, graph, tensors, dict(negative_slope=negative_slope, dropout=dropout))
     impl = select_backend("gat", backend, device=value.device, dtype=value.dtype, graph=g,
-                          dropout=sc["dropout"] if training else 0.0, need_weights=return_weights)
+                          dropout=sc["dropout"] if training else 0.0, need_weights=return_weights,
+                          has_edge_mask=edge_mask is not None)
+    csr = edge_rows(["edge_score", "edge_mask"], g, tensors)
     out, alpha = impl.fn(
         score_src, score_dst, value, g,
-        negative_slope=sc["negative_slope"], edge_score=edge_rows(["edge_score"], g, tensors)["edge_score"],
-        dropout=sc["dropout"], training=training, need_weights=return_weights,
+        negative_slope=sc["negative_slope"], edge_score=csr["edge_score"],
+        dropout=sc["dropout"], training=training, need_weights=return_weights, **_mask_kwarg(csr),
     )
     return _finish(g, out, alpha, return_weights)
 
@@ -155,6 +169,7 @@ def gatv2_attention(
     training: bool = True,
     return_weights: bool = False,
     backend: Optional[str] = None,
+    edge_mask: Optional[Tensor] = None,
 ):
     r"""GATv2 attention over a graph.
 
@@ -167,18 +182,21 @@ def gatv2_attention(
         x_src: ``[N_src, H, C]``; x_dst: ``[N_dst, H, C]``; att: ``[H, C]`` (or ``[1, H, C]``).
         edge_feat: optional ``[E, H, C]`` edge term added before the nonlinearity (user order).
         value: ``[N_src, H, C']`` values (default ``x_src``).
+        edge_mask: optional ``[E]`` factor on each message after the softmax (see
+            :func:`gat_attention`).
     """
     if isinstance(att, Tensor) and att.dim() == 3 and att.size(0) == 1:
         att = att.reshape(att.shape[1:])
-    tensors = dict(x_src=x_src, x_dst=x_dst, att=att, value=value, edge_feat=edge_feat)
+    tensors = dict(x_src=x_src, x_dst=x_dst, att=att, value=value, edge_feat=edge_feat, edge_mask=edge_mask)
     g, dims, sc = check_call(_inputs.GATV2, graph, tensors, dict(negative_slope=negative_slope, dropout=dropout))
     impl = select_backend("gatv2", backend, device=x_src.device, dtype=x_src.dtype, graph=g,
                           dropout=sc["dropout"] if training else 0.0, need_weights=return_weights,
-                          channels=dims["channels"])
+                          channels=dims["channels"], has_edge_mask=edge_mask is not None)
+    csr = edge_rows(["edge_feat", "edge_mask"], g, tensors)
     out, alpha = impl.fn(
         x_src, x_dst, att, x_src if value is None else value, g,
-        negative_slope=sc["negative_slope"], edge_feat=edge_rows(["edge_feat"], g, tensors)["edge_feat"],
-        dropout=sc["dropout"], training=training, need_weights=return_weights,
+        negative_slope=sc["negative_slope"], edge_feat=csr["edge_feat"],
+        dropout=sc["dropout"], training=training, need_weights=return_weights, **_mask_kwarg(csr),
     )
     return _finish(g, out, alpha, return_weights)
 
@@ -197,6 +215,7 @@ def dot_product_attention(
     training: bool = True,
     return_weights: bool = False,
     backend: Optional[str] = None,
+    edge_mask: Optional[Tensor] = None,
 ):
     r"""Scaled dot-product attention over a graph (a transformer's attention with
     the complete graph replaced by any edge set).
@@ -212,19 +231,22 @@ def dot_product_attention(
         edge_key, edge_value: optional per-edge vectors added to keys / values
             (PyG's ``TransformerConv`` edge features), user order.
         edge_bias: optional ``[E, H]`` additive score bias (user order); ``-inf`` masks an edge.
+        edge_mask: optional ``[E]`` factor on each message after the softmax (see
+            :func:`gat_attention`).
     """
     if scale is None and isinstance(query, Tensor) and query.dim() == 3:
         scale = 1.0 / math.sqrt(query.size(-1)) if query.size(-1) else 1.0
-    tensors = dict(query=query, key=key, value=value, edge_key=edge_key, edge_value=edge_value, edge_bias=edge_bias)
+    tensors = dict(query=query, key=key, value=value, edge_key=edge_key, edge_value=edge_value, edge_bias=edge_bias,
+                   edge_mask=edge_mask)
     g, _, sc = check_call(_inputs.DOT_PRODUCT, graph, tensors, dict(scale=scale, dropout=dropout))
     has_edge_terms = edge_key is not None or edge_value is not None or edge_bias is not None
     impl = select_backend("dot_product", backend, device=query.device, dtype=query.dtype, graph=g,
                           dropout=sc["dropout"] if training else 0.0, need_weights=return_weights,
-                          has_edge_terms=has_edge_terms)
-    csr = edge_rows(["edge_key", "edge_value", "edge_bias"], g, tensors)
+                          has_edge_terms=has_edge_terms, has_edge_mask=edge_mask is not None)
+    csr = edge_rows(["edge_key", "edge_value", "edge_bias", "edge_mask"], g, tensors)
     out, alpha = impl.fn(
         query, key, value, g,
         scale=sc["scale"], edge_key=csr["edge_key"], edge_value=csr["edge_value"], edge_bias=csr["edge_bias"],
-        dropout=sc["dropout"], training=training, need_weights=return_weights,
+        dropout=sc["dropout"], training=training, need_weights=return_weights, **_mask_kwarg(csr),
     )
     return _finish(g, out, alpha, return_weights)

@@ -31,10 +31,14 @@ def _softmax_and_aggregate(
     dropout: float,
     training: bool,
     edge_value: Optional[Tensor] = None,
+    edge_mask: Optional[Tensor] = None,
 ) -> Out:
-    """softmax per destination, dropout, then ``out_i = sum_j a_ij * v_j``."""
+    """softmax per destination, dropout, an optional per-edge mask on the messages,
+    then ``out_i = sum_j a_ij * v_j``."""
     alpha = segment_softmax(scores, graph.row, graph.num_dst)
     a = F.dropout(alpha, p=dropout, training=training) if dropout > 0 else alpha
+    if edge_mask is not None:
+        a = a * edge_mask.to(a.dtype).unsqueeze(-1)
     msg = messages_from.index_select(0, graph.col)
     if edge_value is not None:
         msg = msg + edge_value
@@ -54,6 +58,7 @@ def gat(
     dropout: float,
     training: bool,
     need_weights: bool = True,
+    edge_mask: Optional[Tensor] = None,
 ) -> Out:
     dt = compute_dtype(value.dtype)
     s = score_src.to(dt).index_select(0, graph.col)
@@ -62,7 +67,7 @@ def gat(
     if edge_score is not None:
         s = s + edge_score.to(dt)
     s = F.leaky_relu(s, negative_slope)
-    out, alpha = _softmax_and_aggregate(s, value.to(dt), graph, dropout, training)
+    out, alpha = _softmax_and_aggregate(s, value.to(dt), graph, dropout, training, edge_mask=edge_mask)
     return out.to(value.dtype), alpha.to(value.dtype)
 
 
@@ -78,13 +83,14 @@ def gatv2(
     dropout: float,
     training: bool,
     need_weights: bool = True,
+    edge_mask: Optional[Tensor] = None,
 ) -> Out:
     dt = compute_dtype(value.dtype)
     z = x_src.to(dt).index_select(0, graph.col) + x_dst.to(dt).index_select(0, graph.row)
     if edge_feat is not None:
         z = z + edge_feat.to(dt)
     s = (F.leaky_relu(z, negative_slope) * att.to(dt)).sum(-1)
-    out, alpha = _softmax_and_aggregate(s, value.to(dt), graph, dropout, training)
+    out, alpha = _softmax_and_aggregate(s, value.to(dt), graph, dropout, training, edge_mask=edge_mask)
     return out.to(value.dtype), alpha.to(value.dtype)
 
 
@@ -101,6 +107,7 @@ def dot_product(
     dropout: float,
     training: bool,
     need_weights: bool = True,
+    edge_mask: Optional[Tensor] = None,
 ) -> Out:
     dt = compute_dtype(value.dtype)
     k = key.to(dt).index_select(0, graph.col)
@@ -109,7 +116,7 @@ def dot_product(
     s = (query.to(dt).index_select(0, graph.row) * k).sum(-1) * scale
     if edge_bias is not None:
         s = s + edge_bias.to(dt)
-    out, alpha = _softmax_and_aggregate(s, value.to(dt), graph, dropout, training, _up(edge_value, dt))
+    out, alpha = _softmax_and_aggregate(s, value.to(dt), graph, dropout, training, _up(edge_value, dt), edge_mask)
     return out.to(value.dtype), alpha.to(value.dtype)
 
 

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from ._dtypes import FLOAT_DTYPES, compute_dtype
-from ._fused import DOT, GAT, GATV2, backend_functions  # noqa: F401
+from ._fused import DOT, GAT, GATV2, MASK_REASON, backend_functions  # noqa: F401
 
 
 def is_available() -> bool:
@@ -25,7 +25,9 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def decline(device=None, dtype=None, forced=False, **_) -> Optional[str]:
+def decline(device=None, dtype=None, forced=False, has_edge_mask=False, **_) -> Optional[str]:
+    if has_edge_mask:
+        return MASK_REASON
     if device is None or dtype not in FLOAT_DTYPES:
         return f"dtype {dtype} is not a floating-point type it computes in"
     if not is_available():
