@@ -15,6 +15,8 @@ from typing import Iterator, List, Optional, Sequence
 import torch
 from torch import Tensor
 
+from .graph import Graph
+
 __all__ = ["NeighborSampler", "SampledBatch", "neighbor_loader_available"]
 
 
@@ -48,19 +50,14 @@ class NeighborSampler:
     def __init__(self, edge_index: Tensor, num_nodes: int, num_neighbors: Sequence[int],
                  input_nodes: Optional[Tensor] = None, batch_size: int = 1024, shuffle: bool = False,
                  generator: Optional[torch.Generator] = None) -> None:
-        if edge_index.dim() != 2 or edge_index.size(0) != 2:
-            raise ValueError(f"edge_index must be [2, E], got {tuple(edge_index.shape)}")
-        if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
-            raise ValueError(f"edge_index has ids outside [0, {num_nodes})")
         if not num_neighbors or any(k == 0 or k < -1 for k in num_neighbors):
             raise ValueError(f"num_neighbors must be a non-empty list of positive counts or -1, got {num_neighbors}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        edge_index = edge_index.cpu()
-        dst, order = torch.sort(edge_index[1], stable=True)
-        self.col = edge_index[0, order]  # sources grouped by destination
-        self.rowptr = torch.zeros(num_nodes + 1, dtype=torch.long)
-        self.rowptr[1:] = torch.bincount(dst, minlength=num_nodes).cumsum(0)
+        # the CSR by destination is the Graph's (one validation, one sort): sources
+        # grouped by destination, in the caller's order within each group
+        graph = Graph.from_edge_index(edge_index.cpu(), num_nodes)
+        self.col, self.rowptr = graph.col, graph.rowptr
         self.num_nodes = num_nodes
         self.num_neighbors = list(num_neighbors)
         self.input_nodes = torch.arange(num_nodes) if input_nodes is None else input_nodes.cpu().view(-1)

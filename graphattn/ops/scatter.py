@@ -11,24 +11,31 @@ import torch
 from torch import Tensor
 
 from ._dtypes import FLOAT_DTYPES, upcast
-from .softmax import segment_softmax_backward
+from .softmax import segment_softmax_backward, segment_softmax_forward
 
 
 def is_available() -> bool:
     return importlib.util.find_spec("torch_scatter") is not None
 
 
+def _scatter_max(scores: Tensor, index: Tensor, n: int) -> Tensor:
+    from torch_scatter import scatter_max
+
+    return scatter_max(scores, index, dim=0, dim_size=n)[0]  # 0 for an empty segment: harmless here
+
+
+def _scatter_sum(t: Tensor, index: Tensor, n: int) -> Tensor:
+    from torch_scatter import scatter_add
+
+    return scatter_add(t, index, dim=0, dim_size=n)
+
+
 class _ScatterSoftmax(torch.autograd.Function):
+    """The segment softmax of :mod:`.softmax` with torch-scatter's fused reductions."""
+
     @staticmethod
     def forward(ctx, scores: Tensor, index: Tensor, n: int) -> Tensor:
-        from torch_scatter import scatter_add, scatter_max
-
-        seg_max = scatter_max(scores, index, dim=0, dim_size=n)[0]
-        seg_max = torch.where(torch.isinf(seg_max) & (seg_max < 0), torch.zeros_like(seg_max), seg_max)
-        exp = torch.exp(scores - seg_max.index_select(0, index))
-        denom = scatter_add(exp, index, dim=0, dim_size=n)
-        denom = torch.where(denom == 0, torch.ones_like(denom), denom)
-        out = exp / denom.index_select(0, index)
+        out = segment_softmax_forward(scores, index, n, segment_max=_scatter_max, segment_sum=_scatter_sum)
         ctx.save_for_backward(out, index)
         ctx.n = n
         return out

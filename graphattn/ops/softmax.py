@@ -11,18 +11,29 @@ def _expand_index(index: Tensor, like: Tensor) -> Tensor:
     return index.view((-1,) + (1,) * (like.dim() - 1)).expand_as(like)
 
 
-def segment_softmax_forward(scores: Tensor, index: Tensor, num_segments: int) -> Tensor:
+def _segment_max(scores: Tensor, index: Tensor, num_segments: int) -> Tensor:
+    shape = (num_segments,) + tuple(scores.shape[1:])
+    return scores.new_full(shape, float("-inf")).scatter_reduce(
+        0, _expand_index(index, scores), scores, reduce="amax", include_self=True)
+
+
+def _segment_sum(t: Tensor, index: Tensor, num_segments: int) -> Tensor:
+    return t.new_zeros((num_segments,) + tuple(t.shape[1:])).index_add_(0, index, t)
+
+
+def segment_softmax_forward(scores: Tensor, index: Tensor, num_segments: int,
+                            segment_max=_segment_max, segment_sum=_segment_sum) -> Tensor:
     """Softmax of ``scores`` ([E] or [E, ...]) over the edges sharing ``index``.
 
     Stable for huge logits (the per-segment max is subtracted); a segment whose
-    logits are all ``-inf`` gets weights 0, never NaN.
+    logits are all ``-inf`` gets weights 0, never NaN. ``segment_max`` / ``segment_sum``
+    are the two reductions (torch's scatter ops by default; the optional torch-scatter
+    backend passes its own): the formula is written once, here.
     """
-    shape = (num_segments,) + tuple(scores.shape[1:])
-    seg_max = scores.new_full(shape, float("-inf"))
-    seg_max = seg_max.scatter_reduce(0, _expand_index(index, scores), scores, reduce="amax", include_self=True)
+    seg_max = segment_max(scores, index, num_segments)
     seg_max = torch.where(seg_max == float("-inf"), torch.zeros_like(seg_max), seg_max)
     exp = torch.exp(scores - seg_max.index_select(0, index))
-    denom = scores.new_zeros(shape).index_add_(0, index, exp)
+    denom = segment_sum(exp, index, num_segments)
     denom = torch.where(denom == 0, torch.ones_like(denom), denom)
     return exp / denom.index_select(0, index)
 
@@ -31,8 +42,7 @@ def segment_softmax_backward(weights: Tensor, grad: Tensor, index: Tensor, num_s
     """d(softmax)/d(scores) applied to ``grad``: ``y * (g - sum_seg(g * y))``.
     Needs only the forward's output (DGL's closed form)."""
     gy = grad * weights
-    seg = gy.new_zeros((num_segments,) + tuple(gy.shape[1:])).index_add_(0, index, gy)
-    return gy - weights * seg.index_select(0, index)
+    return gy - weights * _segment_sum(gy, index, num_segments).index_select(0, index)
 
 
 class SegmentSoftmax(torch.autograd.Function):
