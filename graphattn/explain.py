@@ -131,11 +131,11 @@ class capture:
     def __enter__(self) -> "capture":
         if self.model is not None:
             self._names = {id(m): (n or type(m).__name__) for n, m in self.model.named_modules()}
-        _base._RECORDERS.append(self)
+        self._handle = _base.register_attention_hook(self._add)
         return self
 
     def __exit__(self, *exc) -> None:
-        _base._RECORDERS.remove(self)
+        self._handle.remove()
 
     def _add(self, module, edge_index, weights, num_src, num_dst, seq_shape) -> None:
         if self.model is not None and id(module) not in self._names:

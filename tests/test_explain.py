@@ -180,3 +180,16 @@ def test_plots_write_files(tmp_path):
         explain.plot_sequence_heatmap(cap["conv1"], ["a"])
     for f in ("n.png", "e.png", "s.png"):
         assert (tmp_path / f).stat().st_size > 1000
+
+
+def test_public_attention_hook_with_a_removable_handle():
+    from graphattn.nn import GATConv, register_attention_hook
+
+    layer = GATConv(4, 3, heads=2).eval()
+    x, ei = torch.randn(6, 4), torch.randint(0, 6, (2, 15))
+    seen = []
+    handle = register_attention_hook(lambda mod, e, w, ns, nd, seq: seen.append((mod, e.shape, w.shape, seq)))
+    _, (ei_loops, alpha) = layer(x, ei, return_attention_weights=True)
+    handle.remove()
+    layer(x, ei)
+    assert seen == [(layer, ei_loops.shape, alpha.shape, None)]

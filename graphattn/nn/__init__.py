@@ -1,5 +1,6 @@
 """Layers: thin ``torch.nn.Module`` shells that own parameters and call :mod:`graphattn.ops`."""
 from .dot_product import DotProductConv, TransformerConv
+from ._base import register_attention_hook
 from .gat import GATConv, GATv2Conv
 from .linear import LinearAttention
 from .multihead import MultiheadGraphAttention
@@ -14,4 +15,5 @@ __all__ = [
     "LinearAttention",
     "GraphTransformerEncoderLayer",
     "GraphTransformerDecoderLayer",
+    "register_attention_hook",
 ]

@@ -4,11 +4,13 @@ from __future__ import annotations
 import functools
 import math
 import weakref
-from typing import NamedTuple, Optional, Tuple, Union
+from collections import OrderedDict
+from typing import Callable, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from torch_geometric.nn.conv import MessagePassing
 
@@ -17,21 +19,36 @@ from ..ops._inputs import check_scalar
 
 GraphLike = Union[Graph, Tensor]
 
-# Attention recorders (graphattn.explain.capture) active right now. While one is,
+# Global attention hooks (graphattn.explain.capture is one). While any is registered,
 # every graphattn layer computes its weights and hands them over; models need no change.
-_RECORDERS: list = []
+_ATTENTION_HOOKS: "OrderedDict[int, Callable]" = OrderedDict()
+
+
+def register_attention_hook(hook: Callable) -> RemovableHandle:
+    """Call ``hook(module, edge_index, weights, num_src, num_dst, seq_shape)`` after every
+    attention computed by any graphattn layer (graph layers, ``MultiheadGraphAttention``,
+    ``LinearAttention``), until ``handle.remove()``.
+
+    ``weights`` is ``[E, H]`` in the order of ``edge_index`` (``[2, E]``, row 0 = source),
+    taken before dropout; ``seq_shape = (batch, Lq, Lk)`` for sequence layers, else
+    ``None``. The tensors are the layer's own: detach or copy what you keep. PyG's
+    per-module ``register_message_forward_hook`` also works on the graph layers.
+    """
+    handle = RemovableHandle(_ATTENTION_HOOKS)
+    _ATTENTION_HOOKS[handle.id] = hook
+    return handle
 
 
 def capturing() -> bool:
-    return bool(_RECORDERS)
+    """Whether any attention hook is registered (layers then compute their weights)."""
+    return bool(_ATTENTION_HOOKS)
 
 
 def record_attention(module: nn.Module, edge_index: Tensor, weights: Tensor, num_src: int, num_dst: int,
                      seq_shape: Optional[Tuple[int, int, int]] = None) -> None:
-    """Give a layer's normalised weights (``[E, H]``, caller's edge order, before
-    dropout) to every active recorder; ``seq_shape = (batch, Lq, Lk)`` for sequences."""
-    for rec in list(_RECORDERS):
-        rec._add(module, edge_index, weights, num_src, num_dst, seq_shape)
+    """Give a layer's normalised weights to every registered attention hook."""
+    for hook in list(_ATTENTION_HOOKS.values()):
+        hook(module, edge_index, weights, num_src, num_dst, seq_shape)
 
 
 def glorot_(t: Optional[Tensor]) -> None:
