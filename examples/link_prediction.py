@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from graphattn import Graph
+from graphattn.graph import both_directions, undirected_pairs
 from graphattn.datasets import PLANETOID, load_ogb_link, load_planetoid
 from graphattn.distributed import all_reduce_sum, cleanup, setup
 from graphattn.experiment import (
@@ -126,17 +127,6 @@ def config_of(args) -> dict:
     return {k: getattr(args, k) for k in keys}
 
 
-def _undirected_unique(edge_index: torch.Tensor) -> torch.Tensor:
-    """Each undirected edge once (smaller id first), self-loops dropped."""
-    a, b = edge_index.min(0).values, edge_index.max(0).values
-    keep = a != b
-    return torch.unique(torch.stack([a[keep], b[keep]]), dim=1)
-
-
-def _both(edges: torch.Tensor) -> torch.Tensor:
-    return torch.cat([edges, edges.flip(0)], dim=1)
-
-
 def _sample_pairs(num_nodes: int, count: int, gen: torch.Generator, exclude=None) -> torch.Tensor:
     """``count`` uniform node pairs (no self-pairs); with ``exclude`` (a sorted tensor of
     ``u * N + v`` keys) pairs in it are redrawn, so none is a known edge."""
@@ -164,18 +154,18 @@ def load_data(args, run: int) -> SimpleNamespace:
             n = 600
             ev = {k: v[:, (v < n).all(0)] for k, v in ev.items()}
             train = train[:, (train < n).all(0)]
-        return SimpleNamespace(x=None, num_nodes=n, train_pos=train, message=_both(train), exclude=None, **ev)
+        return SimpleNamespace(x=None, num_nodes=n, train_pos=train, message=both_directions(train), exclude=None, **ev)
     data = load_planetoid(args.root, args.dataset)
     n = data.num_nodes
-    edges = _undirected_unique(data.edge_index)
+    edges = undirected_pairs(data.edge_index)
     gen = torch.Generator().manual_seed(args.seed + run)
     perm = edges[:, torch.randperm(edges.size(1), generator=gen)]
     n_val, n_test = int(args.val_ratio * perm.size(1)), int(args.test_ratio * perm.size(1))
     val_pos, test_pos, train = perm[:, :n_val], perm[:, n_val:n_val + n_test], perm[:, n_val + n_test:]
-    known = torch.sort(torch.cat([_both(edges)[0] * n + _both(edges)[1]])).values
+    known = torch.sort(torch.cat([both_directions(edges)[0] * n + both_directions(edges)[1]])).values
     neg = _sample_pairs(n, n_val + n_test, gen, exclude=known)
-    train_keys = torch.sort(_both(train)[0] * n + _both(train)[1]).values
-    return SimpleNamespace(x=data.x, num_nodes=n, train_pos=train, message=_both(train), exclude=train_keys,
+    train_keys = torch.sort(both_directions(train)[0] * n + both_directions(train)[1]).values
+    return SimpleNamespace(x=data.x, num_nodes=n, train_pos=train, message=both_directions(train), exclude=train_keys,
                            val_pos=val_pos, val_neg=neg[:, :n_val], test_pos=test_pos, test_neg=neg[:, n_val:])
 
 
@@ -226,7 +216,7 @@ def train_epoch(args, ddp, opt, data, graph, gen, info) -> float:
         # This epoch's supervision edges carry no messages: the encoder cannot score a
         # positive pair by having seen that very edge (PyG's disjoint_train_ratio).
         n_sup = max(1, int(args.disjoint_ratio * perm.numel()))
-        graph = Graph.from_edge_index(_both(train_pos[:, perm[n_sup:]]).to(device), data.num_nodes)
+        graph = Graph.from_edge_index(both_directions(train_pos[:, perm[n_sup:]]).to(device), data.num_nodes)
         perm = perm[:n_sup]
     size = args.batch_size if args.batch_size > 0 else perm.numel()
     total, count = 0.0, 0

@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-__all__ = ["Graph", "Pattern", "FillValue"]
+__all__ = ["Graph", "Pattern", "FillValue", "undirected_pairs", "both_directions"]
 
 FillValue = Union[float, int, Tensor, str]
 
@@ -81,6 +81,20 @@ def _check_range(idx: Tensor, bound: int, what: str, count_name: str) -> None:
             f"edge_index has {what} index {hi}, out of range for {bound} {count_name} "
             f"(valid indices are 0..{bound - 1})"
         )
+
+
+def undirected_pairs(edge_index: Tensor) -> Tensor:
+    """Each undirected edge of ``edge_index`` once, as ``[2, P]`` pairs ``i < j`` in sorted
+    order; self-loops dropped, either direction (or both) counts as the edge."""
+    a, b = edge_index[0], edge_index[1]
+    lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+    keep = lo != hi
+    return torch.unique(torch.stack([lo[keep], hi[keep]]), dim=1)
+
+
+def both_directions(pairs: Tensor) -> Tensor:
+    """``[2, P]`` pairs as ``[2, 2P]`` directed edges: the pairs, then their reverses."""
+    return torch.cat([pairs, pairs.flip(0)], dim=1)
 
 
 def _is_sparse_tensor_class(obj: Any) -> bool:

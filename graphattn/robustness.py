@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .graph import both_directions, undirected_pairs
+
 __all__ = [
     "insert_random_edges",
     "delete_random_edges",
@@ -46,18 +48,6 @@ def _check_edges(edge_index: Tensor, num_nodes: int) -> None:
         raise ValueError(f"edge_index has node ids outside [0, {num_nodes})")
 
 
-def _undirected_pairs(edge_index: Tensor) -> Tensor:
-    """Unique ``i < j`` pairs of the (symmetrised) edge set, self-loops dropped: ``[2, P]``."""
-    a, b = edge_index
-    lo, hi = torch.minimum(a, b), torch.maximum(a, b)
-    keep = lo != hi
-    return torch.unique(torch.stack([lo[keep], hi[keep]]), dim=1)
-
-
-def _both_ways(pairs: Tensor) -> Tensor:
-    return torch.cat([pairs, pairs.flip(0)], dim=1)
-
-
 def insert_random_edges(edge_index: Tensor, num_nodes: int, budget: Budget, seed: int = 0,
                         undirected: bool = True) -> Tuple[Tensor, Tensor]:
     """Add ``budget`` random new edges (no self-loops, none already present).
@@ -65,7 +55,7 @@ def insert_random_edges(edge_index: Tensor, num_nodes: int, budget: Budget, seed
     Returns ``(new_edge_index, inserted)``: the original edges followed by the inserted
     ones (both directions when ``undirected``); ``inserted`` is ``[2, M]`` in the same form."""
     _check_edges(edge_index, num_nodes)
-    existing = _undirected_pairs(edge_index) if undirected else edge_index
+    existing = undirected_pairs(edge_index) if undirected else edge_index
     n_new = _count(budget, existing.size(1), "edges")
     present = set((existing[0] * num_nodes + existing[1]).tolist())
     max_new = num_nodes * (num_nodes - 1) // (2 if undirected else 1) - len(present)
@@ -92,7 +82,7 @@ def insert_random_edges(edge_index: Tensor, num_nodes: int, budget: Budget, seed
                 break
     new = torch.tensor(out, dtype=edge_index.dtype).t().reshape(2, -1).to(edge_index.device)
     if undirected:
-        new = _both_ways(new)
+        new = both_directions(new)
     return torch.cat([edge_index, new], dim=1), new
 
 
@@ -104,13 +94,13 @@ def delete_random_edges(edge_index: Tensor, budget: Budget, seed: int = 0,
     _check_edges(edge_index, max(num_nodes, 1))
     g = torch.Generator().manual_seed(seed)
     if undirected:
-        pairs = _undirected_pairs(edge_index)
+        pairs = undirected_pairs(edge_index)
         n_del = min(_count(budget, pairs.size(1), "edges"), pairs.size(1))
         drop = pairs[:, torch.randperm(pairs.size(1), generator=g)[:n_del]]
         lo = torch.minimum(edge_index[0], edge_index[1])
         hi = torch.maximum(edge_index[0], edge_index[1])
         gone = torch.isin(lo * num_nodes + hi, drop[0] * num_nodes + drop[1]) & (lo != hi)
-        return edge_index[:, ~gone], _both_ways(drop)
+        return edge_index[:, ~gone], both_directions(drop)
     n_del = min(_count(budget, edge_index.size(1), "edges"), edge_index.size(1))
     idx = torch.randperm(edge_index.size(1), generator=g)[:n_del]
     keep = torch.ones(edge_index.size(1), dtype=torch.bool)
@@ -153,7 +143,7 @@ def gradient_attack(x: Tensor, edge_index: Tensor, y: Tensor, train_mask: Tensor
     """
     N = x.size(0)
     _check_edges(edge_index, N)
-    pairs = _undirected_pairs(edge_index)
+    pairs = undirected_pairs(edge_index)
     n_flip = _count(budget, pairs.size(1), "edges")
     A = torch.zeros(N, N)
     A[pairs[0], pairs[1]] = 1.0
@@ -205,10 +195,10 @@ def gradient_attack(x: Tensor, edge_index: Tensor, y: Tensor, train_mask: Tensor
 
     def as_index(keys):
         keys = torch.tensor(sorted(keys), dtype=torch.long)
-        return _both_ways(torch.stack([keys // N, keys % N])) if keys.numel() else torch.empty(2, 0, dtype=torch.long)
+        return both_directions(torch.stack([keys // N, keys % N])) if keys.numel() else torch.empty(2, 0, dtype=torch.long)
 
     dev = edge_index.device
-    return _both_ways(new_pairs).to(dev), {"inserted": as_index(new - old).to(dev), "removed": as_index(old - new).to(dev)}
+    return both_directions(new_pairs).to(dev), {"inserted": as_index(new - old).to(dev), "removed": as_index(old - new).to(dev)}
 
 
 def _token_positions(ids: Tensor, pad_id: int, protect: Sequence[int]) -> Tensor:
