@@ -1,7 +1,7 @@
 """``torch.nn.MultiheadAttention`` on graphattn's engine, with sparse patterns."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,82 @@ from ..graph import Graph, Pattern
 from ._base import capturing, check_hyperparameters, check_positive_int, compiler_disable, record_attention
 
 PatternLike = Union[None, str, Callable[..., Graph], Graph]
+
+
+class Masks(NamedTuple):
+    """torch's masks in one canonical form: boolean ones become edges kept (shared by
+    heads: ``keep_2d`` ``(Lq, Sx)``, ``keep_kpm`` ``(N, Sx)``), float ones (and per-head
+    boolean ones) become score biases (``bias_2d``, ``bias_kpm``, ``bias_3d``
+    ``(N*H, Lq, Sx)``). ``Sx`` counts the appended bias_kv / zero_attn keys, never masked."""
+    keep_2d: Optional[Tensor] = None
+    keep_kpm: Optional[Tensor] = None
+    bias_2d: Optional[Tensor] = None
+    bias_3d: Optional[Tensor] = None
+    bias_kpm: Optional[Tensor] = None
+
+
+def canonical_masks(attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor], N: int, H: int, Lq: int,
+                    S: int, extra: int) -> Masks:
+    """Check torch's ``attn_mask`` / ``key_padding_mask`` (``True`` = not allowed, floats
+    added to the scores) and bring them to :class:`Masks`."""
+    keep_2d = keep_kpm = bias_2d = bias_3d = bias_kpm = None
+    if attn_mask is not None:
+        if attn_mask.dim() == 2:
+            if attn_mask.shape != (Lq, S):
+                raise ValueError(f"attn_mask must be ({Lq}, {S}), got {tuple(attn_mask.shape)}")
+        elif attn_mask.dim() == 3:
+            if attn_mask.shape != (N * H, Lq, S):
+                raise ValueError(f"attn_mask must be ({N * H}, {Lq}, {S}), got {tuple(attn_mask.shape)}")
+        else:
+            raise ValueError(f"attn_mask must be 2-D or 3-D, got {attn_mask.dim()}-D")
+        pad = (0, extra)
+        if attn_mask.dtype == torch.bool:
+            if attn_mask.dim() == 2:
+                keep_2d = F.pad(~attn_mask, pad, value=True)
+            else:
+                bias_3d = F.pad(attn_mask.float().masked_fill(attn_mask, float("-inf")), pad)
+        elif attn_mask.is_floating_point():
+            padded = F.pad(attn_mask, pad)
+            bias_2d, bias_3d = (padded, None) if attn_mask.dim() == 2 else (None, padded)
+        else:
+            raise TypeError(f"attn_mask must be bool or floating point, got {attn_mask.dtype}")
+    if key_padding_mask is not None:
+        if key_padding_mask.shape != (N, S):
+            raise ValueError(f"key_padding_mask must be ({N}, {S}), got {tuple(key_padding_mask.shape)}")
+        if key_padding_mask.dtype == torch.bool:
+            keep_kpm = F.pad(~key_padding_mask, (0, extra), value=True)
+        elif key_padding_mask.is_floating_point():
+            bias_kpm = F.pad(key_padding_mask, (0, extra))
+        else:
+            raise TypeError(f"key_padding_mask must be bool or floating point, got {key_padding_mask.dtype}")
+    return Masks(keep_2d, keep_kpm, bias_2d, bias_3d, bias_kpm)
+
+
+def mask_bias_on_edges(masks: Masks, graph: Graph, N: int, H: int, Lq: int, Sx: int,
+                       dtype: torch.dtype) -> Optional[Tensor]:
+    """The masks' score biases read off at each edge of the block-diagonal graph:
+    ``[E, H]`` in the graph's user order, or ``None`` when no mask is a bias."""
+    if masks.bias_2d is None and masks.bias_3d is None and masks.bias_kpm is None:
+        return None
+    b, i, j = graph.row // Lq, graph.row % Lq, graph.col % Sx
+    eb = torch.zeros(graph.num_edges, H, dtype=dtype, device=graph.device)
+    if masks.bias_2d is not None:
+        eb = eb + masks.bias_2d.to(dtype)[i, j].unsqueeze(1)
+    if masks.bias_kpm is not None:
+        eb = eb + masks.bias_kpm.to(dtype)[b, j].unsqueeze(1)
+    if masks.bias_3d is not None:
+        heads = torch.arange(H, device=eb.device)
+        eb = eb + masks.bias_3d.to(dtype).view(N, H, Lq, Sx)[b.unsqueeze(1), heads, i.unsqueeze(1), j.unsqueeze(1)]
+    return graph.to_user_order(eb)
+
+
+def dense_weights(graph: Graph, alpha: Tensor, N: int, H: int, Lq: int, Sx: int) -> Tensor:
+    """Edge weights ``[E, H]`` (user order) scattered into torch's dense ``(N, H, Lq, Sx)``."""
+    ei = graph.edge_index
+    weights = alpha.new_zeros(N, H, Lq, Sx)
+    b, i, j = ei[1] // Lq, ei[1] % Lq, ei[0] % Sx
+    weights[b.unsqueeze(1), torch.arange(H, device=alpha.device), i.unsqueeze(1), j.unsqueeze(1)] = alpha
+    return weights
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -239,56 +315,10 @@ class MultiheadGraphAttention(nn.Module):
             extra += 1
         Sx = S + extra
 
-        # masks -> removed edges (boolean, shared by heads) and score biases (float or per-head)
-        keep_2d = keep_kpm = None
-        bias_2d = bias_3d = bias_kpm = None
-        if attn_mask is not None:
-            if attn_mask.dim() == 2:
-                if attn_mask.shape != (Lq, S):
-                    raise ValueError(f"attn_mask must be ({Lq}, {S}), got {tuple(attn_mask.shape)}")
-            elif attn_mask.dim() == 3:
-                if attn_mask.shape != (N * H, Lq, S):
-                    raise ValueError(f"attn_mask must be ({N * H}, {Lq}, {S}), got {tuple(attn_mask.shape)}")
-            else:
-                raise ValueError(f"attn_mask must be 2-D or 3-D, got {attn_mask.dim()}-D")
-            pad = (0, extra)
-            if attn_mask.dtype == torch.bool:
-                if attn_mask.dim() == 2:
-                    keep_2d = F.pad(~attn_mask, pad, value=True)
-                else:
-                    bias_3d = F.pad(attn_mask.float().masked_fill(attn_mask, float("-inf")), pad)
-            elif attn_mask.is_floating_point():
-                padded = F.pad(attn_mask, pad)
-                bias_2d, bias_3d = (padded, None) if attn_mask.dim() == 2 else (None, padded)
-            else:
-                raise TypeError(f"attn_mask must be bool or floating point, got {attn_mask.dtype}")
-        if key_padding_mask is not None:
-            if key_padding_mask.shape != (N, S):
-                raise ValueError(f"key_padding_mask must be ({N}, {S}), got {tuple(key_padding_mask.shape)}")
-            if key_padding_mask.dtype == torch.bool:
-                keep_kpm = F.pad(~key_padding_mask, (0, extra), value=True)
-            elif key_padding_mask.is_floating_point():
-                bias_kpm = F.pad(key_padding_mask, (0, extra))
-            else:
-                raise TypeError(f"key_padding_mask must be bool or floating point, got {key_padding_mask.dtype}")
+        masks = canonical_masks(attn_mask, key_padding_mask, N, H, Lq, S, extra)
         causal_hint = is_causal and attn_mask is None
-        graph = self._build_graph(N, Lq, S, extra, causal_hint, query.device, keep_2d, keep_kpm)
-
-        edge_bias = None
-        if bias_2d is not None or bias_3d is not None or bias_kpm is not None:
-            b = graph.row // Lq
-            i = graph.row % Lq
-            j = graph.col % Sx
-            eb = query.new_zeros(graph.num_edges, H)
-            if bias_2d is not None:
-                eb = eb + bias_2d.to(eb.dtype)[i, j].unsqueeze(1)
-            if bias_kpm is not None:
-                eb = eb + bias_kpm.to(eb.dtype)[b, j].unsqueeze(1)
-            if bias_3d is not None:
-                heads = torch.arange(H, device=eb.device)
-                eb = eb + bias_3d.to(eb.dtype).view(N, H, Lq, Sx)[b.unsqueeze(1), heads, i.unsqueeze(1),
-                                                                  j.unsqueeze(1)]
-            edge_bias = graph.to_user_order(eb)
+        graph = self._build_graph(N, Lq, S, extra, causal_hint, query.device, masks.keep_2d, masks.keep_kpm)
+        edge_bias = mask_bias_on_edges(masks, graph, N, H, Lq, Sx, query.dtype)
 
         want = need_weights or capturing()
         out = ops.dot_product_attention(
@@ -300,13 +330,7 @@ class MultiheadGraphAttention(nn.Module):
         out = self.out_proj(out.reshape(N, Lq, self.embed_dim))
         if alpha is not None and capturing():
             record_attention(self, graph.edge_index, alpha, graph.num_src, graph.num_dst, (N, Lq, Sx))
-
-        weights = None
-        if need_weights:
-            ei = graph.edge_index
-            weights = alpha.new_zeros(N, H, Lq, Sx)
-            b, i, j = ei[1] // Lq, ei[1] % Lq, ei[0] % Sx
-            weights[b.unsqueeze(1), torch.arange(H, device=alpha.device), i.unsqueeze(1), j.unsqueeze(1)] = alpha
+        weights = dense_weights(graph, alpha, N, H, Lq, Sx) if need_weights else None
         return self._caller_layout(out, weights, unbatched, average_attn_weights)
 
     def _batch_first(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor]):
