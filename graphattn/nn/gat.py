@@ -33,7 +33,41 @@ def _heads_out(layer, out: Tensor, res: Optional[Tensor]) -> Tensor:
     return out
 
 
-class GATConv(GraphLayer):
+class _AdditiveAttentionConv(GraphLayer):
+    """What GATConv and GATv2Conv share: PyG's common arguments, stored under PyG's
+    names, and the output parameters (residual projection, bias) built after each
+    layer's own projections, so parameter order matches PyG's."""
+
+    def __init__(self, in_channels: Channels, out_channels: int, heads: int, concat: bool, negative_slope: float,
+                 dropout: float, add_self_loops: bool, edge_dim: Optional[int], fill_value: FillValue,
+                 residual: bool, prune_threshold: Optional[float]) -> None:
+        super().__init__(prune_threshold, out_channels=out_channels, heads=heads, dropout=dropout,
+                         negative_slope=negative_slope, edge_dim=edge_dim)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.heads = heads
+        self.concat = concat
+        self.negative_slope = negative_slope
+        self.dropout = dropout
+        self.add_self_loops = add_self_loops
+        self.edge_dim = edge_dim
+        self.fill_value = fill_value
+        self.residual = residual
+
+    def _output_parameters(self, bias: bool) -> None:
+        total = self.out_channels * (self.heads if self.concat else 1)
+        if self.residual:
+            in_dst = self.in_channels if isinstance(self.in_channels, int) else self.in_channels[1]
+            self.res = make_linear(in_dst, total, bias=False, glorot=True)
+        else:
+            self.register_parameter("res", None)
+        if bias:
+            self.bias = nn.Parameter(torch.empty(total))
+        else:
+            self.register_parameter("bias", None)
+
+
+class GATConv(_AdditiveAttentionConv):
     r"""Graph attention (Veličković et al., 2018), PyG's ``GATConv`` on graphattn's ops.
 
     .. math::
@@ -86,20 +120,9 @@ class GATConv(GraphLayer):
         residual: bool = False,
         prune_threshold: Optional[float] = None,
     ) -> None:
-        super().__init__(prune_threshold, out_channels=out_channels, heads=heads, dropout=dropout,
-                         negative_slope=negative_slope, edge_dim=edge_dim)
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.heads = heads
-        self.concat = concat
-        self.negative_slope = negative_slope
-        self.dropout = dropout
-        self.add_self_loops = add_self_loops
-        self.edge_dim = edge_dim
-        self.fill_value = fill_value
-        self.residual = residual
+        super().__init__(in_channels, out_channels, heads, concat, negative_slope, dropout, add_self_loops, edge_dim,
+                         fill_value, residual, prune_threshold)
         HC = heads * out_channels
-
         self.lin = self.lin_src = self.lin_dst = None
         if isinstance(in_channels, int):
             self.lin = make_linear(in_channels, HC, bias=False, glorot=True)
@@ -114,16 +137,7 @@ class GATConv(GraphLayer):
         else:
             self.lin_edge = None
             self.register_parameter("att_edge", None)
-        total = out_channels * (heads if concat else 1)
-        if residual:
-            in_dst = in_channels if isinstance(in_channels, int) else in_channels[1]
-            self.res = make_linear(in_dst, total, bias=False, glorot=True)
-        else:
-            self.register_parameter("res", None)
-        if bias:
-            self.bias = nn.Parameter(torch.empty(total))
-        else:
-            self.register_parameter("bias", None)
+        self._output_parameters(bias)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -184,7 +198,7 @@ class GATConv(GraphLayer):
         return copy_from(layer, conv)
 
 
-class GATv2Conv(GraphLayer):
+class GATv2Conv(_AdditiveAttentionConv):
     r"""GATv2 (Brody et al., 2022), PyG's ``GATv2Conv`` on graphattn's ops.
 
     .. math::
@@ -215,34 +229,16 @@ class GATv2Conv(GraphLayer):
         residual: bool = False,
         prune_threshold: Optional[float] = None,
     ) -> None:
-        super().__init__(prune_threshold, out_channels=out_channels, heads=heads, dropout=dropout,
-                         negative_slope=negative_slope, edge_dim=edge_dim)
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.heads = heads
-        self.concat = concat
-        self.negative_slope = negative_slope
-        self.dropout = dropout
-        self.add_self_loops = add_self_loops
-        self.edge_dim = edge_dim
-        self.fill_value = fill_value
+        super().__init__(in_channels, out_channels, heads, concat, negative_slope, dropout, add_self_loops, edge_dim,
+                         fill_value, residual, prune_threshold)
         self.share_weights = share_weights
-        self.residual = residual
         HC = heads * out_channels
         in_src, in_dst = (in_channels, in_channels) if isinstance(in_channels, int) else in_channels
         self.lin_l = make_linear(in_src, HC, bias=bias, glorot=True)
         self.lin_r = self.lin_l if share_weights else make_linear(in_dst, HC, bias=bias, glorot=True)
         self.att = nn.Parameter(torch.empty(1, heads, out_channels))
         self.lin_edge = make_linear(edge_dim, HC, bias=False, glorot=True) if edge_dim is not None else None
-        total = out_channels * (heads if concat else 1)
-        if residual:
-            self.res = make_linear(in_dst, total, bias=False, glorot=True)
-        else:
-            self.register_parameter("res", None)
-        if bias:
-            self.bias = nn.Parameter(torch.empty(total))
-        else:
-            self.register_parameter("bias", None)
+        self._output_parameters(bias)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
