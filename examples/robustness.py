@@ -143,7 +143,7 @@ def text_curves(args, device, progress):
     import text_classification as tc
 
     model, vocab, cfg = tc.load_classifier(args.text_model, device)
-    dev = tc.read_tsv(args.text_dev)
+    dev = tc.read_tsv(args.text_dev, cfg["labels"])  # class ids of the model's own label list
     enc = [vocab.encode(s, cfg["max_len"]) for s, _ in dev]
     labels = torch.tensor([y for _, y in dev])
     out = {}

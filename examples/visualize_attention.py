@@ -107,7 +107,7 @@ def text_pictures(args, out: Path, device) -> dict:
         tc.main(argv + (["--smoke"] if args.smoke else []))
         path = str(out / "sst2_model.model.pt")
     model, vocab, cfg = tc.load_classifier(path, device)
-    dev = tc.read_tsv(args.text_dev)
+    dev = tc.read_tsv(args.text_dev, cfg["labels"])  # class ids of the model's own label list
     summary = {}
     for k, (sentence, label) in enumerate(dev[: args.sentences]):
         ids = torch.tensor([vocab.encode(sentence, cfg["max_len"])], device=device)

@@ -8,6 +8,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 import language_model as lm  # noqa: E402
+from interrupt import run_killed  # noqa: E402
 
 
 def _texts(folder: Path):
@@ -48,18 +49,8 @@ def test_smoke_compares_every_variant(tmp_path):
 def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     args = ["--variants", "window,linear", "--steps", "8", "--eval-every", "2"]
     full = lm.main(_args(tmp_path / "a", *args))
-    real, calls = lm.evaluate, {"n": 0}
-
-    def crash(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 7:  # in the middle of the second variant (5 evaluations per variant)
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(lm, "evaluate", crash)
-    with pytest.raises(KeyboardInterrupt):
-        lm.main(_args(tmp_path / "b", *args))
-    monkeypatch.setattr(lm, "evaluate", real)
+    # killed in the middle of the second variant (5 evaluations per variant)
+    run_killed(monkeypatch, lm, "evaluate", 7, lambda: lm.main(_args(tmp_path / "b", *args)))
     resumed = lm.main(_args(tmp_path / "b", *args, "--resume"))
     assert resumed["variants"]["linear"]["per_run"] == full["variants"]["linear"]["per_run"]
     assert resumed["per_run"] == full["per_run"]

@@ -10,6 +10,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT / "tests"))
 import link_prediction as lp  # noqa: E402
 from launch import torchrun  # noqa: E402
+from interrupt import run_killed  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 needs_cora = pytest.mark.skipif(not (SHARED / "planetoid" / "Cora" / "raw").exists(), reason="no Cora in shared data")
@@ -57,18 +58,8 @@ def test_cora_split_is_disjoint_and_negatives_are_non_edges():
 def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     extra = ("--runs", "2", "--epochs", "8")
     full = lp.main(_cora(tmp_path / "a.json", *extra))
-    real, calls = lp.evaluate, {"n": 0}
-
-    def crashing(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 6:  # second run, after its first checkpoint
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(lp, "evaluate", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        lp.main(_cora(tmp_path / "b.json", *extra))
-    monkeypatch.setattr(lp, "evaluate", real)
+    # killed in the second run, after its first checkpoint
+    run_killed(monkeypatch, lp, "evaluate", 6, lambda: lp.main(_cora(tmp_path / "b.json", *extra)))
     resumed = lp.main(_cora(tmp_path / "b.json", "--resume", *extra))
     assert resumed["per_run"] == full["per_run"] and resumed["test_ap"] == full["test_ap"]
     with pytest.raises(SystemExit, match="another configuration"):
