@@ -242,7 +242,10 @@ def train_epoch(args, ddp, opt, data, graph, gen, info) -> float:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    info = setup(resolve_device(args.device))
+    try:
+        info = setup(resolve_device(args.device))
+    except ValueError as e:  # more processes than GPUs
+        raise SystemExit(f"error: {e}") from None
     device = info.device
     progress = info.is_main and not args.no_progress and sys.stderr.isatty()
     ckpt_path = Path(args.out).with_suffix(".ckpt.pt")

@@ -32,6 +32,7 @@ from graphattn.experiment import (
     load_checkpoint,
     machine_info,
     report,
+    device_argument,
     resolve_device,
     summarize_runs,
 )
@@ -54,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--out-heads", type=int, default=None, help="output heads (default 1; 8 for PubMed)")
     p.add_argument("--dropout", type=float, default=0.6)
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", default="auto", type=device_argument, help="cpu, cuda, cuda:N or auto")
     p.add_argument("--seed", type=int, default=0, help="seed of the first run; run r uses seed + r")
     p.add_argument("--out", default=None, help="results JSON (default runs/node_classification/<dataset>-<model>.json)")
     p.add_argument("--checkpoint", default=None, help="checkpoint path (default: beside --out)")

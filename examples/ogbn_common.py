@@ -182,7 +182,10 @@ def evaluate(args, model, data, graph, gen) -> dict:
 def run(args, doc_name: str) -> dict:
     if args.sampler == "pyg" and "sampled" in (args.mode, args.eval_mode) and not neighbor_loader_available():
         make_batches(args, None, None, None, False)  # the clear error, before any data is read
-    info = setup(resolve_device(args.device))
+    try:
+        info = setup(resolve_device(args.device))
+    except ValueError as e:  # more processes than GPUs
+        raise SystemExit(f"error: {e}") from None
     device = info.device
     progress = info.is_main and not args.no_progress and sys.stderr.isatty()
     try:

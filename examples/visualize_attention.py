@@ -27,7 +27,7 @@ import torch
 
 from graphattn import explain
 from graphattn.datasets import contextual_sbm, load_planetoid
-from graphattn.experiment import CheckpointError, atomic_write_json, resolve_device
+from graphattn.experiment import CheckpointError, atomic_write_json, device_argument, resolve_device
 from graphattn.models import NodeClassifier, fit_node_classifier
 
 HERE = Path(__file__).resolve().parent
@@ -48,7 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--sentences", type=int, default=3, help="dev sentences to draw")
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=device_argument, help="cpu, cuda, cuda:N or auto")
     p.add_argument("--out-dir", default="runs/visualize_attention")
     p.add_argument("--smoke", action="store_true", help="synthetic graph, tiny text model")
     args = p.parse_args(argv)

@@ -47,7 +47,7 @@ def setup(device: torch.device) -> DistInfo:
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
-            raise SystemExit(f"error: local rank {local} has no GPU ({torch.cuda.device_count()} present); "
+            raise ValueError(f"local rank {local} has no GPU ({torch.cuda.device_count()} present); "
                              f"start at most that many processes per node")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)

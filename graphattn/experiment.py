@@ -1,6 +1,7 @@
 """What every training script needs: devices, atomic checkpoints, results files, curves."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -19,6 +20,7 @@ __all__ = [
     "training_state",
     "restore_training_state",
     "resolve_device",
+    "device_argument",
     "atomic_save",
     "CheckpointError",
     "load_checkpoint",
@@ -30,23 +32,36 @@ __all__ = [
 ]
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``; a GPU asked for but absent is a clear error."""
+def resolve_device(name) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` or a ``torch.device``; a GPU asked for
+    but absent is a ``ValueError`` that says so."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"{name!r} is not a device: use cpu, cuda, cuda:N or auto") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {name} was asked for but no CUDA GPU is available here; use --device cpu")
+        raise ValueError(f"--device {name} was asked for but no CUDA GPU is available here; use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise SystemExit(f"error: --device {name}: only {torch.cuda.device_count()} GPU(s) present")
+        raise ValueError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) present")
     return dev
+
+
+def device_argument(name: str) -> torch.device:
+    """``resolve_device`` as an argparse ``type``: a bad ``--device`` is reported by argparse
+    (``error: argument --device: ...``, exit status 2), the script's own way of exiting."""
+    try:
+        return resolve_device(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_run_arguments(parser, default_out: str, smoke_help: str, runs: int = 1) -> None:
     """The arguments every example shares: seeds, device, results file, resume, smoke mode."""
     parser.add_argument("--runs", type=int, default=runs, help=f"number of seeds (default {runs}); run r uses --seed + r")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--device", default="auto", type=device_argument, help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--out", default=None, help=f"results JSON (default {default_out}); checkpoint and plots beside it")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
     parser.add_argument("--smoke", action="store_true", help=smoke_help)
