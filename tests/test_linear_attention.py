@@ -111,10 +111,10 @@ def test_layer_swaps_into_encoder_layer():
 
 
 def test_layer_bad_arguments():
-    with pytest.raises(ValueError, match="dropout"):
+    with pytest.raises(TypeError, match="dropout"):  # arguments it does not implement are not taken
         LinearAttention(8, 2, dropout=0.1)
     with pytest.raises(ValueError, match="add_bias_kv"):
-        LinearAttention(8, 2, add_bias_kv=True)
+        LinearAttention.from_torch(nn.MultiheadAttention(8, 2, add_bias_kv=True))
     with pytest.raises(ValueError, match="feature_map"):
         LinearAttention(8, 2, feature_map="nope")
     lin = LinearAttention(8, 2)

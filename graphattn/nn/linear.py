@@ -10,10 +10,10 @@ from torch import Tensor, nn
 from .. import ops
 from ..ops.linear import FeatureMap, get_feature_map
 from ._base import capturing, record_attention
-from .multihead import MultiheadGraphAttention
+from .multihead import TorchAttentionBase
 
 
-class LinearAttention(MultiheadGraphAttention):
+class LinearAttention(TorchAttentionBase):
     r"""Multi-head kernelised linear attention (Katharopoulos et al., 2020).
 
     .. math::
@@ -21,44 +21,44 @@ class LinearAttention(MultiheadGraphAttention):
 
     over all keys, or keys ``j <= i`` with ``is_causal=True``; ``O(L)`` time and memory
     instead of softmax attention's ``O(L^2)`` (complete graph) or ``O(L w)`` (band).
-    Same constructor arguments, parameter names and forward signature as
-    ``torch.nn.MultiheadAttention`` / :class:`MultiheadGraphAttention`, so weights copy
-    across (``from_torch``) and layers can swap one for the other, plus
-    ``feature_map`` (``"elu"``: ``elu(x) + 1``, ``"relu"``, or a callable).
+    ``torch.nn.MultiheadAttention``'s parameter names and forward signature, so weights
+    copy across (``from_torch``) and layers can swap one for the other as ``self_attn``;
+    its constructor takes the arguments it implements (``embed_dim``, ``num_heads``,
+    ``bias``, ``kdim``, ``vdim``, ``batch_first``, ``device``, ``dtype``) plus
+    ``feature_map`` (``"elu"``: ``elu(x) + 1``, ``"relu"``, or a callable) and ``chunk``
+    (the causal form's block length). There is no attention dropout (no weights to drop),
+    no ``add_bias_kv`` / ``add_zero_attn`` and no ``pattern``.
 
-    Not supported (clear errors): ``attn_mask`` (only ``is_causal``), ``add_bias_kv``,
-    ``add_zero_attn``, float key padding masks, and attention dropout (there are no
-    weights to drop: ``dropout`` must be 0.0 rather than be silently ignored).
-    ``need_weights=True`` returns the implied weights (quadratic, for inspection).
+    Not supported at call time (clear errors): ``attn_mask`` (only ``is_causal``) and
+    float key padding masks. ``need_weights=True`` returns the implied weights (quadratic,
+    for inspection).
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
-                 add_bias_kv: bool = False, add_zero_attn: bool = False, kdim: Optional[int] = None,
+    def __init__(self, embed_dim: int, num_heads: int, bias: bool = True, kdim: Optional[int] = None,
                  vdim: Optional[int] = None, batch_first: bool = False, device=None, dtype=None,
-                 pattern=None, feature_map: FeatureMap = "elu", chunk: int = 64) -> None:
-        if add_bias_kv or add_zero_attn:
-            raise ValueError("LinearAttention does not support add_bias_kv or add_zero_attn")
-        if pattern is not None:
-            raise ValueError("LinearAttention has no pattern: it attends to all keys (or all earlier ones "
-                             "with is_causal=True)")
-        if dropout != 0.0:
-            raise ValueError("LinearAttention has no attention weights to drop out; pass dropout=0.0 "
-                             "(dropout on the output belongs to the surrounding layer)")
-        super().__init__(embed_dim, num_heads, 0.0, bias, False, False, kdim, vdim, batch_first, device, dtype)
+                 feature_map: FeatureMap = "elu", chunk: int = 64) -> None:
+        super().__init__(embed_dim, num_heads, bias, kdim, vdim, batch_first, device, dtype)
         get_feature_map(feature_map)  # validate now, not at the first forward
         self.feature_map = feature_map
         self.chunk = chunk
+        self._reset_parameters()
 
     @classmethod
     def from_torch(cls, mha: nn.MultiheadAttention, pattern=None, feature_map: FeatureMap = "elu"):
-        """A LinearAttention with the projections of ``mha`` (its attention dropout is dropped)."""
+        """A LinearAttention with the projections of ``mha`` (its attention dropout has no
+        counterpart and is dropped; ``add_bias_kv`` / ``add_zero_attn`` have none either and
+        are an error)."""
         if not isinstance(mha, nn.MultiheadAttention):
             raise TypeError(f"expected torch.nn.MultiheadAttention, got {type(mha).__name__}")
+        if mha.bias_k is not None or mha.add_zero_attn:
+            raise ValueError("LinearAttention has no counterpart of add_bias_kv or add_zero_attn")
+        if pattern is not None:
+            raise ValueError("LinearAttention has no pattern: it attends to all keys (or all earlier ones "
+                             "with is_causal=True)")
         p = next(mha.parameters())
         layer = cls(mha.embed_dim, mha.num_heads, bias=mha.in_proj_bias is not None, kdim=mha.kdim, vdim=mha.vdim,
                     batch_first=mha.batch_first, device=p.device, dtype=p.dtype, feature_map=feature_map)
-        layer.load_state_dict(mha.state_dict())
-        return layer.train(mha.training)
+        return layer._copy_from_torch(mha)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None,
                 need_weights: bool = True, attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,

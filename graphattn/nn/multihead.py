@@ -99,7 +99,116 @@ def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     return F.linear(x, weight) + bias
 
 
-class MultiheadGraphAttention(nn.Module):
+class TorchAttentionBase(nn.Module):
+    """What every module with ``torch.nn.MultiheadAttention``'s interface here shares:
+    its projection parameters under torch's names (state dicts interchange), the
+    projections, the input layouts (``batch_first``, unbatched) and torch's shape checks.
+    :class:`MultiheadGraphAttention` and :class:`~graphattn.nn.LinearAttention` build on it,
+    each taking only the arguments it implements."""
+
+    __constants__ = ["batch_first"]
+
+    def __init__(self, embed_dim: int, num_heads: int, bias: bool, kdim: Optional[int], vdim: Optional[int],
+                 batch_first: bool, device, dtype) -> None:
+        check_positive_int("embed_dim", embed_dim)
+        check_positive_int("num_heads", num_heads)
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        super().__init__()
+        fk = {"device": device, "dtype": dtype}
+        self.embed_dim = embed_dim
+        self.kdim = kdim if kdim is not None else embed_dim
+        self.vdim = vdim if vdim is not None else embed_dim
+        self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
+        self.num_heads = num_heads
+        self.batch_first = batch_first
+        self.head_dim = embed_dim // num_heads
+        if not self._qkv_same_embed_dim:
+            self.q_proj_weight = nn.Parameter(torch.empty((embed_dim, embed_dim), **fk))
+            self.k_proj_weight = nn.Parameter(torch.empty((embed_dim, self.kdim), **fk))
+            self.v_proj_weight = nn.Parameter(torch.empty((embed_dim, self.vdim), **fk))
+            self.register_parameter("in_proj_weight", None)
+        else:
+            self.in_proj_weight = nn.Parameter(torch.empty((3 * embed_dim, embed_dim), **fk))
+            self.register_parameter("q_proj_weight", None)
+            self.register_parameter("k_proj_weight", None)
+            self.register_parameter("v_proj_weight", None)
+        if bias:
+            self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim, **fk))
+        else:
+            self.register_parameter("in_proj_bias", None)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **fk)
+
+    def _reset_parameters(self) -> None:
+        if self._qkv_same_embed_dim:
+            nn.init.xavier_uniform_(self.in_proj_weight)
+        else:
+            nn.init.xavier_uniform_(self.q_proj_weight)
+            nn.init.xavier_uniform_(self.k_proj_weight)
+            nn.init.xavier_uniform_(self.v_proj_weight)
+        if self.in_proj_bias is not None:
+            nn.init.constant_(self.in_proj_bias, 0.0)
+            nn.init.constant_(self.out_proj.bias, 0.0)
+
+    def _copy_from_torch(self, mha: nn.MultiheadAttention):
+        """Load ``mha``'s weights (a parameter of its own dtype, e.g. a float16 bias, stays so)
+        and its train/eval mode; returns ``self``."""
+        self.load_state_dict(mha.state_dict())
+        ours = dict(self.named_parameters())
+        for name, p in mha.named_parameters():
+            if ours[name].dtype != p.dtype:
+                ours[name].data = p.detach().clone()
+        return self.train(mha.training)
+
+    def _projections(self, query: Tensor, key: Tensor, value: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        E = self.embed_dim
+        b = self.in_proj_bias
+        bq, bk, bv = (None, None, None) if b is None else (b[:E], b[E:2 * E], b[2 * E:])
+        if self._qkv_same_embed_dim:
+            wq, wk, wv = self.in_proj_weight[:E], self.in_proj_weight[E:2 * E], self.in_proj_weight[2 * E:]
+        else:
+            wq, wk, wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+        return _linear(query, wq, bq), _linear(key, wk, bk), _linear(value, wv, bv)
+
+    def _batch_first(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor]):
+        """Inputs in any of torch's layouts -> ``(unbatched, q, k, v, kpm)`` with ``(N, L, E)`` tensors."""
+        def caller_shape(t: Tensor) -> torch.Size:  # as torch reports it: (L, N, E)
+            return t.shape[1:] if unbatched else t.transpose(0, 1).shape
+
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif not self.batch_first:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        if query.dim() != 3 or key.dim() != 3 or value.dim() != 3:
+            raise ValueError("query, key and value must be (L, E), (L, N, E) or, with batch_first, (N, L, E)")
+        # torch's wording for torch's checks (shapes in the caller's layout)
+        if query.size(-1) != self.embed_dim:
+            raise ValueError(f"was expecting embedding dimension of {self.embed_dim}, but got {query.size(-1)}")
+        if key.shape[:2] != value.shape[:2]:
+            raise ValueError(f"key shape {caller_shape(key)} does not match value shape {caller_shape(value)}")
+        if key.size(0) != query.size(0):
+            raise ValueError(f"query shape {caller_shape(query)} and key shape {caller_shape(key)} have different "
+                             f"batch sizes")
+        return unbatched, query, key, value, key_padding_mask
+
+    def _caller_layout(self, out: Tensor, weights: Optional[Tensor], unbatched: bool,
+                       average_attn_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        """``(N, L, E)`` output and ``(N, H, L, S)`` weights back to the caller's layout."""
+        if weights is not None:
+            weights = weights.mean(dim=1) if average_attn_weights else weights
+            if unbatched:
+                weights = weights.squeeze(0)
+        if unbatched:
+            out = out.squeeze(0)
+        elif not self.batch_first:
+            out = out.transpose(0, 1)
+        return out, weights
+
+
+class MultiheadGraphAttention(TorchAttentionBase):
     r"""Multi-head attention with ``torch.nn.MultiheadAttention``'s arguments, masks and
     parameter names, computed as graph attention over a pattern.
 
@@ -128,8 +237,6 @@ class MultiheadGraphAttention(nn.Module):
     keys are all masked outputs zeros (torch gives NaN).
     """
 
-    __constants__ = ["batch_first"]
-
     def __init__(
         self,
         embed_dim: int,
@@ -145,37 +252,11 @@ class MultiheadGraphAttention(nn.Module):
         dtype=None,
         pattern: PatternLike = None,
     ) -> None:
-        check_positive_int("embed_dim", embed_dim)
-        check_positive_int("num_heads", num_heads)
         check_hyperparameters(dropout=dropout)
-        if embed_dim % num_heads != 0:
-            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
-        super().__init__()
+        super().__init__(embed_dim, num_heads, bias, kdim, vdim, batch_first, device, dtype)
         fk = {"device": device, "dtype": dtype}
-        self.embed_dim = embed_dim
-        self.kdim = kdim if kdim is not None else embed_dim
-        self.vdim = vdim if vdim is not None else embed_dim
-        self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
-        self.num_heads = num_heads
         self.dropout = dropout
-        self.batch_first = batch_first
-        self.head_dim = embed_dim // num_heads
         self.pattern = pattern
-        if not self._qkv_same_embed_dim:
-            self.q_proj_weight = nn.Parameter(torch.empty((embed_dim, embed_dim), **fk))
-            self.k_proj_weight = nn.Parameter(torch.empty((embed_dim, self.kdim), **fk))
-            self.v_proj_weight = nn.Parameter(torch.empty((embed_dim, self.vdim), **fk))
-            self.register_parameter("in_proj_weight", None)
-        else:
-            self.in_proj_weight = nn.Parameter(torch.empty((3 * embed_dim, embed_dim), **fk))
-            self.register_parameter("q_proj_weight", None)
-            self.register_parameter("k_proj_weight", None)
-            self.register_parameter("v_proj_weight", None)
-        if bias:
-            self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim, **fk))
-        else:
-            self.register_parameter("in_proj_bias", None)
-        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **fk)
         if add_bias_kv:
             self.bias_k = nn.Parameter(torch.empty((1, 1, embed_dim), **fk))
             self.bias_v = nn.Parameter(torch.empty((1, 1, embed_dim), **fk))
@@ -186,15 +267,7 @@ class MultiheadGraphAttention(nn.Module):
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
-        if self._qkv_same_embed_dim:
-            nn.init.xavier_uniform_(self.in_proj_weight)
-        else:
-            nn.init.xavier_uniform_(self.q_proj_weight)
-            nn.init.xavier_uniform_(self.k_proj_weight)
-            nn.init.xavier_uniform_(self.v_proj_weight)
-        if self.in_proj_bias is not None:
-            nn.init.constant_(self.in_proj_bias, 0.0)
-            nn.init.constant_(self.out_proj.bias, 0.0)
+        super()._reset_parameters()
         if self.bias_k is not None:
             nn.init.xavier_normal_(self.bias_k)
             nn.init.xavier_normal_(self.bias_v)
@@ -210,25 +283,9 @@ class MultiheadGraphAttention(nn.Module):
             add_bias_kv=mha.bias_k is not None, add_zero_attn=mha.add_zero_attn, kdim=mha.kdim, vdim=mha.vdim,
             batch_first=mha.batch_first, device=p.device, dtype=p.dtype, pattern=pattern,
         )
-        layer.load_state_dict(mha.state_dict())
-        ours = dict(layer.named_parameters())
-        for name, p in mha.named_parameters():  # a parameter of its own dtype (a float16 bias) stays so
-            if ours[name].dtype != p.dtype:
-                ours[name].data = p.detach().clone()
-        layer.train(mha.training)
-        return layer
+        return layer._copy_from_torch(mha)
 
     # ---------------------------------------------------------------- helpers
-    def _projections(self, query: Tensor, key: Tensor, value: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        E = self.embed_dim
-        b = self.in_proj_bias
-        bq, bk, bv = (None, None, None) if b is None else (b[:E], b[E:2 * E], b[2 * E:])
-        if self._qkv_same_embed_dim:
-            wq, wk, wv = self.in_proj_weight[:E], self.in_proj_weight[E:2 * E], self.in_proj_weight[2 * E:]
-        else:
-            wq, wk, wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
-        return _linear(query, wq, bq), _linear(key, wk, bk), _linear(value, wv, bv)
-
     def _pattern_graph(self, Lq: int, Lk: int, is_causal: bool, device) -> Graph:
         pat = self.pattern
         if pat is None:
@@ -332,40 +389,3 @@ class MultiheadGraphAttention(nn.Module):
             record_attention(self, graph.edge_index, alpha, graph.num_src, graph.num_dst, (N, Lq, Sx))
         weights = dense_weights(graph, alpha, N, H, Lq, Sx) if need_weights else None
         return self._caller_layout(out, weights, unbatched, average_attn_weights)
-
-    def _batch_first(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor]):
-        """Inputs in any of torch's layouts -> ``(unbatched, q, k, v, kpm)`` with ``(N, L, E)`` tensors."""
-        def caller_shape(t: Tensor) -> torch.Size:  # as torch reports it: (L, N, E)
-            return t.shape[1:] if unbatched else t.transpose(0, 1).shape
-
-        unbatched = query.dim() == 2
-        if unbatched:
-            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
-            if key_padding_mask is not None:
-                key_padding_mask = key_padding_mask.unsqueeze(0)
-        elif not self.batch_first:
-            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
-        if query.dim() != 3 or key.dim() != 3 or value.dim() != 3:
-            raise ValueError("query, key and value must be (L, E), (L, N, E) or, with batch_first, (N, L, E)")
-        # torch's wording for torch's checks (shapes in the caller's layout)
-        if query.size(-1) != self.embed_dim:
-            raise ValueError(f"was expecting embedding dimension of {self.embed_dim}, but got {query.size(-1)}")
-        if key.shape[:2] != value.shape[:2]:
-            raise ValueError(f"key shape {caller_shape(key)} does not match value shape {caller_shape(value)}")
-        if key.size(0) != query.size(0):
-            raise ValueError(f"query shape {caller_shape(query)} and key shape {caller_shape(key)} have different "
-                             f"batch sizes")
-        return unbatched, query, key, value, key_padding_mask
-
-    def _caller_layout(self, out: Tensor, weights: Optional[Tensor], unbatched: bool,
-                       average_attn_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
-        """``(N, L, E)`` output and ``(N, H, L, S)`` weights back to the caller's layout."""
-        if weights is not None:
-            weights = weights.mean(dim=1) if average_attn_weights else weights
-            if unbatched:
-                weights = weights.squeeze(0)
-        if unbatched:
-            out = out.squeeze(0)
-        elif not self.batch_first:
-            out = out.transpose(0, 1)
-        return out, weights
