@@ -1,7 +1,6 @@
 """Shared plumbing for the graph layers: graph resolution with a safe cache, init."""
 from __future__ import annotations
 
-import functools
 import math
 import weakref
 from collections import OrderedDict
@@ -96,21 +95,6 @@ def split_pair(x) -> Tuple[Tensor, Optional[Tensor], bool]:
             raise ValueError("x_dst must be a tensor of shape [num_dst, channels] or None")
         return x_src, x_dst, True
     raise TypeError(f"x must be a tensor or a pair (x_src, x_dst), got {type(x).__name__}")
-
-
-def compiler_disable(fn):
-    """``torch.compiler.disable(fn)``, applied on the first call: the decorator imports
-    ``torch._dynamo`` (seconds), which ``import graphattn`` should not pay for."""
-    compiled_out = None
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        nonlocal compiled_out
-        if compiled_out is None:
-            compiled_out = torch.compiler.disable(fn)
-        return compiled_out(*args, **kwargs)
-
-    return wrapper
 
 
 def check_positive_int(name: str, value) -> int:
@@ -246,7 +230,7 @@ class GraphLayer(MessagePassing):
             edge_attr = edge_attr[keep]
         return pruned, edge_attr
 
-    @compiler_disable
+    @torch.compiler.disable
     def _cached_graph(self, adjacency, num_src: Optional[int], num_dst: Optional[int]):
         return self._graph_cache.get(adjacency, num_src, num_dst)
 

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .. import ops, patterns
 from ..graph import Graph, Pattern
-from ._base import capturing, check_hyperparameters, check_positive_int, compiler_disable, record_attention
+from ._base import capturing, check_hyperparameters, check_positive_int, record_attention
 
 PatternLike = Union[None, str, Callable[..., Graph], Graph]
 
@@ -302,7 +302,7 @@ class MultiheadGraphAttention(TorchAttentionBase):
             raise ValueError(f"unknown pattern {pat!r}; use 'complete', 'causal', a callable or a Graph")
         return patterns.check_block(pat(Lq, Lk), Lq, Lk, "pattern(Lq, Lk)").to(device)
 
-    @compiler_disable
+    @torch.compiler.disable
     def _build_graph(self, N: int, Lq: int, S: int, extra: int, is_causal: bool, device,
                      keep_2d: Optional[Tensor], keep_kpm: Optional[Tensor]) -> Graph:
         """Block-diagonal graph over N sequences: the pattern over the S real keys,
