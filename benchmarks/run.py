@@ -263,7 +263,7 @@ def main(argv=None):
     from tqdm import tqdm
 
     sys.path.insert(0, str(ROOT))
-    from graphattn.experiment import machine_info
+    from graphattn.train.experiment import machine_info
 
     device = "cuda" if args.suite == "gpu" else "cpu"
     if device == "cuda":

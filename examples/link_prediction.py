@@ -36,9 +36,9 @@ from tqdm import tqdm
 
 from graphattn import Graph
 from graphattn.graph import both_directions, undirected_pairs
-from graphattn.datasets import PLANETOID, load_ogb_link, load_planetoid
-from graphattn.distributed import all_reduce_sum, cleanup, setup
-from graphattn.experiment import (
+from graphattn.train.datasets import PLANETOID, load_ogb_link, load_planetoid
+from graphattn.train.distributed import all_reduce_sum, cleanup, setup
+from graphattn.train.experiment import (
     CheckpointError,
     add_run_arguments,
     atomic_save,
@@ -50,8 +50,8 @@ from graphattn.experiment import (
     summarize_runs,
     training_state,
 )
-from graphattn.metrics import average_precision, hits_at_k, roc_auc
-from graphattn.models import DECODERS, MODELS, LinkPredictor
+from graphattn.train.metrics import average_precision, hits_at_k, roc_auc
+from graphattn.train.models import DECODERS, MODELS, LinkPredictor
 
 DATASETS = PLANETOID + ("ogbl-ddi",)
 # Per-dataset defaults; flags given on the command line win.

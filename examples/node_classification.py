@@ -21,12 +21,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from graphattn import Graph
-from graphattn.datasets import PLANETOID, contextual_sbm, describe, load_planetoid
-from graphattn.experiment import (
+from graphattn.train.datasets import PLANETOID, contextual_sbm, describe, load_planetoid
+from graphattn.train.experiment import (
     CheckpointError,
     atomic_save,
     load_checkpoint,
@@ -36,7 +35,13 @@ from graphattn.experiment import (
     resolve_device,
     summarize_runs,
 )
-from graphattn.models import MODELS, NodeClassifier
+from graphattn.train.models import (
+    MODELS,
+    EarlyStopping,
+    NodeClassifier,
+    evaluate_node_classifier,
+    node_classifier_step,
+)
 
 DATASETS = ("synthetic",) + PLANETOID
 
@@ -71,8 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.out_heads is None:
         args.out_heads = 8 if args.dataset == "PubMed" else 1
     if args.smoke:
-        args.epochs, args.runs, args.patience = min(args.epochs, 12), min(args.runs, 2), min(args.patience, 5)
-        args.checkpoint_every = min(args.checkpoint_every, 4)
+        args.epochs, args.runs, args.patience = min(args.epochs, 60), min(args.runs, 2), min(args.patience, 20)
+        args.checkpoint_every = min(args.checkpoint_every, 10)
     if args.runs < 1 or args.epochs < 1:
         p.error("--runs and --epochs must be >= 1")
     if args.out is None:
@@ -90,19 +95,6 @@ def load_data(args):
     return load_planetoid(args.root, args.dataset)
 
 
-def evaluate(model, data, graph):
-    model.eval()
-    with torch.no_grad():
-        out = model(data.x, graph)
-        pred = out.argmax(dim=-1)
-        res = {}
-        for split in ("train", "val", "test"):
-            mask = getattr(data, f"{split}_mask")
-            res[f"{split}_acc"] = float((pred[mask] == data.y[mask]).float().mean())
-            res[f"{split}_loss"] = float(F.cross_entropy(out[mask], data.y[mask]))
-    return res
-
-
 def config_of(args) -> dict:
     keys = ("dataset", "model", "runs", "epochs", "patience", "lr", "weight_decay", "hidden", "heads", "out_heads",
             "dropout", "seed", "smoke")
@@ -115,13 +107,13 @@ def new_run_state(args, run, data, device):
                            args.dropout).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     return {
-        "run": run, "epoch": 0, "model": model, "opt": opt, "best_acc": -1.0, "best_loss": float("inf"),
-        "early": None, "bad_epochs": 0, "history": {"train_loss": [], "val_loss": [], "val_acc": []},
+        "run": run, "epoch": 0, "model": model, "opt": opt, "stopper": EarlyStopping(args.patience),
+        "history": {"train_loss": [], "val_loss": [], "val_acc": []},
     }
 
 
-# The plain fields of a run's state that a checkpoint carries (model and optimiser apart).
-RUN_FIELDS = ("run", "epoch", "best_acc", "best_loss", "early", "bad_epochs", "history")
+# The plain fields of a run's state that a checkpoint carries (model, optimiser and stopper apart).
+RUN_FIELDS = ("run", "epoch", "history")
 
 
 def save(args, state, done):
@@ -131,45 +123,31 @@ def save(args, state, done):
         **{k: state[k] if state else None for k in RUN_FIELDS},
         "model": state["model"].state_dict() if state else None,
         "opt": state["opt"].state_dict() if state else None,
+        "stopper": state["stopper"].state_dict() if state else None,
         "rng": torch.get_rng_state(),
     }, args.checkpoint)
 
 
 def train_run(args, state, data, graph, done, progress):
-    model, opt = state["model"], state["opt"]
+    model, opt, stopper = state["model"], state["opt"], state["stopper"]
     bar = tqdm(range(state["epoch"], args.epochs), desc=f"run {state['run']}", disable=not progress,
                initial=state["epoch"], total=args.epochs, leave=False)
     for epoch in bar:
-        model.train()
-        opt.zero_grad()
-        out = model(data.x, graph)
-        loss = F.cross_entropy(out[data.train_mask], data.y[data.train_mask])
-        loss.backward()
-        opt.step()
-        ev = evaluate(model, data, graph)
+        loss = node_classifier_step(model, data, graph, opt)
+        ev = evaluate_node_classifier(model, data, graph)
         h = state["history"]
-        h["train_loss"].append(loss.item())
+        h["train_loss"].append(loss)
         h["val_loss"].append(ev["val_loss"])
         h["val_acc"].append(ev["val_acc"])
         state["epoch"] = epoch + 1
-        # The GAT paper's rule: reset patience when validation accuracy or loss
-        # improves; keep the model of the last epoch where both improved.
-        if ev["val_acc"] >= state["best_acc"] or ev["val_loss"] <= state["best_loss"]:
-            if ev["val_acc"] >= state["best_acc"] and ev["val_loss"] <= state["best_loss"]:
-                state["early"] = {"epoch": epoch, **ev}
-            state["best_acc"] = max(state["best_acc"], ev["val_acc"])
-            state["best_loss"] = min(state["best_loss"], ev["val_loss"])
-            state["bad_epochs"] = 0
-        else:
-            state["bad_epochs"] += 1
-        bar.set_postfix(loss=f"{h['train_loss'][-1]:.3f}", val=f"{ev['val_acc']:.3f}")
-        stop = state["bad_epochs"] >= args.patience
-        if stop or state["epoch"] % args.checkpoint_every == 0:
+        stopper.step(epoch, ev["val_acc"], ev["val_loss"], test_acc=ev["test_acc"])
+        bar.set_postfix(loss=f"{loss:.3f}", val=f"{ev['val_acc']:.3f}")
+        if stopper.stop or state["epoch"] % args.checkpoint_every == 0:
             save(args, state, done)
-        if stop:
+        if stopper.stop:
             break
     bar.close()
-    return state["early"]
+    return stopper.best
 
 
 def main(argv=None) -> dict:
@@ -199,6 +177,7 @@ def main(argv=None) -> dict:
                 state = new_run_state(args, ckpt["run"], data, device)
                 state["model"].load_state_dict(ckpt["model"])
                 state["opt"].load_state_dict(ckpt["opt"])
+                state["stopper"].load_state_dict(ckpt["stopper"])
                 for k in RUN_FIELDS:
                     state[k] = ckpt[k]
                 torch.set_rng_state(ckpt["rng"])

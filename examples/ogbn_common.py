@@ -4,7 +4,7 @@ Full-graph training (one forward over the whole graph per step: what the fused
 kernels make affordable) or neighbour-sampled mini-batches; OGB's ``Evaluator``;
 seeds, early stopping on validation accuracy, atomic checkpoints with ``--resume``,
 results JSON and curves; data-parallel under ``torchrun`` (see
-:mod:`graphattn.distributed`).
+:mod:`graphattn.train.distributed`).
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from graphattn import Graph
-from graphattn.datasets import describe, load_ogb_node
-from graphattn.distributed import all_reduce_sum, cleanup, setup, shard, shard_loss_scale
-from graphattn.experiment import (
+from graphattn.train.datasets import describe, load_ogb_node
+from graphattn.train.distributed import all_reduce_sum, cleanup, setup, shard, shard_loss_scale
+from graphattn.train.experiment import (
     CheckpointError,
     add_run_arguments,
     atomic_save,
@@ -31,8 +31,8 @@ from graphattn.experiment import (
     resume_from,
     summarize_runs,
 )
-from graphattn.models import MODELS, DeepNodeClassifier
-from graphattn.sampling import NeighborSampler, neighbor_loader_available
+from graphattn.train.models import MODELS, DeepNodeClassifier
+from graphattn.train.sampling import NeighborSampler, neighbor_loader_available
 
 SMOKE = dict(epochs=4, eval_every=1, hidden=8, heads=2, layers=2, batch_size=64, num_neighbors="5,5", patience=50)
 

@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from graphattn import explain
 from graphattn import robustness as rb
-from graphattn.datasets import contextual_sbm, describe, load_planetoid
-from graphattn.experiment import (
+from graphattn.train.datasets import contextual_sbm, describe, load_planetoid
+from graphattn.train.experiment import (
     CheckpointError,
     add_run_arguments,
     atomic_save,
@@ -40,7 +40,7 @@ from graphattn.experiment import (
     resume_from,
     summarize_runs,
 )
-from graphattn.models import NodeClassifier, fit_node_classifier
+from graphattn.train.models import NodeClassifier, fit_node_classifier
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MODELS = ("gat", "gatv2", "dot", "gat-prune")

@@ -44,7 +44,7 @@ from torch import nn
 from tqdm import tqdm
 
 from graphattn import patterns
-from graphattn.experiment import (
+from graphattn.train.experiment import (
     CheckpointError,
     add_run_arguments,
     atomic_save,

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from graphattn.experiment import (
+from graphattn.train.experiment import (
     CheckpointError,
     add_run_arguments,
     atomic_save,

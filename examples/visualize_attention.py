@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 from graphattn import explain
-from graphattn.datasets import contextual_sbm, load_planetoid
-from graphattn.experiment import CheckpointError, atomic_write_json, device_argument, resolve_device
-from graphattn.models import NodeClassifier, fit_node_classifier
+from graphattn.train.datasets import contextual_sbm, load_planetoid
+from graphattn.train.experiment import CheckpointError, atomic_write_json, device_argument, resolve_device
+from graphattn.train.models import NodeClassifier, fit_node_classifier
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[0].parent / "shared" / "data"

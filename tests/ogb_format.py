@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from graphattn.datasets import contextual_sbm
+from graphattn.train.datasets import contextual_sbm
 
 SPLIT = {"ogbn-arxiv": "time", "ogbn-products": "sales_ranking"}
 CLASSES = {"ogbn-arxiv": 40, "ogbn-products": 47}

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from graphattn.datasets import contextual_sbm, edge_homophily, load_planetoid
+from graphattn.train.datasets import contextual_sbm, edge_homophily, load_planetoid
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -62,7 +62,7 @@ def test_ogb_allow_list_is_scoped_and_leaves_torch_load_alone(tmp_path):
 
     import numpy as np
 
-    from graphattn.datasets import _ogb_files_allowed
+    from graphattn.train.datasets import _ogb_files_allowed
 
     buf = io.BytesIO()
     torch.save({"edge": np.zeros((2, 2), dtype=np.int64)}, buf, _use_new_zipfile_serialization=False)
@@ -79,7 +79,7 @@ def test_ogb_allow_list_is_scoped_and_leaves_torch_load_alone(tmp_path):
 
 def test_ogb_loaders_name_missing_files(tmp_path):
     pytest.importorskip("ogb")
-    from graphattn.datasets import load_ogb_link, load_ogb_node
+    from graphattn.train.datasets import load_ogb_link, load_ogb_node
 
     with pytest.raises(FileNotFoundError, match="ogbn_arxiv.*RELEASE_v1.txt"):
         load_ogb_node(str(tmp_path), "ogbn-arxiv")

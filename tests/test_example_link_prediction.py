@@ -91,7 +91,7 @@ def test_clear_errors(tmp_path, capsys):
 
 
 def test_link_predictor_shapes_and_checks():
-    from graphattn.models import LinkPredictor
+    from graphattn.train.models import LinkPredictor
 
     ei = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 0]])
     m = LinkPredictor("gat", None, hidden=4, heads=2, num_nodes=5, decoder="mlp", decoder_hidden=3)
@@ -136,7 +136,7 @@ def test_disjoint_supervision_edges_carry_no_messages(monkeypatch):
 
     model = lp.new_model(args, data, torch.device("cpu"))
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    from graphattn.distributed import DistInfo
+    from graphattn.train.distributed import DistInfo
 
     lp.train_epoch(args, Recorder(model), opt, data, None, torch.Generator().manual_seed(0), DistInfo())
     n = data.num_nodes

@@ -55,7 +55,7 @@ def test_products_full_graph_mode(ogb_root, tmp_path):
 
 
 def test_pyg_sampler_without_compiled_backend_says_what_to_install(ogb_root, tmp_path):
-    from graphattn.sampling import neighbor_loader_available
+    from graphattn.train.sampling import neighbor_loader_available
 
     if neighbor_loader_available():
         res = ogbn_products.main(_args(ogb_root, tmp_path / "r.json", "--epochs", "2"))
@@ -115,8 +115,8 @@ def test_sampled_shards_partition_each_epochs_training_nodes(ogb_root, monkeypat
     """Under torchrun each rank trains on its own shard of one shared permutation."""
     from types import SimpleNamespace
 
-    from graphattn.datasets import load_ogb_node
-    from graphattn.distributed import DistInfo
+    from graphattn.train.datasets import load_ogb_node
+    from graphattn.train.distributed import DistInfo
 
     args = ogbn_products.parse_args(["--root", str(ogb_root), "--smoke", "--sampler", "graphattn"])
     data = load_ogb_node(args.root, args.name)

@@ -4,7 +4,7 @@ import argparse
 import pytest
 import torch
 
-from graphattn.experiment import device_argument, resolve_device
+from graphattn.train.experiment import device_argument, resolve_device
 
 
 def test_resolve_device_raises_instead_of_exiting():

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from graphattn.metrics import average_precision, hits_at_k, roc_auc
+from graphattn.train.metrics import average_precision, hits_at_k, roc_auc
 
 
 def _pairwise_auc(pos, neg):

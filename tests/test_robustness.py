@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from graphattn import robustness as rb
-from graphattn.datasets import contextual_sbm
+from graphattn.train.datasets import contextual_sbm
 from graphattn.nn import DotProductConv, GATConv, GATv2Conv
 
 

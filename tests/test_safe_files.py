@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from graphattn import experiment
-from graphattn.experiment import CheckpointError, atomic_save, load_checkpoint, resume_from
+from graphattn.train import experiment
+from graphattn.train.experiment import CheckpointError, atomic_save, load_checkpoint, resume_from
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -374,7 +374,7 @@ def test_ogb_node_loader_needs_no_patch(tmp_path, monkeypatch, watch_loads):
     pytest.importorskip("ogb")
     from ogb_format import write_ogbn
 
-    from graphattn.datasets import contextual_sbm, load_ogb_node
+    from graphattn.train.datasets import contextual_sbm, load_ogb_node
 
     monkeypatch.setenv("GRAPHATTN_CACHE", str(tmp_path / "cache"))
     write_ogbn(tmp_path, "ogbn-arxiv")
@@ -398,7 +398,7 @@ def test_ogb_node_loader_needs_no_patch(tmp_path, monkeypatch, watch_loads):
 @pytest.mark.skipif(not (SHARED / "ogb" / "ogbl_ddi" / "raw").exists(), reason="no ogbl-ddi in shared data")
 def test_ogb_link_loader_reads_numpy_splits_through_the_allow_list(tmp_path, monkeypatch, watch_loads):
     pytest.importorskip("ogb")
-    from graphattn.datasets import load_ogb_link
+    from graphattn.train.datasets import load_ogb_link
 
     monkeypatch.setenv("GRAPHATTN_CACHE", str(tmp_path / "cache"))
     shutil.copytree(SHARED / "ogb" / "ogbl_ddi", tmp_path / "ogbl_ddi", copy_function=shutil.copyfile)
@@ -431,7 +431,7 @@ def test_crafted_file_in_an_ogb_folder_does_not_run(tmp_path, monkeypatch, targe
     pytest.importorskip("ogb")
     from ogb_format import write_ogbn
 
-    from graphattn.datasets import load_ogb_node
+    from graphattn.train.datasets import load_ogb_node
 
     monkeypatch.setenv("GRAPHATTN_CACHE", str(tmp_path / "cache"))
     folder = write_ogbn(tmp_path, "ogbn-arxiv")
@@ -450,7 +450,7 @@ def test_legacy_numpy_pickle_needs_exactly_the_listed_classes(tmp_path):
     nothing else: another dtype's class or a function is still refused."""
     import numpy as np
 
-    from graphattn.datasets import _ogb_files_allowed, _ogb_safe_globals
+    from graphattn.train.datasets import _ogb_files_allowed, _ogb_safe_globals
 
     entries = _ogb_safe_globals()
     names = sorted(g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in entries)
@@ -478,7 +478,7 @@ def test_legacy_numpy_pickle_needs_exactly_the_listed_classes(tmp_path):
 def test_crafted_file_in_planetoid_processed_does_not_run(tmp_path, monkeypatch, target):
     """PyG itself reads these with weights_only=False (the markers) or falls back to it
     (the data file); the loader checks them safely first."""
-    from graphattn.datasets import load_planetoid
+    from graphattn.train.datasets import load_planetoid
 
     monkeypatch.setenv("GRAPHATTN_CACHE", str(tmp_path / "cache"))
     shutil.copytree(SHARED / "planetoid" / "Cora" / "raw", tmp_path / "Cora" / "raw", copy_function=shutil.copyfile)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from graphattn.sampling import NeighborSampler
+from graphattn.train.sampling import NeighborSampler
 
 
 def _graph(n=60, e=500, seed=0):

@@ -15,7 +15,7 @@ from typing import Iterator, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .graph import Graph
+from ..graph import Graph
 
 __all__ = ["NeighborSampler", "SampledBatch", "neighbor_loader_available"]
 

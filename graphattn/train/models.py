@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .nn import DotProductConv, GATConv, GATv2Conv
+from ..nn import DotProductConv, GATConv, GATv2Conv
 
-__all__ = ["NodeClassifier", "DeepNodeClassifier", "LinkPredictor", "MODELS", "DECODERS", "fit_node_classifier"]
+__all__ = ["NodeClassifier", "DeepNodeClassifier", "LinkPredictor", "MODELS", "DECODERS", "EarlyStopping",
+           "evaluate_node_classifier", "node_classifier_step", "fit_node_classifier"]
 
 MODELS = ("gat", "gatv2", "dot")
 DECODERS = ("dot", "mlp")
@@ -101,39 +102,95 @@ class DeepNodeClassifier(nn.Module):
         return h
 
 
+class EarlyStopping:
+    """The GAT paper's early-stopping rule, the one every example uses.
+
+    Patience resets whenever validation accuracy *or* validation loss is at least
+    as good as the best seen; the epoch kept (``best``) is the last one where
+    *both* were. ``step`` returns True at such an epoch, so the caller can take a
+    snapshot of the model there. Its plain state travels in checkpoints
+    (``state_dict`` / ``load_state_dict``), so a resumed run stops where an
+    uninterrupted one would.
+    """
+
+    def __init__(self, patience: int) -> None:
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}")
+        self.patience = patience
+        self.best_acc, self.best_loss = -float("inf"), float("inf")
+        self.bad_epochs = 0
+        self.best: Optional[dict] = None
+
+    def step(self, epoch: int, val_acc: float, val_loss: float, **record) -> bool:
+        """Record one validation result (``record``: anything to keep with it,
+        e.g. the test accuracy); True when this epoch becomes ``best``."""
+        acc_ok, loss_ok = val_acc >= self.best_acc, val_loss <= self.best_loss
+        if acc_ok or loss_ok:
+            self.best_acc, self.best_loss = max(self.best_acc, val_acc), min(self.best_loss, val_loss)
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+        if acc_ok and loss_ok:
+            self.best = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss, **record}
+        return acc_ok and loss_ok
+
+    @property
+    def stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"patience": self.patience, "best_acc": self.best_acc, "best_loss": self.best_loss,
+                "bad_epochs": self.bad_epochs, "best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("patience", "best_acc", "best_loss", "bad_epochs", "best"):
+            setattr(self, key, state[key])
+
+
+@torch.no_grad()
+def evaluate_node_classifier(model: nn.Module, data, graph) -> dict:
+    """Accuracy and cross-entropy of ``model`` on the train, val and test masks (eval mode)."""
+    model.eval()
+    out = model(data.x, graph)
+    pred = out.argmax(dim=-1)
+    result = {}
+    for split in ("train", "val", "test"):
+        mask = getattr(data, f"{split}_mask")
+        result[f"{split}_acc"] = float((pred[mask] == data.y[mask]).float().mean())
+        result[f"{split}_loss"] = float(F.cross_entropy(out[mask], data.y[mask]))
+    return result
+
+
+def node_classifier_step(model: nn.Module, data, graph, opt: torch.optim.Optimizer) -> float:
+    """One full-batch training step on ``data.train_mask``; returns the loss."""
+    model.train()
+    opt.zero_grad()
+    loss = F.cross_entropy(model(data.x, graph)[data.train_mask], data.y[data.train_mask])
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 def fit_node_classifier(model: nn.Module, data, epochs: int = 300, patience: int = 100, lr: float = 0.005,
                         weight_decay: float = 5e-4, graph=None, progress: bool = False) -> dict:
-    """Full-batch training on ``data.train_mask`` with early stopping on validation
-    accuracy (ties broken by loss); the model ends with its best-validation weights.
-    Returns ``{"epoch", "val_acc", "test_acc"}`` of that model."""
+    """Full-batch training on ``data.train_mask`` with :class:`EarlyStopping`; the
+    model ends with the weights of the epoch that rule keeps. Returns that epoch's
+    ``{"epoch", "val_acc", "val_loss", "test_acc"}``."""
     from tqdm import tqdm
 
     graph = data.edge_index if graph is None else graph
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    best, best_state, bad = None, None, 0
+    stopper, best_state = EarlyStopping(patience), None
     for epoch in tqdm(range(epochs), disable=not progress, leave=False, desc="train"):
-        model.train()
-        opt.zero_grad()
-        F.cross_entropy(model(data.x, graph)[data.train_mask], data.y[data.train_mask]).backward()
-        opt.step()
-        model.eval()
-        with torch.no_grad():
-            out = model(data.x, graph)
-        val_loss = float(F.cross_entropy(out[data.val_mask], data.y[data.val_mask]))
-        pred = out.argmax(-1)
-        val_acc = float((pred[data.val_mask] == data.y[data.val_mask]).float().mean())
-        if best is None or (val_acc, -val_loss) > (best["val_acc"], -best["val_loss"]):
-            test_acc = float((pred[data.test_mask] == data.y[data.test_mask]).float().mean())
-            best = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss, "test_acc": test_acc}
+        node_classifier_step(model, data, graph, opt)
+        ev = evaluate_node_classifier(model, data, graph)
+        if stopper.step(epoch, ev["val_acc"], ev["val_loss"], test_acc=ev["test_acc"]):
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            bad = 0
-        else:
-            bad += 1
-            if bad >= patience:
-                break
+        if stopper.stop:
+            break
     model.load_state_dict(best_state)
     model.eval()
-    return best
+    return stopper.best
 
 
 class LinkPredictor(nn.Module):
