@@ -268,6 +268,17 @@ class Graph:
         return graph
 
     @classmethod
+    def _from_csr(cls, rowptr: Tensor, col: Tensor, num_src: int, *, pattern: Optional[Pattern] = None) -> "Graph":
+        """A graph from CSR arrays graphattn computed itself (in range, ``rowptr``
+        non-decreasing): no sort and no count, for patterns with millions of edges."""
+        degree = rowptr.diff()
+        row = torch.repeat_interleave(torch.arange(degree.numel(), device=col.device), degree,
+                                      output_size=col.numel())
+        graph = cls(rowptr, col, row, None, num_src, degree.numel(), pattern=pattern)
+        graph._valid_stamp = graph._stamp()
+        return graph
+
+    @classmethod
     def from_sparse(cls, adj_t: Any) -> Tuple["Graph", Optional[Tensor]]:
         """Build from a sparse adjacency in PyG's ``adj_t`` convention: rows are
         destinations, columns sources, shape ``(num_dst, num_src[, ...])``. Takes a torch

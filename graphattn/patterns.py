@@ -10,6 +10,13 @@ Batches of variable-length sequences become one block-diagonal graph
 (:func:`batch`): packed, with no padding tokens as nodes. :func:`pack` and
 :func:`unpack` convert between padded ``(B, L, D)`` tensors (plus a
 ``key_padding_mask``) and packed ``(sum L, D)`` node tensors.
+
+Graph-level patterns take a PyG ``batch`` vector (node -> graph, sorted) instead:
+:func:`complete_per_graph` (every node attends to every node of its own graph,
+no padding: a graph transformer's global attention), :func:`expander_per_graph`
+(random regular edges inside each graph, Exphormer) and :func:`virtual_nodes`
+(one or more global nodes per graph, Graphormer's graph token / Exphormer's
+virtual nodes), which :func:`sparse_global` unites with the local edges.
 """
 from __future__ import annotations
 
@@ -35,6 +42,11 @@ __all__ = [
     "unpack",
     "lengths_from_padding_mask",
     "check_block",
+    "graph_sizes",
+    "complete_per_graph",
+    "expander_per_graph",
+    "virtual_nodes",
+    "sparse_global",
 ]
 
 
@@ -247,3 +259,138 @@ def unpack(packed: Tensor, lengths: Union[Tensor, Sequence[int]], max_len: Optio
     mask = torch.arange(L, device=packed.device).unsqueeze(0) < lengths.unsqueeze(1)
     out[mask] = packed
     return out
+
+
+# ------------------------------------------------------------ graph-level patterns
+def graph_sizes(batch: Optional[Tensor], num_nodes: int) -> Tensor:
+    """Nodes per graph from PyG's ``batch`` vector (``None``: one graph of
+    ``num_nodes``). ``batch`` must be sorted (PyG's ``Batch`` always is): the
+    patterns below number each graph's nodes contiguously."""
+    num_nodes = _check_len("num_nodes", int(num_nodes))
+    if batch is None:
+        return torch.tensor([num_nodes], dtype=torch.long)
+    if not isinstance(batch, Tensor) or batch.dim() != 1 or batch.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"batch must be a 1-D int64 tensor (node -> graph), got "
+                         f"{getattr(batch, 'dtype', type(batch).__name__)} of shape {tuple(getattr(batch, 'shape', ()))}")
+    if batch.numel() != num_nodes:
+        raise ValueError(f"batch has {batch.numel()} entries for {num_nodes} nodes")
+    if num_nodes == 0:
+        return torch.zeros(0, dtype=torch.long)
+    b = batch.long().cpu()
+    if int(b.min()) < 0:
+        raise ValueError(f"batch holds a negative graph id ({int(b.min())})")
+    if bool((b[1:] < b[:-1]).any()):
+        raise ValueError("batch must be sorted (each graph's nodes contiguous), as PyG's Batch makes it")
+    return torch.bincount(b)
+
+
+def _offsets_of(sizes: Tensor) -> Tensor:
+    return torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
+
+
+def complete_per_graph(batch: Optional[Tensor], num_nodes: int, *, max_edges: int = 2 ** 31 - 1) -> Graph:
+    """Block-diagonal complete graph: node ``i`` attends to every node of its own
+    graph (itself included) and to none of the others, with no padding.
+
+    Built vectorised (no loop over graphs); ``sum(n_g^2)`` edges. The pattern
+    records ``complete`` with the graph sizes, so a batch of equal-sized graphs
+    runs through dense SDPA and any other batch through the sparse kernels.
+    More than ``max_edges`` edges is refused with a pointer to
+    :func:`sparse_global` (a 100k-node graph would need 10^10 edges).
+    """
+    sizes = graph_sizes(batch, num_nodes)
+    device = batch.device if isinstance(batch, Tensor) else None
+    num_edges = int((sizes * sizes).sum())
+    if num_edges > max_edges:
+        raise ValueError(f"complete attention over these graphs needs {num_edges:,} edges (largest graph "
+                         f"{int(sizes.max()):,} nodes), more than max_edges={max_edges:,}; use "
+                         f"patterns.sparse_global (expander edges + virtual nodes) for graphs this large")
+    sizes = sizes.to(device)
+    first_node = (sizes.cumsum(0) - sizes).repeat_interleave(sizes)  # each node's graph's first node
+    degree = sizes.repeat_interleave(sizes)  # every node receives from its whole graph
+    rowptr = torch.cat([degree.new_zeros(1), degree.cumsum(0)])
+    # Row i holds first_node[i], first_node[i] + 1, ...: a running count minus where the row starts.
+    col = torch.arange(num_edges, device=device) + torch.repeat_interleave(first_node - rowptr[:-1], degree,
+                                                                           output_size=num_edges)
+    lengths = tuple(int(n) for n in sizes.tolist())
+    return Graph._from_csr(rowptr, col, num_nodes, pattern=Pattern("complete", (), lengths))
+
+
+def _within_graph_permutation(sizes: Tensor, gen: torch.Generator) -> Tensor:
+    """A random permutation of the nodes that keeps each node inside its graph."""
+    graph_of_node = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
+    keys = graph_of_node.double() + torch.rand(graph_of_node.numel(), generator=gen, dtype=torch.float64) * 0.5
+    return keys.argsort()
+
+
+def expander_per_graph(batch: Optional[Tensor], num_nodes: int, degree: int = 4, seed: int = 0) -> Graph:
+    """Random expander edges inside each graph (Exphormer): ``degree // 2`` random
+    permutations of each graph's nodes, each used in both directions, so every node
+    receives about ``degree`` edges (repeats and self-pairs removed). Deterministic
+    for a given ``seed``."""
+    if isinstance(degree, bool) or not isinstance(degree, int) or degree < 2 or degree % 2:
+        raise ValueError(f"degree must be an even integer >= 2, got {degree!r}")
+    sizes = graph_sizes(batch, num_nodes)
+    device = batch.device if isinstance(batch, Tensor) else None
+    gen = torch.Generator().manual_seed(seed)
+    nodes = torch.arange(num_nodes)
+    src, dst = [], []
+    for _ in range(degree // 2):
+        perm = _within_graph_permutation(sizes, gen)
+        src += [nodes, perm]
+        dst += [perm, nodes]
+    src, dst = torch.cat(src), torch.cat(dst)
+    keep = src != dst
+    return _unique_edges(src[keep], dst[keep], num_nodes, Pattern("expander", (("degree", degree), ("seed", seed)),
+                                                                  tuple(sizes.tolist())), device)
+
+
+def _unique_edges(src: Tensor, dst: Tensor, num_nodes: int, pattern: Pattern, device) -> Graph:
+    key = (dst.long() * max(num_nodes, 1) + src.long()).unique()  # sorted by destination, then source
+    dst, src = key // max(num_nodes, 1), key % max(num_nodes, 1)
+    return Graph._build(src.to(device), dst.to(device), num_nodes, num_nodes, pattern=pattern)
+
+
+def virtual_nodes(batch: Optional[Tensor], num_nodes: int, per_graph: int = 1) -> Graph:
+    """Global nodes: ``per_graph`` virtual nodes for each graph, numbered after the
+    ``num_nodes`` real ones (graph ``g``'s are ``num_nodes + g * per_graph + v``).
+    Each virtual node receives from and sends to every real node of its graph, and
+    the virtual nodes of a graph see each other (themselves included). The caller
+    appends their features to ``x`` (e.g. a learned embedding per virtual node)."""
+    per_graph = _check_len("per_graph", per_graph)
+    sizes = graph_sizes(batch, num_nodes)
+    device = batch.device if isinstance(batch, Tensor) else None
+    num_graphs, total = sizes.numel(), num_nodes + sizes.numel() * per_graph
+    graph_of_node = torch.repeat_interleave(torch.arange(num_graphs), sizes)
+    real = torch.arange(num_nodes).repeat_interleave(per_graph)
+    virtual = num_nodes + graph_of_node.repeat_interleave(per_graph) * per_graph + torch.arange(per_graph).repeat(
+        num_nodes)
+    vv = num_nodes + torch.arange(num_graphs * per_graph)
+    v_src = vv.view(num_graphs, per_graph, 1).expand(-1, -1, per_graph).reshape(-1)
+    v_dst = vv.view(num_graphs, 1, per_graph).expand(-1, per_graph, -1).reshape(-1)
+    src = torch.cat([real, virtual, v_src])
+    dst = torch.cat([virtual, real, v_dst])
+    return _unique_edges(src, dst, total, Pattern("virtual", (("per_graph", per_graph),), tuple(sizes.tolist())),
+                         device)
+
+
+def sparse_global(batch: Optional[Tensor], num_nodes: int, edge_index: Optional[Tensor] = None, *,
+                  degree: int = 4, virtual_per_graph: int = 1, seed: int = 0) -> Graph:
+    """Exphormer's sparse global pattern over ``num_nodes + num_graphs *
+    virtual_per_graph`` nodes: the local ``edge_index`` (if given), expander edges
+    of ``degree`` inside each graph and ``virtual_per_graph`` virtual nodes per
+    graph. ``O(N * (degree + virtual_per_graph) + E)`` edges, so it runs on graphs
+    far too large for :func:`complete_per_graph`."""
+    sizes = graph_sizes(batch, num_nodes)
+    total = num_nodes + sizes.numel() * virtual_per_graph
+    parts = [virtual_nodes(batch, num_nodes, virtual_per_graph)]
+    if degree:
+        parts.append(expander_per_graph(batch, num_nodes, degree, seed))
+    if edge_index is not None:
+        parts.append(Graph.from_edge_index(edge_index, num_nodes))
+    src = torch.cat([g.col.cpu() for g in parts])
+    dst = torch.cat([g.row.cpu() for g in parts])
+    device = batch.device if isinstance(batch, Tensor) else (edge_index.device if edge_index is not None else None)
+    params = (("degree", degree), ("virtual_per_graph", virtual_per_graph), ("seed", seed),
+              ("local", edge_index is not None))
+    return _unique_edges(src, dst, total, Pattern("sparse_global", params, tuple(sizes.tolist())), device)

@@ -2,6 +2,7 @@
 from .dot_product import DotProductConv, TransformerConv
 from ._base import register_attention_hook
 from .gat import GATConv, GATv2Conv
+from .gps import GPSConv
 from .linear import LinearAttention
 from .multihead import MultiheadGraphAttention
 from .transformer import GraphTransformerDecoderLayer, GraphTransformerEncoderLayer
@@ -9,6 +10,7 @@ from .transformer import GraphTransformerDecoderLayer, GraphTransformerEncoderLa
 __all__ = [
     "GATConv",
     "GATv2Conv",
+    "GPSConv",
     "TransformerConv",
     "DotProductConv",
     "MultiheadGraphAttention",

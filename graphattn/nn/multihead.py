@@ -285,6 +285,34 @@ class MultiheadGraphAttention(TorchAttentionBase):
         )
         return layer._copy_from_torch(mha)
 
+    def attend_packed(self, query: Tensor, key: Tensor, value: Tensor, graph: Graph,
+                      need_weights: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+        """Attention over packed node tensors: ``query`` ``[Nq, E]``, ``key`` and
+        ``value`` ``[Nk, kdim/vdim]``, query ``i`` attending to key ``j`` for each
+        edge ``j -> i`` of ``graph`` (e.g. :func:`graphattn.patterns.complete_per_graph`
+        over a PyG batch: every graph's nodes see their own graph only, no padding).
+        Returns ``([Nq, E], weights [num_edges, H] in the graph's edge order or None)``;
+        weights are taken before dropout. ``add_bias_kv`` / ``add_zero_attn`` have no
+        packed meaning and are refused."""
+        if self.bias_k is not None or self.add_zero_attn:
+            raise ValueError("attend_packed does not support add_bias_kv or add_zero_attn (no per-sequence key "
+                             "to append in a packed batch); add those keys to the graph as nodes instead")
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if t.dim() != 2:
+                raise ValueError(f"attend_packed takes packed [nodes, features] tensors; {name} has shape "
+                                 f"{tuple(t.shape)}")
+        H, D = self.num_heads, self.head_dim
+        q, k, v = self._projections(query, key, value)
+        want = need_weights or capturing()
+        out = ops.dot_product_attention(
+            q.view(-1, H, D), k.view(-1, H, D), v.view(-1, H, D), graph, scale=D ** -0.5,
+            dropout=self.dropout, training=self.training, return_weights=want,
+        )
+        out, alpha = out if want else (out, None)
+        if alpha is not None and capturing():
+            record_attention(self, graph.edge_index, alpha, graph.num_src, graph.num_dst, None)
+        return self.out_proj(out.reshape(-1, self.embed_dim)), alpha if need_weights else None
+
     # ---------------------------------------------------------------- helpers
     def _pattern_graph(self, Lq: int, Lk: int, is_causal: bool, device) -> Graph:
         pat = self.pattern

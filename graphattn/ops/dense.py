@@ -1,11 +1,14 @@
 """Dense dispatch: graphs known to be complete, causal or complete-bipartite (one
 sequence, or a batch of equal-length sequences) run through PyTorch's
 ``scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU, a
-fused kernel on CPU). The result equals the sparse path's; tests check it.
+fused kernel on CPU). A block-diagonal complete graph whose blocks differ in size
+(global attention over a batch of graphs) runs as one SDPA call per distinct block
+size, its blocks gathered without padding. The result equals the sparse path's;
+tests check it.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +40,28 @@ def blocks(graph: Graph, kinds: Tuple[str, ...] = DENSE_KINDS) -> Optional[Tuple
     return B, Lq, Lk
 
 
+# Distinct block sizes above which grouped SDPA stops paying for its per-call cost
+# and the sparse kernel takes the graph (a batch of small molecules has dozens).
+MAX_GROUPS = 64
+
+
+def size_groups(graph: Graph) -> Optional[List[Tuple[int, Tensor]]]:
+    """``[(L, first_nodes)]`` when the graph is a block-diagonal complete graph of
+    square blocks (its node and edge counts bear the recorded sizes out): for each
+    distinct block size ``L``, the first node of every block of that size."""
+    pat = graph.pattern
+    if pat is None or pat.kind != "complete" or pat.batch is None or pat.get("key_lengths") is not None:
+        return None
+    sizes = torch.tensor(pat.batch, dtype=torch.long)
+    if graph.num_dst != graph.num_src or graph.num_dst != int(sizes.sum()) or graph.num_edges != int((sizes * sizes).sum()):
+        return None
+    distinct = sizes.unique()
+    if distinct.numel() > MAX_GROUPS:
+        return None
+    first = sizes.cumsum(0) - sizes
+    return [(int(L), first[sizes == L]) for L in distinct if L > 0]
+
+
 def _band_edges(L: int, left: int, right: int) -> int:
     """Edges of a band of ``left``/``right`` neighbours clipped to ``L`` tokens."""
     a, b = min(left, max(L - 1, 0)), min(right, max(L - 1, 0))
@@ -66,8 +91,9 @@ def decline(graph=None, need_weights=False, has_edge_terms=False, has_edge_mask=
         return "attention weights were asked for (SDPA does not return them)"
     if has_edge_terms:
         return "the call has per-edge terms (edge_key / edge_value / edge_bias)"
-    if blocks(graph) is None:
-        return "the graph is not known to be complete, causal or cross blocks of one size"
+    if blocks(graph) is None and size_groups(graph) is None:
+        return ("the graph is not known to be complete, causal or cross blocks of one size, nor complete blocks "
+                f"of at most {MAX_GROUPS} distinct sizes")
     return None
 
 
@@ -75,6 +101,8 @@ def dot_product(query, key, value, graph, *, scale, edge_key, edge_value, edge_b
                 need_weights=False):
     if edge_key is not None or edge_value is not None or edge_bias is not None or need_weights:
         raise RuntimeError("the dense backend runs plain attention only (no edge terms, no returned weights)")
+    if blocks(graph) is None:
+        return _grouped(query, key, value, graph, scale, dropout if training else 0.0), None
     B, Lq, Lk = blocks(graph)
     H, D, C = query.size(1), query.size(2), value.size(2)
 
@@ -86,3 +114,21 @@ def dot_product(query, key, value, graph, *, scale, edge_key, edge_value, edge_b
         dropout_p=dropout if training else 0.0, is_causal=graph.pattern.kind == "causal", scale=scale,
     )
     return out.transpose(1, 2).reshape(B * Lq, H, C), None
+
+
+def _grouped(query: Tensor, key: Tensor, value: Tensor, graph: Graph, scale, dropout: float) -> Tensor:
+    """Complete blocks of several sizes: per distinct size, gather the blocks into
+    ``[B_L, H, L, D]``, run SDPA, and put every node's row back in place."""
+    rows, outs = [], []
+    for L, first in size_groups(graph):
+        nodes = (first.to(query.device).unsqueeze(1) + torch.arange(L, device=query.device)).reshape(-1)
+
+        def gather(t: Tensor) -> Tensor:  # [N, H, X] -> [B_L, H, L, X]
+            return t.index_select(0, nodes).reshape(-1, L, t.size(1), t.size(2)).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(gather(query), gather(key), gather(value), dropout_p=dropout,
+                                             scale=scale)
+        rows.append(nodes)
+        outs.append(out.transpose(1, 2).reshape(nodes.numel(), query.size(1), value.size(2)))
+    order = torch.cat(rows).argsort()
+    return torch.cat(outs).index_select(0, order)

@@ -1,0 +1,209 @@
+"""The GPS graph-transformer layer on graphattn's engine: global attention without padding."""
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import patterns
+from ..graph import Graph
+from ._base import check_hyperparameters, check_positive_int
+from .dot_product import TransformerConv
+from .gat import GATConv, GATv2Conv
+from .multihead import MultiheadGraphAttention
+
+GLOBAL_PATTERNS = ("complete", "sparse")
+
+
+class GPSConv(nn.Module):
+    r"""The GPS layer ("Recipe for a General, Powerful, Scalable Graph Transformer",
+    Rampášek et al., 2022) with PyG ``GPSConv``'s constructor, forward and parameter
+    names: a local message-passing layer and global attention, each with a residual
+    connection and a normalisation, summed and passed through a two-layer MLP:
+
+    .. math::
+        h^L &= \mathrm{Norm}_1\big(x + \mathrm{Dropout}(\mathrm{MPNN}(x, A))\big),\qquad
+        h^G = \mathrm{Norm}_2\big(x + \mathrm{Dropout}(\mathrm{MHA}_{\mathcal{G}}(x))\big)\\
+        \mathrm{out} &= \mathrm{Norm}_3\big(h + \mathrm{MLP}(h)\big),\quad h = h^L + h^G
+
+    :math:`\mathrm{MHA}_{\mathcal{G}}` is :class:`MultiheadGraphAttention` over a
+    pattern built from ``batch``: with ``global_pattern="complete"`` (default, PyG's
+    semantics) every node attends to every node of its own graph
+    (:func:`graphattn.patterns.complete_per_graph`), with no padding to the largest
+    graph, so a batch with a few large graphs costs what its real pairs cost. With
+    ``global_pattern="sparse"`` it attends over Exphormer's pattern
+    (:func:`graphattn.patterns.sparse_global`: the local edges, ``expander_degree``
+    random expander edges per node and ``virtual_nodes`` learned virtual nodes per
+    graph), linear in the graph size, for graphs too large for complete attention.
+    The pattern is built once per ``batch`` tensor and reused by every call with it.
+
+    Args:
+        channels, conv, heads, dropout, act, act_kwargs, norm, norm_kwargs,
+        attn_type, attn_kwargs: as in PyG's ``GPSConv``. ``conv`` may be any module
+            called as ``conv(x, edge_index, **kwargs)`` (or None); ``attn_type`` must be
+            ``"multihead"``; ``attn_kwargs`` go to :class:`MultiheadGraphAttention`
+            (e.g. ``{"dropout": 0.5}``).
+        global_pattern: ``"complete"`` or ``"sparse"``.
+        expander_degree, virtual_nodes, seed: the sparse pattern's expander degree
+            (even; 0 for none), virtual nodes per graph (0 for none) and seed.
+
+    Forward: ``forward(x, edge_index, batch=None, **kwargs)``; ``batch`` is PyG's
+    node-to-graph vector (sorted; None for one graph); ``kwargs`` (e.g. ``edge_attr``)
+    go to ``conv``. :meth:`from_pyg` copies a PyG ``GPSConv``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        conv: Optional[nn.Module],
+        heads: int = 1,
+        dropout: float = 0.0,
+        act: str = "relu",
+        act_kwargs: Optional[Dict[str, Any]] = None,
+        norm: Optional[str] = "batch_norm",
+        norm_kwargs: Optional[Dict[str, Any]] = None,
+        attn_type: str = "multihead",
+        attn_kwargs: Optional[Dict[str, Any]] = None,
+        *,
+        global_pattern: str = "complete",
+        expander_degree: int = 4,
+        virtual_nodes: int = 1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        from torch_geometric.nn.resolver import activation_resolver, normalization_resolver
+
+        check_positive_int("channels", channels)
+        check_hyperparameters(heads=heads, dropout=dropout)
+        if global_pattern == "sparse" and (isinstance(virtual_nodes, bool) or not isinstance(virtual_nodes, int)
+                                           or virtual_nodes < 0):
+            raise ValueError(f"virtual_nodes must be a non-negative integer, got {virtual_nodes!r}")
+        if attn_type != "multihead":
+            raise ValueError(f"attn_type={attn_type!r} is not supported; graphattn's GPSConv computes "
+                             f"attn_type='multihead' (use global_pattern='sparse' for large graphs)")
+        if global_pattern not in GLOBAL_PATTERNS:
+            raise ValueError(f"global_pattern must be one of {GLOBAL_PATTERNS}, got {global_pattern!r}")
+        self.channels, self.conv, self.heads, self.dropout = channels, conv, heads, dropout
+        self.attn_type, self.global_pattern = attn_type, global_pattern
+        self.expander_degree, self.seed = expander_degree, seed
+        self.attn = MultiheadGraphAttention(channels, heads, batch_first=True, **(attn_kwargs or {}))
+        self.virtual = (nn.Parameter(torch.zeros(virtual_nodes, channels))
+                        if global_pattern == "sparse" and virtual_nodes else None)
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, channels * 2),
+            activation_resolver(act, **(act_kwargs or {})),
+            nn.Dropout(dropout),
+            nn.Linear(channels * 2, channels),
+            nn.Dropout(dropout),
+        )
+        self.norm1, self.norm2, self.norm3 = (normalization_resolver(norm, channels, **(norm_kwargs or {}))
+                                              for _ in range(3))
+        self.norm_with_batch = self.norm1 is not None and "batch" in inspect.signature(self.norm1.forward).parameters
+        self._pattern_entry: Optional[Tuple[Any, ...]] = None  # one atomic slot: (key..., graph)
+        self._reset_own_parameters()  # ``conv`` arrives initialised (and may carry copied weights)
+
+    def reset_parameters(self) -> None:
+        if self.conv is not None:
+            self.conv.reset_parameters()
+        self._reset_own_parameters()
+
+    def _reset_own_parameters(self) -> None:
+        from torch_geometric.nn.inits import reset
+
+        self.attn._reset_parameters()
+        reset(self.mlp)
+        for norm in (self.norm1, self.norm2, self.norm3):
+            if norm is not None:
+                norm.reset_parameters()
+        if self.virtual is not None:
+            nn.init.normal_(self.virtual, std=self.channels ** -0.5)
+
+    @classmethod
+    def from_pyg(cls, gps: nn.Module) -> "GPSConv":
+        """A GPSConv with the arguments and weights of a ``torch_geometric.nn.GPSConv``.
+        Its local ``conv`` becomes graphattn's layer when it is PyG's ``GATConv``,
+        ``GATv2Conv`` or ``TransformerConv`` (weights copied), and is kept as given
+        otherwise; the MLP and norms are copies."""
+        from torch_geometric.nn import GATConv as PyGGAT
+        from torch_geometric.nn import GATv2Conv as PyGGATv2
+        from torch_geometric.nn import GPSConv as PyGGPS
+        from torch_geometric.nn import TransformerConv as PyGTransformer
+
+        if not isinstance(gps, PyGGPS):
+            raise TypeError(f"expected torch_geometric.nn.GPSConv, got {type(gps).__name__}")
+        if not isinstance(gps.attn, nn.MultiheadAttention):
+            raise ValueError(f"only attn_type='multihead' converts; this GPSConv has {gps.attn_type!r}")
+        ours = {PyGGAT: GATConv, PyGGATv2: GATv2Conv, PyGTransformer: TransformerConv}
+        conv = gps.conv
+        if conv is not None and type(conv) in ours:
+            conv = ours[type(conv)].from_pyg(conv)
+        layer = cls(gps.channels, conv, heads=gps.heads, dropout=gps.dropout, norm=None,
+                    attn_kwargs={"dropout": gps.attn.dropout})
+        layer.attn = MultiheadGraphAttention.from_torch(gps.attn)
+        layer.mlp = copy.deepcopy(gps.mlp)
+        layer.norm1, layer.norm2, layer.norm3 = (copy.deepcopy(n) for n in (gps.norm1, gps.norm2, gps.norm3))
+        layer.norm_with_batch = gps.norm_with_batch
+        return layer.train(gps.training)
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: Tensor, edge_index, batch: Optional[Tensor] = None, **kwargs) -> Tensor:
+        branches = []
+        if self.conv is not None:  # local message passing
+            h = F.dropout(self.conv(x, edge_index, **kwargs), p=self.dropout, training=self.training)
+            branches.append(self._norm(self.norm1, h + x, batch))
+        h = F.dropout(self._global_attention(x, edge_index, batch), p=self.dropout, training=self.training)
+        branches.append(self._norm(self.norm2, h + x, batch))
+        out = sum(branches)
+        return self._norm(self.norm3, out + self.mlp(out), batch)
+
+    def _norm(self, norm: Optional[nn.Module], h: Tensor, batch: Optional[Tensor]) -> Tensor:
+        if norm is None:
+            return h
+        return norm(h, batch=batch) if self.norm_with_batch else norm(h)
+
+    def _global_attention(self, x: Tensor, edge_index, batch: Optional[Tensor]) -> Tensor:
+        graph = self.global_graph(x.size(0), edge_index, batch, x.device)
+        if self.global_pattern == "complete":
+            return self.attn.attend_packed(x, x, x, graph)[0]
+        num_graphs = len(graph.pattern.batch)
+        nodes = x if self.virtual is None else torch.cat([x, self.virtual.to(x.dtype).repeat(num_graphs, 1)])
+        return self.attn.attend_packed(nodes, nodes, nodes, graph)[0][: x.size(0)]
+
+    @torch.compiler.disable
+    def global_graph(self, num_nodes: int, edge_index, batch: Optional[Tensor], device) -> Graph:
+        """The global attention pattern for this batch (cached for the last ``batch``
+        tensor seen, re-built when it or its contents change)."""
+        local = edge_index if self.global_pattern == "sparse" else None
+        key = (num_nodes, str(device), batch._version if batch is not None else None,
+               getattr(local, "_version", None))
+        entry = self._pattern_entry
+        if entry is not None and entry[0] is batch and entry[1] is local and entry[2] == key:
+            return entry[3]
+        if self.global_pattern == "complete":
+            graph = patterns.complete_per_graph(batch, num_nodes)
+        else:
+            local_index = None if local is None else _as_edge_index(local, num_nodes)
+            graph = patterns.sparse_global(batch, num_nodes, local_index, degree=self.expander_degree,
+                                           virtual_per_graph=0 if self.virtual is None else self.virtual.size(0),
+                                           seed=self.seed)
+        graph = graph.to(device)
+        self._pattern_entry = (batch, local, key, graph)
+        return graph
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}({self.channels}, conv={self.conv}, heads={self.heads}, "
+                f"attn_type={self.attn_type}, global_pattern={self.global_pattern})")
+
+
+def _as_edge_index(adjacency, num_nodes: int) -> Tensor:
+    """``edge_index`` of a local adjacency given as an edge_index, a sparse ``adj_t``
+    or a :class:`Graph` (the sparse pattern includes the local edges)."""
+    if isinstance(adjacency, Graph):
+        return adjacency.edge_index
+    if isinstance(adjacency, Tensor) and not adjacency.is_sparse and adjacency.layout == torch.strided:
+        return adjacency
+    return Graph.from_sparse(adjacency)[0].edge_index
