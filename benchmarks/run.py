@@ -73,6 +73,8 @@ def _build(spec):
             return lambda: scatter_softmax(scores, index, dim=0, dim_size=N), False
     if kind in ("seq_layer", "seq_op"):
         return _build_seq(spec, device, dtype)
+    if kind == "gps":
+        return _build_gps(spec, device, dtype)
     N, E, C_in, C, H = spec["N"], spec["E"], spec["in"], spec["out"], spec["heads"]
     x = torch.randn(N, C_in, device=device, dtype=dtype)
     edge_index = torch.randint(0, N, (2, E), device=device)
@@ -172,6 +174,57 @@ def _build_seq(spec, device, dtype):
     return run, False
 
 
+GPS_BATCHES = {
+    "molecules": "256 molecule-sized graphs (10-40 nodes)",
+    "skewed": "60 graphs of 20 nodes + 4 of 2,000",
+    "large": "one graph of 100,000 nodes",
+}
+
+
+def gps_sizes(graphs: str):
+    """Graph sizes of a GPS benchmark batch (the same in parent and child)."""
+    import torch
+
+    if graphs == "molecules":
+        return torch.randint(10, 41, (256,), generator=torch.Generator().manual_seed(0)).tolist()
+    if graphs == "skewed":
+        return [20] * 60 + [2000] * 4
+    return [100_000]
+
+
+def _build_gps(spec, device, dtype):
+    """One GPS layer (64 channels, 4 heads, GATConv local), forward+backward, on a batch
+    of ring-shaped graphs (degree 2, like a molecule's backbone)."""
+    import torch
+    import torch_geometric.nn as pygnn
+
+    from graphattn.nn import GATConv, GPSConv
+
+    sizes = torch.tensor(gps_sizes(spec["graphs"]))
+    batch = torch.repeat_interleave(torch.arange(sizes.numel()), sizes).to(device)
+    first = (sizes.cumsum(0) - sizes).to(device)[batch]
+    node = torch.arange(batch.numel(), device=device)
+    succ = first + (node - first + 1) % sizes.to(device)[batch]
+    edge_index = torch.cat([torch.stack([node, succ]), torch.stack([succ, node])], 1)
+    C, H = spec["channels"], spec["heads"]
+    x = torch.randn(batch.numel(), C, device=device, dtype=dtype, requires_grad=True)
+    if spec["impl"] == "pyg":
+        layer = pygnn.GPSConv(C, pygnn.GATConv(C, C // H, heads=H), heads=H)
+    elif spec["pattern"] == "sparse":
+        layer = GPSConv(C, GATConv(C, C // H, heads=H), heads=H, global_pattern="sparse")
+    else:
+        layer = GPSConv.from_pyg(pygnn.GPSConv(C, pygnn.GATConv(C, C // H, heads=H), heads=H))
+    layer = layer.to(device, dtype)
+
+    def run():
+        layer(x, edge_index, batch).sum().backward()
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+    if spec["impl"] == "graphattn":
+        run.setup = lambda: layer.global_graph(batch.numel(), edge_index, batch.clone(), device)
+    return run, True
+
+
 def child(spec) -> dict:
     import torch
 
@@ -205,6 +258,13 @@ def child(spec) -> dict:
             break
     times.sort()
     res = {"time_ms": 1e3 * times[len(times) // 2], "repeats": len(times), "peak_mem_mib": peak}
+    if hasattr(run, "setup"):  # per-batch structure a training loop builds once per new batch
+        setups = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            run.setup()
+            setups.append(time.perf_counter() - t0)
+        res["setup_ms"] = 1e3 * sorted(setups)[1]
     if hasattr(run, "reference"):  # same output as the dense peer?
         res["max_abs_diff"] = float((run().float() - run.reference().float()).abs().max())
     return res
@@ -235,9 +295,11 @@ def layer_cases(device, sizes, kinds, modes):
 PEERS = {"gat": "PyG GATConv", "gatv2": "PyG GATv2Conv", "dot": "PyG TransformerConv",
          "edge_softmax": "torch_geometric.utils.softmax",
          "seq_layer": "nn.MultiheadAttention + dense band mask",
-         "seq_op": "F.scaled_dot_product_attention + dense band mask"}
+         "seq_op": "F.scaled_dot_product_attention + dense band mask",
+         "gps": "PyG GPSConv (padded nn.MultiheadAttention)"}
 NAMES = {"gat": "GATConv", "gatv2": "GATv2Conv", "dot": "DotProductConv", "edge_softmax": "edge_softmax",
-         "seq_layer": "MultiheadGraphAttention, window ±128", "seq_op": "dot_product_attention, window ±128"}
+         "seq_layer": "MultiheadGraphAttention, window ±128", "seq_op": "dot_product_attention, window ±128",
+         "gps": "GPSConv"}
 PEER_IMPLS = ("pyg", "torch_scatter", "torch", "sdpa", "flex")
 
 
@@ -252,8 +314,8 @@ def main(argv=None):
     p.add_argument("suite", nargs="?", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--quick", action="store_true", help="small sizes only")
     p.add_argument("--out", default=str(RESULTS), help="results folder")
-    p.add_argument("--cases", default="all", choices=["all", "graph", "seq"],
-                   help="graph layers and edge_softmax, sequence attention, or both (default)")
+    p.add_argument("--cases", default="all", choices=["all", "graph", "seq", "gps"],
+                   help="graph layers and edge_softmax, sequence attention, GPS layers, or all (default)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -308,12 +370,13 @@ def main(argv=None):
                 "heads": 8, "device": device, "scaling": True}
         specs += [("graphattn", spec), ("pyg", spec)]
 
+    specs += gps_cases(device, args.quick)
     if args.cases != "all":
-        want_seq = args.cases == "seq"
-        specs = [(impl, spec) for impl, spec in specs if spec["kind"].startswith("seq") == want_seq]
+        family = lambda kind: "seq" if kind.startswith("seq") else ("gps" if kind == "gps" else "graph")  # noqa: E731
+        specs = [(impl, spec) for impl, spec in specs if family(spec["kind"]) == args.cases]
     rows = []
     for impl, spec in tqdm(specs, desc=f"{args.suite} suite"):
-        res = run_case({**spec, "impl": impl})
+        res = spec.pop("not_run", None) or run_case({**spec, "impl": impl})
         rows.append({"impl": impl, **spec, **res})
 
     stamp = dt.datetime.now(dt.timezone.utc)
@@ -335,6 +398,26 @@ def main(argv=None):
     print(f"written: {out_dir / name}.json, .md, -scaling.png")
 
 
+def gps_cases(device, quick):
+    """GPS layer forward+backward against PyG's GPSConv with the same weights."""
+    specs = []
+    for graphs in (("molecules",) if quick else ("molecules", "skewed", "large")):
+        sizes = gps_sizes(graphs)
+        pattern = "sparse" if graphs == "large" else "complete"
+        N = sum(sizes)
+        pairs = sum(n * n for n in sizes)
+        spec = {"kind": "gps", "mode": "forward+backward", "graphs": graphs, "pattern": pattern, "N": N,
+                "E": 2 * N, "pairs": pairs, "channels": 64, "heads": 4, "device": device}  # E: the local ring edges
+        specs.append(("graphattn", dict(spec)))
+        peer = dict(spec)
+        if pattern == "sparse":
+            padded = len(sizes) * spec["heads"] * max(sizes) ** 2 * 4 / 2**30
+            peer["not_run"] = {"error": f"not run: padded dense attention needs {padded:,.0f} GiB for its "
+                                        f"float32 scores alone (B x H x L_max^2)"}
+        specs.append(("pyg", peer))
+    return specs
+
+
 def compare(rows):
     """Pair each graphattn row with the peers of the same case; ratios are peer / graphattn."""
     key = lambda r: (r["kind"], r["mode"], r["N"], r["E"], r.get("scaling", False), r.get("pattern"),  # noqa: E731
@@ -346,9 +429,14 @@ def compare(rows):
     for k, g in groups.items():
         ours = g.get("graphattn", {})
         op = NAMES[k[0]].replace("window ±128", "causal") if k[5] == "causal" else NAMES[k[0]]
+        if k[0] == "gps":
+            what = (f"complete global attention, {ours.get('pairs', 0):,} pairs" if k[5] == "complete"
+                    else "sparse global attention (expander + virtual nodes + local edges)")
+            op = f"{op}, {GPS_BATCHES[ours.get('graphs', 'molecules')]}, {what}"
         case = {"op": op + ("" if k[6] == "float32" else f" ({k[6]})"), "kind": k[0], "mode": k[1], "N": k[2],
                 "E": k[3], "scaling": k[4], "pattern": k[5], "dtype": k[6],
-                "graphattn": {x: ours.get(x) for x in ("time_ms", "peak_mem_mib", "error", "max_abs_diff")}}
+                "graphattn": {x: ours.get(x) for x in ("time_ms", "peak_mem_mib", "error", "max_abs_diff",
+                                                       "setup_ms")}}
         for impl, r in g.items():
             if impl == "graphattn":
                 continue
@@ -391,7 +479,7 @@ def markdown(report) -> str:
             diff = "—" if d is None else f"{d:.1e}"
             lines.append(
                 f"| {c['op']}{' (scaling)' if c['scaling'] else ''} | {c['mode']} | {c['N']:,} | {c['E']:,} | "
-                f"{_fmt(c['graphattn']['time_ms'])} | {peer_name} | {_fmt(peer.get('time_ms'))} | "
+                f"{_fmt(c['graphattn']['time_ms'])} | {peer_name} | {_fmt(peer.get('time_ms') or peer.get('error'))} | "
                 f"{_fmt(peer.get('speedup'), 'x')} | {_fmt(c['graphattn']['peak_mem_mib'])} | "
                 f"{_fmt(peer.get('peak_mem_mib'))} | {_fmt(peer.get('memory_ratio'), 'x')} | "
                 f"{diff} |"

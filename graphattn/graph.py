@@ -11,7 +11,7 @@ Building a graph sorts and validates once; layers reuse it every step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -147,9 +147,8 @@ class Graph:
         # The builders below pass tensors they made and sorted themselves (and mark the
         # graph valid); a Graph constructed directly is checked in full on first use
         # (:meth:`ensure_valid`), since the fused kernels index with these arrays.
-        self.rowptr = rowptr
-        self.col = col
-        self.row = row
+        self._rowptr, self._col, self._row = rowptr, col, row
+        self._index_builder: Optional[Callable[[], Tuple[Tensor, Tensor, Tensor]]] = None
         self.perm = perm  # None means user order == CSR order
         self.num_src = num_src
         self.num_dst = num_dst
@@ -158,7 +157,8 @@ class Graph:
         # (for edge_attr): base_edge_ids[k] is the base edge of user edge k, for the
         # first len(base_edge_ids) user edges; the rest are self-loops on loop_nodes.
         self.base_edge_ids = base_edge_ids
-        self.num_base_edges = num_base_edges if num_base_edges is not None else col.numel()
+        self.num_base_edges = num_base_edges if num_base_edges is not None else (
+            col.numel() if col is not None else None)
         self.loop_nodes = loop_nodes
         self.pattern = pattern
         self._inv_perm: Optional[Tensor] = None
@@ -268,15 +268,45 @@ class Graph:
         return graph
 
     @classmethod
-    def _from_csr(cls, rowptr: Tensor, col: Tensor, num_src: int, *, pattern: Optional[Pattern] = None) -> "Graph":
-        """A graph from CSR arrays graphattn computed itself (in range, ``rowptr``
-        non-decreasing): no sort and no count, for patterns with millions of edges."""
-        degree = rowptr.diff()
-        row = torch.repeat_interleave(torch.arange(degree.numel(), device=col.device), degree,
-                                      output_size=col.numel())
-        graph = cls(rowptr, col, row, None, num_src, degree.numel(), pattern=pattern)
+    def _lazy(cls, num_nodes: int, num_edges: int, device, build: Callable[[], Tuple[Tensor, Tensor]], *,
+              pattern: Pattern) -> "Graph":
+        """A graph whose CSR arrays ``build() -> (rowptr, col)`` are made on first use.
+        For patterns a dense kernel runs from ``pattern`` alone (complete blocks): when
+        the dispatcher picks such a kernel, the edges are never materialised."""
+        graph = cls(None, None, None, None, num_nodes, num_nodes, num_base_edges=num_edges, pattern=pattern)
+
+        def build_all():
+            rowptr, col = build()
+            degree = rowptr.diff()
+            row = torch.repeat_interleave(torch.arange(num_nodes, device=col.device), degree, output_size=num_edges)
+            return rowptr, col, row
+
+        graph._index_builder = build_all
+        graph._lazy_shape = (num_edges, torch.device(device) if device is not None else torch.device("cpu"))
         graph._valid_stamp = graph._stamp()
         return graph
+
+    def _materialize(self) -> None:
+        build, self._index_builder = self._index_builder, None
+        self._rowptr, self._col, self._row = build()
+        self._valid_stamp = self._stamp()  # built by graphattn: valid by construction
+
+    def _index(self, name: str) -> Tensor:
+        if self._index_builder is not None:
+            self._materialize()
+        return getattr(self, name)
+
+    rowptr = property(lambda self: self._index("_rowptr"), lambda self, v: setattr(self, "_rowptr", v),
+                      doc="CSR offsets by destination, ``[num_dst + 1]``.")
+    col = property(lambda self: self._index("_col"), lambda self, v: setattr(self, "_col", v),
+                   doc="Source of each edge, in CSR order.")
+    row = property(lambda self: self._index("_row"), lambda self, v: setattr(self, "_row", v),
+                   doc="Destination of each edge, in CSR order.")
+
+    @property
+    def is_materialized(self) -> bool:
+        """False while a lazily built pattern's edges have not been needed yet."""
+        return self._index_builder is None
 
     @classmethod
     def from_sparse(cls, adj_t: Any) -> Tuple["Graph", Optional[Tensor]]:
@@ -369,11 +399,11 @@ class Graph:
     # ---------------------------------------------------------------- properties
     @property
     def num_edges(self) -> int:
-        return self.col.numel()
+        return self._lazy_shape[0] if self._index_builder is not None else self.col.numel()
 
     @property
     def device(self) -> torch.device:
-        return self.col.device
+        return self._lazy_shape[1] if self._index_builder is not None else self.col.device
 
     @property
     def is_bipartite(self) -> bool:
@@ -487,6 +517,8 @@ class Graph:
     # ---------------------------------------------------------------- validity
     def _stamp(self) -> Tuple[int, ...]:
         """Version counters of the index tensors: any in-place edit changes it."""
+        if self._index_builder is not None:
+            return ("lazy",)
         ts = (self.rowptr, self.col, self.row, self.perm)
         return tuple(-1 if t is None else t._version for t in ts) + (id(self.rowptr), id(self.col), id(self.row))
 

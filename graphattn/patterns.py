@@ -292,9 +292,11 @@ def complete_per_graph(batch: Optional[Tensor], num_nodes: int, *, max_edges: in
     """Block-diagonal complete graph: node ``i`` attends to every node of its own
     graph (itself included) and to none of the others, with no padding.
 
-    Built vectorised (no loop over graphs); ``sum(n_g^2)`` edges. The pattern
-    records ``complete`` with the graph sizes, so a batch of equal-sized graphs
-    runs through dense SDPA and any other batch through the sparse kernels.
+    ``sum(n_g^2)`` edges, built vectorised (no loop over graphs) and only when a
+    kernel needs them: the pattern records ``complete`` with the graph sizes, and
+    the dense backend runs such a graph as one SDPA call per distinct graph size
+    from the sizes alone (the sparse kernels take it when weights are asked for,
+    or when sizes are too many to group).
     More than ``max_edges`` edges is refused with a pointer to
     :func:`sparse_global` (a 100k-node graph would need 10^10 edges).
     """
@@ -305,15 +307,19 @@ def complete_per_graph(batch: Optional[Tensor], num_nodes: int, *, max_edges: in
         raise ValueError(f"complete attention over these graphs needs {num_edges:,} edges (largest graph "
                          f"{int(sizes.max()):,} nodes), more than max_edges={max_edges:,}; use "
                          f"patterns.sparse_global (expander edges + virtual nodes) for graphs this large")
-    sizes = sizes.to(device)
-    first_node = (sizes.cumsum(0) - sizes).repeat_interleave(sizes)  # each node's graph's first node
-    degree = sizes.repeat_interleave(sizes)  # every node receives from its whole graph
-    rowptr = torch.cat([degree.new_zeros(1), degree.cumsum(0)])
-    # Row i holds first_node[i], first_node[i] + 1, ...: a running count minus where the row starts.
-    col = torch.arange(num_edges, device=device) + torch.repeat_interleave(first_node - rowptr[:-1], degree,
-                                                                           output_size=num_edges)
     lengths = tuple(int(n) for n in sizes.tolist())
-    return Graph._from_csr(rowptr, col, num_nodes, pattern=Pattern("complete", (), lengths))
+
+    def build() -> Tuple[Tensor, Tensor]:
+        n = sizes.to(device)
+        first_node = (n.cumsum(0) - n).repeat_interleave(n)  # each node's graph's first node
+        degree = n.repeat_interleave(n)  # every node receives from its whole graph
+        rowptr = torch.cat([degree.new_zeros(1), degree.cumsum(0)])
+        # Row i holds first_node[i], first_node[i] + 1, ...: a running count minus where the row starts.
+        col = torch.arange(num_edges, device=device) + torch.repeat_interleave(first_node - rowptr[:-1], degree,
+                                                                               output_size=num_edges)
+        return rowptr, col
+
+    return Graph._lazy(num_nodes, num_edges, device, build, pattern=Pattern("complete", (), lengths))
 
 
 def _within_graph_permutation(sizes: Tensor, gen: torch.Generator) -> Tensor:

@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
-EXAMPLES = ["node_classification", "text_classification", "translation", "language_model", "robustness",
+EXAMPLES = ["node_classification", "graph_classification", "text_classification", "translation", "language_model", "robustness",
             "visualize_attention", "link_prediction", "ogbn_arxiv", "ogbn_products"]
 
 

@@ -113,11 +113,11 @@ def test_sparse_global_unites_local_expander_and_virtual_edges():
 
 
 # ----------------------------------------------------------------- grouped dense path
-@pytest.mark.parametrize("sizes", [[3, 7, 1, 7, 0, 12], [5, 5, 5], [1]])
+@pytest.mark.parametrize("sizes", [[3, 70, 1, 70, 0, 120], [5, 5, 5], [1], [96, 64]])
 def test_complete_blocks_of_any_sizes_through_sdpa_equal_reference(sizes):
     torch.manual_seed(0)
     batch = batch_of(sizes)
-    N, H, D = batch.numel(), 2, 4
+    N, H, D = batch.numel(), 2, 3
     graph = patterns.complete_per_graph(batch, N)
     q, k, v = (torch.randn(N, H, D, dtype=torch.float64, requires_grad=True) for _ in range(3))
     out = ops.dot_product_attention(q, k, v, graph)
@@ -130,14 +130,29 @@ def test_complete_blocks_of_any_sizes_through_sdpa_equal_reference(sizes):
         torch.testing.assert_close(a, b)
 
 
-def test_too_many_block_sizes_take_the_sparse_kernel_and_say_why():
-    sizes = list(range(1, dense.MAX_GROUPS + 2))
+def test_the_dense_path_never_builds_the_edges():
+    batch = batch_of([20] * 6 + [300] * 2)
+    graph = patterns.complete_per_graph(batch, batch.numel())
+    assert dense.size_groups(graph) is not None
+    q = torch.randn(batch.numel(), 2, 8, requires_grad=True)
+    ops.dot_product_attention(q, q, q, graph).sum().backward()
+    assert ops.last_backend("dot_product") == "dense" and not graph.is_materialized
+    _, weights = ops.dot_product_attention(q, q, q, graph, return_weights=True)  # SDPA cannot give weights
+    assert graph.is_materialized and weights.shape == (6 * 400 + 2 * 90_000, 2)
+
+
+@pytest.mark.parametrize("sizes, reason", [
+    (list(range(64, 64 + dense.MAX_GROUPS + 1)), "distinct sizes"),
+    ([10, 30, 25, 12, 40], "sparse kernel is faster"),  # molecule-sized graphs
+])
+def test_other_complete_batches_take_the_sparse_kernel_and_say_why(sizes, reason):
     batch = batch_of(sizes)
     graph = patterns.complete_per_graph(batch, batch.numel())
     q = torch.randn(batch.numel(), 1, 4)
-    ops.dot_product_attention(q, q, q, graph)
+    out = ops.dot_product_attention(q, q, q, graph)
     assert ops.last_backend("dot_product") != "dense"
-    assert "distinct sizes" in ops.why_not("dot_product")["dense"]
+    assert reason in ops.why_not("dot_product")["dense"]
+    torch.testing.assert_close(out, ops.dot_product_attention(q, q, q, graph, backend="reference"))
 
 
 def test_a_mislabelled_complete_graph_is_not_trusted():
@@ -230,11 +245,13 @@ def test_sparse_global_pattern_trains_and_scales():
     assert layer.global_graph(big, big_edges, None, out.device).num_edges < 10 * big
 
 
-def test_pattern_is_cached_per_batch_and_rebuilt_when_it_changes():
+def test_pattern_is_shared_by_layers_per_batch_and_rebuilt_when_it_changes():
     layer = GPSConv(4, None, heads=1)
     batch = batch_of([2, 3])
     first = layer.global_graph(5, None, batch, torch.device("cpu"))
     assert layer.global_graph(5, None, batch, torch.device("cpu")) is first
+    assert GPSConv(4, None, heads=2).global_graph(5, None, batch, torch.device("cpu")) is first
+    assert GPSConv(4, None, global_pattern="sparse").global_graph(5, None, batch, torch.device("cpu")) is not first
     batch[2:] = 0
     batch[:] = torch.tensor([0, 0, 0, 0, 1])
     rebuilt = layer.global_graph(5, None, batch, torch.device("cpu"))

@@ -17,6 +17,7 @@ from .gat import GATConv, GATv2Conv
 from .multihead import MultiheadGraphAttention
 
 GLOBAL_PATTERNS = ("complete", "sparse")
+_LAST_PATTERN: Optional[Tuple[Any, ...]] = None  # (batch, local adjacency, key, graph)
 
 
 class GPSConv(nn.Module):
@@ -103,7 +104,6 @@ class GPSConv(nn.Module):
         self.norm1, self.norm2, self.norm3 = (normalization_resolver(norm, channels, **(norm_kwargs or {}))
                                               for _ in range(3))
         self.norm_with_batch = self.norm1 is not None and "batch" in inspect.signature(self.norm1.forward).parameters
-        self._pattern_entry: Optional[Tuple[Any, ...]] = None  # one atomic slot: (key..., graph)
         self._reset_own_parameters()  # ``conv`` arrives initialised (and may carry copied weights)
 
     def reset_parameters(self) -> None:
@@ -175,12 +175,16 @@ class GPSConv(nn.Module):
 
     @torch.compiler.disable
     def global_graph(self, num_nodes: int, edge_index, batch: Optional[Tensor], device) -> Graph:
-        """The global attention pattern for this batch (cached for the last ``batch``
-        tensor seen, re-built when it or its contents change)."""
+        """The global attention pattern for this batch. Shared by every GPSConv with
+        the same pattern settings: the layers of a model build it once per batch (a
+        one-slot cache keyed on the ``batch`` and local adjacency objects, re-built
+        when either is edited in place)."""
+        global _LAST_PATTERN
         local = edge_index if self.global_pattern == "sparse" else None
-        key = (num_nodes, str(device), batch._version if batch is not None else None,
-               getattr(local, "_version", None))
-        entry = self._pattern_entry
+        virtual = 0 if self.virtual is None else self.virtual.size(0)
+        key = (num_nodes, str(device), self.global_pattern, self.expander_degree, virtual, self.seed,
+               batch._version if batch is not None else None, getattr(local, "_version", None))
+        entry = _LAST_PATTERN
         if entry is not None and entry[0] is batch and entry[1] is local and entry[2] == key:
             return entry[3]
         if self.global_pattern == "complete":
@@ -188,10 +192,9 @@ class GPSConv(nn.Module):
         else:
             local_index = None if local is None else _as_edge_index(local, num_nodes)
             graph = patterns.sparse_global(batch, num_nodes, local_index, degree=self.expander_degree,
-                                           virtual_per_graph=0 if self.virtual is None else self.virtual.size(0),
-                                           seed=self.seed)
+                                           virtual_per_graph=virtual, seed=self.seed)
         graph = graph.to(device)
-        self._pattern_entry = (batch, local, key, graph)
+        _LAST_PATTERN = (batch, local, key, graph)  # one tuple, replaced atomically
         return graph
 
     def __repr__(self) -> str:

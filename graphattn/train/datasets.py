@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch_geometric.data import Data
 
-__all__ = ["PLANETOID", "OGB_NODE", "OGB_LINK", "load_planetoid", "load_ogb_node", "load_ogb_link", "contextual_sbm", "edge_homophily", "describe", "cache_dir", "writable_copy"]
+__all__ = ["PLANETOID", "OGB_NODE", "OGB_LINK", "OGB_GRAPH", "load_planetoid", "load_ogb_node", "load_ogb_link",
+           "load_ogb_graph", "contextual_sbm", "edge_homophily", "describe", "cache_dir", "writable_copy"]
 
 PLANETOID = ("Cora", "CiteSeer", "PubMed")
 _PLANETOID_FILES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
@@ -97,6 +98,12 @@ def load_planetoid(root: str, name: str, normalize_features: bool = True) -> Dat
 
 OGB_NODE = ("ogbn-arxiv", "ogbn-products")
 OGB_LINK = ("ogbl-ddi",)
+# OGB's public molecule datasets (MoleculeNet, scaffold split): integer atom and bond features.
+OGB_GRAPH = ("ogbg-molbace", "ogbg-molbbbp", "ogbg-molclintox", "ogbg-molmuv", "ogbg-molpcba", "ogbg-molsider",
+             "ogbg-moltox21", "ogbg-moltoxcast", "ogbg-molhiv", "ogbg-molesol", "ogbg-molfreesolv", "ogbg-mollipo")
+_OGB_MOL_FILES = ("RELEASE_v1.txt", "raw/edge.csv.gz", "raw/node-feat.csv.gz", "raw/edge-feat.csv.gz",
+                  "raw/graph-label.csv.gz", "raw/num-node-list.csv.gz", "raw/num-edge-list.csv.gz",
+                  "split/scaffold/train.csv.gz", "split/scaffold/valid.csv.gz", "split/scaffold/test.csv.gz")
 # Files OGB's own dataset classes read from ``<root>/<name with _>/`` (its on-disk layout).
 _OGB_FILES = {
     "ogbn-arxiv": ("RELEASE_v1.txt", "raw/edge.csv.gz", "raw/node-feat.csv.gz", "raw/node-label.csv.gz",
@@ -107,6 +114,7 @@ _OGB_FILES = {
                       "split/sales_ranking/valid.csv.gz", "split/sales_ranking/test.csv.gz"),
     "ogbl-ddi": ("RELEASE_v1.txt", "raw/edge.csv.gz", "raw/num-node-list.csv.gz", "raw/num-edge-list.csv.gz",
                  "split/target/train.pt", "split/target/valid.pt", "split/target/test.pt"),
+    **{name: _OGB_MOL_FILES for name in OGB_GRAPH},
 }
 
 
@@ -132,7 +140,7 @@ def _ogb_folder(root: str, name: str) -> Path:
 
 def _ogb_safe_globals() -> list:
     """The allow-list for ``torch.load(weights_only=True)`` of OGB's files: exactly the
-    classes that the files of :data:`OGB_NODE` and :data:`OGB_LINK` hold beyond what
+    classes that the files of :data:`OGB_NODE`, :data:`OGB_LINK` and :data:`OGB_GRAPH` hold beyond what
     torch rebuilds by default (tensors, plain containers, ``_codecs.encode`` for bytes).
     Found by loading them (``torch.serialization.get_unsafe_globals_in_checkpoint`` and
     the legacy pickles' GLOBAL opcodes):
@@ -148,7 +156,9 @@ def _ogb_safe_globals() -> list:
       (PyG also allow-lists it itself on import), the ``DataEdgeAttr`` and
       ``DataTensorAttr`` classes a ``Data`` keeps as attributes, and ``GlobalStorage``.
 
-    The ogbn datasets' raw files and splits are ``.csv.gz`` (no pickles). No function
+    The ogbn and ogbg-mol datasets' raw files and splits are ``.csv.gz`` (no pickles);
+    the ``processed/`` file ogb writes for an ogbg-mol dataset (:data:`OGB_GRAPH`) holds
+    the same four PyG classes, with the slices as a dict of tensors. No function
     other than numpy's array rebuild is allowed: every entry only builds data.
     """
     import numpy as np
@@ -254,6 +264,26 @@ def load_ogb_link(root: str, name: str = "ogbl-ddi"):
     data = dataset[0]
     data.name = name
     return data, split_edge
+
+
+def load_ogb_graph(root: str, name: str, transform=None):
+    """An OGB graph-property dataset through ``ogb``'s ``PygGraphPropPredDataset``, offline.
+
+    ``root`` holds ``<name with _>/`` in OGB's layout (``ogbg_molbbbp/raw/edge.csv.gz``, ...).
+    ``transform`` (e.g. PyG's ``AddRandomWalkPE``) is applied to each graph as it is read.
+    Returns ``(dataset, split_idx)`` as OGB's examples use them: the dataset carries
+    ``num_tasks``, ``task_type`` and ``eval_metric``; ``split_idx`` holds ``train``,
+    ``valid`` and ``test`` graph indices."""
+    if name not in OGB_GRAPH:
+        raise ValueError(f"unknown OGB graph-property dataset {name!r}; choose one of {', '.join(OGB_GRAPH)}")
+    folder = _ogb_folder(root, name)
+    from ogb.graphproppred import PygGraphPropPredDataset
+
+    _check_pyg_processed(folder / "processed")  # ogb reads its data file itself, under the allow-list
+    with _ogb_files_allowed(folder, name):
+        dataset = PygGraphPropPredDataset(name=name, root=str(folder.parent), transform=transform)
+        split_idx = dataset.get_idx_split()
+    return dataset, split_idx
 
 
 def contextual_sbm(

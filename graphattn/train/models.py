@@ -6,14 +6,18 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch_geometric.nn import global_add_pool, global_mean_pool
 
-from ..nn import DotProductConv, GATConv, GATv2Conv
+from ..nn import DotProductConv, GATConv, GATv2Conv, GPSConv, TransformerConv
 
-__all__ = ["NodeClassifier", "DeepNodeClassifier", "LinkPredictor", "MODELS", "DECODERS", "EarlyStopping",
-           "evaluate_node_classifier", "node_classifier_step", "fit_node_classifier"]
+__all__ = ["NodeClassifier", "DeepNodeClassifier", "LinkPredictor", "GraphPredictor", "MODELS", "DECODERS",
+           "GRAPH_MODELS", "POOLS", "EarlyStopping", "evaluate_node_classifier", "node_classifier_step",
+           "fit_node_classifier"]
 
 MODELS = ("gat", "gatv2", "dot")
 DECODERS = ("dot", "mlp")
+GRAPH_MODELS = ("gat", "gatv2", "transformer", "gps")
+POOLS = ("mean", "add")
 
 
 def make_conv(kind: str, in_channels: int, out_channels: int, heads: int, concat: bool, dropout: float,
@@ -267,3 +271,83 @@ class LinkPredictor(nn.Module):
         if self.decoder == "dot":
             return (a * b).sum(-1)
         return self.mlp(a * b).view(-1)
+
+
+class GraphPredictor(nn.Module):
+    """Graph-level prediction on molecules (OGB's ``ogbg-mol*``): ``num_tasks`` logits
+    (or regression outputs) per graph.
+
+    Integer atom and bond features are embedded with OGB's ``AtomEncoder`` and
+    ``BondEncoder`` (one bond encoder per layer, as in OGB's baselines; the bond
+    embedding enters each layer's attention as ``edge_attr``). ``pe_dim > 0`` adds a
+    linear map of a positional encoding (``pe``, e.g. PyG's ``AddRandomWalkPE``) to the
+    atom embedding.
+
+    ``kind`` ``"gat"``, ``"gatv2"``, ``"transformer"``: ``layers`` graphattn attention
+    layers with ``heads`` heads of ``hidden // heads`` channels concatenated, each
+    followed by batch norm, ReLU, dropout and a residual connection. ``"gps"``:
+    ``layers`` ``GPSConv`` layers (a graphattn ``GATConv`` as the local layer beside
+    global multi-head attention within each graph; residuals and batch norm inside;
+    ``attn_dropout`` applies to both attentions).
+    Then ``pool`` (``"mean"`` or ``"add"``) over each graph's atoms and a two-layer MLP.
+    """
+
+    def __init__(self, kind: str, hidden: int = 64, layers: int = 4, heads: int = 4, num_tasks: int = 1,
+                 dropout: float = 0.2, attn_dropout: float = 0.0, pool: str = "mean", edge_features: bool = True,
+                 pe_dim: int = 0) -> None:
+        super().__init__()
+        try:
+            from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
+        except ImportError as e:
+            raise ImportError("GraphPredictor embeds atoms with ogb's AtomEncoder: pip install 'graphattn[ogb]'") from e
+        if kind not in GRAPH_MODELS:
+            raise ValueError(f"unknown model {kind!r}; choose one of {', '.join(GRAPH_MODELS)}")
+        if pool not in POOLS:
+            raise ValueError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLS)}")
+        if layers < 1 or num_tasks < 1 or heads < 1:
+            raise ValueError(f"layers, heads and num_tasks must be >= 1, got {layers}, {heads}, {num_tasks}")
+        if hidden % heads:
+            raise ValueError(f"hidden ({hidden}) must be a multiple of heads ({heads}): heads are concatenated")
+        self.kind, self.dropout, self.pool = kind, dropout, pool
+        self.atom_encoder = AtomEncoder(hidden)
+        self.pe_encoder = nn.Linear(pe_dim, hidden) if pe_dim > 0 else None
+        self.bond_encoders = nn.ModuleList(BondEncoder(hidden) for _ in range(layers)) if edge_features else None
+        edge_dim = hidden if edge_features else None
+        self.convs = nn.ModuleList(self._make_layer(kind, hidden, heads, dropout, attn_dropout, edge_dim)
+                                   for _ in range(layers))
+        self.norms = nn.ModuleList(nn.BatchNorm1d(hidden) for _ in range(layers)) if kind != "gps" else None
+        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                  nn.Linear(hidden, num_tasks))
+
+    @staticmethod
+    def _make_layer(kind: str, hidden: int, heads: int, dropout: float, attn_dropout: float,
+                    edge_dim: Optional[int]) -> nn.Module:
+        per_head = hidden // heads
+        if kind == "transformer":
+            return TransformerConv(hidden, per_head, heads=heads, dropout=attn_dropout, edge_dim=edge_dim)
+        local = (GATv2Conv if kind == "gatv2" else GATConv)(hidden, per_head, heads=heads, dropout=attn_dropout,
+                                                             edge_dim=edge_dim)
+        if kind != "gps":
+            return local
+        return GPSConv(channels=hidden, conv=local, heads=heads, dropout=dropout, attn_type="multihead",
+                       norm="batch_norm", attn_kwargs={"dropout": attn_dropout})
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Optional[Tensor] = None,
+                batch: Optional[Tensor] = None, pe: Optional[Tensor] = None) -> Tensor:
+        """``x`` ``[N, 9]`` and ``edge_attr`` ``[E, 3]`` integer features (OGB's), ``batch``
+        the graph of each atom (PyG's ``Batch.batch``; None: one graph). Returns
+        ``[num_graphs, num_tasks]``."""
+        h = self.atom_encoder(x)
+        if self.pe_encoder is not None:
+            if pe is None:
+                raise ValueError("this GraphPredictor was built with pe_dim > 0: pass pe (e.g. from AddRandomWalkPE)")
+            h = h + self.pe_encoder(pe)
+        for i, conv in enumerate(self.convs):
+            kwargs = {} if self.bond_encoders is None else {"edge_attr": self.bond_encoders[i](edge_attr)}
+            if self.kind == "gps":
+                h = conv(h, edge_index, batch, **kwargs)
+                continue
+            out = F.relu(self.norms[i](conv(h, edge_index, **kwargs)))
+            h = h + F.dropout(out, p=self.dropout, training=self.training)
+        pooled = (global_mean_pool if self.pool == "mean" else global_add_pool)(h, batch)
+        return self.head(pooled)
