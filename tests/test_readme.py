@@ -11,3 +11,8 @@ def test_readme_python_blocks_run():
     namespace: dict = {}
     exec(compile("\n".join(blocks), str(README), "exec"), namespace)
     assert namespace["out"].shape == (100, 4, 32)
+    # What the README prints as its parity results must be what the code gives.
+    assert namespace["gat_diff"] < 1e-5  # "~1e-7"
+    assert namespace["mha_diff"] < 1e-5 and namespace["w"].shape == (2, 300, 300)
+    assert namespace["gps_diff"] < 1e-5 and namespace["h"].shape == (57, 32)
+    assert namespace["alpha"].shape == (namespace["graph"].num_edges, 4)  # the functional snippet's weights
