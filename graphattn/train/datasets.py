@@ -222,6 +222,18 @@ def _check_pyg_processed(processed: Path, *data_files: str) -> None:
                              f"Delete {path.parent} to have it rebuilt")
 
 
+def _open_ogb(root: str, name: str, dataset_class, split_method: str, **kwargs):
+    """``(dataset, split)`` through one of ogb's Pyg dataset classes, offline: the
+    files found (or copied to the cache) by :func:`_ogb_folder`, PyG's
+    ``weights_only=False`` paths pre-checked, and ogb's own ``torch.load`` calls
+    under the scoped allow-list."""
+    folder = _ogb_folder(root, name)
+    _check_pyg_processed(folder / "processed")  # ogb reads its data file itself, under the allow-list
+    with _ogb_files_allowed(folder, name):
+        dataset = dataset_class(name=name, root=str(folder.parent), **kwargs)
+        return dataset, getattr(dataset, split_method)()
+
+
 def load_ogb_node(root: str, name: str) -> Data:
     """An OGB node-property dataset through ``ogb``'s ``PygNodePropPredDataset``, offline.
 
@@ -230,14 +242,10 @@ def load_ogb_node(root: str, name: str) -> Data:
     arxiv citation graph is made undirected as in OGB's GAT baselines), ``train/val/test_mask``,
     ``split_idx`` (OGB's index split) and ``num_classes``.
     """
-    folder = _ogb_folder(root, name)
     from ogb.nodeproppred import PygNodePropPredDataset
     from torch_geometric.utils import to_undirected
 
-    _check_pyg_processed(folder / "processed")  # ogb reads its data file itself, under the allow-list
-    with _ogb_files_allowed(folder, name):
-        dataset = PygNodePropPredDataset(name=name, root=str(folder.parent))
-        split = dataset.get_idx_split()
+    dataset, split = _open_ogb(root, name, PygNodePropPredDataset, "get_idx_split")
     data = dataset[0]
     data.edge_index = to_undirected(data.edge_index, num_nodes=data.num_nodes)
     data.y = data.y.view(-1)
@@ -254,13 +262,9 @@ def load_ogb_node(root: str, name: str) -> Data:
 def load_ogb_link(root: str, name: str = "ogbl-ddi"):
     """An OGB link-property dataset through ``ogb``'s ``PygLinkPropPredDataset``, offline.
     Returns ``(data, split_edge)`` as OGB's examples use them."""
-    folder = _ogb_folder(root, name)
     from ogb.linkproppred import PygLinkPropPredDataset
 
-    _check_pyg_processed(folder / "processed")  # ogb reads its data file itself, under the allow-list
-    with _ogb_files_allowed(folder, name):
-        dataset = PygLinkPropPredDataset(name=name, root=str(folder.parent))
-        split_edge = dataset.get_edge_split()
+    dataset, split_edge = _open_ogb(root, name, PygLinkPropPredDataset, "get_edge_split")
     data = dataset[0]
     data.name = name
     return data, split_edge
@@ -276,14 +280,9 @@ def load_ogb_graph(root: str, name: str, transform=None):
     ``valid`` and ``test`` graph indices."""
     if name not in OGB_GRAPH:
         raise ValueError(f"unknown OGB graph-property dataset {name!r}; choose one of {', '.join(OGB_GRAPH)}")
-    folder = _ogb_folder(root, name)
     from ogb.graphproppred import PygGraphPropPredDataset
 
-    _check_pyg_processed(folder / "processed")  # ogb reads its data file itself, under the allow-list
-    with _ogb_files_allowed(folder, name):
-        dataset = PygGraphPropPredDataset(name=name, root=str(folder.parent), transform=transform)
-        split_idx = dataset.get_idx_split()
-    return dataset, split_idx
+    return _open_ogb(root, name, PygGraphPropPredDataset, "get_idx_split", transform=transform)
 
 
 def contextual_sbm(
