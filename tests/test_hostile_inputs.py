@@ -275,9 +275,9 @@ def test_bounds_checked_kernel_raises_where_the_release_kernel_would_read_out_of
         import torch
         from graphattn.ops import cpu
         rowptr, col = torch.tensor([0, 1]), torch.tensor([5])   # source 5 of 2
-        B, V, e = torch.randn(2, 1), torch.randn(2, 1, 3), torch.empty(0)
+        src_term, value, e = torch.randn(2, 1), torch.randn(2, 1, 3), torch.empty(0)
         try:
-            cpu.load_extension().forward(cpu.GAT, rowptr, col, 1, e, B, V, e, e, e, e, 0.2, 1.0, 0.0,
+            cpu.load_extension().forward(cpu.GAT, rowptr, col, 1, e, src_term, value, e, e, e, e, 0.2, 1.0, 0.0,
                                          torch.zeros((), dtype=torch.long))
             print("no error")
         except RuntimeError as err:
@@ -285,6 +285,31 @@ def test_bounds_checked_kernel_raises_where_the_release_kernel_would_read_out_of
     """, GRAPHATTN_KERNEL_CHECKS="1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "source index 5 out of [0, 2)" in proc.stdout
+
+
+@needs_cpu
+def test_direct_kernel_calls_with_inputs_their_kind_does_not_take_raise():
+    """Found by review: GATv2 without its destination-side tensor read a null pointer
+    (segfault), and a per-edge bias on GAT got an uninitialised gradient. The public
+    ops never pass either; the kernel's entry now refuses both."""
+    proc = _in_subprocess("""
+        import torch
+        from graphattn.ops import cpu
+        ext, e = cpu.load_extension(), torch.empty(0)
+        rowptr, col, seed = torch.tensor([0, 1]), torch.tensor([1]), torch.zeros((), dtype=torch.long)
+        for kind, dst, bias in ((cpu.GATV2, e, e), (cpu.GAT, e, torch.randn(1, 1))):
+            src, value, att = torch.randn(2, 1, 4), torch.randn(2, 1, 4), torch.randn(1, 4)
+            if kind == cpu.GAT:
+                src = torch.randn(2, 1)
+            try:
+                ext.forward(kind, rowptr, col, 1, dst, src, value, e, bias, e, att, 0.2, 1.0, 0.0, seed)
+                print("no error")
+            except RuntimeError as err:
+                print(str(err).splitlines()[0])
+    """)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "GATv2 needs its destination-side tensor" in proc.stdout
+    assert "a per-edge bias is taken by the dot-product kind only" in proc.stdout
 
 
 # ------------------------------------------------------------ threads

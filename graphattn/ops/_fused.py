@@ -1,10 +1,19 @@
 """The fused kernels' common calling convention (CPU and Triton backends).
 
 Both kernels compute, for an edge ``e = (j -> i)``, a score from a destination-side
-tensor ``A[i]``, a source-side tensor ``B[j]``, optional per-edge terms ``EF[e]``
-(inside the score) and ``EB[e]`` (added to it), and aggregate messages ``V[j]`` (+
-``EV[e]``); GATv2 also takes ``att``. :func:`backend_functions` maps the public
-ops' arguments onto that convention for a backend's ``run`` function.
+node tensor ``dst_term[i]`` (GAT's ``a_dst . W x_i``, GATv2's ``W_r x_i``, the dot
+product's query), a source-side node tensor ``src_term[j]`` (``a_src . W x_j``,
+``W_l x_j``, the key), optional per-edge terms ``edge_score_term[e]`` (inside the
+score) and ``edge_bias[e]`` (added to it), and aggregate messages ``value[j]`` (+
+``edge_value[e]``); GATv2 also takes ``att``:
+
+* GAT: ``leaky(src_term[j] + dst_term[i] + edge_score_term[e])`` (one number per head;
+  ``dst_term`` may be ``None``);
+* GATv2: ``att . leaky(src_term[j] + dst_term[i] + edge_score_term[e])``;
+* dot product: ``scale * dst_term[i] . (src_term[j] + edge_score_term[e]) + edge_bias[e]``.
+
+:func:`backend_functions` maps the public ops' arguments onto that convention for a
+backend's ``run`` function.
 """
 from __future__ import annotations
 
@@ -16,7 +25,8 @@ MASK_REASON = "a per-edge message mask is set (edge_mask, e.g. by an explainer);
 
 def backend_functions(run):
     """``(gat, gatv2, dot_product)`` backend functions calling
-    ``run(kind, graph, A, B, V, EF, EB, EV, att, slope, scale, dropout, training, need_weights)``."""
+    ``run(kind, graph, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, slope, scale,
+    dropout, training, need_weights)``."""
 
     def gat(score_src, score_dst, value, graph, *, negative_slope, edge_score, dropout, training,
             need_weights=True):

@@ -138,71 +138,83 @@ def _summary(error: str) -> str:
 # Absent optional inputs are passed as empty tensors (numel 0).
 
 # The forward op also takes the graph's transposed CSR (colptr, row_by_src, eid):
-# unused by the forward itself, it is what the backward traverses.
+# unused by the forward itself, it is what the backward traverses. The tensor arguments
+# follow ._fused's calling convention (dst_term, src_term, value, edge_score_term,
+# edge_bias, edge_value, att).
 @torch.library.custom_op("graphattn::cpu_fused_forward_v2", mutates_args=())
 def _forward_op(
     kind: int, rowptr: Tensor, col: Tensor, colptr: Tensor, row_by_src: Tensor, eid: Tensor, num_dst: int,
-    A: Tensor, B: Tensor, V: Tensor, EF: Tensor, EB: Tensor, EV: Tensor, att: Tensor,
-    slope: float, scale: float, p: float, seed: Tensor,
+    dst_term: Tensor, src_term: Tensor, value: Tensor, edge_score_term: Tensor, edge_bias: Tensor,
+    edge_value: Tensor, att: Tensor, slope: float, scale: float, p: float, seed: Tensor,
 ) -> Tuple[Tensor, Tensor]:
-    out, stats = load_extension().forward(kind, rowptr, col, num_dst, A, B, V, EF, EB, EV, att, slope, scale, p, seed)
+    out, stats = load_extension().forward(kind, rowptr, col, num_dst, dst_term, src_term, value, edge_score_term,
+                                          edge_bias, edge_value, att, slope, scale, p, seed)
     return out, stats
 
 
 @_forward_op.register_fake
-def _(kind, rowptr, col, colptr, row_by_src, eid, num_dst, A, B, V, EF, EB, EV, att, slope, scale, p, seed):
-    H, Cv = V.shape[1], V.shape[2]
-    return V.new_empty(num_dst, H, Cv), V.new_empty(num_dst, H, 2)  # out, per-row (max, log normaliser)
+def _(kind, rowptr, col, colptr, row_by_src, eid, num_dst, dst_term, src_term, value, edge_score_term, edge_bias,
+      edge_value, att, slope, scale, p, seed):
+    H, Cv = value.shape[1], value.shape[2]
+    return value.new_empty(num_dst, H, Cv), value.new_empty(num_dst, H, 2)  # out, per-row (max, log normaliser)
 
 
+# dout_dot_out[i, h] = sum_c d_out[i, h, c] * out[i, h, c] (FlashAttention's "delta").
 @torch.library.custom_op("graphattn::cpu_fused_backward_v2", mutates_args=())
 def _backward_op(
-    kind: int, rowptr: Tensor, col: Tensor, colptr: Tensor, row_by_src: Tensor, eid: Tensor, A: Tensor, B: Tensor,
-    V: Tensor, EF: Tensor, EB: Tensor, EV: Tensor, att: Tensor, stats: Tensor, dO: Tensor, Dm: Tensor,
-    slope: float, scale: float, p: float, seed: Tensor,
+    kind: int, rowptr: Tensor, col: Tensor, colptr: Tensor, row_by_src: Tensor, eid: Tensor, dst_term: Tensor,
+    src_term: Tensor, value: Tensor, edge_score_term: Tensor, edge_bias: Tensor, edge_value: Tensor, att: Tensor,
+    stats: Tensor, d_out: Tensor, dout_dot_out: Tensor, slope: float, scale: float, p: float, seed: Tensor,
 ) -> List[Tensor]:
-    return list(load_extension().backward(kind, rowptr, col, colptr, row_by_src, eid, A, B, V, EF, EB, EV, att,
-                                          stats, dO, Dm, slope, scale, p, seed))
+    return list(load_extension().backward(kind, rowptr, col, colptr, row_by_src, eid, dst_term, src_term, value,
+                                          edge_score_term, edge_bias, edge_value, att, stats, d_out, dout_dot_out,
+                                          slope, scale, p, seed))
 
 
 @_backward_op.register_fake
-def _(kind, rowptr, col, colptr, row_by_src, eid, A, B, V, EF, EB, EV, att, stats, dO, Dm, slope, scale, p, seed):
+def _(kind, rowptr, col, colptr, row_by_src, eid, dst_term, src_term, value, edge_score_term, edge_bias, edge_value,
+      att, stats, d_out, dout_dot_out, slope, scale, p, seed):
     datt = att.new_empty(att.shape) if kind == GATV2 else att.new_empty(0)
-    return [A.new_empty(A.shape), B.new_empty(B.shape), V.new_empty(V.shape), EF.new_empty(EF.shape),
-            EB.new_empty(EB.shape), EV.new_empty(EV.shape), datt]
+    return [dst_term.new_empty(dst_term.shape), src_term.new_empty(src_term.shape), value.new_empty(value.shape),
+            edge_score_term.new_empty(edge_score_term.shape), edge_bias.new_empty(edge_bias.shape),
+            edge_value.new_empty(edge_value.shape), datt]
 
 
 @torch.library.custom_op("graphattn::cpu_fused_weights_v2", mutates_args=())
 def _weights_op(
-    kind: int, rowptr: Tensor, col: Tensor, stats: Tensor, A: Tensor, B: Tensor, V: Tensor, EF: Tensor, EB: Tensor,
-    EV: Tensor, att: Tensor, slope: float, scale: float,
+    kind: int, rowptr: Tensor, col: Tensor, stats: Tensor, dst_term: Tensor, src_term: Tensor, value: Tensor,
+    edge_score_term: Tensor, edge_bias: Tensor, edge_value: Tensor, att: Tensor, slope: float, scale: float,
 ) -> Tensor:
-    return load_extension().weights(kind, rowptr, col, stats, A, B, V, EF, EB, EV, att, slope, scale)
+    return load_extension().weights(kind, rowptr, col, stats, dst_term, src_term, value, edge_score_term, edge_bias,
+                                    edge_value, att, slope, scale)
 
 
 @_weights_op.register_fake
-def _(kind, rowptr, col, stats, A, B, V, EF, EB, EV, att, slope, scale):
-    return V.new_empty(col.shape[0], B.shape[1])
+def _(kind, rowptr, col, stats, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, slope, scale):
+    return value.new_empty(col.shape[0], src_term.shape[1])
 
 
 def _setup_context(ctx, inputs, output):
-    kind, rowptr, col, colptr, row_by_src, eid, num_dst, A, B, V, EF, EB, EV, att, slope, scale, p, seed = inputs
+    (kind, rowptr, col, colptr, row_by_src, eid, num_dst, dst_term, src_term, value, edge_score_term, edge_bias,
+     edge_value, att, slope, scale, p, seed) = inputs
     out, stats = output
     ctx.kind, ctx.params = kind, (slope, scale, p)
-    ctx.save_for_backward(rowptr, col, colptr, row_by_src, eid, A, B, V, EF, EB, EV, att, out, stats, seed)
+    ctx.save_for_backward(rowptr, col, colptr, row_by_src, eid, dst_term, src_term, value, edge_score_term,
+                          edge_bias, edge_value, att, out, stats, seed)
     ctx.mark_non_differentiable(stats)
 
 
 def _backward(ctx, d_out, _d_stats):
-    rowptr, col, colptr, row_by_src, eid, A, B, V, EF, EB, EV, att, out, stats, seed = ctx.saved_tensors
+    (rowptr, col, colptr, row_by_src, eid, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att,
+     out, stats, seed) = ctx.saved_tensors
     d_out = d_out.contiguous()
-    Dm = (d_out * out).sum(-1)
+    dout_dot_out = (d_out * out).sum(-1)
     slope, scale, p = ctx.params
-    dA, dB, dV, dEF, dEB, dEV, datt = _backward_op(
-        ctx.kind, rowptr, col, colptr, row_by_src, eid, A, B, V, EF, EB, EV, att, stats, d_out, Dm,
-        slope, scale, p, seed,
+    grads = _backward_op(
+        ctx.kind, rowptr, col, colptr, row_by_src, eid, dst_term, src_term, value, edge_score_term, edge_bias,
+        edge_value, att, stats, d_out, dout_dot_out, slope, scale, p, seed,
     )
-    grads = [dA, dB, dV, dEF, dEB, dEV, datt]
+    # d_dst_term, d_src_term, d_value, d_edge_score_term, d_edge_bias, d_edge_value, datt
     grads = [g if g.numel() else None for g in grads]
     return (None,) * 7 + tuple(grads) + (None,) * 4
 
@@ -290,11 +302,13 @@ def edge_softmax_decline(device=None, dtype=None, graph=None, **_) -> Optional[s
 
 
 # ------------------------------------------------------------------ backend
-def _run(kind, graph, A, B, V, EF, EB, EV, att, slope, scale, dropout, training, need_weights):
-    dtype = V.dtype
-    A, B, V, EF, EB, EV, att = (upcast(x) for x in (A, B, V, EF, EB, EV, att))
-    empty = V.new_empty(0)
-    t = [empty if x is None else x.contiguous() for x in (A, B, V, EF, EB, EV, att)]
+def _run(kind, graph, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, slope, scale, dropout,
+         training, need_weights):
+    dtype = value.dtype
+    value = upcast(value)
+    empty = value.new_empty(0)
+    tensors = (dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att)
+    t = [empty if x is None else upcast(x).contiguous() for x in tensors]
     p = float(dropout) if (training and dropout > 0) else 0.0
     seed = torch.randint(0, 2**62, (), dtype=torch.long) if p > 0 else torch.zeros((), dtype=torch.long)
     if torch.is_grad_enabled() and any(x.requires_grad for x in t):

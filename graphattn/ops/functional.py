@@ -10,15 +10,19 @@ checked from that description before any backend runs.
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from functools import partial
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from ..graph import Graph
 from . import _inputs
+from . import reference as _reference
 from ._dispatch import select_backend
+from ._dtypes import compute_dtype
 from ._inputs import check_call, edge_rows
+from .softmax import segment_softmax
 
 GraphLike = Union[Graph, Tensor]
 
@@ -39,10 +43,20 @@ def _mask_kwarg(csr_edge_tensors) -> dict:
     return {} if m is None else {"edge_mask": m}
 
 
-def _finish(graph: Graph, out: Tensor, alpha: Tensor, return_weights: bool):
-    if return_weights:
-        return out, graph.to_user_order(alpha)
-    return out
+def _finish(graph: Graph, out: Tensor, alpha: Tensor, return_weights: bool, backend: str,
+            differentiable_scores: Callable[[], Tensor], score_inputs) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """``out``, or ``(out, alpha in user order)``. The fused backends return weights
+    without a gradient; when the caller may differentiate them (grad mode on and a
+    score input requiring grad), they are recomputed here from the reference's
+    score formula, so that a loss on the weights (an attention regulariser) gets
+    the same gradient on every backend. That costs what the reference's scores cost
+    (``E x H x C`` for GATv2 and dot-product) and only then."""
+    if not return_weights:
+        return out
+    if (backend != "reference" and torch.is_grad_enabled()
+            and any(isinstance(t, Tensor) and t.requires_grad for t in score_inputs)):
+        alpha = segment_softmax(differentiable_scores(), graph.row, graph.num_dst).to(alpha.dtype)
+    return out, graph.to_user_order(alpha)
 
 
 def edge_softmax(
@@ -153,7 +167,9 @@ def gat_attention(
         negative_slope=sc["negative_slope"], edge_score=csr["edge_score"],
         dropout=sc["dropout"], training=training, need_weights=return_weights, **_mask_kwarg(csr),
     )
-    return _finish(g, out, alpha, return_weights)
+    scores = partial(_reference.gat_scores, score_src, score_dst, g, negative_slope=sc["negative_slope"],
+                     edge_score=csr["edge_score"], dtype=compute_dtype(value.dtype))
+    return _finish(g, out, alpha, return_weights, impl.name, scores, (score_src, score_dst, edge_score))
 
 
 def gatv2_attention(
@@ -198,7 +214,9 @@ def gatv2_attention(
         negative_slope=sc["negative_slope"], edge_feat=csr["edge_feat"],
         dropout=sc["dropout"], training=training, need_weights=return_weights, **_mask_kwarg(csr),
     )
-    return _finish(g, out, alpha, return_weights)
+    scores = partial(_reference.gatv2_scores, x_src, x_dst, att, g, negative_slope=sc["negative_slope"],
+                     edge_feat=csr["edge_feat"], dtype=compute_dtype(x_src.dtype))
+    return _finish(g, out, alpha, return_weights, impl.name, scores, (x_src, x_dst, att, edge_feat))
 
 
 def dot_product_attention(
@@ -249,4 +267,6 @@ def dot_product_attention(
         scale=sc["scale"], edge_key=csr["edge_key"], edge_value=csr["edge_value"], edge_bias=csr["edge_bias"],
         dropout=sc["dropout"], training=training, need_weights=return_weights, **_mask_kwarg(csr),
     )
-    return _finish(g, out, alpha, return_weights)
+    scores = partial(_reference.dot_scores, query, key, g, scale=sc["scale"], edge_key=csr["edge_key"],
+                     edge_bias=csr["edge_bias"], dtype=compute_dtype(query.dtype))
+    return _finish(g, out, alpha, return_weights, impl.name, scores, (query, key, edge_key, edge_bias))

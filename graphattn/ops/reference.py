@@ -47,6 +47,39 @@ def _softmax_and_aggregate(
     return out, alpha
 
 
+# ------------------------------------------------------------------ scores
+# Per-edge scores [E, H] in CSR order, in ``dtype``: the formulas in their plainest
+# form (each op's reference and the differentiable weights after a fused backend).
+def gat_scores(score_src: Tensor, score_dst: Optional[Tensor], graph: Graph, *, negative_slope: float,
+               edge_score: Optional[Tensor], dtype: torch.dtype) -> Tensor:
+    """``leaky(s_src[j] + s_dst[i] + s_edge[e])``."""
+    s = score_src.to(dtype).index_select(0, graph.col)
+    if score_dst is not None:
+        s = s + score_dst.to(dtype).index_select(0, graph.row)
+    if edge_score is not None:
+        s = s + edge_score.to(dtype)
+    return F.leaky_relu(s, negative_slope)
+
+
+def gatv2_scores(x_src: Tensor, x_dst: Tensor, att: Tensor, graph: Graph, *, negative_slope: float,
+                 edge_feat: Optional[Tensor], dtype: torch.dtype) -> Tensor:
+    """``att . leaky(x_src[j] + x_dst[i] + edge_feat[e])``."""
+    z = x_src.to(dtype).index_select(0, graph.col) + x_dst.to(dtype).index_select(0, graph.row)
+    if edge_feat is not None:
+        z = z + edge_feat.to(dtype)
+    return (F.leaky_relu(z, negative_slope) * att.to(dtype)).sum(-1)
+
+
+def dot_scores(query: Tensor, key: Tensor, graph: Graph, *, scale: float, edge_key: Optional[Tensor],
+               edge_bias: Optional[Tensor], dtype: torch.dtype) -> Tensor:
+    """``scale * q[i] . (k[j] + edge_key[e]) + edge_bias[e]``."""
+    k = key.to(dtype).index_select(0, graph.col)
+    if edge_key is not None:
+        k = k + edge_key.to(dtype)
+    s = (query.to(dtype).index_select(0, graph.row) * k).sum(-1) * scale
+    return s + edge_bias.to(dtype) if edge_bias is not None else s
+
+
 def gat(
     score_src: Tensor,
     score_dst: Optional[Tensor],
@@ -61,12 +94,7 @@ def gat(
     edge_mask: Optional[Tensor] = None,
 ) -> Out:
     dt = compute_dtype(value.dtype)
-    s = score_src.to(dt).index_select(0, graph.col)
-    if score_dst is not None:
-        s = s + score_dst.to(dt).index_select(0, graph.row)
-    if edge_score is not None:
-        s = s + edge_score.to(dt)
-    s = F.leaky_relu(s, negative_slope)
+    s = gat_scores(score_src, score_dst, graph, negative_slope=negative_slope, edge_score=edge_score, dtype=dt)
     out, alpha = _softmax_and_aggregate(s, value.to(dt), graph, dropout, training, edge_mask=edge_mask)
     return out.to(value.dtype), alpha.to(value.dtype)
 
@@ -86,10 +114,7 @@ def gatv2(
     edge_mask: Optional[Tensor] = None,
 ) -> Out:
     dt = compute_dtype(value.dtype)
-    z = x_src.to(dt).index_select(0, graph.col) + x_dst.to(dt).index_select(0, graph.row)
-    if edge_feat is not None:
-        z = z + edge_feat.to(dt)
-    s = (F.leaky_relu(z, negative_slope) * att.to(dt)).sum(-1)
+    s = gatv2_scores(x_src, x_dst, att, graph, negative_slope=negative_slope, edge_feat=edge_feat, dtype=dt)
     out, alpha = _softmax_and_aggregate(s, value.to(dt), graph, dropout, training, edge_mask=edge_mask)
     return out.to(value.dtype), alpha.to(value.dtype)
 
@@ -110,12 +135,7 @@ def dot_product(
     edge_mask: Optional[Tensor] = None,
 ) -> Out:
     dt = compute_dtype(value.dtype)
-    k = key.to(dt).index_select(0, graph.col)
-    if edge_key is not None:
-        k = k + edge_key.to(dt)
-    s = (query.to(dt).index_select(0, graph.row) * k).sum(-1) * scale
-    if edge_bias is not None:
-        s = s + edge_bias.to(dt)
+    s = dot_scores(query, key, graph, scale=scale, edge_key=edge_key, edge_bias=edge_bias, dtype=dt)
     out, alpha = _softmax_and_aggregate(s, value.to(dt), graph, dropout, training, _up(edge_value, dt), edge_mask)
     return out.to(value.dtype), alpha.to(value.dtype)
 

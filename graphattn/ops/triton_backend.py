@@ -64,29 +64,38 @@ def _block_e() -> int:
     return 16 if _interpreting() else 32
 
 
+def _or(t, dummy):
+    """``t``, or a stand-in for an absent input (its ``HAS_*`` flag is then False and the kernel never reads it)."""
+    return dummy if t is None else t
+
+
 class _Fused(torch.autograd.Function):
+    # Tensor arguments: the calling convention of ._fused (dst_term, src_term, value,
+    # edge_score_term, edge_bias, edge_value, att); absent ones are None.
     @staticmethod
-    def forward(ctx, kind, graph, slope, scale, p, seed, A, B, V, EF, EB, EV, att):
+    def forward(ctx, kind, graph, slope, scale, p, seed, dst_term, src_term, value, edge_score_term, edge_bias,
+                edge_value, att):
         k = _kernels()
-        Nd, H = graph.num_dst, B.size(1)
-        F = 1 if kind == GAT else B.size(2)
-        Cv = V.size(2)
-        acc_dtype = compute_dtype(V.dtype)
-        out = torch.empty(Nd, H, Cv, device=V.device, dtype=V.dtype)
-        lse = torch.empty(Nd, H, device=V.device, dtype=acc_dtype)
-        dummy = V
+        Nd, H = graph.num_dst, src_term.size(1)
+        F = 1 if kind == GAT else src_term.size(2)
+        Cv = value.size(2)
+        acc_dtype = compute_dtype(value.dtype)
+        out = torch.empty(Nd, H, Cv, device=value.device, dtype=value.dtype)
+        lse = torch.empty(Nd, H, device=value.device, dtype=acc_dtype)
+        dummy = value
         if Nd and H:
             k.fused_forward_kernel[(Nd, H)](
-                kind, graph.rowptr, graph.col, A if A is not None else dummy, B, V,
-                EF if EF is not None else dummy, EB if EB is not None else dummy,
-                EV if EV is not None else dummy, att if att is not None else dummy, out, lse,
-                H, F, Cv, _params(slope, scale, V), p, seed,
-                HAS_A=A is not None, HAS_EF=EF is not None, HAS_EB=EB is not None, HAS_EV=EV is not None,
-                DROPOUT=p > 0, BLOCK_E=_block_e(), BLOCK_F=_pow2(F), BLOCK_C=_pow2(Cv), ACC=_acc(V.dtype),
+                kind, graph.rowptr, graph.col, _or(dst_term, dummy), src_term, value,
+                _or(edge_score_term, dummy), _or(edge_bias, dummy), _or(edge_value, dummy), _or(att, dummy), out, lse,
+                H, F, Cv, _params(slope, scale, value), p, seed,
+                HAS_DST_TERM=dst_term is not None, HAS_EDGE_SCORE_TERM=edge_score_term is not None,
+                HAS_EDGE_BIAS=edge_bias is not None, HAS_EDGE_VALUE=edge_value is not None,
+                DROPOUT=p > 0, BLOCK_E=_block_e(), BLOCK_F=_pow2(F), BLOCK_C=_pow2(Cv), ACC=_acc(value.dtype),
             )
         ctx.kind, ctx.graph, ctx.params = kind, graph, (slope, scale, p, seed)
-        ctx.present = [t is not None for t in (A, B, V, EF, EB, EV, att)]
-        ctx.save_for_backward(A, B, V, EF, EB, EV, att, out, lse)
+        inputs = (dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att)
+        ctx.present = [t is not None for t in inputs]
+        ctx.save_for_backward(*inputs, out, lse)
         if any(ctx.needs_input_grad):
             graph.transpose_csr()  # cached on the graph; built outside the backward
         return out, lse
@@ -94,79 +103,86 @@ class _Fused(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out, _d_lse):
         k = _kernels()
-        A, B, V, EF, EB, EV, att, out, lse = ctx.saved_tensors
+        dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, out, lse = ctx.saved_tensors
         graph = ctx.graph
         kind = ctx.kind
         slope, scale, p, seed = ctx.params
         colptr, row_by_src, eid = graph.transpose_csr()
-        Nd, Ns, E, H = graph.num_dst, graph.num_src, graph.num_edges, B.size(1)
-        F = 1 if kind == GAT else B.size(2)
-        Cv = V.size(2)
+        Nd, Ns, E, H = graph.num_dst, graph.num_src, graph.num_edges, src_term.size(1)
+        F = 1 if kind == GAT else src_term.size(2)
+        Cv = value.size(2)
         d_out = d_out.contiguous()
-        Dm = (d_out.to(lse.dtype) * out.to(lse.dtype)).sum(-1).contiguous()
-        dB = torch.empty_like(B)
-        dV = torch.empty_like(V)
-        dEF = torch.empty_like(EF) if EF is not None else None
-        dEB = torch.empty_like(EB) if EB is not None else None
-        dEV = torch.empty_like(EV) if EV is not None else None
-        g = torch.empty(E, H, device=V.device, dtype=lse.dtype)
-        dummy = V
-        common = dict(HAS_A=A is not None, HAS_EF=EF is not None, HAS_EB=EB is not None, HAS_EV=EV is not None,
-                      DROPOUT=p > 0, BLOCK_E=_block_e(), BLOCK_F=_pow2(F), BLOCK_C=_pow2(Cv), ACC=_acc(V.dtype))
+        # FlashAttention's "delta": sum over channels of d_out * out, per destination and head
+        dout_dot_out = (d_out.to(lse.dtype) * out.to(lse.dtype)).sum(-1).contiguous()
+        d_src_term = torch.empty_like(src_term)
+        d_value = torch.empty_like(value)
+        d_edge_score_term = torch.empty_like(edge_score_term) if edge_score_term is not None else None
+        d_edge_bias = torch.empty_like(edge_bias) if edge_bias is not None else None
+        d_edge_value = torch.empty_like(edge_value) if edge_value is not None else None
+        g = torch.empty(E, H, device=value.device, dtype=lse.dtype)
+        dummy = value
+        common = dict(HAS_DST_TERM=dst_term is not None, HAS_EDGE_SCORE_TERM=edge_score_term is not None,
+                      HAS_EDGE_BIAS=edge_bias is not None, HAS_EDGE_VALUE=edge_value is not None,
+                      DROPOUT=p > 0, BLOCK_E=_block_e(), BLOCK_F=_pow2(F), BLOCK_C=_pow2(Cv), ACC=_acc(value.dtype))
         if Ns and H:
             k.fused_backward_src_kernel[(Ns, H)](
-                kind, colptr, row_by_src, eid, A if A is not None else dummy, B, V,
-                EF if EF is not None else dummy, EB if EB is not None else dummy,
-                EV if EV is not None else dummy, att if att is not None else dummy, lse, d_out, Dm,
-                dB, dV, dEF if dEF is not None else dummy, dEB if dEB is not None else dummy,
-                dEV if dEV is not None else dummy, g, H, F, Cv, _params(slope, scale, V), p, seed, **common,
+                kind, colptr, row_by_src, eid, _or(dst_term, dummy), src_term, value,
+                _or(edge_score_term, dummy), _or(edge_bias, dummy), _or(edge_value, dummy), _or(att, dummy),
+                lse, d_out, dout_dot_out,
+                d_src_term, d_value, _or(d_edge_score_term, dummy), _or(d_edge_bias, dummy), _or(d_edge_value, dummy),
+                g, H, F, Cv, _params(slope, scale, value), p, seed, **common,
             )
-        dA = datt = None
-        if A is not None:
-            dA = torch.empty_like(A)
-            datt_rows = torch.zeros(Nd, H, F, device=V.device, dtype=lse.dtype) if kind == GATV2 else dummy
+        d_dst_term = datt = None
+        if dst_term is not None:
+            d_dst_term = torch.empty_like(dst_term)
+            datt_rows = torch.zeros(Nd, H, F, device=value.device, dtype=lse.dtype) if kind == GATV2 else dummy
             if Nd and H:
                 k.fused_backward_dst_kernel[(Nd, H)](
-                    kind, graph.rowptr, graph.col, A, B, EF if EF is not None else dummy,
-                    att if att is not None else dummy, g, dA, datt_rows, H, F, _params(slope, scale, V),
-                    HAS_EF=EF is not None, BLOCK_E=_block_e(), BLOCK_F=_pow2(F), ACC=_acc(V.dtype),
+                    kind, graph.rowptr, graph.col, dst_term, src_term, _or(edge_score_term, dummy),
+                    _or(att, dummy), g, d_dst_term, datt_rows, H, F, _params(slope, scale, value),
+                    HAS_EDGE_SCORE_TERM=edge_score_term is not None, BLOCK_E=_block_e(), BLOCK_F=_pow2(F),
+                    ACC=_acc(value.dtype),
                 )
             if kind == GATV2:
                 datt = datt_rows.sum(0).to(att.dtype)
-        grads = [dA, dB, dV, dEF, dEB, dEV, datt]
+        grads = [d_dst_term, d_src_term, d_value, d_edge_score_term, d_edge_bias, d_edge_value, datt]
         return (None,) * 6 + tuple(gr if present else None for gr, present in zip(grads, ctx.present))
 
 
-def _weights(graph, lse, kind, A, B, EF, EB, att, slope, scale):
+def _weights(graph, lse, kind, dst_term, src_term, edge_score_term, edge_bias, att, slope, scale):
     """alpha in CSR order, recomputed from lse with the reference score formula
     (an E x H tensor, only when the caller asks for the weights)."""
     import torch.nn.functional as Fn
 
     acc = lse.dtype
+    edge_score = edge_score_term.to(acc) if edge_score_term is not None else 0
     if kind == GAT:
-        s = B.to(acc)[graph.col] + (A.to(acc)[graph.row] if A is not None else 0)
-        s = Fn.leaky_relu(s + (EF.to(acc) if EF is not None else 0), slope)
+        s = src_term.to(acc)[graph.col] + (dst_term.to(acc)[graph.row] if dst_term is not None else 0)
+        s = Fn.leaky_relu(s + edge_score, slope)
     elif kind == GATV2:
-        z = B.to(acc)[graph.col] + A.to(acc)[graph.row] + (EF.to(acc) if EF is not None else 0)
+        z = src_term.to(acc)[graph.col] + dst_term.to(acc)[graph.row] + edge_score
         s = (Fn.leaky_relu(z, slope) * att.to(acc)).sum(-1)
     else:
-        kk = B.to(acc)[graph.col] + (EF.to(acc) if EF is not None else 0)
-        s = (A.to(acc)[graph.row] * kk).sum(-1) * scale + (EB.to(acc) if EB is not None else 0)
+        key = src_term.to(acc)[graph.col] + edge_score
+        s = (dst_term.to(acc)[graph.row] * key).sum(-1) * scale + (edge_bias.to(acc) if edge_bias is not None else 0)
     L = lse[graph.row]
     alpha = torch.where((L == float("-inf")) | (s == float("-inf")), torch.zeros_like(s), torch.exp(s - L))
     return torch.where(torch.isnan(L), L, alpha)  # a NaN normaliser: the whole row is NaN
 
 
-def _run(kind, graph, A, B, V, EF, EB, EV, att, slope, scale, dropout, training, need_weights):
-    t = [None if x is None else x.contiguous() for x in (A, B, V, EF, EB, EV, att)]
+def _run(kind, graph, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, slope, scale, dropout,
+         training, need_weights):
+    t = [None if x is None else x.contiguous()
+         for x in (dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att)]
     p = float(dropout) if (training and dropout > 0) else 0.0
     seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if p > 0 else 0
     out, lse = _Fused.apply(kind, graph, float(slope), float(scale), p, seed, *t)
     alpha: Optional[torch.Tensor] = None
     if need_weights:
         with torch.no_grad():
-            A_, B_, _, EF_, EB_, _, att_ = t
-            alpha = _weights(graph, lse, kind, A_, B_, EF_, EB_, att_, float(slope), float(scale)).to(V.dtype)
+            dst_term, src_term, _, edge_score_term, edge_bias, _, att = t
+            alpha = _weights(graph, lse, kind, dst_term, src_term, edge_score_term, edge_bias, att, float(slope),
+                             float(scale)).to(value.dtype)
     return out, alpha
 
 

@@ -10,8 +10,15 @@ Same algorithm as the native CPU kernel (``csrc/fused_attention.cpp``):
   atomics), then one program per (destination, head) sums the destination-side
   gradients from the per-edge score gradient.
 
-Score kinds: ``KIND = 0`` GAT (``leaky(B[j] + A[i] + EF[e])``), ``1`` GATv2
-(``att . leaky(B[j] + A[i] + EF[e])``), ``2`` dot product (``scale * A[i].(B[j] + EF[e]) + EB[e]``).
+Score kinds, for an edge ``e = (j -> i)``: ``KIND = 0`` GAT
+(``leaky(src_term[j] + dst_term[i] + edge_score_term[e])``), ``1`` GATv2
+(``att . leaky(src_term[j] + dst_term[i] + edge_score_term[e])``), ``2`` dot product
+(``scale * dst_term[i] . (src_term[j] + edge_score_term[e]) + edge_bias[e]``); messages are
+``value[j]`` (+ ``edge_value[e]``). ``dst_term`` is the destination-side node tensor (GAT's
+``a_dst . W x_i``, GATv2's ``W_r x_i``, the query), ``src_term`` the source-side one (the
+key for dot product); see :mod:`graphattn.ops._fused`. The backward's score gradient is
+``alpha * (keep_scale * dout_dot_msg - dout_dot_out[i])`` with ``dout_dot_msg = d_out[i] .
+message`` and ``dout_dot_out[i] = d_out[i] . out[i]`` (FlashAttention's "delta").
 Inputs may be fp16/bf16/fp32/fp64; they are cast to fp32 (fp64 stays fp64) right after
 loading and accumulated there. ``slope`` and ``scale`` come from a tensor in that
 dtype (``params``): Triton types Python float arguments as fp32. Channel counts are padded to powers of two with masks.
@@ -25,39 +32,41 @@ import triton.language as tl
 
 
 @triton.jit
-def _scores(KIND: tl.constexpr, A, B, EF, EB, att, i, j, e, h, e_mask, H, F, offs_f, f_mask,
-            slope, scale, HAS_A: tl.constexpr, HAS_EF: tl.constexpr, HAS_EB: tl.constexpr, ACC: tl.constexpr):
+def _scores(KIND: tl.constexpr, dst_term, src_term, edge_score_term, edge_bias, att, i, j, e, h, e_mask, H, F,
+            offs_f, f_mask, slope, scale, HAS_DST_TERM: tl.constexpr, HAS_EDGE_SCORE_TERM: tl.constexpr,
+            HAS_EDGE_BIAS: tl.constexpr, ACC: tl.constexpr):
     """Scores of a block of edges (j[k] -> i[k], edge ids e[k]) for head h: [BLOCK_E]."""
     if KIND == 0:
-        s = tl.load(B + j * H + h, mask=e_mask, other=0.0).to(ACC)
-        if HAS_A:
-            s += tl.load(A + i * H + h, mask=e_mask, other=0.0).to(ACC)
-        if HAS_EF:
-            s += tl.load(EF + e * H + h, mask=e_mask, other=0.0).to(ACC)
+        s = tl.load(src_term + j * H + h, mask=e_mask, other=0.0).to(ACC)
+        if HAS_DST_TERM:
+            s += tl.load(dst_term + i * H + h, mask=e_mask, other=0.0).to(ACC)
+        if HAS_EDGE_SCORE_TERM:
+            s += tl.load(edge_score_term + e * H + h, mask=e_mask, other=0.0).to(ACC)
         s = tl.where(s > 0, s, s * slope)
     else:
         m2 = e_mask[:, None] & f_mask[None, :]
-        b = tl.load(B + (j * H + h)[:, None] * F + offs_f[None, :], mask=m2, other=0.0).to(ACC)
-        a = tl.load(A + (i * H + h)[:, None] * F + offs_f[None, :], mask=m2, other=0.0).to(ACC)
-        if HAS_EF:
-            b += tl.load(EF + (e * H + h)[:, None] * F + offs_f[None, :], mask=m2, other=0.0).to(ACC)
+        src = tl.load(src_term + (j * H + h)[:, None] * F + offs_f[None, :], mask=m2, other=0.0).to(ACC)
+        dst = tl.load(dst_term + (i * H + h)[:, None] * F + offs_f[None, :], mask=m2, other=0.0).to(ACC)
+        if HAS_EDGE_SCORE_TERM:
+            src += tl.load(edge_score_term + (e * H + h)[:, None] * F + offs_f[None, :], mask=m2, other=0.0).to(ACC)
         if KIND == 1:
-            z = a + b
+            z = dst + src
             z = tl.where(z > 0, z, z * slope)
             w = tl.load(att + h * F + offs_f, mask=f_mask, other=0.0).to(ACC)
             s = tl.sum(z * w[None, :], axis=1)
         else:
-            s = tl.sum(a * b, axis=1) * scale
-            if HAS_EB:
-                s += tl.load(EB + e * H + h, mask=e_mask, other=0.0).to(ACC)
+            s = tl.sum(dst * src, axis=1) * scale
+            if HAS_EDGE_BIAS:
+                s += tl.load(edge_bias + e * H + h, mask=e_mask, other=0.0).to(ACC)
     return s
 
 
 @triton.jit
 def fused_forward_kernel(
-    KIND: tl.constexpr, rowptr, col, A, B, V, EF, EB, EV, att, out, lse,
+    KIND: tl.constexpr, rowptr, col, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, out, lse,
     H, F, Cv, params, p, seed,
-    HAS_A: tl.constexpr, HAS_EF: tl.constexpr, HAS_EB: tl.constexpr, HAS_EV: tl.constexpr,
+    HAS_DST_TERM: tl.constexpr, HAS_EDGE_SCORE_TERM: tl.constexpr, HAS_EDGE_BIAS: tl.constexpr,
+    HAS_EDGE_VALUE: tl.constexpr,
     DROPOUT: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_C: tl.constexpr,
     ACC: tl.constexpr,
 ):
@@ -79,8 +88,8 @@ def fused_forward_kernel(
         e_mask = e < end
         j = tl.load(col + e, mask=e_mask, other=0)
         ii = tl.zeros((BLOCK_E,), tl.int64) + i
-        s = _scores(KIND, A, B, EF, EB, att, ii, j, e, h, e_mask, H, F, offs_f, f_mask, slope, scale,
-                    HAS_A, HAS_EF, HAS_EB, ACC)
+        s = _scores(KIND, dst_term, src_term, edge_score_term, edge_bias, att, ii, j, e, h, e_mask, H, F, offs_f,
+                    f_mask, slope, scale, HAS_DST_TERM, HAS_EDGE_SCORE_TERM, HAS_EDGE_BIAS, ACC)
         s = tl.where(e_mask, s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -92,9 +101,9 @@ def fused_forward_kernel(
             keep = tl.rand(seed, (e * H + h).to(tl.int32)) >= p
             w = tl.where(keep, pr / (1.0 - p), 0.0)
         vm = e_mask[:, None] & c_mask[None, :]
-        v = tl.load(V + (j * H + h)[:, None] * Cv + offs_c[None, :], mask=vm, other=0.0).to(ACC)
-        if HAS_EV:
-            v += tl.load(EV + (e * H + h)[:, None] * Cv + offs_c[None, :], mask=vm, other=0.0).to(ACC)
+        v = tl.load(value + (j * H + h)[:, None] * Cv + offs_c[None, :], mask=vm, other=0.0).to(ACC)
+        if HAS_EDGE_VALUE:
+            v += tl.load(edge_value + (e * H + h)[:, None] * Cv + offs_c[None, :], mask=vm, other=0.0).to(ACC)
         acc = acc * r + tl.sum(w[:, None] * v, axis=0)
         m = m_new
     # l == 0 (no edge, or all -inf): output 0, lse -inf. A NaN l (a NaN or +inf score)
@@ -110,10 +119,12 @@ def fused_forward_kernel(
 
 @triton.jit
 def fused_backward_src_kernel(
-    KIND: tl.constexpr, colptr, row_by_src, eid, A, B, V, EF, EB, EV, att, lse, dO, Dm,
-    dB, dV, dEF, dEB, dEV, g,
+    KIND: tl.constexpr, colptr, row_by_src, eid, dst_term, src_term, value, edge_score_term, edge_bias, edge_value,
+    att, lse, dO, dout_dot_out,
+    d_src_term, d_value, d_edge_score_term, d_edge_bias, d_edge_value, g,
     H, F, Cv, params, p, seed,
-    HAS_A: tl.constexpr, HAS_EF: tl.constexpr, HAS_EB: tl.constexpr, HAS_EV: tl.constexpr,
+    HAS_DST_TERM: tl.constexpr, HAS_EDGE_SCORE_TERM: tl.constexpr, HAS_EDGE_BIAS: tl.constexpr,
+    HAS_EDGE_VALUE: tl.constexpr,
     DROPOUT: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_C: tl.constexpr,
     ACC: tl.constexpr,
 ):
@@ -127,85 +138,88 @@ def fused_backward_src_kernel(
     f_mask = offs_f < F
     offs_c = tl.arange(0, BLOCK_C)
     c_mask = offs_c < Cv
-    v_j = tl.load(V + (j * H + h) * Cv + offs_c, mask=c_mask, other=0.0).to(ACC)
+    v_j = tl.load(value + (j * H + h) * Cv + offs_c, mask=c_mask, other=0.0).to(ACC)
     dv = tl.zeros((BLOCK_C,), ACC)
-    db = tl.zeros((BLOCK_F,), ACC)
+    d_src = tl.zeros((BLOCK_F,), ACC)
     for k0 in range(start, end, BLOCK_E):
         k = k0 + tl.arange(0, BLOCK_E)
         e_mask = k < end
         e = tl.load(eid + k, mask=e_mask, other=0)
         i = tl.load(row_by_src + k, mask=e_mask, other=0)
         jj = tl.zeros((BLOCK_E,), tl.int64) + j
-        s = _scores(KIND, A, B, EF, EB, att, i, jj, e, h, e_mask, H, F, offs_f, f_mask, slope, scale,
-                    HAS_A, HAS_EF, HAS_EB, ACC)
+        s = _scores(KIND, dst_term, src_term, edge_score_term, edge_bias, att, i, jj, e, h, e_mask, H, F, offs_f,
+                    f_mask, slope, scale, HAS_DST_TERM, HAS_EDGE_SCORE_TERM, HAS_EDGE_BIAS, ACC)
         L = tl.load(lse + i * H + h, mask=e_mask, other=float("-inf")).to(ACC)
         # a NaN lse (the row's normaliser is NaN) makes every weight of the row NaN
         alpha = tl.where((L == float("-inf")) | (s == float("-inf")), 0.0, tl.exp(s - L))
         alpha = tl.where(L != L, L, alpha)
         alpha = tl.where(e_mask, alpha, 0.0)
-        kp = tl.full((BLOCK_E,), 1.0, ACC)
+        keep_scale = tl.full((BLOCK_E,), 1.0, ACC)
         if DROPOUT:
-            kp = tl.where(tl.rand(seed, (e * H + h).to(tl.int32)) >= p, 1.0 / (1.0 - p), 0.0)
+            keep_scale = tl.where(tl.rand(seed, (e * H + h).to(tl.int32)) >= p, 1.0 / (1.0 - p), 0.0)
         cm = e_mask[:, None] & c_mask[None, :]
         d_out = tl.load(dO + (i * H + h)[:, None] * Cv + offs_c[None, :], mask=cm, other=0.0).to(ACC)
         vv = v_j[None, :] + tl.zeros((BLOCK_E, BLOCK_C), ACC)
-        if HAS_EV:
-            vv += tl.load(EV + (e * H + h)[:, None] * Cv + offs_c[None, :], mask=cm, other=0.0).to(ACC)
-        dal = tl.sum(d_out * vv, axis=1)
-        Dv = tl.load(Dm + i * H + h, mask=e_mask, other=0.0).to(ACC)
-        ds = alpha * (kp * dal - Dv)
-        wv = alpha * kp
+        if HAS_EDGE_VALUE:
+            vv += tl.load(edge_value + (e * H + h)[:, None] * Cv + offs_c[None, :], mask=cm, other=0.0).to(ACC)
+        dout_dot_msg = tl.sum(d_out * vv, axis=1)
+        dout_dot_out_i = tl.load(dout_dot_out + i * H + h, mask=e_mask, other=0.0).to(ACC)
+        ds = alpha * (keep_scale * dout_dot_msg - dout_dot_out_i)
+        wv = alpha * keep_scale
         dv += tl.sum(wv[:, None] * d_out, axis=0)
-        if HAS_EV:
-            tl.store(dEV + (e * H + h)[:, None] * Cv + offs_c[None, :], (wv[:, None] * d_out).to(dEV.dtype.element_ty),
-                     mask=cm)
+        if HAS_EDGE_VALUE:
+            tl.store(d_edge_value + (e * H + h)[:, None] * Cv + offs_c[None, :],
+                     (wv[:, None] * d_out).to(d_edge_value.dtype.element_ty), mask=cm)
         if KIND == 0:
-            z = tl.load(B + j * H + h).to(ACC) + tl.zeros((BLOCK_E,), ACC)
-            if HAS_A:
-                z += tl.load(A + i * H + h, mask=e_mask, other=0.0).to(ACC)
-            if HAS_EF:
-                z += tl.load(EF + e * H + h, mask=e_mask, other=0.0).to(ACC)
+            z = tl.load(src_term + j * H + h).to(ACC) + tl.zeros((BLOCK_E,), ACC)
+            if HAS_DST_TERM:
+                z += tl.load(dst_term + i * H + h, mask=e_mask, other=0.0).to(ACC)
+            if HAS_EDGE_SCORE_TERM:
+                z += tl.load(edge_score_term + e * H + h, mask=e_mask, other=0.0).to(ACC)
             dz = ds * tl.where(z > 0, 1.0, slope)
             dz = tl.where(e_mask, dz, 0.0)
-            db += tl.sum(dz, axis=0)  # broadcast into lane 0 below
-            if HAS_EF:
-                tl.store(dEF + e * H + h, dz.to(dEF.dtype.element_ty), mask=e_mask)
+            d_src += tl.sum(dz, axis=0)  # broadcast into lane 0 below
+            if HAS_EDGE_SCORE_TERM:
+                tl.store(d_edge_score_term + e * H + h, dz.to(d_edge_score_term.dtype.element_ty), mask=e_mask)
             tl.store(g + e * H + h, dz.to(g.dtype.element_ty), mask=e_mask)
         else:
             fm = e_mask[:, None] & f_mask[None, :]
-            a = tl.load(A + (i * H + h)[:, None] * F + offs_f[None, :], mask=fm, other=0.0).to(ACC)
+            dst = tl.load(dst_term + (i * H + h)[:, None] * F + offs_f[None, :], mask=fm, other=0.0).to(ACC)
             if KIND == 1:
-                z = a + tl.load(B + (j * H + h) * F + offs_f, mask=f_mask, other=0.0).to(ACC)[None, :]
-                if HAS_EF:
-                    z += tl.load(EF + (e * H + h)[:, None] * F + offs_f[None, :], mask=fm, other=0.0).to(ACC)
+                z = dst + tl.load(src_term + (j * H + h) * F + offs_f, mask=f_mask, other=0.0).to(ACC)[None, :]
+                if HAS_EDGE_SCORE_TERM:
+                    z += tl.load(edge_score_term + (e * H + h)[:, None] * F + offs_f[None, :], mask=fm,
+                                 other=0.0).to(ACC)
                 w = tl.load(att + h * F + offs_f, mask=f_mask, other=0.0).to(ACC)
                 dz = ds[:, None] * w[None, :] * tl.where(z > 0, 1.0, slope)
                 dz = tl.where(fm, dz, 0.0)
-                db += tl.sum(dz, axis=0)
-                if HAS_EF:
-                    tl.store(dEF + (e * H + h)[:, None] * F + offs_f[None, :], dz.to(dEF.dtype.element_ty), mask=fm)
+                d_src += tl.sum(dz, axis=0)
+                if HAS_EDGE_SCORE_TERM:
+                    tl.store(d_edge_score_term + (e * H + h)[:, None] * F + offs_f[None, :],
+                             dz.to(d_edge_score_term.dtype.element_ty), mask=fm)
             else:
-                dk = (ds * scale)[:, None] * a
+                dk = (ds * scale)[:, None] * dst
                 dk = tl.where(fm, dk, 0.0)
-                db += tl.sum(dk, axis=0)
-                if HAS_EF:
-                    tl.store(dEF + (e * H + h)[:, None] * F + offs_f[None, :], dk.to(dEF.dtype.element_ty), mask=fm)
-                if HAS_EB:
-                    tl.store(dEB + e * H + h, ds.to(dEB.dtype.element_ty), mask=e_mask)
+                d_src += tl.sum(dk, axis=0)
+                if HAS_EDGE_SCORE_TERM:
+                    tl.store(d_edge_score_term + (e * H + h)[:, None] * F + offs_f[None, :],
+                             dk.to(d_edge_score_term.dtype.element_ty), mask=fm)
+                if HAS_EDGE_BIAS:
+                    tl.store(d_edge_bias + e * H + h, ds.to(d_edge_bias.dtype.element_ty), mask=e_mask)
             tl.store(g + e * H + h, ds.to(g.dtype.element_ty), mask=e_mask)
-    tl.store(dV + (j * H + h) * Cv + offs_c, dv.to(dV.dtype.element_ty), mask=c_mask)
+    tl.store(d_value + (j * H + h) * Cv + offs_c, dv.to(d_value.dtype.element_ty), mask=c_mask)
     if KIND == 0:
-        # db holds the same scalar sum in every lane; write it once
-        tl.store(dB + j * H + h + offs_f * 0, db.to(dB.dtype.element_ty), mask=offs_f == 0)
+        # d_src holds the same scalar sum in every lane; write it once
+        tl.store(d_src_term + j * H + h + offs_f * 0, d_src.to(d_src_term.dtype.element_ty), mask=offs_f == 0)
     else:
-        tl.store(dB + (j * H + h) * F + offs_f, db.to(dB.dtype.element_ty), mask=f_mask)
+        tl.store(d_src_term + (j * H + h) * F + offs_f, d_src.to(d_src_term.dtype.element_ty), mask=f_mask)
 
 
 @triton.jit
 def fused_backward_dst_kernel(
-    KIND: tl.constexpr, rowptr, col, A, B, EF, att, g, dA, datt_rows,
+    KIND: tl.constexpr, rowptr, col, dst_term, src_term, edge_score_term, att, g, d_dst_term, datt_rows,
     H, F, params,
-    HAS_EF: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr, ACC: tl.constexpr,
+    HAS_EDGE_SCORE_TERM: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr, ACC: tl.constexpr,
 ):
     slope = tl.load(params)
     scale = tl.load(params + 1)
@@ -215,30 +229,30 @@ def fused_backward_dst_kernel(
     end = tl.load(rowptr + i + 1)
     offs_f = tl.arange(0, BLOCK_F)
     f_mask = offs_f < F
-    da = tl.zeros((BLOCK_F,), ACC)
+    d_dst = tl.zeros((BLOCK_F,), ACC)
     dat = tl.zeros((BLOCK_F,), ACC)
     for e0 in range(start, end, BLOCK_E):
         e = e0 + tl.arange(0, BLOCK_E)
         e_mask = e < end
         gs = tl.load(g + e * H + h, mask=e_mask, other=0.0).to(ACC)
         if KIND == 0:
-            da += tl.sum(gs, axis=0)
+            d_dst += tl.sum(gs, axis=0)
         else:
             j = tl.load(col + e, mask=e_mask, other=0)
             fm = e_mask[:, None] & f_mask[None, :]
-            b = tl.load(B + (j * H + h)[:, None] * F + offs_f[None, :], mask=fm, other=0.0).to(ACC)
-            if HAS_EF:
-                b += tl.load(EF + (e * H + h)[:, None] * F + offs_f[None, :], mask=fm, other=0.0).to(ACC)
+            src = tl.load(src_term + (j * H + h)[:, None] * F + offs_f[None, :], mask=fm, other=0.0).to(ACC)
+            if HAS_EDGE_SCORE_TERM:
+                src += tl.load(edge_score_term + (e * H + h)[:, None] * F + offs_f[None, :], mask=fm, other=0.0).to(ACC)
             if KIND == 1:
-                z = b + tl.load(A + (i * H + h) * F + offs_f, mask=f_mask, other=0.0).to(ACC)[None, :]
+                z = src + tl.load(dst_term + (i * H + h) * F + offs_f, mask=f_mask, other=0.0).to(ACC)[None, :]
                 w = tl.load(att + h * F + offs_f, mask=f_mask, other=0.0).to(ACC)
-                da += tl.sum(tl.where(fm, gs[:, None] * w[None, :] * tl.where(z > 0, 1.0, slope), 0.0), axis=0)
+                d_dst += tl.sum(tl.where(fm, gs[:, None] * w[None, :] * tl.where(z > 0, 1.0, slope), 0.0), axis=0)
                 dat += tl.sum(tl.where(fm, gs[:, None] * tl.where(z > 0, z, z * slope), 0.0), axis=0)
             else:
-                da += tl.sum(tl.where(fm, (gs * scale)[:, None] * b, 0.0), axis=0)
+                d_dst += tl.sum(tl.where(fm, (gs * scale)[:, None] * src, 0.0), axis=0)
     if KIND == 0:
-        tl.store(dA + i * H + h + offs_f * 0, da.to(dA.dtype.element_ty), mask=offs_f == 0)
+        tl.store(d_dst_term + i * H + h + offs_f * 0, d_dst.to(d_dst_term.dtype.element_ty), mask=offs_f == 0)
     else:
-        tl.store(dA + (i * H + h) * F + offs_f, da.to(dA.dtype.element_ty), mask=f_mask)
+        tl.store(d_dst_term + (i * H + h) * F + offs_f, d_dst.to(d_dst_term.dtype.element_ty), mask=f_mask)
         if KIND == 1:
             tl.store(datt_rows + (i * H + h) * F + offs_f, dat.to(datt_rows.dtype.element_ty), mask=f_mask)

@@ -2,19 +2,25 @@
 // without any [E, H, C] intermediate.
 //
 // Three score kinds share one kernel body:
-//   GAT   (kind 0): s = leaky(B[j,h] + A[i,h] + EF[e,h])                (F = 1)
-//   GATV2 (kind 1): s = sum_c att[h,c] * leaky(B[j,h,c] + A[i,h,c] + EF[e,h,c])
-//   DOT   (kind 2): s = scale * <A[i,h,:], B[j,h,:] + EF[e,h,:]> + EB[e,h]
+//   GAT   (kind 0): s = leaky(src_term[j,h] + dst_term[i,h] + edge_score_term[e,h])      (F = 1)
+//   GATV2 (kind 1): s = sum_c att[h,c] * leaky(src_term[j,h,c] + dst_term[i,h,c] + edge_score_term[e,h,c])
+//   DOT   (kind 2): s = scale * <dst_term[i,h,:], src_term[j,h,:] + edge_score_term[e,h,:]> + edge_bias[e,h]
 // for an edge e = (j -> i) in CSR order (sorted by destination i). Messages are
-// V[j,h,:] (+ EV[e,h,:]). A = destination-side node tensor, B = source-side.
+// value[j,h,:] (+ edge_value[e,h,:]). dst_term is the destination-side node tensor
+// (GAT's a_dst . W x_i, GATv2's W_r x_i, the dot product's query), src_term the
+// source-side one (a_src . W x_j, W_l x_j, the key).
 //
 // Forward: two passes over each destination row (its scores and their max into a
 // per-row buffer, then exponentials and the weighted sum); saves out and, per node
 // and head, stats[i,h] = (row max m, log of the normaliser l) only. The two are kept
 // apart rather than summed into a log-sum-exp: with logits near 1e16 (fp64) or 1e7
 // (fp32), m + log(l) rounds to m and every tied weight would be recomputed as 1.
-// Backward recomputes the weights from the stats: a pass over the transposed graph (per source j, no atomics) produces the
-// source-side and per-edge gradients, a pass over rows the destination-side ones.
+// Backward recomputes the weights from the stats: a pass over the transposed graph
+// (per source j, no atomics) produces the source-side and per-edge gradients, a pass
+// over rows the destination-side ones. With dout_dot_out[i,h] = sum_c d_out[i,h,c] *
+// out[i,h,c] (FlashAttention's "delta"), the score gradient of edge e = (j -> i) is
+// alpha * (keep_scale * dout_dot_msg - dout_dot_out[i,h]), where dout_dot_msg =
+// <d_out[i,h,:], message of e> and keep_scale is e's dropout multiplier (1/(1-p) or 0).
 // Dropout masks come from a counter-based hash of (seed, edge, head), so the
 // backward regenerates them instead of storing them.
 //
@@ -92,25 +98,25 @@ template <typename T>
 struct Args {
   int64_t H, F, Cv;  // heads, score feature size, value size
   int64_t Ns, Nd, E; // source nodes, destination nodes, edges (for the checks)
-  const T* A;        // [Nd, H, F] or null (GAT: may be null)
-  const T* B;        // [Ns, H, F]
-  const T* V;        // [Ns, H, Cv]
-  const T* EF;       // [E, H, F] or null
-  const T* EB;       // [E, H] or null
-  const T* EV;       // [E, H, Cv] or null
-  const T* att;      // [H, F] (GATv2)
+  const T* dst_term;         // [Nd, H, F] destination-side score term; null when absent (GAT only)
+  const T* src_term;         // [Ns, H, F] source-side score term
+  const T* value;            // [Ns, H, Cv] messages
+  const T* edge_score_term;  // [E, H, F] per-edge term inside the score, or null
+  const T* edge_bias;        // [E, H] per-edge term added to the score, or null
+  const T* edge_value;       // [E, H, Cv] per-edge term added to the message, or null
+  const T* att;              // [H, F] (GATv2)
   T slope, scale;
-  double p;          // dropout probability
+  double p;                  // dropout probability
   uint64_t seed;
 
-  // GATv2 pre-activation z = B[j,h,:] + A[i,h,:] (+ EF[e,h,:]), branch-free loops.
+  // GATv2 pre-activation z = src_term[j,h,:] + dst_term[i,h,:] (+ edge_score_term[e,h,:]), branch-free loops.
   inline void gatv2_z(int64_t i, int64_t j, int64_t e, int64_t h, T* __restrict__ z) const {
-    const T* __restrict__ b = B + (j * H + h) * F;
-    const T* __restrict__ aa = A + (i * H + h) * F;
-    for (int64_t c = 0; c < F; ++c) z[c] = b[c] + aa[c];
-    if (EF) {
-      const T* __restrict__ ef = EF + (e * H + h) * F;
-      for (int64_t c = 0; c < F; ++c) z[c] += ef[c];
+    const T* __restrict__ src = src_term + (j * H + h) * F;
+    const T* __restrict__ dst = dst_term + (i * H + h) * F;
+    for (int64_t c = 0; c < F; ++c) z[c] = src[c] + dst[c];
+    if (edge_score_term) {
+      const T* __restrict__ es = edge_score_term + (e * H + h) * F;
+      for (int64_t c = 0; c < F; ++c) z[c] += es[c];
     }
   }
 
@@ -118,15 +124,15 @@ struct Args {
   template <int KIND>
   inline void scores(int64_t i, int64_t j, int64_t e, T* __restrict__ s) const {
     if (KIND == GAT) {
-      const T* b = B + j * H;
-      for (int64_t h = 0; h < H; ++h) s[h] = b[h];
-      if (A) {
-        const T* aa = A + i * H;
-        for (int64_t h = 0; h < H; ++h) s[h] += aa[h];
+      const T* src = src_term + j * H;
+      for (int64_t h = 0; h < H; ++h) s[h] = src[h];
+      if (dst_term) {
+        const T* dst = dst_term + i * H;
+        for (int64_t h = 0; h < H; ++h) s[h] += dst[h];
       }
-      if (EF) {
-        const T* ef = EF + e * H;
-        for (int64_t h = 0; h < H; ++h) s[h] += ef[h];
+      if (edge_score_term) {
+        const T* es = edge_score_term + e * H;
+        for (int64_t h = 0; h < H; ++h) s[h] += es[h];
       }
       for (int64_t h = 0; h < H; ++h) s[h] = leaky_relu(s[h], slope);
     } else if (KIND == GATV2) {
@@ -140,21 +146,21 @@ struct Args {
         s[h] = dot(at, z, F);
       }
     } else {
-      const T* b = B + j * H * F;
-      const T* q = A + i * H * F;
-      const T* ef = EF ? EF + e * H * F : nullptr;
+      const T* key = src_term + j * H * F;
+      const T* q = dst_term + i * H * F;
+      const T* es = edge_score_term ? edge_score_term + e * H * F : nullptr;
       for (int64_t h = 0; h < H; ++h) {
-        const T acc = ef ? dot_sum(q + h * F, b + h * F, ef + h * F, F) : dot(q + h * F, b + h * F, F);
+        const T acc = es ? dot_sum(q + h * F, key + h * F, es + h * F, F) : dot(q + h * F, key + h * F, F);
         s[h] = acc * scale;
       }
-      if (EB) {
-        const T* eb = EB + e * H;
+      if (edge_bias) {
+        const T* eb = edge_bias + e * H;
         for (int64_t h = 0; h < H; ++h) s[h] += eb[h];
       }
     }
   }
 
-  // dropout multiplier of edge e, head h: 0 or 1/(1-p)
+  // dropout multiplier (keep_scale) of edge e, head h: 1/(1-p) if kept, else 0
   inline T keep(int64_t e, int64_t h) const {
     if (p <= 0.0) return T(1);
     return uniform_hash(seed, static_cast<uint64_t>(e * H + h)) >= p ? T(1.0 / (1.0 - p)) : T(0);
@@ -162,23 +168,24 @@ struct Args {
 };
 
 template <typename T>
-Args<T> make_args(int64_t kind, int64_t nd, int64_t ne, const torch::Tensor& A, const torch::Tensor& B, const torch::Tensor& V,
-                  const torch::Tensor& EF, const torch::Tensor& EB, const torch::Tensor& EV,
-                  const torch::Tensor& att, double slope, double scale, double p, int64_t seed) {
+Args<T> make_args(int64_t kind, int64_t nd, int64_t ne, const torch::Tensor& dst_term, const torch::Tensor& src_term,
+                  const torch::Tensor& value, const torch::Tensor& edge_score_term, const torch::Tensor& edge_bias,
+                  const torch::Tensor& edge_value, const torch::Tensor& att, double slope, double scale, double p,
+                  int64_t seed) {
   Args<T> a;
-  a.H = B.size(1);
-  a.F = kind == GAT ? 1 : B.size(2);
-  a.Cv = V.size(2);
-  a.Ns = V.size(0);
+  a.H = src_term.size(1);
+  a.F = kind == GAT ? 1 : src_term.size(2);
+  a.Cv = value.size(2);
+  a.Ns = value.size(0);
   a.Nd = nd;
   a.E = ne;
   auto ptr = [](const torch::Tensor& t) -> const T* { return t.numel() ? t.data_ptr<T>() : nullptr; };
-  a.A = ptr(A);
-  a.B = B.data_ptr<T>();
-  a.V = V.data_ptr<T>();
-  a.EF = ptr(EF);
-  a.EB = ptr(EB);
-  a.EV = ptr(EV);
+  a.dst_term = ptr(dst_term);
+  a.src_term = src_term.data_ptr<T>();
+  a.value = value.data_ptr<T>();
+  a.edge_score_term = ptr(edge_score_term);
+  a.edge_bias = ptr(edge_bias);
+  a.edge_value = ptr(edge_value);
   a.att = ptr(att);
   a.slope = static_cast<T>(slope);
   a.scale = static_cast<T>(scale);
@@ -189,21 +196,31 @@ Args<T> make_args(int64_t kind, int64_t nd, int64_t ne, const torch::Tensor& A, 
 
 // The O(1) facts every entry point relies on; the O(E) ones are the caller's (see top).
 void check_inputs(int64_t kind, const torch::Tensor& rowptr, const torch::Tensor& col, int64_t Nd,
-                  const torch::Tensor& A, const torch::Tensor& B, const torch::Tensor& V, const torch::Tensor& EF,
-                  const torch::Tensor& EB, const torch::Tensor& EV, const torch::Tensor& att) {
+                  const torch::Tensor& dst_term, const torch::Tensor& src_term, const torch::Tensor& value,
+                  const torch::Tensor& edge_score_term, const torch::Tensor& edge_bias, const torch::Tensor& edge_value,
+                  const torch::Tensor& att) {
   TORCH_CHECK(rowptr.device().is_cpu() && col.device().is_cpu(), "graph must be on CPU");
   TORCH_CHECK(rowptr.scalar_type() == torch::kLong && col.scalar_type() == torch::kLong, "indices must be int64");
   TORCH_CHECK(rowptr.dim() == 1 && col.dim() == 1 && rowptr.size(0) == Nd + 1, "rowptr must have num_dst + 1 entries");
-  TORCH_CHECK(B.dim() >= 2 && V.dim() == 3 && B.size(0) == V.size(0) && B.size(1) == V.size(1),
+  TORCH_CHECK(src_term.dim() >= 2 && value.dim() == 3 && src_term.size(0) == value.size(0) &&
+                  src_term.size(1) == value.size(1),
               "source-side tensors disagree in rows or heads");
-  const int64_t E = col.size(0), H = B.size(1), F = kind == GAT ? 1 : B.size(2);
-  TORCH_CHECK(!A.numel() || (A.size(0) == Nd && A.numel() == Nd * H * F), "destination-side tensor has the wrong shape");
-  TORCH_CHECK(!EF.numel() || EF.numel() == E * H * F, "per-edge score term has the wrong shape");
-  TORCH_CHECK(!EB.numel() || EB.numel() == E * H, "per-edge bias has the wrong shape");
-  TORCH_CHECK(!EV.numel() || EV.numel() == E * H * V.size(2), "per-edge value term has the wrong shape");
+  const int64_t E = col.size(0), H = src_term.size(1), F = kind == GAT ? 1 : src_term.size(2);
+  TORCH_CHECK(!dst_term.numel() || (dst_term.size(0) == Nd && dst_term.numel() == Nd * H * F),
+              "destination-side tensor has the wrong shape");
+  TORCH_CHECK(!edge_score_term.numel() || edge_score_term.numel() == E * H * F,
+              "per-edge score term has the wrong shape");
+  TORCH_CHECK(!edge_bias.numel() || edge_bias.numel() == E * H, "per-edge bias has the wrong shape");
+  TORCH_CHECK(!edge_value.numel() || edge_value.numel() == E * H * value.size(2),
+              "per-edge value term has the wrong shape");
   TORCH_CHECK(kind != GATV2 || att.numel() == H * F, "att has the wrong shape");
-  TORCH_CHECK(kind != DOT || A.numel() == Nd * H * F, "query has the wrong shape");
-  for (const auto* t : {&rowptr, &col, &A, &B, &V, &EF, &EB, &EV, &att})
+  TORCH_CHECK(kind == GAT || dst_term.numel() == Nd * H * F,
+              kind == DOT ? "query has the wrong shape" : "GATv2 needs its destination-side tensor");
+  // Only the dot-product score adds a per-edge bias (GAT/GATv2 take theirs inside
+  // the score): the backward writes its gradient for DOT alone.
+  TORCH_CHECK(kind == DOT || !edge_bias.numel(), "a per-edge bias is taken by the dot-product kind only");
+  for (const auto* t :
+       {&rowptr, &col, &dst_term, &src_term, &value, &edge_score_term, &edge_bias, &edge_value, &att})
     TORCH_CHECK(t->is_contiguous(), "inputs must be contiguous");
 }
 
@@ -238,8 +255,8 @@ void forward_impl(const Args<T>& a, const int64_t* rowptr, const int64_t* col, i
           l[h] += pr;
           w[h] = pr * a.keep(e, h);
         }
-        const T* v = a.V + col[e] * H * Cv;
-        const T* ev = a.EV ? a.EV + e * H * Cv : nullptr;
+        const T* v = a.value + col[e] * H * Cv;
+        const T* ev = a.edge_value ? a.edge_value + e * H * Cv : nullptr;
         for (int64_t h = 0; h < H; ++h) {
           const T wh = w[h];
           T* __restrict__ ac = acc.data() + h * Cv;
@@ -289,50 +306,51 @@ inline T weight(T sc, const T* st) {
 
 template <typename T, int KIND>
 void backward_impl(const Args<T>& a, const int64_t* rp, const int64_t* cl, const int64_t* cp, const int64_t* rs,
-                   const int64_t* id, int64_t Nd, int64_t Ns, const T* L, const T* dOp, const T* Dp, T* dAp, T* dBp,
-                   T* dVp, T* dEFp, T* dEBp, T* dEVp, T* gp, T* dattp) {
+                   const int64_t* id, int64_t Nd, int64_t Ns, const T* stats, const T* d_out, const T* dout_dot_out,
+                   T* d_dst_term, T* d_src_term, T* d_value, T* d_edge_score_term, T* d_edge_bias, T* d_edge_value,
+                   T* gp, T* datt_rows) {
   const int64_t H = a.H, Cv = a.Cv, F = a.F;
   // Pass 1, over sources j (transposed graph): source-side and per-edge gradients.
   at::parallel_for(0, Ns, 64, [&](int64_t begin, int64_t end) {
     std::vector<T> s(H), ds(H), wv(H);
     for (int64_t j = begin; j < end; ++j) {
-      const T* v = a.V + j * H * Cv;
-      T* __restrict__ dv = dVp + j * H * Cv;
+      const T* v = a.value + j * H * Cv;
+      T* __restrict__ dv = d_value + j * H * Cv;
       for (int64_t k = cp[j]; k < cp[j + 1]; ++k) {
         GA_CHECK_INDEX(k, a.E, "transposed edge");
         const int64_t e = id[k], i = rs[k];
         GA_CHECK_INDEX(e, a.E, "edge id");
         GA_CHECK_INDEX(i, a.Nd, "destination");
-        const T* dout = dOp + i * H * Cv;
-        const T* evp = a.EV ? a.EV + e * H * Cv : nullptr;
+        const T* dout_i = d_out + i * H * Cv;
+        const T* ev = a.edge_value ? a.edge_value + e * H * Cv : nullptr;
         a.template scores<KIND>(i, j, e, s.data());
         for (int64_t h = 0; h < H; ++h) {
-          const T alpha = weight(s[h], L + (i * H + h) * 2);
-          const T kp = a.keep(e, h);
-          const T* dOh = dout + h * Cv;
+          const T alpha = weight(s[h], stats + (i * H + h) * 2);
+          const T keep_scale = a.keep(e, h);
+          const T* dOh = dout_i + h * Cv;
           const T* vh = v + h * Cv;
-          const T dal = evp ? dot_sum(dOh, vh, evp + h * Cv, Cv) : dot(dOh, vh, Cv);
-          ds[h] = alpha * (kp * dal - Dp[i * H + h]);
-          wv[h] = alpha * kp;
+          const T dout_dot_msg = ev ? dot_sum(dOh, vh, ev + h * Cv, Cv) : dot(dOh, vh, Cv);
+          ds[h] = alpha * (keep_scale * dout_dot_msg - dout_dot_out[i * H + h]);
+          wv[h] = alpha * keep_scale;
         }
         for (int64_t h = 0; h < H; ++h) {
           const T w = wv[h];
-          const T* dOh = dout + h * Cv;
+          const T* dOh = dout_i + h * Cv;
           T* __restrict__ dvh = dv + h * Cv;
           for (int64_t c = 0; c < Cv; ++c) dvh[c] += w * dOh[c];
-          if (dEVp) {
-            T* devh = dEVp + (e * H + h) * Cv;
+          if (d_edge_value) {
+            T* devh = d_edge_value + (e * H + h) * Cv;
             for (int64_t c = 0; c < Cv; ++c) devh[c] = w * dOh[c];
           }
         }
         if (KIND == GAT) {
           for (int64_t h = 0; h < H; ++h) {
-            T z = a.B[j * H + h];
-            if (a.A) z += a.A[i * H + h];
-            if (a.EF) z += a.EF[e * H + h];
+            T z = a.src_term[j * H + h];
+            if (a.dst_term) z += a.dst_term[i * H + h];
+            if (a.edge_score_term) z += a.edge_score_term[e * H + h];
             const T dz = ds[h] * leaky_relu_grad(z, a.slope);
-            dBp[j * H + h] += dz;
-            if (dEFp) dEFp[e * H + h] = dz;
+            d_src_term[j * H + h] += dz;
+            if (d_edge_score_term) d_edge_score_term[e * H + h] = dz;
             gp[e * H + h] = dz;
           }
         } else if (KIND == GATV2) {
@@ -340,25 +358,25 @@ void backward_impl(const Args<T>& a, const int64_t* rp, const int64_t* cl, const
           for (int64_t h = 0; h < H; ++h) {
             a.gatv2_z(i, j, e, h, z);
             const T* at = a.att + h * F;
-            T* __restrict__ db = dBp + (j * H + h) * F;
+            T* __restrict__ dsrc = d_src_term + (j * H + h) * F;
             const T dsh = ds[h], sl = a.slope;
 #pragma omp simd
             for (int64_t c = 0; c < F; ++c) z[c] = dsh * at[c] * leaky_relu_grad(z[c], sl);
-            for (int64_t c = 0; c < F; ++c) db[c] += z[c];
-            if (dEFp) {
-              T* __restrict__ def = dEFp + (e * H + h) * F;
-              for (int64_t c = 0; c < F; ++c) def[c] = z[c];
+            for (int64_t c = 0; c < F; ++c) dsrc[c] += z[c];
+            if (d_edge_score_term) {
+              T* __restrict__ des = d_edge_score_term + (e * H + h) * F;
+              for (int64_t c = 0; c < F; ++c) des[c] = z[c];
             }
             gp[e * H + h] = dsh;
           }
         } else {
           for (int64_t h = 0; h < H; ++h) {
             const T sds = ds[h] * a.scale;
-            const int64_t b_off = (j * H + h) * F, a_off = (i * H + h) * F, e_off = (e * H + h) * F;
-            for (int64_t c = 0; c < F; ++c) dBp[b_off + c] += sds * a.A[a_off + c];
-            if (dEFp)
-              for (int64_t c = 0; c < F; ++c) dEFp[e_off + c] = sds * a.A[a_off + c];
-            if (dEBp) dEBp[e * H + h] = ds[h];
+            const int64_t src_off = (j * H + h) * F, dst_off = (i * H + h) * F, e_off = (e * H + h) * F;
+            for (int64_t c = 0; c < F; ++c) d_src_term[src_off + c] += sds * a.dst_term[dst_off + c];
+            if (d_edge_score_term)
+              for (int64_t c = 0; c < F; ++c) d_edge_score_term[e_off + c] = sds * a.dst_term[dst_off + c];
+            if (d_edge_bias) d_edge_bias[e * H + h] = ds[h];
             gp[e * H + h] = ds[h];
           }
         }
@@ -367,7 +385,7 @@ void backward_impl(const Args<T>& a, const int64_t* rp, const int64_t* cl, const
   });
 
   // Pass 2, over destinations i: destination-side gradients (and GATv2's att, per row).
-  if (dAp == nullptr) return;
+  if (d_dst_term == nullptr) return;
   at::parallel_for(0, Nd, 64, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
@@ -375,32 +393,32 @@ void backward_impl(const Args<T>& a, const int64_t* rp, const int64_t* cl, const
         const int64_t j = cl[e];
         GA_CHECK_INDEX(j, a.Ns, "source");
         if (KIND == GAT) {
-          for (int64_t h = 0; h < H; ++h) dAp[i * H + h] += gp[e * H + h];
+          for (int64_t h = 0; h < H; ++h) d_dst_term[i * H + h] += gp[e * H + h];
           continue;
         }
         for (int64_t h = 0; h < H; ++h) {
           const T gs = gp[e * H + h];
-          const int64_t b_off = (j * H + h) * F, a_off = (i * H + h) * F, e_off = (e * H + h) * F;
+          const int64_t src_off = (j * H + h) * F, dst_off = (i * H + h) * F, e_off = (e * H + h) * F;
           if (KIND == GATV2) {
             T z[kMaxF];
             a.gatv2_z(i, j, e, h, z);
             const T* at = a.att + h * F;
-            T* __restrict__ da = dAp + a_off;
-            T* __restrict__ dat = dattp + a_off;
+            T* __restrict__ ddst = d_dst_term + dst_off;
+            T* __restrict__ dat = datt_rows + dst_off;
             const T sl = a.slope;
 #pragma omp simd
             for (int64_t c = 0; c < F; ++c) {
-              da[c] += gs * at[c] * leaky_relu_grad(z[c], sl);
+              ddst[c] += gs * at[c] * leaky_relu_grad(z[c], sl);
               dat[c] += gs * leaky_relu(z[c], sl);
             }
           } else {
             const T sg = gs * a.scale;
-            const T* __restrict__ bb = a.B + b_off;
-            T* __restrict__ da = dAp + a_off;
-            for (int64_t c = 0; c < F; ++c) da[c] += sg * bb[c];
-            if (a.EF) {
-              const T* __restrict__ ef = a.EF + e_off;
-              for (int64_t c = 0; c < F; ++c) da[c] += sg * ef[c];
+            const T* __restrict__ key = a.src_term + src_off;
+            T* __restrict__ ddst = d_dst_term + dst_off;
+            for (int64_t c = 0; c < F; ++c) ddst[c] += sg * key[c];
+            if (a.edge_score_term) {
+              const T* __restrict__ es = a.edge_score_term + e_off;
+              for (int64_t c = 0; c < F; ++c) ddst[c] += sg * es[c];
             }
           }
         }
@@ -412,17 +430,19 @@ void backward_impl(const Args<T>& a, const int64_t* rp, const int64_t* cl, const
 }  // namespace
 
 std::vector<torch::Tensor> fused_forward(int64_t kind, torch::Tensor rowptr, torch::Tensor col, int64_t Nd,
-                                         torch::Tensor A, torch::Tensor B, torch::Tensor V, torch::Tensor EF,
-                                         torch::Tensor EB, torch::Tensor EV, torch::Tensor att, double slope,
-                                         double scale, double p, torch::Tensor seed_t) {
-  check_inputs(kind, rowptr, col, Nd, A, B, V, EF, EB, EV, att);
-  TORCH_CHECK(kind != GATV2 || B.size(2) <= kMaxF, "GATv2 supports at most ", kMaxF, " channels per head");
+                                         torch::Tensor dst_term, torch::Tensor src_term, torch::Tensor value,
+                                         torch::Tensor edge_score_term, torch::Tensor edge_bias,
+                                         torch::Tensor edge_value, torch::Tensor att, double slope, double scale,
+                                         double p, torch::Tensor seed_t) {
+  check_inputs(kind, rowptr, col, Nd, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att);
+  TORCH_CHECK(kind != GATV2 || src_term.size(2) <= kMaxF, "GATv2 supports at most ", kMaxF, " channels per head");
   const int64_t seed = seed_t.item<int64_t>();
-  const int64_t H = B.size(1), Cv = V.size(2);
-  auto out = torch::empty({Nd, H, Cv}, V.options());
-  auto stats = torch::empty({Nd, H, 2}, V.options());
-  AT_DISPATCH_FLOATING_TYPES(V.scalar_type(), "fused_forward", [&] {
-    auto a = make_args<scalar_t>(kind, Nd, col.size(0), A, B, V, EF, EB, EV, att, slope, scale, p, seed);
+  const int64_t H = src_term.size(1), Cv = value.size(2);
+  auto out = torch::empty({Nd, H, Cv}, value.options());
+  auto stats = torch::empty({Nd, H, 2}, value.options());
+  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "fused_forward", [&] {
+    auto a = make_args<scalar_t>(kind, Nd, col.size(0), dst_term, src_term, value, edge_score_term, edge_bias,
+                                 edge_value, att, slope, scale, p, seed);
     GA_DISPATCH_KIND(kind, [&] {
       forward_impl<scalar_t, KIND>(a, rowptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(), Nd,
                                    out.data_ptr<scalar_t>(), stats.data_ptr<scalar_t>());
@@ -432,18 +452,20 @@ std::vector<torch::Tensor> fused_forward(int64_t kind, torch::Tensor rowptr, tor
 }
 
 // Normalised weights alpha[e, h] (CSR order, before dropout) from the saved stats.
-torch::Tensor fused_weights(int64_t kind, torch::Tensor rowptr, torch::Tensor col, torch::Tensor lse,
-                            torch::Tensor A, torch::Tensor B, torch::Tensor V, torch::Tensor EF, torch::Tensor EB,
-                            torch::Tensor EV, torch::Tensor att, double slope, double scale) {
-  const int64_t Nd = rowptr.size(0) - 1, H = B.size(1), E = col.size(0);
-  check_inputs(kind, rowptr, col, Nd, A, B, V, EF, EB, EV, att);
-  TORCH_CHECK(lse.numel() == Nd * H * 2, "stats has the wrong shape");
-  auto alpha = torch::empty({E, H}, V.options());
-  AT_DISPATCH_FLOATING_TYPES(V.scalar_type(), "fused_weights", [&] {
-    auto a = make_args<scalar_t>(kind, Nd, col.size(0), A, B, V, EF, EB, EV, att, slope, scale, 0.0, 0);
+torch::Tensor fused_weights(int64_t kind, torch::Tensor rowptr, torch::Tensor col, torch::Tensor stats,
+                            torch::Tensor dst_term, torch::Tensor src_term, torch::Tensor value,
+                            torch::Tensor edge_score_term, torch::Tensor edge_bias, torch::Tensor edge_value,
+                            torch::Tensor att, double slope, double scale) {
+  const int64_t Nd = rowptr.size(0) - 1, H = src_term.size(1), E = col.size(0);
+  check_inputs(kind, rowptr, col, Nd, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att);
+  TORCH_CHECK(stats.numel() == Nd * H * 2, "stats has the wrong shape");
+  auto alpha = torch::empty({E, H}, value.options());
+  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "fused_weights", [&] {
+    auto a = make_args<scalar_t>(kind, Nd, col.size(0), dst_term, src_term, value, edge_score_term, edge_bias,
+                                 edge_value, att, slope, scale, 0.0, 0);
     const int64_t* rp = rowptr.data_ptr<int64_t>();
     const int64_t* cl = col.data_ptr<int64_t>();
-    const scalar_t* L = lse.data_ptr<scalar_t>();
+    const scalar_t* st = stats.data_ptr<scalar_t>();
     scalar_t* al = alpha.data_ptr<scalar_t>();
     GA_DISPATCH_KIND(kind, [&] {
       at::parallel_for(0, Nd, 64, [&](int64_t begin, int64_t end) {
@@ -452,7 +474,7 @@ torch::Tensor fused_weights(int64_t kind, torch::Tensor rowptr, torch::Tensor co
             GA_CHECK_INDEX(e, a.E, "edge");
             GA_CHECK_INDEX(cl[e], a.Ns, "source");
             a.template scores<KIND>(i, cl[e], e, al + e * H);
-            for (int64_t h = 0; h < H; ++h) al[e * H + h] = weight(al[e * H + h], L + (i * H + h) * 2);
+            for (int64_t h = 0; h < H; ++h) al[e * H + h] = weight(al[e * H + h], st + (i * H + h) * 2);
           }
       });
     });
@@ -460,48 +482,56 @@ torch::Tensor fused_weights(int64_t kind, torch::Tensor rowptr, torch::Tensor co
   return alpha;
 }
 
-// Gradients. Returns {dA, dB, dV, dEF, dEB, dEV, datt}; a gradient whose input
-// is absent is an empty tensor.
+// Gradients. Returns {d_dst_term, d_src_term, d_value, d_edge_score_term, d_edge_bias, d_edge_value, datt};
+// a gradient whose input is absent is an empty tensor. dout_dot_out[i, h] = sum_c d_out[i, h, c] * out[i, h, c].
 std::vector<torch::Tensor> fused_backward(int64_t kind, torch::Tensor rowptr, torch::Tensor col,
                                           torch::Tensor colptr, torch::Tensor row_by_src, torch::Tensor eid,
-                                          torch::Tensor A, torch::Tensor B, torch::Tensor V, torch::Tensor EF,
-                                          torch::Tensor EB, torch::Tensor EV, torch::Tensor att, torch::Tensor lse,
-                                          torch::Tensor dO, torch::Tensor Dm, double slope, double scale, double p,
-                                          torch::Tensor seed_t) {
+                                          torch::Tensor dst_term, torch::Tensor src_term, torch::Tensor value,
+                                          torch::Tensor edge_score_term, torch::Tensor edge_bias,
+                                          torch::Tensor edge_value, torch::Tensor att, torch::Tensor stats,
+                                          torch::Tensor d_out, torch::Tensor dout_dot_out, double slope, double scale,
+                                          double p, torch::Tensor seed_t) {
   const int64_t Nd = rowptr.size(0) - 1, Ns = colptr.size(0) - 1, E = col.size(0);
-  check_inputs(kind, rowptr, col, Nd, A, B, V, EF, EB, EV, att);
-  TORCH_CHECK(Ns == B.size(0) && row_by_src.size(0) == E && eid.size(0) == E, "transposed graph has the wrong shape");
-  TORCH_CHECK(lse.numel() == Nd * B.size(1) * 2 && dO.numel() == Nd * B.size(1) * V.size(2) &&
-              Dm.numel() == Nd * B.size(1), "saved tensors have the wrong shape");
-  TORCH_CHECK(lse.is_contiguous() && dO.is_contiguous() && Dm.is_contiguous(), "inputs must be contiguous");
+  check_inputs(kind, rowptr, col, Nd, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att);
+  TORCH_CHECK(Ns == src_term.size(0) && row_by_src.size(0) == E && eid.size(0) == E,
+              "transposed graph has the wrong shape");
+  TORCH_CHECK(stats.numel() == Nd * src_term.size(1) * 2 && d_out.numel() == Nd * src_term.size(1) * value.size(2) &&
+                  dout_dot_out.numel() == Nd * src_term.size(1),
+              "saved tensors have the wrong shape");
+  TORCH_CHECK(stats.is_contiguous() && d_out.is_contiguous() && dout_dot_out.is_contiguous(),
+              "inputs must be contiguous");
   const int64_t seed = seed_t.item<int64_t>();
-  const int64_t H = B.size(1), Cv = V.size(2);
+  const int64_t H = src_term.size(1), Cv = value.size(2);
   // Each absent gradient gets its own empty tensor: outputs of a custom op must not alias.
-  auto none = [&]() { return torch::empty({0}, V.options()); };
-  auto dB = torch::zeros_like(B);
-  auto dV = torch::zeros_like(V);
-  auto dA = A.numel() ? torch::zeros_like(A) : none();
-  auto dEF = EF.numel() ? torch::empty_like(EF) : none();
-  auto dEB = EB.numel() ? torch::empty_like(EB) : none();
-  auto dEV = EV.numel() ? torch::empty_like(EV) : none();
-  auto g = torch::empty({E, H}, V.options());  // per-edge score gradient (GAT: w.r.t. pre-activation)
-  torch::Tensor datt_rows = kind == GATV2 ? torch::zeros({Nd, H, B.size(2)}, V.options()) : none();
+  auto none = [&]() { return torch::empty({0}, value.options()); };
+  auto d_src_term = torch::zeros_like(src_term);
+  auto d_value = torch::zeros_like(value);
+  auto d_dst_term = dst_term.numel() ? torch::zeros_like(dst_term) : none();
+  auto d_edge_score_term = edge_score_term.numel() ? torch::empty_like(edge_score_term) : none();
+  auto d_edge_bias = edge_bias.numel() ? torch::empty_like(edge_bias) : none();
+  auto d_edge_value = edge_value.numel() ? torch::empty_like(edge_value) : none();
+  auto g = torch::empty({E, H}, value.options());  // per-edge score gradient (GAT: w.r.t. pre-activation)
+  torch::Tensor datt_rows = kind == GATV2 ? torch::zeros({Nd, H, src_term.size(2)}, value.options()) : none();
 
-  AT_DISPATCH_FLOATING_TYPES(V.scalar_type(), "fused_backward", [&] {
-    auto a = make_args<scalar_t>(kind, Nd, col.size(0), A, B, V, EF, EB, EV, att, slope, scale, p, seed);
+  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "fused_backward", [&] {
+    auto a = make_args<scalar_t>(kind, Nd, col.size(0), dst_term, src_term, value, edge_score_term, edge_bias,
+                                 edge_value, att, slope, scale, p, seed);
     GA_DISPATCH_KIND(kind, [&] {
       backward_impl<scalar_t, KIND>(a, rowptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(), colptr.data_ptr<int64_t>(),
                                     row_by_src.data_ptr<int64_t>(), eid.data_ptr<int64_t>(), Nd, Ns,
-                                    lse.data_ptr<scalar_t>(), dO.data_ptr<scalar_t>(), Dm.data_ptr<scalar_t>(),
-                                    A.numel() ? dA.data_ptr<scalar_t>() : nullptr, dB.data_ptr<scalar_t>(),
-                                    dV.data_ptr<scalar_t>(), dEF.numel() ? dEF.data_ptr<scalar_t>() : nullptr,
-                                    dEB.numel() ? dEB.data_ptr<scalar_t>() : nullptr,
-                                    dEV.numel() ? dEV.data_ptr<scalar_t>() : nullptr, g.data_ptr<scalar_t>(),
+                                    stats.data_ptr<scalar_t>(), d_out.data_ptr<scalar_t>(),
+                                    dout_dot_out.data_ptr<scalar_t>(),
+                                    dst_term.numel() ? d_dst_term.data_ptr<scalar_t>() : nullptr,
+                                    d_src_term.data_ptr<scalar_t>(), d_value.data_ptr<scalar_t>(),
+                                    d_edge_score_term.numel() ? d_edge_score_term.data_ptr<scalar_t>() : nullptr,
+                                    d_edge_bias.numel() ? d_edge_bias.data_ptr<scalar_t>() : nullptr,
+                                    d_edge_value.numel() ? d_edge_value.data_ptr<scalar_t>() : nullptr,
+                                    g.data_ptr<scalar_t>(),
                                     kind == GATV2 ? datt_rows.data_ptr<scalar_t>() : nullptr);
     });
   });
   auto datt = kind == GATV2 ? datt_rows.sum(0) : none();
-  return {dA, dB, dV, dEF, dEB, dEV, datt};
+  return {d_dst_term, d_src_term, d_value, d_edge_score_term, d_edge_bias, d_edge_value, datt};
 }
 
 // Edge softmax over CSR rows. scores / y are [E, K] in the caller's edge order;
@@ -584,6 +614,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("edge_softmax_forward", &edge_softmax_forward, "edge softmax over CSR rows (CPU)");
   m.def("edge_softmax_backward", &edge_softmax_backward, "edge softmax backward from its output (CPU)");
   m.def("forward", &fused_forward, "fused graph attention forward (CPU)");
-  m.def("weights", &fused_weights, "normalised attention weights from the saved log-sum-exp");
+  m.def("weights", &fused_weights, "normalised attention weights from the saved stats (row max, log normaliser)");
   m.def("backward", &fused_backward, "fused graph attention backward (CPU)");
 }
