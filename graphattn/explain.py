@@ -26,11 +26,12 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .nn import _base
+from .nn._base import register_attention_hook
 
 __all__ = [
     "AttentionRecord",
     "capture",
+    "register_attention_hook",
     "entropy",
     "head_agreement",
     "rollout",
@@ -131,7 +132,7 @@ class capture:
     def __enter__(self) -> "capture":
         if self.model is not None:
             self._names = {id(m): (n or type(m).__name__) for n, m in self.model.named_modules()}
-        self._handle = _base.register_attention_hook(self._add)
+        self._handle = register_attention_hook(self._add)
         return self
 
     def __exit__(self, *exc) -> None:

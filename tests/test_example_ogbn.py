@@ -52,6 +52,8 @@ def test_products_sampled_with_graphattn_sampler(ogb_root, tmp_path, eval_mode):
 def test_products_full_graph_mode(ogb_root, tmp_path):
     res = ogbn_products.main(_args(ogb_root, tmp_path / "r.json", "--mode", "full", "--epochs", "2"))
     assert res["mode"] == "full" and res["runs"] == 1
+    assert res["mean"] == pytest.approx(res["per_run"][0]) and 0.0 <= res["mean"] <= 1.0
+    assert len(res["history"][0]["train_loss"]) == 2  # one entry per epoch
 
 
 def test_pyg_sampler_without_compiled_backend_says_what_to_install(ogb_root, tmp_path):

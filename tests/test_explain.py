@@ -193,3 +193,6 @@ def test_public_attention_hook_with_a_removable_handle():
     handle.remove()
     layer(x, ei)
     assert seen == [(layer, ei_loops.shape, alpha.shape, None)]
+    from graphattn import explain
+
+    assert explain.register_attention_hook is register_attention_hook  # the same registry, under explain too

@@ -1,10 +1,13 @@
 """Fused graph attention in Triton (GPU; on CPU under ``TRITON_INTERPRET=1`` for tests).
 
-Same algorithm as the native CPU kernel (``csrc/fused_attention.cpp``):
+The same scores, outputs and gradients as the native CPU kernel
+(``csrc/fused_attention.cpp``), by a different forward: the CPU kernel makes two passes
+over a row through a per-row score buffer and saves (max, log-normaliser); here
 
 * forward: one program per (destination ``i``, head ``h``) walks ``i``'s CSR row in
   blocks of ``BLOCK_E`` edges with an online softmax, and stores ``out[i, h]`` and the
-  log-sum-exp ``lse[i, h]`` only;
+  log-sum-exp ``lse[i, h]`` only (for logits near 1e30 a log-sum-exp rounds to its max,
+  which the CPU kernel's split statistics avoid: a known gap, see the README);
 * backward: one program per (source ``j``, head ``h``) walks the transposed graph and
   recomputes each weight from ``lse`` (source-side and per-edge gradients, no float
   atomics), then one program per (destination, head) sums the destination-side
