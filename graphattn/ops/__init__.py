@@ -1,7 +1,8 @@
 """Attention ops: the only place in graphattn where attention is computed.
 
 Public functions: :func:`edge_softmax`, :func:`gat_attention`,
-:func:`gatv2_attention`, :func:`dot_product_attention`, and beside the graph ops
+:func:`gatv2_attention`, :func:`dot_product_attention`, :func:`score_attention` (scores the
+caller computed: any attention variant gets the fused softmax and aggregation), and beside the graph ops
 :func:`linear_attention` (kernelised, no edges). Backends are chosen by
 :mod:`graphattn.ops._dispatch`; force one with ``backend=`` or :func:`use_backend`,
 and ask which ran with :func:`last_backend`.
@@ -13,7 +14,14 @@ from . import triton_backend as _triton
 from . import reference as _reference
 from . import scatter as _scatter
 from ._dispatch import available_backends, last_backend, register_backend, use_backend, why_not
-from .functional import as_graph, dot_product_attention, edge_softmax, gat_attention, gatv2_attention
+from .functional import (
+    as_graph,
+    dot_product_attention,
+    edge_softmax,
+    gat_attention,
+    gatv2_attention,
+    score_attention,
+)
 from .linear import linear_attention
 
 register_backend("edge_softmax", "reference", _reference.edge_softmax)
@@ -44,6 +52,7 @@ __all__ = [
     "gat_attention",
     "gatv2_attention",
     "dot_product_attention",
+    "score_attention",
     "linear_attention",
     "as_graph",
     "use_backend",

@@ -26,7 +26,8 @@ from .softmax import segment_softmax
 
 GraphLike = Union[Graph, Tensor]
 
-__all__ = ["edge_softmax", "gat_attention", "gatv2_attention", "dot_product_attention", "as_graph"]
+__all__ = ["edge_softmax", "gat_attention", "gatv2_attention", "dot_product_attention", "score_attention",
+           "as_graph"]
 
 
 def as_graph(graph: GraphLike, num_src: Optional[int] = None, num_dst: Optional[int] = None) -> Graph:
@@ -270,3 +271,57 @@ def dot_product_attention(
     scores = partial(_reference.dot_scores, query, key, g, scale=sc["scale"], edge_key=csr["edge_key"],
                      edge_bias=csr["edge_bias"], dtype=compute_dtype(query.dtype))
     return _finish(g, out, alpha, return_weights, impl.name, scores, (query, key, edge_key, edge_bias))
+
+
+def score_attention(
+    scores: Tensor,
+    value: Tensor,
+    graph: GraphLike,
+    *,
+    dropout: float = 0.0,
+    training: bool = True,
+    return_weights: bool = False,
+    backend: Optional[str] = None,
+    edge_mask: Optional[Tensor] = None,
+    num_dst: Optional[int] = None,
+):
+    r"""Attention over scores the caller computed: the softmax and the aggregation fused.
+
+    .. math::
+        \alpha_{ji} = \mathrm{softmax}_i(s_{ji}),\quad o_i = \sum_{j \in \mathcal{N}(i)} \alpha_{ji} v_j
+
+    For attention variants without a kernel of their own (SuperGAT, AGNN, a learned
+    per-edge bias, ...): compute ``scores`` ``[E, H]`` (user order) however you like,
+    and this op does the rest without an ``E x H x C`` message tensor on the fused
+    backends; gradients flow to ``scores`` and ``value``. It runs on the dot-product
+    kernels (zero-width queries and keys, ``scores`` as the per-edge bias), so every
+    ``dot_product`` backend that takes per-edge terms takes it, and
+    ``ops.last_backend("dot_product")`` says which one ran.
+
+    Args:
+        scores: ``[E, H]`` per-edge logits in the graph's user order.
+        value: ``[N_src, H, C]`` values.
+        graph, dropout, training, return_weights, backend, edge_mask: as in
+            :func:`dot_product_attention`.
+        num_dst: destination nodes when ``graph`` is an ``edge_index`` (default: as many
+            as ``value`` has rows, PyG's convention for a square graph).
+    """
+    if not isinstance(scores, Tensor) or scores.dim() != 2:
+        raise ValueError(f"scores must be an [E, H] tensor of per-edge logits, got "
+                         f"{type(scores).__name__ if not isinstance(scores, Tensor) else tuple(scores.shape)}")
+    if not isinstance(value, Tensor) or value.dim() != 3:
+        raise ValueError(f"value must be an [N_src, H, C] tensor, got "
+                         f"{type(value).__name__ if not isinstance(value, Tensor) else tuple(value.shape)}")
+    if isinstance(graph, Graph):
+        g = as_graph(graph, value.size(0), num_dst)
+    else:
+        g = as_graph(graph, value.size(0), value.size(0) if num_dst is None else num_dst)
+    if scores.size(0) != g.num_edges:
+        raise ValueError(f"scores has {scores.size(0)} rows but the graph has {g.num_edges} edges (one row per edge, "
+                         f"in the graph's user order)")
+    heads = scores.size(1)
+    no_query = value.new_zeros(g.num_dst, heads, 0)
+    no_key = value.new_zeros(g.num_src, heads, 0)
+    return dot_product_attention(no_query, no_key, value, g, scale=1.0, edge_bias=scores, dropout=dropout,
+                                 training=training, return_weights=return_weights, backend=backend,
+                                 edge_mask=edge_mask)
