@@ -17,6 +17,12 @@ pytestmark = pytest.mark.skipif(
 
 N, H, C = 24, 2, 5
 
+if triton_backend.is_available():  # the jitted probes below resolve these as module globals
+    import triton
+    import triton.language as tl
+
+    from graphattn.ops import triton_kernels as tk
+
 
 def _graph(seed=0):
     return Graph.from_edge_index(random_graph(N, N, 90, seed=seed), N)
@@ -131,3 +137,35 @@ def test_not_chosen_on_cpu_unless_forced():
     g = _graph()
     ops.gat_attention(torch.randn(N, H), torch.randn(N, H), torch.randn(N, H, C), g)
     assert ops.last_backend("gat") != "triton"
+
+
+# ---------------------------------------------------------------- 64-bit indices
+def test_node_offsets_from_program_ids_are_64_bit():
+    """Offsets ``(i * H + h) * C`` built from a program id pass 2^31 on large graphs
+    (e.g. 2.4M nodes x 4 heads x 256 channels); int32 arithmetic would wrap."""
+    @triton.jit
+    def probe(out, H, C, h):
+        i = tk._program_node(0)
+        tl.store(out + i, (i * H + h) * C)
+
+    H, C, h = 2**20, 2**12, 3
+    out = torch.zeros(3, dtype=torch.int64)
+    probe[(3,)](out, H, C, h)
+    assert out.tolist() == [(i * H + h) * C for i in range(3)]  # up to 2^33, past int32
+
+
+def test_dropout_counters_do_not_wrap_past_2_to_the_31_edges():
+    """Edge e of head h draws from counter e * H + h. Truncated to 32 bits, edge
+    2^31 (with H = 2) would draw edge 0's numbers: same mask, correlated dropout."""
+    @triton.jit
+    def probe(out, seed, first_edge, H, p, BLOCK: tl.constexpr):
+        e = first_edge + tl.arange(0, BLOCK).to(tl.int64)
+        tl.store(out + tl.arange(0, BLOCK), tk._keep_scale(seed, e, 0, H, p, tl.float32))
+
+    masks = []
+    for first_edge in (0, 2**31):
+        out = torch.empty(64)
+        probe[(1,)](out, 1234, first_edge, 2, 0.5, BLOCK=64)
+        assert set(out.tolist()) <= {0.0, 2.0}  # kept edges scaled by 1 / (1 - p)
+        masks.append(out)
+    assert not torch.equal(masks[0], masks[1])

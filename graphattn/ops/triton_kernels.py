@@ -25,13 +25,32 @@ message`` and ``dout_dot_out[i] = d_out[i] . out[i]`` (FlashAttention's "delta")
 Inputs may be fp16/bf16/fp32/fp64; they are cast to fp32 (fp64 stays fp64) right after
 loading and accumulated there. ``slope`` and ``scale`` come from a tensor in that
 dtype (``params``): Triton types Python float arguments as fp32. Channel counts are padded to powers of two with masks.
-Dropout keeps an edge with probability ``1 - p`` using ``tl.rand(seed, e * H + h)``,
-so the backward regenerates the same mask.
+Dropout keeps an edge with probability ``1 - p`` using ``tl.rand(seed, e * H + h)`` with a
+64-bit counter, so the backward regenerates the same mask. Node offsets derived from
+``program_id`` are 64-bit (:func:`_program_node`); edge and source indices are loaded
+as int64 from the CSR arrays.
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def _program_node(axis: tl.constexpr):
+    """This program's node index as int64: every offset built from it (``(i * H + h) *
+    C``) is then 64-bit, since ``program_id`` is int32 and ``N * H * C`` passes 2^31 on
+    large graphs (ogbn-products with 1024 channels)."""
+    return tl.program_id(axis).to(tl.int64)
+
+
+@triton.jit
+def _keep_scale(seed, e, h, H, p, ACC: tl.constexpr):
+    """Dropout for edges ``e`` (int64) of head ``h``: ``1 / (1 - p)`` where kept, else 0.
+    The counter ``e * H + h`` stays 64-bit (``tl.rand`` uses its high word), so edges
+    past 2^31 / H draw their own numbers instead of wrapping onto other edges'; the
+    backward regenerates the same mask from the same counter."""
+    return tl.where(tl.rand(seed, e * H + h) >= p, 1.0 / (1.0 - p), 0.0).to(ACC)
 
 
 @triton.jit
@@ -75,7 +94,7 @@ def fused_forward_kernel(
 ):
     slope = tl.load(params)
     scale = tl.load(params + 1)
-    i = tl.program_id(0)
+    i = _program_node(0)
     h = tl.program_id(1)
     start = tl.load(rowptr + i)
     end = tl.load(rowptr + i + 1)
@@ -101,8 +120,7 @@ def fused_forward_kernel(
         l = l * r + tl.sum(pr, axis=0)
         w = pr
         if DROPOUT:
-            keep = tl.rand(seed, (e * H + h).to(tl.int32)) >= p
-            w = tl.where(keep, pr / (1.0 - p), 0.0)
+            w = pr * _keep_scale(seed, e, h, H, p, ACC)
         vm = e_mask[:, None] & c_mask[None, :]
         v = tl.load(value + (j * H + h)[:, None] * Cv + offs_c[None, :], mask=vm, other=0.0).to(ACC)
         if HAS_EDGE_VALUE:
@@ -133,7 +151,7 @@ def fused_backward_src_kernel(
 ):
     slope = tl.load(params)
     scale = tl.load(params + 1)
-    j = tl.program_id(0)
+    j = _program_node(0)
     h = tl.program_id(1)
     start = tl.load(colptr + j)
     end = tl.load(colptr + j + 1)
@@ -159,7 +177,7 @@ def fused_backward_src_kernel(
         alpha = tl.where(e_mask, alpha, 0.0)
         keep_scale = tl.full((BLOCK_E,), 1.0, ACC)
         if DROPOUT:
-            keep_scale = tl.where(tl.rand(seed, (e * H + h).to(tl.int32)) >= p, 1.0 / (1.0 - p), 0.0)
+            keep_scale = _keep_scale(seed, e, h, H, p, ACC)
         cm = e_mask[:, None] & c_mask[None, :]
         d_out = tl.load(dO + (i * H + h)[:, None] * Cv + offs_c[None, :], mask=cm, other=0.0).to(ACC)
         vv = v_j[None, :] + tl.zeros((BLOCK_E, BLOCK_C), ACC)
@@ -226,7 +244,7 @@ def fused_backward_dst_kernel(
 ):
     slope = tl.load(params)
     scale = tl.load(params + 1)
-    i = tl.program_id(0)
+    i = _program_node(0)
     h = tl.program_id(1)
     start = tl.load(rowptr + i)
     end = tl.load(rowptr + i + 1)
