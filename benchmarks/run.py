@@ -85,7 +85,10 @@ def _build(spec):
     peer_cls = {"gat": pygnn.GATConv, "gatv2": pygnn.GATv2Conv, "dot": pygnn.TransformerConv}[kind]
     ours_cls = {"gat": gnn.GATConv, "gatv2": gnn.GATv2Conv, "dot": gnn.DotProductConv}[kind]
     peer = peer_cls(C_in, C, heads=H).to(device, dtype)
-    layer = peer if impl == "pyg" else ours_cls.from_pyg(peer)
+    if impl == "pyg_compiled":  # the strongest PyG a user can have: the same layer through torch.compile
+        layer = torch.compile(peer)
+    else:
+        layer = peer if impl == "pyg" else ours_cls.from_pyg(peer)
     if spec["mode"] == "forward":
         def run():
             with torch.no_grad():
@@ -300,7 +303,7 @@ PEERS = {"gat": "PyG GATConv", "gatv2": "PyG GATv2Conv", "dot": "PyG Transformer
 NAMES = {"gat": "GATConv", "gatv2": "GATv2Conv", "dot": "DotProductConv", "edge_softmax": "edge_softmax",
          "seq_layer": "MultiheadGraphAttention, window ±128", "seq_op": "dot_product_attention, window ±128",
          "gps": "GPSConv"}
-PEER_IMPLS = ("pyg", "torch_scatter", "torch", "sdpa", "flex")
+PEER_IMPLS = ("pyg", "pyg_compiled", "torch_scatter", "torch", "sdpa", "flex")
 
 
 def have(module: str) -> bool:
@@ -314,6 +317,7 @@ def main(argv=None):
     p.add_argument("suite", nargs="?", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--quick", action="store_true", help="small sizes only")
     p.add_argument("--out", default=str(RESULTS), help="results folder")
+    p.add_argument("--only", default=None, help="comma-separated case filters: kind=gat,mode=forward+backward,N=100000")
     p.add_argument("--cases", default="all", choices=["all", "graph", "seq", "gps"],
                    help="graph layers and edge_softmax, sequence attention, GPS layers, or all (default)")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -347,12 +351,12 @@ def main(argv=None):
         if have("torch_scatter"):
             specs.append(("torch_scatter", base))
     for spec in layer_cases(device, sizes, ["gat", "gatv2", "dot"], ["forward", "forward+backward"]):
-        specs += [("graphattn", spec), ("pyg", spec)]
+        specs += [("graphattn", spec), ("pyg", spec), ("pyg_compiled", spec)]
     seq_lengths = [1024] if args.quick else ([1024, 4096, 8192] if device == "cpu" else [1024, 4096, 16384, 32768])
     for L in seq_lengths:
         for kind, pattern, peers in (("seq_layer", "band", ["torch"]), ("seq_op", "band", ["sdpa"]),
                                      ("seq_op", "causal", ["sdpa"])):
-            if device == "cuda" and kind == "seq_op":
+            if kind == "seq_op":  # compiled flex_attention with a block mask (forward only on CPU)
                 peers = peers + ["flex"]
             spec = {"kind": kind, "pattern": pattern, "mode": "forward", "N": L, "L": L, "w": 128, "heads": 8,
                     "head_dim": 64, "device": device}
@@ -374,6 +378,9 @@ def main(argv=None):
     if args.cases != "all":
         family = lambda kind: "seq" if kind.startswith("seq") else ("gps" if kind == "gps" else "graph")  # noqa: E731
         specs = [(impl, spec) for impl, spec in specs if family(spec["kind"]) == args.cases]
+    for rule in (args.only.split(",") if args.only else []):
+        key, value = rule.split("=", 1)
+        specs = [(impl, spec) for impl, spec in specs if str(spec.get(key)) == value]
     rows = []
     for impl, spec in tqdm(specs, desc=f"{args.suite} suite"):
         res = spec.pop("not_run", None) or run_case({**spec, "impl": impl})
@@ -382,7 +389,7 @@ def main(argv=None):
     stamp = dt.datetime.now(dt.timezone.utc)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tag = "" if args.cases == "all" else f"-{args.cases}"
+    tag = ("" if args.cases == "all" else f"-{args.cases}") + ("-subset" if args.only else "")
     name = f"{args.suite}{tag}{'-quick' if args.quick else ''}-{stamp:%Y-%m-%d}"
     report = {
         "suite": args.suite, "date": stamp.isoformat(timespec="seconds"),
@@ -472,7 +479,8 @@ def markdown(report) -> str:
         for impl in [k for k in c if k in PEER_IMPLS]:
             peer = c[impl]
             peer_name = {"torch_scatter": "torch_scatter.scatter_softmax",
-                         "flex": "flex_attention (compiled, block mask)"}.get(impl, PEERS[c["kind"]])
+                         "flex": "flex_attention (compiled, block mask)",
+                         "pyg_compiled": f"torch.compile({PEERS[c['kind']]})"}.get(impl, PEERS[c["kind"]])
             if c.get("pattern") == "causal" and impl == "sdpa":
                 peer_name = "F.scaled_dot_product_attention + dense causal mask"
             d = c["graphattn"].get("max_abs_diff")
