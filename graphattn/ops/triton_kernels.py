@@ -13,9 +13,10 @@ over a row through a per-row score buffer and saves (max, log-normaliser); here
   atomics), then one program per (destination, head) sums the destination-side
   gradients from the per-edge score gradient.
 
-Score kinds, for an edge ``e = (j -> i)``: ``KIND = 0`` GAT
-(``leaky(src_term[j] + dst_term[i] + edge_score_term[e])``), ``1`` GATv2
-(``att . leaky(src_term[j] + dst_term[i] + edge_score_term[e])``), ``2`` dot product
+Score kinds (named ``GAT``, ``GATV2``, ``DOT`` in :mod:`graphattn.ops._fused`), for an edge
+``e = (j -> i)``: ``GAT``
+(``leaky(src_term[j] + dst_term[i] + edge_score_term[e])``), ``GATV2``
+(``att . leaky(src_term[j] + dst_term[i] + edge_score_term[e])``), ``DOT``
 (``scale * dst_term[i] . (src_term[j] + edge_score_term[e]) + edge_bias[e]``); messages are
 ``value[j]`` (+ ``edge_value[e]``). ``dst_term`` is the destination-side node tensor (GAT's
 ``a_dst . W x_i``, GATv2's ``W_r x_i``, the query), ``src_term`` the source-side one (the
@@ -34,6 +35,12 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from . import _fused
+
+# The score kinds by name (one numbering for every backend: graphattn.ops._fused).
+GAT: tl.constexpr = tl.constexpr(_fused.GAT)
+GATV2: tl.constexpr = tl.constexpr(_fused.GATV2)
 
 
 @triton.jit
@@ -58,7 +65,7 @@ def _scores(KIND: tl.constexpr, dst_term, src_term, edge_score_term, edge_bias, 
             offs_f, f_mask, slope, scale, HAS_DST_TERM: tl.constexpr, HAS_EDGE_SCORE_TERM: tl.constexpr,
             HAS_EDGE_BIAS: tl.constexpr, ACC: tl.constexpr):
     """Scores of a block of edges (j[k] -> i[k], edge ids e[k]) for head h: [BLOCK_E]."""
-    if KIND == 0:
+    if KIND == GAT:
         s = tl.load(src_term + j * H + h, mask=e_mask, other=0.0).to(ACC)
         if HAS_DST_TERM:
             s += tl.load(dst_term + i * H + h, mask=e_mask, other=0.0).to(ACC)
@@ -71,7 +78,7 @@ def _scores(KIND: tl.constexpr, dst_term, src_term, edge_score_term, edge_bias, 
         dst = tl.load(dst_term + (i * H + h)[:, None] * F + offs_f[None, :], mask=m2, other=0.0).to(ACC)
         if HAS_EDGE_SCORE_TERM:
             src += tl.load(edge_score_term + (e * H + h)[:, None] * F + offs_f[None, :], mask=m2, other=0.0).to(ACC)
-        if KIND == 1:
+        if KIND == GATV2:
             z = dst + src
             z = tl.where(z > 0, z, z * slope)
             w = tl.load(att + h * F + offs_f, mask=f_mask, other=0.0).to(ACC)
@@ -191,7 +198,7 @@ def fused_backward_src_kernel(
         if HAS_EDGE_VALUE:
             tl.store(d_edge_value + (e * H + h)[:, None] * Cv + offs_c[None, :],
                      (wv[:, None] * d_out).to(d_edge_value.dtype.element_ty), mask=cm)
-        if KIND == 0:
+        if KIND == GAT:
             z = tl.load(src_term + j * H + h).to(ACC) + tl.zeros((BLOCK_E,), ACC)
             if HAS_DST_TERM:
                 z += tl.load(dst_term + i * H + h, mask=e_mask, other=0.0).to(ACC)
@@ -206,7 +213,7 @@ def fused_backward_src_kernel(
         else:
             fm = e_mask[:, None] & f_mask[None, :]
             dst = tl.load(dst_term + (i * H + h)[:, None] * F + offs_f[None, :], mask=fm, other=0.0).to(ACC)
-            if KIND == 1:
+            if KIND == GATV2:
                 z = dst + tl.load(src_term + (j * H + h) * F + offs_f, mask=f_mask, other=0.0).to(ACC)[None, :]
                 if HAS_EDGE_SCORE_TERM:
                     z += tl.load(edge_score_term + (e * H + h)[:, None] * F + offs_f[None, :], mask=fm,
@@ -229,7 +236,7 @@ def fused_backward_src_kernel(
                     tl.store(d_edge_bias + e * H + h, ds.to(d_edge_bias.dtype.element_ty), mask=e_mask)
             tl.store(g + e * H + h, ds.to(g.dtype.element_ty), mask=e_mask)
     tl.store(d_value + (j * H + h) * Cv + offs_c, dv.to(d_value.dtype.element_ty), mask=c_mask)
-    if KIND == 0:
+    if KIND == GAT:
         # d_src holds the same scalar sum in every lane; write it once
         tl.store(d_src_term + j * H + h + offs_f * 0, d_src.to(d_src_term.dtype.element_ty), mask=offs_f == 0)
     else:
@@ -256,7 +263,7 @@ def fused_backward_dst_kernel(
         e = e0 + tl.arange(0, BLOCK_E)
         e_mask = e < end
         gs = tl.load(g + e * H + h, mask=e_mask, other=0.0).to(ACC)
-        if KIND == 0:
+        if KIND == GAT:
             d_dst += tl.sum(gs, axis=0)
         else:
             j = tl.load(col + e, mask=e_mask, other=0)
@@ -264,16 +271,16 @@ def fused_backward_dst_kernel(
             src = tl.load(src_term + (j * H + h)[:, None] * F + offs_f[None, :], mask=fm, other=0.0).to(ACC)
             if HAS_EDGE_SCORE_TERM:
                 src += tl.load(edge_score_term + (e * H + h)[:, None] * F + offs_f[None, :], mask=fm, other=0.0).to(ACC)
-            if KIND == 1:
+            if KIND == GATV2:
                 z = src + tl.load(dst_term + (i * H + h) * F + offs_f, mask=f_mask, other=0.0).to(ACC)[None, :]
                 w = tl.load(att + h * F + offs_f, mask=f_mask, other=0.0).to(ACC)
                 d_dst += tl.sum(tl.where(fm, gs[:, None] * w[None, :] * tl.where(z > 0, 1.0, slope), 0.0), axis=0)
                 dat += tl.sum(tl.where(fm, gs[:, None] * tl.where(z > 0, z, z * slope), 0.0), axis=0)
             else:
                 d_dst += tl.sum(tl.where(fm, (gs * scale)[:, None] * src, 0.0), axis=0)
-    if KIND == 0:
+    if KIND == GAT:
         tl.store(d_dst_term + i * H + h + offs_f * 0, d_dst.to(d_dst_term.dtype.element_ty), mask=offs_f == 0)
     else:
         tl.store(d_dst_term + (i * H + h) * F + offs_f, d_dst.to(d_dst_term.dtype.element_ty), mask=f_mask)
-        if KIND == 1:
+        if KIND == GATV2:
             tl.store(datt_rows + (i * H + h) * F + offs_f, dat.to(datt_rows.dtype.element_ty), mask=f_mask)
