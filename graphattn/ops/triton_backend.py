@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 
+from . import reference
 from ._dtypes import FLOAT_DTYPES, compute_dtype
 from ._fused import DOT, GAT, GATV2, MASK_REASON, backend_functions  # noqa: F401
 
@@ -150,21 +151,18 @@ class _Fused(torch.autograd.Function):
 
 
 def _weights(graph, lse, kind, dst_term, src_term, edge_score_term, edge_bias, att, slope, scale):
-    """alpha in CSR order, recomputed from lse with the reference score formula
+    """alpha in CSR order, recomputed from lse with the reference's score formulas
     (an E x H tensor, only when the caller asks for the weights)."""
-    import torch.nn.functional as Fn
-
     acc = lse.dtype
-    edge_score = edge_score_term.to(acc) if edge_score_term is not None else 0
     if kind == GAT:
-        s = src_term.to(acc)[graph.col] + (dst_term.to(acc)[graph.row] if dst_term is not None else 0)
-        s = Fn.leaky_relu(s + edge_score, slope)
+        s = reference.gat_scores(src_term, dst_term, graph, negative_slope=slope, edge_score=edge_score_term,
+                                 dtype=acc)
     elif kind == GATV2:
-        z = src_term.to(acc)[graph.col] + dst_term.to(acc)[graph.row] + edge_score
-        s = (Fn.leaky_relu(z, slope) * att.to(acc)).sum(-1)
+        s = reference.gatv2_scores(src_term, dst_term, att, graph, negative_slope=slope, edge_feat=edge_score_term,
+                                   dtype=acc)
     else:
-        key = src_term.to(acc)[graph.col] + edge_score
-        s = (dst_term.to(acc)[graph.row] * key).sum(-1) * scale + (edge_bias.to(acc) if edge_bias is not None else 0)
+        s = reference.dot_scores(dst_term, src_term, graph, scale=scale, edge_key=edge_score_term,
+                                 edge_bias=edge_bias, dtype=acc)
     L = lse[graph.row]
     alpha = torch.where((L == float("-inf")) | (s == float("-inf")), torch.zeros_like(s), torch.exp(s - L))
     return torch.where(torch.isnan(L), L, alpha)  # a NaN normaliser: the whole row is NaN
