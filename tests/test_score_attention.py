@@ -69,3 +69,30 @@ def test_bad_shapes_are_named(scores, value, message):
     edge_index = torch.tensor([[0, 1, 2, 3, 0], [1, 2, 3, 0, 2]])
     with pytest.raises(ValueError, match=message):
         ops.score_attention(scores, value, edge_index)
+
+
+# ------------------------------------------------------------ a layer built on it
+def test_agnn_conv_matches_pyg_and_runs_fused():
+    pyg = pytest.importorskip("torch_geometric.nn")
+    from graphattn.nn import AGNNConv
+
+    torch.manual_seed(3)
+    x = torch.randn(40, 16, requires_grad=True)
+    edge_index = torch.randint(0, 40, (2, 200))
+    theirs = pyg.AGNNConv(requires_grad=True)
+    with torch.no_grad():
+        theirs.beta.fill_(1.7)
+    ours = AGNNConv.from_pyg(theirs)
+    assert float(ours.beta) == pytest.approx(1.7)
+    out = ours(x, edge_index)
+    assert ops.last_backend("dot_product") == ("cpu" if ops.cpu.unavailable_reason() is None else "reference")
+    expected = theirs(x, edge_index)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    g_ours = torch.autograd.grad(out.pow(2).sum(), (x, ours.beta))
+    g_theirs = torch.autograd.grad(expected.pow(2).sum(), (x, theirs.beta))
+    for a, b in zip(g_ours, g_theirs):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    _, (ei, alpha) = ours(x, edge_index, return_attention_weights=True)
+    assert alpha.shape == (ei.size(1), 1)
+    fixed = AGNNConv.from_pyg(pyg.AGNNConv(requires_grad=False, add_self_loops=False))
+    assert not fixed.beta.requires_grad and fixed(x, edge_index).shape == (40, 16)

@@ -1,4 +1,5 @@
 """Layers: thin ``torch.nn.Module`` shells that own parameters and call :mod:`graphattn.ops`."""
+from .agnn import AGNNConv
 from .dot_product import DotProductConv, TransformerConv
 from ._base import register_attention_hook
 from .gat import GATConv, GATv2Conv
@@ -8,6 +9,7 @@ from .multihead import MultiheadGraphAttention
 from .transformer import GraphTransformerDecoderLayer, GraphTransformerEncoderLayer
 
 __all__ = [
+    "AGNNConv",
     "GATConv",
     "GATv2Conv",
     "GPSConv",
