@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+import roofline
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -386,6 +388,10 @@ def main(argv=None):
         res = spec.pop("not_run", None) or run_case({**spec, "impl": impl})
         rows.append({"impl": impl, **spec, **res})
 
+    cases = compare(rows)
+    machine = roofline.measure_machine() if device == "cpu" else None
+    if machine is not None:
+        add_floors(cases, machine)
     stamp = dt.datetime.now(dt.timezone.utc)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -395,7 +401,7 @@ def main(argv=None):
         "suite": args.suite, "date": stamp.isoformat(timespec="seconds"),
         "command": "python benchmarks/run.py " + " ".join(a for a in (argv or sys.argv[1:])),
         "machine": machine_info(), "peers": {k: PEERS[k] for k in PEERS},
-        "torch_scatter": have("torch_scatter"), "cases": compare(rows),
+        "torch_scatter": have("torch_scatter"), "roofline_machine": machine, "cases": cases,
     }
     (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     md = markdown(report)
@@ -403,6 +409,27 @@ def main(argv=None):
     plot_scaling(report, out_dir / f"{name}-scaling.png")
     print(md)
     print(f"written: {out_dir / name}.json, .md, -scaling.png")
+
+
+def add_floors(cases, machine):
+    """Each graph-layer case gets its roofline floor (benchmarks/roofline.py) and how
+    far graphattn is above it; the model of the largest case is printed."""
+    largest = None
+    for c in cases:
+        if c["kind"] not in ("gat", "gatv2", "dot"):
+            continue
+        terms = roofline.layer_model(c["kind"], c["mode"], c["N"], c["E"], 128, 16, 8)
+        floor = roofline.floor_ms(terms, machine)
+        c["floor_ms"] = floor
+        if c["graphattn"].get("time_ms"):
+            c["graphattn_vs_floor"] = c["graphattn"]["time_ms"] / floor
+        if largest is None or (c["E"], c["mode"]) > (largest[0]["E"], largest[0]["mode"]):
+            largest = (c, terms)
+    if largest is not None:
+        c, terms = largest
+        print(f"roofline: triad {machine['triad_gb_s']:.1f} GB/s, GEMM {machine['gemm_gflop_s']:.1f} GFLOP/s; "
+              f"model of {NAMES[c['kind']]} {c['mode']} N={c['N']:,} E={c['E']:,} "
+              f"(floor {c['floor_ms']:.1f} ms):\n{roofline.describe(terms)}")
 
 
 def gps_cases(device, quick):
@@ -470,10 +497,16 @@ def markdown(report) -> str:
         + (f", GPU {m['cuda']}" if m.get("cuda") else "")
         + f"; torch {m['torch']}, torch_geometric {m.get('torch_geometric')}, graphattn {m['graphattn']}.",
         f"Command: `{report['command']}`. Median of >= 5 calls after a warm-up; memory is peak growth over one call.",
+    ]
+    rm = report.get("roofline_machine")
+    if rm:
+        lines.append(f"Roofline (benchmarks/roofline.py): triad {rm['triad_gb_s']:.1f} GB/s, float32 GEMM "
+                     f"{rm['gemm_gflop_s']:.1f} GFLOP/s, measured in this run.")
+    lines += [
         "",
         "| op | mode | N | E | graphattn ms | peer | peer ms | speed-up | graphattn MiB | peer MiB | memory ratio "
-        "| max abs diff |",
-        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| max abs diff | roofline floor ms | graphattn / floor |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in report["cases"]:
         for impl in [k for k in c if k in PEER_IMPLS]:
@@ -490,7 +523,7 @@ def markdown(report) -> str:
                 f"{_fmt(c['graphattn']['time_ms'])} | {peer_name} | {_fmt(peer.get('time_ms') or peer.get('error'))} | "
                 f"{_fmt(peer.get('speedup'), 'x')} | {_fmt(c['graphattn']['peak_mem_mib'])} | "
                 f"{_fmt(peer.get('peak_mem_mib'))} | {_fmt(peer.get('memory_ratio'), 'x')} | "
-                f"{diff} |"
+                f"{diff} | {_fmt(c.get('floor_ms'))} | {_fmt(c.get('graphattn_vs_floor'), 'x')} |"
             )
     return "\n".join(lines) + "\n"
 
