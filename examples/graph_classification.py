@@ -37,9 +37,8 @@ from graphattn.train.experiment import (
     CheckpointError,
     add_run_arguments,
     atomic_save,
-    atomic_write_json,
     machine_info,
-    plot_curves,
+    report,
     resolve_device,
     restore_training_state,
     resume_from,
@@ -233,19 +232,6 @@ def train_run(args, run: int, data, device, ckpt_path: Path, saved, done: list, 
     return st
 
 
-def write_results(result: dict, out: str) -> None:
-    """``result`` to ``out`` (JSON, atomically), the curves to a PNG beside it, and a
-    summary line in the metric's own units (RMSE is not a percentage)."""
-    atomic_write_json(result, out)
-    png = Path(out).with_suffix(".png")
-    keys = list(result["history"][0])
-    plotted = plot_curves({k: [h[k] for h in result["history"]] for k in keys}, png,
-                          title=f"{result['model'].upper()} on {result['dataset']}")
-    print(f"{result['dataset']} {result['model']}: {result['metric'].replace('_', ' ')} {result['mean']:.4f} "
-          f"+- {result['std']:.4f} over {result['runs']} run(s)")
-    print(f"results: {out}" + (f", curves: {png}" if plotted else ""))
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device = resolve_device(args.device)
@@ -286,7 +272,8 @@ def main(argv=None) -> dict:
         "config": config_of(args), "seconds": time.perf_counter() - t0, "machine": machine_info(),
         "device": str(device), "history": [r["history"] for r in done],
     }
-    write_results(result, args.out)
+    report(result, args.out, result["history"], list(result["history"][0]),
+           f"{result['model'].upper()} on {result['dataset']}", percent=False)
     return result
 
 

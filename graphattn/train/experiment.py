@@ -268,12 +268,15 @@ def plot_curves(curves: Dict[str, List[Iterable[float]]], path: os.PathLike, tit
 
 
 def report(result: Dict[str, Any], out: os.PathLike, histories: Sequence[Dict[str, List[float]]],
-           keys: Sequence[str], title: str, xlabel: str = "epoch") -> None:
+           keys: Sequence[str], title: str, xlabel: str = "epoch", percent: bool = True) -> None:
     """Finish an example: ``result`` to ``out`` (JSON, atomically), the curves named by
-    ``keys`` (one line per run) to a PNG beside it, and a one-line summary."""
+    ``keys`` (one line per run) to a PNG beside it, and a one-line summary (the metric
+    as a percentage, or in its own units with ``percent=False``: an RMSE is not one)."""
     atomic_write_json(result, out)
     png = Path(out).with_suffix(".png")
     plotted = plot_curves({k: [h[k] for h in histories] for k in keys}, png, title=title, xlabel=xlabel)
-    print(f"{result['dataset']} {result['model']}: {result['metric'].replace('_', ' ')} {100 * result['mean']:.2f} "
-          f"+- {100 * result['std']:.2f} over {result['runs']} run(s)")
+    mean, std = (100 * result["mean"], 100 * result["std"]) if percent else (result["mean"], result["std"])
+    digits = 2 if percent else 4
+    print(f"{result['dataset']} {result['model']}: {result['metric'].replace('_', ' ')} {mean:.{digits}f} "
+          f"+- {std:.{digits}f} over {result['runs']} run(s)")
     print(f"results: {out}" + (f", curves: {png}" if plotted else ""))
