@@ -15,12 +15,31 @@ Channels = Union[int, Tuple[int, int]]
 
 def _folded_scores(x: Tensor, lin: nn.Module, att: Tensor) -> Tensor:
     """``(lin(x).view(N, H, C) * att).sum(-1)`` computed as ``x @ (W^T att)``:
-    the per-head score projection folded into the weight (exact algebraically)."""
+    the per-head score projection folded into the weight (exact algebraically).
+    For inputs that are not projected anyway (a bipartite layer's destinations,
+    edge features): it never builds ``lin(x)``."""
     if isinstance(lin, nn.LazyLinear):  # becomes nn.Linear once materialised
         lin(x[:1])  # a lazy layer learns its input size from its first input
     H, C = att.shape[-2], att.shape[-1]
     w = (lin.weight.view(H, C, -1) * att.view(H, C, 1)).sum(1)  # [H, in]
     return x @ w.t()
+
+
+def _projected_scores(x_proj: Tensor, *atts: Tensor) -> Tuple[Tensor, ...]:
+    """``(x_proj * att).sum(-1)`` for each ``att`` ``[1, H, C]``, from the projected
+    ``[N, H, C]`` nodes, as one matmul with a block-diagonal ``[H*C, k*H]`` matrix.
+
+    Used where the nodes are projected anyway (their values): the scores' gradient
+    then joins the values' before the projection's backward, so that backward is one
+    matmul. Folding them into the weight instead (``_folded_scores``) costs two more
+    ``[N, in]`` matmuls with an inner size of ``H`` in backward, which on CPU took as
+    long as the attention kernel itself.
+    """
+    N, H, C = x_proj.shape
+    eye = torch.eye(H, dtype=x_proj.dtype, device=x_proj.device)
+    blocks = [(att.reshape(H, C, 1) * eye.view(H, 1, H)).reshape(H * C, H) for att in atts]
+    scores = x_proj.reshape(N, H * C) @ torch.cat(blocks, dim=1)  # [N, k*H]
+    return tuple(scores.split(H, dim=1))
 
 
 def _heads_out(layer, out: Tensor, res: Optional[Tensor]) -> Tensor:
@@ -164,8 +183,11 @@ class GATConv(_AdditiveAttentionConv):
         lin_src = self.lin if self.lin is not None else self.lin_src
         lin_dst = self.lin if self.lin is not None else self.lin_dst
         x_src = lin_src(x_src_in).view(-1, H, C)  # the values; destinations need only their scores
-        score_src = _folded_scores(x_src_in, lin_src, self.att_src)
-        score_dst = None if x_dst_in is None else _folded_scores(x_dst_in, lin_dst, self.att_dst)
+        if x_dst_in is x_src_in and lin_dst is lin_src:  # one node set: both scores from the values
+            score_src, score_dst = _projected_scores(x_src, self.att_src, self.att_dst)
+        else:
+            score_src, = _projected_scores(x_src, self.att_src)
+            score_dst = None if x_dst_in is None else _folded_scores(x_dst_in, lin_dst, self.att_dst)
         graph, edge_attr, adjacency = self.prepare_graph(
             x_src_in, x_dst_in, edge_index, edge_attr, size, self.add_self_loops, self.fill_value)
         # the [E, H, C] edge embedding is never built

@@ -132,16 +132,17 @@ def _summary(error: str) -> str:
 
 
 # ----------------------------------------------------------------- custom ops
-# The version in the fused ops' names is bumped whenever their outputs change shape
-# (v2: per-row (max, log normaliser) instead of a log-sum-exp): torch.compile's on-disk
-# cache keys graphs by op name, and would otherwise replay a graph built for the old shapes.
+# The version in the fused ops' names is bumped whenever their outputs or their autograd
+# formula change (v2: per-row (max, log normaliser) instead of a log-sum-exp; v3: the
+# backward takes the output, not the delta): torch.compile's on-disk cache keys graphs by
+# op name, and would otherwise replay a graph built for the old ones.
 # Absent optional inputs are passed as empty tensors (numel 0).
 
 # The forward op also takes the graph's transposed CSR (colptr, row_by_src, eid):
 # unused by the forward itself, it is what the backward traverses. The tensor arguments
 # follow ._fused's calling convention (dst_term, src_term, value, edge_score_term,
 # edge_bias, edge_value, att).
-@torch.library.custom_op("graphattn::cpu_fused_forward_v2", mutates_args=())
+@torch.library.custom_op("graphattn::cpu_fused_forward_v3", mutates_args=())
 def _forward_op(
     kind: int, rowptr: Tensor, col: Tensor, colptr: Tensor, row_by_src: Tensor, eid: Tensor, num_dst: int,
     dst_term: Tensor, src_term: Tensor, value: Tensor, edge_score_term: Tensor, edge_bias: Tensor,
@@ -159,21 +160,22 @@ def _(kind, rowptr, col, colptr, row_by_src, eid, num_dst, dst_term, src_term, v
     return value.new_empty(num_dst, H, Cv), value.new_empty(num_dst, H, 2)  # out, per-row (max, log normaliser)
 
 
-# dout_dot_out[i, h] = sum_c d_out[i, h, c] * out[i, h, c] (FlashAttention's "delta").
-@torch.library.custom_op("graphattn::cpu_fused_backward_v2", mutates_args=())
+# The backward takes the forward's output for dout_dot_out[i, h] = sum_c d_out[i, h, c] *
+# out[i, h, c] (FlashAttention's "delta"), which it computes itself (v3; v2 took the delta).
+@torch.library.custom_op("graphattn::cpu_fused_backward_v3", mutates_args=())
 def _backward_op(
     kind: int, rowptr: Tensor, col: Tensor, colptr: Tensor, row_by_src: Tensor, eid: Tensor, dst_term: Tensor,
     src_term: Tensor, value: Tensor, edge_score_term: Tensor, edge_bias: Tensor, edge_value: Tensor, att: Tensor,
-    stats: Tensor, d_out: Tensor, dout_dot_out: Tensor, slope: float, scale: float, p: float, seed: Tensor,
+    stats: Tensor, d_out: Tensor, out: Tensor, slope: float, scale: float, p: float, seed: Tensor,
 ) -> List[Tensor]:
     return list(load_extension().backward(kind, rowptr, col, colptr, row_by_src, eid, dst_term, src_term, value,
-                                          edge_score_term, edge_bias, edge_value, att, stats, d_out, dout_dot_out,
+                                          edge_score_term, edge_bias, edge_value, att, stats, d_out, out,
                                           slope, scale, p, seed))
 
 
 @_backward_op.register_fake
 def _(kind, rowptr, col, colptr, row_by_src, eid, dst_term, src_term, value, edge_score_term, edge_bias, edge_value,
-      att, stats, d_out, dout_dot_out, slope, scale, p, seed):
+      att, stats, d_out, out, slope, scale, p, seed):
     datt = att.new_empty(att.shape) if kind == GATV2 else att.new_empty(0)
     return [dst_term.new_empty(dst_term.shape), src_term.new_empty(src_term.shape), value.new_empty(value.shape),
             edge_score_term.new_empty(edge_score_term.shape), edge_bias.new_empty(edge_bias.shape),
@@ -208,11 +210,10 @@ def _backward(ctx, d_out, _d_stats):
     (rowptr, col, colptr, row_by_src, eid, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att,
      out, stats, seed) = ctx.saved_tensors
     d_out = d_out.contiguous()
-    dout_dot_out = (d_out * out).sum(-1)
     slope, scale, p = ctx.params
     grads = _backward_op(
         ctx.kind, rowptr, col, colptr, row_by_src, eid, dst_term, src_term, value, edge_score_term, edge_bias,
-        edge_value, att, stats, d_out, dout_dot_out, slope, scale, p, seed,
+        edge_value, att, stats, d_out, out, slope, scale, p, seed,
     )
     # d_dst_term, d_src_term, d_value, d_edge_score_term, d_edge_bias, d_edge_value, datt
     grads = [g if g.numel() else None for g in grads]

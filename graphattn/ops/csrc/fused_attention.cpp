@@ -444,7 +444,9 @@ void backward_impl(const Args<T>& a, const int64_t* rp, const int64_t* cl, const
           const int64_t ahead = rs[k + kPrefetchAhead];
           prefetch(d_out + ahead * H * Cv, H * Cv);
           prefetch(stats + ahead * H * 2, H * 2);
+          prefetch(dout_dot_out + ahead * H, H);
           if (a.dst_term) prefetch(a.dst_term + ahead * H * F, H * F);
+          __builtin_prefetch(gp + id[k + kPrefetchAhead] * H, 1);  // written below, in edge order
         }
         const int64_t e = id[k], i = rs[k];
         GA_CHECK_INDEX(e, a.E, "edge id");
@@ -613,29 +615,30 @@ torch::Tensor fused_weights(int64_t kind, torch::Tensor rowptr, torch::Tensor co
 }
 
 // Gradients. Returns {d_dst_term, d_src_term, d_value, d_edge_score_term, d_edge_bias, d_edge_value, datt};
-// a gradient whose input is absent is an empty tensor. dout_dot_out[i, h] = sum_c d_out[i, h, c] * out[i, h, c].
+// a gradient whose input is absent is an empty tensor. out is the forward's output, for
+// dout_dot_out[i, h] = sum_c d_out[i, h, c] * out[i, h, c], computed here.
 std::vector<torch::Tensor> fused_backward(int64_t kind, torch::Tensor rowptr, torch::Tensor col,
                                           torch::Tensor colptr, torch::Tensor row_by_src, torch::Tensor eid,
                                           torch::Tensor dst_term, torch::Tensor src_term, torch::Tensor value,
                                           torch::Tensor edge_score_term, torch::Tensor edge_bias,
                                           torch::Tensor edge_value, torch::Tensor att, torch::Tensor stats,
-                                          torch::Tensor d_out, torch::Tensor dout_dot_out, double slope, double scale,
+                                          torch::Tensor d_out, torch::Tensor out, double slope, double scale,
                                           double p, torch::Tensor seed_t) {
   const int64_t Nd = rowptr.size(0) - 1, Ns = colptr.size(0) - 1, E = col.size(0);
   check_inputs(kind, rowptr, col, Nd, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att);
   TORCH_CHECK(Ns == src_term.size(0) && row_by_src.size(0) == E && eid.size(0) == E,
               "transposed graph has the wrong shape");
   TORCH_CHECK(stats.numel() == Nd * src_term.size(1) * 2 && d_out.numel() == Nd * src_term.size(1) * value.size(2) &&
-                  dout_dot_out.numel() == Nd * src_term.size(1),
+                  out.numel() == d_out.numel(),
               "saved tensors have the wrong shape");
-  TORCH_CHECK(stats.is_contiguous() && d_out.is_contiguous() && dout_dot_out.is_contiguous(),
-              "inputs must be contiguous");
+  TORCH_CHECK(stats.is_contiguous() && d_out.is_contiguous() && out.is_contiguous(), "inputs must be contiguous");
   const int64_t seed = seed_t.item<int64_t>();
   const int64_t H = src_term.size(1), Cv = value.size(2);
   // Each absent gradient gets its own empty tensor: outputs of a custom op must not alias.
   auto none = [&]() { return torch::empty({0}, value.options()); };
   auto d_src_term = torch::zeros_like(src_term);
-  auto d_value = torch::zeros_like(value);
+  auto d_value = torch::empty_like(value);  // every row is written (a source with no edges gets zeros)
+  auto dout_dot_out = torch::empty({Nd, H}, value.options());
   auto d_dst_term = dst_term.numel() ? torch::zeros_like(dst_term) : none();
   auto d_edge_score_term = edge_score_term.numel() ? torch::empty_like(edge_score_term) : none();
   auto d_edge_bias = edge_bias.numel() ? torch::empty_like(edge_bias) : none();
@@ -646,6 +649,12 @@ std::vector<torch::Tensor> fused_backward(int64_t kind, torch::Tensor rowptr, to
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "fused_backward", [&] {
     auto a = make_args<scalar_t>(kind, Nd, col.size(0), dst_term, src_term, value, edge_score_term, edge_bias,
                                  edge_value, att, slope, scale, p, seed);
+    const scalar_t* dO = d_out.data_ptr<scalar_t>();
+    const scalar_t* O = out.data_ptr<scalar_t>();
+    scalar_t* delta = dout_dot_out.data_ptr<scalar_t>();
+    at::parallel_for(0, Nd * H, 1024, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) delta[r] = dot(dO + r * Cv, O + r * Cv, Cv);
+    });
     GA_DISPATCH_KIND(kind, [&] {
       backward_impl<scalar_t, KIND>(a, rowptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(), colptr.data_ptr<int64_t>(),
                                     row_by_src.data_ptr<int64_t>(), eid.data_ptr<int64_t>(), Nd, Ns,
