@@ -146,6 +146,23 @@ def _build_seq(spec, device, dtype):
             run.reference = reference
         return run, False
     q, k, v = (torch.randn(L, H, D, device=device, dtype=dtype) for _ in range(3))
+    if spec["mode"] == "forward+backward":  # flex has no CPU backward: graphattn against the dense mask
+        q, k, v = (t.requires_grad_(True) for t in (q, k, v))
+
+        def attend():
+            if impl == "sdpa":
+                return F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                                      attn_mask=~band_mask)
+            return ops.dot_product_attention(q, k, v, g)
+
+        g = make_graph() if impl == "graphattn" else None
+
+        def run():
+            attend().sum().backward()
+            grads = (q.grad, k.grad, v.grad)
+            q.grad = k.grad = v.grad = None
+            return grads
+        return run, True
     if impl == "sdpa":
         def run():
             with torch.no_grad():
@@ -365,6 +382,17 @@ def main(argv=None):
             spec["E"] = (L * (L + 1) // 2 if pattern == "causal"
                          else sum(min(L - 1, t + 128) - max(0, t - 128) + 1 for t in range(L)))
             specs += [("graphattn", spec)] + [(peer, spec) for peer in peers]
+    for L in ([] if args.quick or device != "cpu" else [4096, 8192]):
+        spec = {"kind": "seq_op", "pattern": "band", "mode": "forward+backward", "N": L, "L": L, "w": 128,
+                "heads": 8, "head_dim": 64, "device": device,
+                "E": sum(min(L - 1, t + 128) - max(0, t - 128) + 1 for t in range(L))}
+        specs += [("graphattn", spec), ("sdpa", spec)]
+    if device == "cpu" and not args.quick:  # 32k tokens: a dense mask would need 8 GiB per head; flex only
+        L = 32768
+        spec = {"kind": "seq_op", "pattern": "band", "mode": "forward", "N": L, "L": L, "w": 128, "heads": 8,
+                "head_dim": 64, "device": device,
+                "E": sum(min(L - 1, t + 128) - max(0, t - 128) + 1 for t in range(L))}
+        specs += [("graphattn", spec), ("flex", spec)]
     if device == "cuda" and not args.quick:
         for dtype in ("float32", "bfloat16"):
             for mode in ("forward", "forward+backward"):

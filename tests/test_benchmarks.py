@@ -39,3 +39,20 @@ def test_gps_batches_are_the_ones_the_issue_names():
     cases = run.gps_cases("cpu", quick=False)
     large_peer = next(spec for impl, spec in cases if impl == "pyg" and spec["graphs"] == "large")
     assert "not run" in large_peer["not_run"]["error"] and "149 GiB" in large_peer["not_run"]["error"]
+
+
+def test_sequence_forward_backward_case_matches_the_dense_mask():
+    """The band's forward+backward case (where flex has no CPU backward) runs graphattn and
+    the dense-mask peer on the same inputs: their gradients agree."""
+    import torch
+
+    spec = {"kind": "seq_op", "pattern": "band", "mode": "forward+backward", "N": 64, "L": 64, "w": 8,
+            "heads": 2, "head_dim": 4, "device": "cpu"}
+    grads = {}
+    for impl in ("graphattn", "sdpa"):
+        torch.manual_seed(0)
+        fn, trains = run._build_seq({**spec, "impl": impl}, torch.device("cpu"), torch.float64)
+        assert trains
+        grads[impl] = fn()
+    for ours, dense in zip(grads["graphattn"], grads["sdpa"]):
+        torch.testing.assert_close(ours, dense)

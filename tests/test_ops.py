@@ -161,6 +161,46 @@ def test_dispatcher_force_and_report():
         gat_attention(*args, backend="nope")
 
 
+def test_every_op_describes_its_call_the_same_way_and_explain_dispatch_agrees():
+    """Every attention op hands each backend the same call description (weights wanted,
+    edge terms, mask, dropout, heads, channels, dtype, device); explain_dispatch gives
+    each backend's answer for a described call without running it."""
+    seen = {}
+
+    def spy(op):
+        def decline(**call):
+            seen[op] = call
+            return "spying only"
+        return decline
+
+    for op in ("gat", "gatv2", "dot_product"):
+        ops.register_backend(op, "test-spy", lambda *a, **k: None, decline=spy(op), priority=1000)
+    try:
+        g = Graph.from_edge_index(random_graph(6, 6, 20), 6)
+        x, s = torch.randn(6, 2, 3), torch.randn(6, 2)
+        gat_attention(s, s, x, g, return_weights=True)
+        gatv2_attention(x, x, torch.randn(2, 3), g, dropout=0.5, training=True)
+        dot_product_attention(x, x, x, g, edge_bias=torch.randn(g.num_edges, 2))
+        keys = {"device", "dtype", "graph", "dropout", "need_weights", "has_edge_terms", "has_edge_mask", "heads",
+                "channels", "forced", "op"}
+        assert all(set(call) == keys for call in seen.values()), {op: set(c) ^ keys for op, c in seen.items()}
+        assert seen["gat"]["need_weights"] and not seen["gat"]["has_edge_terms"]
+        assert seen["gatv2"]["dropout"] == 0.5 and seen["gatv2"]["channels"] == 3
+        assert seen["dot_product"]["has_edge_terms"] and seen["dot_product"]["heads"] == 2
+        assert ops.why_not("gat")["test-spy"] == "spying only"
+    finally:
+        for op in ("gat", "gatv2", "dot_product"):
+            del ops._dispatch._REGISTRY[op]["test-spy"]
+    call = dict(device=torch.device("cpu"), dtype=torch.float32, graph=g, dropout=0.0, need_weights=False,
+                has_edge_terms=False, has_edge_mask=True, heads=2, channels=3)
+    answers = ops.explain_dispatch("gat", **call)
+    assert list(answers) == ops.available_backends("gat")
+    assert answers["reference"] is None and "mask" in answers["cpu"]
+    assert ops.explain_dispatch("gat", **{**call, "has_edge_mask": False})[BACKENDS[-1]] is None
+    with pytest.raises(ValueError, match="unknown op"):
+        ops.explain_dispatch("nope", **call)
+
+
 def test_registered_backend_is_selected_by_priority_and_support():
     calls = []
 

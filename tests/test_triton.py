@@ -169,3 +169,22 @@ def test_dropout_counters_do_not_wrap_past_2_to_the_31_edges():
         assert set(out.tolist()) <= {0.0, 2.0}  # kept edges scaled by 1 / (1 - p)
         masks.append(out)
     assert not torch.equal(masks[0], masks[1])
+
+
+def test_autotune_configurations_keys_and_degree_bucket():
+    """On a GPU each kernel is autotuned over (BLOCK_E, warps) keyed on heads, channels and
+    the mean-degree bucket; every key must name an argument of its kernel (Triton looks the
+    key up by name at launch, which the interpreter never reaches)."""
+    import inspect
+
+    from triton.runtime.autotuner import Autotuner
+
+    for name, key in triton_backend.TUNE_KEYS.items():
+        tuned = triton_backend.autotuned(name)
+        assert isinstance(tuned, Autotuner) and tuned is triton_backend.autotuned(name)  # built once
+        params = inspect.signature(getattr(tk, name).fn).parameters
+        assert set(key) <= set(params), (name, set(key) - set(params))
+        assert "BLOCK_E" in params
+        assert [(c.kwargs["BLOCK_E"], c.num_warps) for c in tuned.configs] == list(triton_backend.TUNE_CONFIGS)
+    assert [triton_backend.degree_bucket(e, 100) for e in (0, 100, 300, 400, 100_000)] == [0, 1, 2, 3, 10]
+    assert triton_backend.degree_bucket(5, 0) == 3  # no nodes: no division by zero

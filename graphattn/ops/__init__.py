@@ -5,7 +5,8 @@ Public functions: :func:`edge_softmax`, :func:`gat_attention`,
 caller computed: any attention variant gets the fused softmax and aggregation), and beside the graph ops
 :func:`linear_attention` (kernelised, no edges). Backends are chosen by
 :mod:`graphattn.ops._dispatch`; force one with ``backend=`` or :func:`use_backend`,
-and ask which ran with :func:`last_backend`.
+and ask which ran with :func:`last_backend` (and why others did not with :func:`why_not`;
+:func:`explain_dispatch` answers for a described call without running it).
 """
 from . import cpu as _cpu
 from . import dense as _dense
@@ -13,7 +14,7 @@ from . import flex as _flex
 from . import triton_backend as _triton
 from . import reference as _reference
 from . import scatter as _scatter
-from ._dispatch import available_backends, last_backend, register_backend, use_backend, why_not
+from ._dispatch import available_backends, explain_dispatch, last_backend, register_backend, use_backend, why_not
 from .functional import (
     as_graph,
     dot_product_attention,
@@ -58,6 +59,7 @@ __all__ = [
     "use_backend",
     "last_backend",
     "why_not",
+    "explain_dispatch",
     "available_backends",
     "register_backend",
 ]

@@ -21,7 +21,8 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 
-__all__ = ["register_backend", "available_backends", "use_backend", "last_backend", "why_not", "select_backend"]
+__all__ = ["register_backend", "available_backends", "use_backend", "last_backend", "why_not", "explain_dispatch",
+           "select_backend"]
 
 OPS = ("edge_softmax", "gat", "gatv2", "dot_product")
 
@@ -75,9 +76,10 @@ def register_backend(
 
     Say which calls it takes with either ``decline(**ctx)``, returning ``None`` to
     accept or a short reason to decline, or ``supports(**ctx) -> bool``. Both receive
-    ``op``, ``device``, ``dtype``, ``graph``, ``forced`` (whether the caller named this
-    backend) and op-specific flags (``dropout``, ``need_weights``, ``has_edge_terms``,
-    ``channels``).
+    ``op``, ``forced`` (whether the caller named this backend) and the call's
+    description, the same keys for every attention op (``device``, ``dtype``, ``graph``,
+    ``dropout``, ``need_weights``, ``has_edge_terms``, ``has_edge_mask``, ``heads``,
+    ``channels``; ``edge_softmax`` passes ``device``, ``dtype``, ``graph``).
     """
     if op not in _REGISTRY:
         raise ValueError(f"unknown op {op!r}; ops are {OPS}")
@@ -123,6 +125,19 @@ def why_not(op: str) -> Dict[str, str]:
     backend that declined it, with its reason (empty when the first choice ran)."""
     last = _STATE.last.get(op)
     return {} if last is None else dict(last[1])
+
+
+def explain_dispatch(op: str, **call) -> Dict[str, Optional[str]]:
+    """Each backend of ``op``, highest priority first, with ``None`` if it would take a
+    call described by ``call`` (the keys :func:`graphattn.ops.functional.describe_call`
+    gives: ``device``, ``dtype``, ``graph``, ``dropout``, ``need_weights``,
+    ``has_edge_terms``, ``has_edge_mask``, ``heads``, ``channels``) or the reason it
+    would decline. Runs nothing; the first ``None`` is the backend a call would get
+    unless one is forced. After a real call, :func:`why_not` says the same for it."""
+    if op not in _REGISTRY:
+        raise ValueError(f"unknown op {op!r}; ops are {OPS}")
+    return {b.name: b.decline(forced=False, op=op, **call)
+            for b in sorted(_REGISTRY[op].values(), key=lambda b: -b.priority)}
 
 
 def select_backend(op: str, backend: Optional[str] = None, **ctx) -> Backend:

@@ -37,6 +37,19 @@ def as_graph(graph: GraphLike, num_src: Optional[int] = None, num_dst: Optional[
     return _inputs.resolve_graph(graph, num_src, num_dst)
 
 
+def describe_call(value: Tensor, graph: Graph, dims: dict, scalars: dict, training: bool, return_weights: bool,
+                  tensors: dict, edge_terms: Tuple[str, ...]) -> dict:
+    """The description of an attention call that every backend's ``decline`` receives,
+    with the same keys for every op, so no backend has to guess: device, dtype, graph,
+    dropout in effect, whether weights are wanted, whether per-edge terms or a message
+    mask are given, heads and channels per head."""
+    return dict(device=value.device, dtype=value.dtype, graph=graph,
+                dropout=scalars["dropout"] if training else 0.0, need_weights=return_weights,
+                has_edge_terms=any(tensors.get(name) is not None for name in edge_terms),
+                has_edge_mask=tensors.get("edge_mask") is not None,
+                heads=dims.get("heads"), channels=dims.get("channels"))
+
+
 def _mask_kwarg(csr_edge_tensors) -> dict:
     """``edge_mask`` for the backend call, only when given: the fused backends, which
     decline masked calls, take no such argument."""
@@ -158,10 +171,9 @@ def gat_attention(
     """
     tensors = dict(value=value, score_src=score_src, score_dst=score_dst, edge_score=edge_score,
                    edge_mask=edge_mask)
-    g, _, sc = check_call(_inputs.GAT, graph, tensors, dict(negative_slope=negative_slope, dropout=dropout))
-    impl = select_backend("gat", backend, device=value.device, dtype=value.dtype, graph=g,
-                          dropout=sc["dropout"] if training else 0.0, need_weights=return_weights,
-                          has_edge_mask=edge_mask is not None)
+    g, dims, sc = check_call(_inputs.GAT, graph, tensors, dict(negative_slope=negative_slope, dropout=dropout))
+    impl = select_backend("gat", backend, **describe_call(value, g, dims, sc, training, return_weights, tensors,
+                                                          ("edge_score",)))
     csr = edge_rows(["edge_score", "edge_mask"], g, tensors)
     out, alpha = impl.fn(
         score_src, score_dst, value, g,
@@ -206,9 +218,8 @@ def gatv2_attention(
         att = att.reshape(att.shape[1:])
     tensors = dict(x_src=x_src, x_dst=x_dst, att=att, value=value, edge_feat=edge_feat, edge_mask=edge_mask)
     g, dims, sc = check_call(_inputs.GATV2, graph, tensors, dict(negative_slope=negative_slope, dropout=dropout))
-    impl = select_backend("gatv2", backend, device=x_src.device, dtype=x_src.dtype, graph=g,
-                          dropout=sc["dropout"] if training else 0.0, need_weights=return_weights,
-                          channels=dims["channels"], has_edge_mask=edge_mask is not None)
+    impl = select_backend("gatv2", backend, **describe_call(x_src, g, dims, sc, training, return_weights, tensors,
+                                                            ("edge_feat",)))
     csr = edge_rows(["edge_feat", "edge_mask"], g, tensors)
     out, alpha = impl.fn(
         x_src, x_dst, att, x_src if value is None else value, g,
@@ -257,11 +268,9 @@ def dot_product_attention(
         scale = 1.0 / math.sqrt(query.size(-1)) if query.size(-1) else 1.0
     tensors = dict(query=query, key=key, value=value, edge_key=edge_key, edge_value=edge_value, edge_bias=edge_bias,
                    edge_mask=edge_mask)
-    g, _, sc = check_call(_inputs.DOT_PRODUCT, graph, tensors, dict(scale=scale, dropout=dropout))
-    has_edge_terms = edge_key is not None or edge_value is not None or edge_bias is not None
-    impl = select_backend("dot_product", backend, device=query.device, dtype=query.dtype, graph=g,
-                          dropout=sc["dropout"] if training else 0.0, need_weights=return_weights,
-                          has_edge_terms=has_edge_terms, has_edge_mask=edge_mask is not None)
+    g, dims, sc = check_call(_inputs.DOT_PRODUCT, graph, tensors, dict(scale=scale, dropout=dropout))
+    impl = select_backend("dot_product", backend, **describe_call(
+        query, g, dims, sc, training, return_weights, tensors, ("edge_key", "edge_value", "edge_bias")))
     csr = edge_rows(["edge_key", "edge_value", "edge_bias", "edge_mask"], g, tensors)
     out, alpha = impl.fn(
         query, key, value, g,

@@ -61,8 +61,45 @@ def _params(slope: float, scale: float, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor([slope, scale], dtype=compute_dtype(like.dtype), device=like.device)
 
 
-def _block_e() -> int:
-    return 16 if _interpreting() else 32
+# Autotuning: the configurations (edges per block, warps) tried for each kernel on a
+# GPU, keyed on heads, channels and the bucket of the mean degree, and the key of each
+# kernel (argument names; the dst kernel has no value channels). Every kernel writes
+# each of its outputs once (no accumulation), so running it again to time another
+# configuration is harmless.
+TUNE_CONFIGS = ((16, 1), (32, 2), (64, 4), (128, 4))
+TUNE_KEYS = {
+    "fused_forward_kernel": ("H", "F", "Cv", "degree_bucket"),
+    "fused_backward_src_kernel": ("H", "F", "Cv", "degree_bucket"),
+    "fused_backward_dst_kernel": ("H", "F", "degree_bucket"),
+}
+INTERPRETER_BLOCK_E = 16  # under TRITON_INTERPRET=1: one configuration, no timing
+
+
+def degree_bucket(num_edges: int, num_nodes: int) -> int:
+    """The autotuning key's degree term: the bit length of the mean degree (0, 1, 2-3, 4-7, ...)."""
+    return int(num_edges // max(int(num_nodes), 1)).bit_length()
+
+
+def autotuned(name: str):
+    """Kernel ``name`` wrapped in ``triton.autotune`` over :data:`TUNE_CONFIGS` (built once)."""
+    if name not in _AUTOTUNED:
+        import triton
+
+        configs = [triton.Config({"BLOCK_E": block}, num_warps=warps) for block, warps in TUNE_CONFIGS]
+        _AUTOTUNED[name] = triton.autotune(configs=configs, key=list(TUNE_KEYS[name]))(getattr(_kernels(), name))
+    return _AUTOTUNED[name]
+
+
+_AUTOTUNED: dict = {}
+
+
+def _launch(name: str, grid, *args, degree: int, **kwargs) -> None:
+    """Run kernel ``name``: autotuned on a GPU, with one fixed block size under the interpreter
+    (which cannot time configurations)."""
+    if _interpreting():
+        getattr(_kernels(), name)[grid](*args, degree_bucket=degree, BLOCK_E=INTERPRETER_BLOCK_E, **kwargs)
+    else:
+        autotuned(name)[grid](*args, degree_bucket=degree, **kwargs)
 
 
 def _or(t, dummy):
@@ -76,7 +113,6 @@ class _Fused(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kind, graph, slope, scale, p, seed, dst_term, src_term, value, edge_score_term, edge_bias,
                 edge_value, att):
-        k = _kernels()
         Nd, H = graph.num_dst, src_term.size(1)
         F = 1 if kind == GAT else src_term.size(2)
         Cv = value.size(2)
@@ -84,14 +120,15 @@ class _Fused(torch.autograd.Function):
         out = torch.empty(Nd, H, Cv, device=value.device, dtype=value.dtype)
         lse = torch.empty(Nd, H, device=value.device, dtype=acc_dtype)
         dummy = value
+        degree = degree_bucket(graph.num_edges, Nd)
         if Nd and H:
-            k.fused_forward_kernel[(Nd, H)](
-                kind, graph.rowptr, graph.col, _or(dst_term, dummy), src_term, value,
+            _launch(
+                "fused_forward_kernel", (Nd, H), kind, graph.rowptr, graph.col, _or(dst_term, dummy), src_term, value,
                 _or(edge_score_term, dummy), _or(edge_bias, dummy), _or(edge_value, dummy), _or(att, dummy), out, lse,
                 H, F, Cv, _params(slope, scale, value), p, seed,
                 HAS_DST_TERM=dst_term is not None, HAS_EDGE_SCORE_TERM=edge_score_term is not None,
                 HAS_EDGE_BIAS=edge_bias is not None, HAS_EDGE_VALUE=edge_value is not None,
-                DROPOUT=p > 0, BLOCK_E=_block_e(), BLOCK_F=_pow2(F), BLOCK_C=_pow2(Cv), ACC=_acc(value.dtype),
+                DROPOUT=p > 0, BLOCK_F=_pow2(F), BLOCK_C=_pow2(Cv), ACC=_acc(value.dtype), degree=degree,
             )
         ctx.kind, ctx.graph, ctx.params = kind, graph, (slope, scale, p, seed)
         inputs = (dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att)
@@ -103,7 +140,6 @@ class _Fused(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_out, _d_lse):
-        k = _kernels()
         dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, out, lse = ctx.saved_tensors
         graph = ctx.graph
         kind = ctx.kind
@@ -124,10 +160,11 @@ class _Fused(torch.autograd.Function):
         dummy = value
         common = dict(HAS_DST_TERM=dst_term is not None, HAS_EDGE_SCORE_TERM=edge_score_term is not None,
                       HAS_EDGE_BIAS=edge_bias is not None, HAS_EDGE_VALUE=edge_value is not None,
-                      DROPOUT=p > 0, BLOCK_E=_block_e(), BLOCK_F=_pow2(F), BLOCK_C=_pow2(Cv), ACC=_acc(value.dtype))
+                      DROPOUT=p > 0, BLOCK_F=_pow2(F), BLOCK_C=_pow2(Cv), ACC=_acc(value.dtype),
+                      degree=degree_bucket(E, Ns))
         if Ns and H:
-            k.fused_backward_src_kernel[(Ns, H)](
-                kind, colptr, row_by_src, eid, _or(dst_term, dummy), src_term, value,
+            _launch(
+                "fused_backward_src_kernel", (Ns, H), kind, colptr, row_by_src, eid, _or(dst_term, dummy), src_term, value,
                 _or(edge_score_term, dummy), _or(edge_bias, dummy), _or(edge_value, dummy), _or(att, dummy),
                 lse, d_out, dout_dot_out,
                 d_src_term, d_value, _or(d_edge_score_term, dummy), _or(d_edge_bias, dummy), _or(d_edge_value, dummy),
@@ -138,11 +175,11 @@ class _Fused(torch.autograd.Function):
             d_dst_term = torch.empty_like(dst_term)
             datt_rows = torch.zeros(Nd, H, F, device=value.device, dtype=lse.dtype) if kind == GATV2 else dummy
             if Nd and H:
-                k.fused_backward_dst_kernel[(Nd, H)](
-                    kind, graph.rowptr, graph.col, dst_term, src_term, _or(edge_score_term, dummy),
+                _launch(
+                    "fused_backward_dst_kernel", (Nd, H), kind, graph.rowptr, graph.col, dst_term, src_term, _or(edge_score_term, dummy),
                     _or(att, dummy), g, d_dst_term, datt_rows, H, F, _params(slope, scale, value),
-                    HAS_EDGE_SCORE_TERM=edge_score_term is not None, BLOCK_E=_block_e(), BLOCK_F=_pow2(F),
-                    ACC=_acc(value.dtype),
+                    HAS_EDGE_SCORE_TERM=edge_score_term is not None, BLOCK_F=_pow2(F),
+                    ACC=_acc(value.dtype), degree=degree_bucket(E, Nd),
                 )
             if kind == GATV2:
                 datt = datt_rows.sum(0).to(att.dtype)

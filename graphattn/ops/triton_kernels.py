@@ -26,6 +26,9 @@ message`` and ``dout_dot_out[i] = d_out[i] . out[i]`` (FlashAttention's "delta")
 Inputs may be fp16/bf16/fp32/fp64; they are cast to fp32 (fp64 stays fp64) right after
 loading and accumulated there. ``slope`` and ``scale`` come from a tensor in that
 dtype (``params``): Triton types Python float arguments as fp32. Channel counts are padded to powers of two with masks.
+Every kernel takes ``degree_bucket`` (the bit length of the mean degree), unused in its body:
+it is part of the autotuning key (:mod:`graphattn.ops.triton_backend`), so a graph with
+rows of 4 edges and one with rows of 4,000 get their own ``BLOCK_E`` and warp count.
 Dropout keeps an edge with probability ``1 - p`` using ``tl.rand(seed, e * H + h)`` with a
 64-bit counter, so the backward regenerates the same mask. Node offsets derived from
 ``program_id`` are 64-bit (:func:`_program_node`); edge and source indices are loaded
@@ -93,7 +96,7 @@ def _scores(KIND: tl.constexpr, dst_term, src_term, edge_score_term, edge_bias, 
 @triton.jit
 def fused_forward_kernel(
     KIND: tl.constexpr, rowptr, col, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, out, lse,
-    H, F, Cv, params, p, seed,
+    H, F, Cv, params, p, seed, degree_bucket,
     HAS_DST_TERM: tl.constexpr, HAS_EDGE_SCORE_TERM: tl.constexpr, HAS_EDGE_BIAS: tl.constexpr,
     HAS_EDGE_VALUE: tl.constexpr,
     DROPOUT: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -150,7 +153,7 @@ def fused_backward_src_kernel(
     KIND: tl.constexpr, colptr, row_by_src, eid, dst_term, src_term, value, edge_score_term, edge_bias, edge_value,
     att, lse, dO, dout_dot_out,
     d_src_term, d_value, d_edge_score_term, d_edge_bias, d_edge_value, g,
-    H, F, Cv, params, p, seed,
+    H, F, Cv, params, p, seed, degree_bucket,
     HAS_DST_TERM: tl.constexpr, HAS_EDGE_SCORE_TERM: tl.constexpr, HAS_EDGE_BIAS: tl.constexpr,
     HAS_EDGE_VALUE: tl.constexpr,
     DROPOUT: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -246,7 +249,7 @@ def fused_backward_src_kernel(
 @triton.jit
 def fused_backward_dst_kernel(
     KIND: tl.constexpr, rowptr, col, dst_term, src_term, edge_score_term, att, g, d_dst_term, datt_rows,
-    H, F, params,
+    H, F, params, degree_bucket,
     HAS_EDGE_SCORE_TERM: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr, ACC: tl.constexpr,
 ):
     slope = tl.load(params)
