@@ -56,3 +56,18 @@ def test_sequence_forward_backward_case_matches_the_dense_mask():
         grads[impl] = fn()
     for ours, dense in zip(grads["graphattn"], grads["sdpa"]):
         torch.testing.assert_close(ours, dense)
+
+
+def test_banded_reference_equals_one_dense_mask():
+    """The 32k-token check computes the band a chunk of queries at a time; it must give what
+    one L x L mask gives."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    L, w = 300, 7
+    q, k, v = (torch.randn(L, 2, 4, dtype=torch.float64) for _ in range(3))
+    i = torch.arange(L)
+    dense = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                           attn_mask=(i[:, None] - i[None, :]).abs() <= w).transpose(0, 1)
+    torch.testing.assert_close(run.banded_reference(q, k, v, w, chunk=64), dense)

@@ -237,3 +237,33 @@ def test_float16_in_proj_bias_on_a_float64_module():
     expected = ours(y.transpose(0, 1), y.transpose(0, 1), y.transpose(0, 1))[0].transpose(0, 1)
     ours.batch_first = False
     torch.testing.assert_close(ours(y, y, y)[0], expected)
+
+
+@pytest.mark.parametrize("lengths,left,right", [([300], 70, 0), ([130], 200, 200), ([97, 97, 97], 40, 31),
+                                                ([1000], 128, 128)])
+def test_wide_windows_run_in_dense_tiles_equal_to_the_sparse_kernel(lengths, left, right):
+    """A sliding window of >= 64 keys per query runs tile by tile through SDPA (one tile
+    of queries against the run of keys it can reach); outputs and every gradient equal
+    the reference's in float64, ragged last tile and clipped edges included."""
+    torch.manual_seed(0)
+    g = patterns.batch(lengths, patterns.sliding_window, left=left, right=right) if len(lengths) > 1 \
+        else patterns.sliding_window(lengths[0], left, right)
+    N = sum(lengths)
+    q, k, v = (torch.randn(N, 3, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    w = torch.randn(N, 3, 8, dtype=torch.float64)
+    grads = {}
+    for backend in (None, "reference"):
+        out = ops.dot_product_attention(q, k, v, g, backend=backend)
+        if backend is None:
+            assert ops.last_backend("dot_product") == "dense"
+        grads[backend] = (out,) + torch.autograd.grad((out * w).sum(), (q, k, v))
+    for ours, ref in zip(grads[None], grads["reference"]):
+        torch.testing.assert_close(ours, ref)
+
+
+def test_narrow_windows_stay_on_the_sparse_kernel_and_say_why():
+    g = patterns.sliding_window(200, 8, 8)
+    q = torch.randn(200, 2, 4)
+    ops.dot_product_attention(q, q, q, g)
+    assert ops.last_backend("dot_product") != "dense"
+    assert "fewer than 64 keys" in ops.why_not("dot_product")["dense"]
