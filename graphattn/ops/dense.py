@@ -109,7 +109,7 @@ def _counts_agree(graph: Graph, pat, B: int, Lq: int, Lk: int) -> bool:
 # keys and values stay under BAND_GROUP_ELEMENTS elements each.
 BAND_TILE = 64
 MIN_BAND_KEYS = 64
-BAND_GROUP_ELEMENTS = 1 << 23
+BAND_GROUP_ELEMENTS = 1 << 21
 
 
 def band_tiles(graph: Graph) -> Optional[Tuple[int, int, int, int]]:
