@@ -112,18 +112,30 @@ MIN_BAND_KEYS = 64
 BAND_GROUP_ELEMENTS = 1 << 21
 
 
+def _band_refusal(graph: Graph, L: int, left: int, right: int) -> Optional[str]:
+    """Why a batch of sliding windows of ``L`` tokens does not take the tiled path (None: it does)."""
+    if graph.device.type != "cpu":  # the tiles have not been measured against flex there
+        return "a sliding window off CPU: the flex backend takes bands there"
+    if left < 0 or right < 0 or min(left, L - 1) + min(right, L - 1) + 1 < MIN_BAND_KEYS:
+        return f"a sliding window of fewer than {MIN_BAND_KEYS} keys per query: the sparse kernel is faster there"
+    return None
+
+
+def _band_shape(graph: Graph) -> Optional[Tuple[int, int, int, int]]:
+    """``(batch, L, left, right)`` when the graph is a batch of identical sliding windows."""
+    shape = blocks(graph, ("band",))
+    if shape is None:
+        return None
+    return shape[0], shape[1], int(graph.pattern.get("left", 0)), int(graph.pattern.get("right", 0))
+
+
 def band_tiles(graph: Graph) -> Optional[Tuple[int, int, int, int]]:
     """``(batch, L, left, right)`` when the graph is a batch of identical sliding windows
-    wide enough for the tiled path, on CPU, else None. (On CUDA the flex backend takes
-    bands; the tiles have not been measured against it there.)"""
-    shape = blocks(graph, ("band",))
-    if shape is None or graph.device.type != "cpu":
+    that the tiled path takes (wide enough, on CPU), else None."""
+    shape = _band_shape(graph)
+    if shape is None or _band_refusal(graph, *shape[1:]) is not None:
         return None
-    B, L, _ = shape
-    left, right = int(graph.pattern.get("left", 0)), int(graph.pattern.get("right", 0))
-    if left < 0 or right < 0 or min(left, L - 1) + min(right, L - 1) + 1 < MIN_BAND_KEYS:
-        return None
-    return B, L, left, right
+    return shape
 
 
 def decline(graph=None, need_weights=False, has_edge_terms=False, has_edge_mask=False, **_) -> Optional[str]:
@@ -141,8 +153,9 @@ def decline(graph=None, need_weights=False, has_edge_terms=False, has_edge_mask=
             reason = _grouping_refusal(torch.tensor(pat.batch, dtype=torch.long))
             if reason is not None:
                 return reason
-        if pat is not None and pat.kind == "band" and blocks(graph, ("band",)) is not None:
-            return f"a sliding window of fewer than {MIN_BAND_KEYS} keys per query: the sparse kernel is faster there"
+        band = _band_shape(graph)
+        if band is not None:
+            return _band_refusal(graph, *band[1:])
         return ("the graph is not known to be complete, causal or cross blocks of one size, a wide sliding "
                 "window, nor large complete blocks of several sizes")
     return None
@@ -152,8 +165,9 @@ def dot_product(query, key, value, graph, *, scale, edge_key, edge_value, edge_b
                 need_weights=False):
     if edge_key is not None or edge_value is not None or edge_bias is not None or need_weights:
         raise RuntimeError("the dense backend runs plain attention only (no edge terms, no returned weights)")
-    if band_tiles(graph) is not None:
-        return _banded(query, key, value, *band_tiles(graph), scale, dropout if training else 0.0), None
+    tiles = band_tiles(graph)
+    if tiles is not None:
+        return _banded(query, key, value, *tiles, scale, dropout if training else 0.0), None
     if blocks(graph) is None:
         return _grouped(query, key, value, graph, scale, dropout if training else 0.0), None
     B, Lq, Lk = blocks(graph)
