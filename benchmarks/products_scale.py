@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -31,27 +30,21 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from run import _reset_peak, _rss_kib  # noqa: E402  (the suite's RSS probes)
 
 NODES, UNDIRECTED_EDGES, FEATURES, CLASSES = 2_449_029, 61_859_140, 100, 47
 GIB = 2**30
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def reset_peak() -> None:
     """Restart the kernel's peak-RSS counter (VmHWM) from the current RSS."""
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
+    if not _reset_peak():
+        raise RuntimeError("cannot reset the peak-RSS counter (/proc/self/clear_refs is not writable)")
 
 
 def peak_gib() -> float:
-    return _status_kib("VmHWM") / 2**20
+    return _rss_kib("VmHWM") / 2**20
 
 
 def random_undirected(num_nodes: int, num_edges: int, seed: int) -> torch.Tensor:
@@ -137,7 +130,7 @@ def main(argv=None) -> dict:
     train = torch.rand(n, generator=gen) < args.train_fraction
     model = GAT(FEATURES, args.hidden, CLASSES, args.heads, args.out_heads)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    result["resident_before_step_gib"] = _status_kib("VmRSS") / 2**20
+    result["resident_before_step_gib"] = _rss_kib("VmRSS") / 2**20
 
     reset_peak()
     t0 = time.perf_counter()

@@ -392,26 +392,24 @@ def main(argv=None):
     for spec in layer_cases(device, sizes, ["gat", "gatv2", "dot"], ["forward", "forward+backward"]):
         specs += [("graphattn", spec), ("pyg", spec), ("pyg_compiled", spec)]
     seq_lengths = [1024] if args.quick else ([1024, 4096, 8192] if device == "cpu" else [1024, 4096, 16384, 32768])
+    def seq_spec(kind, pattern, mode, L):  # one sequence, 8 heads x 64, window +-128 (or causal)
+        E = L * (L + 1) // 2 if pattern == "causal" else sum(min(L - 1, t + 128) - max(0, t - 128) + 1
+                                                              for t in range(L))
+        return {"kind": kind, "pattern": pattern, "mode": mode, "N": L, "L": L, "w": 128, "heads": 8,
+                "head_dim": 64, "device": device, "E": E}
+
     for L in seq_lengths:
         for kind, pattern, peers in (("seq_layer", "band", ["torch"]), ("seq_op", "band", ["sdpa"]),
                                      ("seq_op", "causal", ["sdpa"])):
             if kind == "seq_op":  # compiled flex_attention with a block mask (forward only on CPU)
                 peers = peers + ["flex"]
-            spec = {"kind": kind, "pattern": pattern, "mode": "forward", "N": L, "L": L, "w": 128, "heads": 8,
-                    "head_dim": 64, "device": device}
-            spec["E"] = (L * (L + 1) // 2 if pattern == "causal"
-                         else sum(min(L - 1, t + 128) - max(0, t - 128) + 1 for t in range(L)))
+            spec = seq_spec(kind, pattern, "forward", L)
             specs += [("graphattn", spec)] + [(peer, spec) for peer in peers]
     for L in ([] if args.quick or device != "cpu" else [4096, 8192]):
-        spec = {"kind": "seq_op", "pattern": "band", "mode": "forward+backward", "N": L, "L": L, "w": 128,
-                "heads": 8, "head_dim": 64, "device": device,
-                "E": sum(min(L - 1, t + 128) - max(0, t - 128) + 1 for t in range(L))}
+        spec = seq_spec("seq_op", "band", "forward+backward", L)
         specs += [("graphattn", spec), ("sdpa", spec)]
     if device == "cpu" and not args.quick:  # 32k tokens: a dense mask would need 8 GiB per head; flex only
-        L = 32768
-        spec = {"kind": "seq_op", "pattern": "band", "mode": "forward", "N": L, "L": L, "w": 128, "heads": 8,
-                "head_dim": 64, "device": device,
-                "E": sum(min(L - 1, t + 128) - max(0, t - 128) + 1 for t in range(L))}
+        spec = seq_spec("seq_op", "band", "forward", 32768)
         specs += [("graphattn", spec), ("flex", spec)]
     if device == "cuda" and not args.quick:
         for dtype in ("float32", "bfloat16"):
