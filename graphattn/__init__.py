@@ -11,8 +11,9 @@ weighted sum of source values. See :class:`Graph`, :mod:`graphattn.ops` and
 """
 import importlib
 
-from . import ops, patterns
+from . import ops, ordering, patterns
 from .graph import Graph, Pattern
+from .ordering import NodeOrder
 from .ops import dot_product_attention, edge_softmax, gat_attention, gatv2_attention
 
 __version__ = "0.1.0"
@@ -21,10 +22,12 @@ _LAZY = ("nn", "explain", "robustness")
 
 __all__ = [
     "Graph",
+    "NodeOrder",
     "Pattern",
     "explain",
     "nn",
     "ops",
+    "ordering",
     "patterns",
     "robustness",
     "edge_softmax",

@@ -11,10 +11,13 @@ Building a graph sorts and validates once; layers reuse it every step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .ordering import NodeOrder
 
 __all__ = ["Graph", "Pattern", "FillValue", "undirected_pairs", "both_directions"]
 
@@ -165,6 +168,9 @@ class Graph:
         self._looped: Optional[Graph] = None
         self._transpose: Optional[Tuple[Tensor, Tensor, Tensor]] = None
         self._valid_stamp: Optional[Tuple[int, ...]] = None
+        # A renumbering the attention ops run the kernels in (:meth:`reorder_nodes`).
+        self.node_order: Optional[NodeOrder] = None
+        self._relabeled: Optional[Graph] = None
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -448,6 +454,51 @@ class Graph:
             self._transpose = (_offsets(self.col, self.num_src), self.row[order], order)
         return self._transpose
 
+    # ---------------------------------------------------------------- node order
+    def reorder_nodes(self, order: Union[str, "NodeOrder"] = "locality", **options: Any) -> "Graph":
+        """This graph, holding a node order for memory locality that the attention ops
+        apply and undo transparently: node tensors in, outputs and gradients out, and
+        edge tensors all stay in the caller's numbering and order. The ops run the
+        kernels on :attr:`relabeled` with the node tensors permuted (two row
+        permutations forward and two backward per op).
+
+        ``order`` is a :class:`~graphattn.ordering.NodeOrder` or a method name
+        (``"locality"``, ``"degree"``, ``"rcm"``; ``options`` go to
+        :func:`graphattn.ordering.node_order`). Square graphs without a dense pattern
+        only: a pattern's numbering is what its dense kernels run on. When one model
+        runs many ops on the same graph, relabelling the data once
+        (``order.apply(x)``, ``order.relabel(graph)``, ``order.undo(out)``) avoids the
+        per-op permutations."""
+        from .ordering import NodeOrder, node_order
+
+        if self.pattern is not None:
+            raise ValueError(f"this graph has a '{self.pattern.kind}' pattern: its numbering is what the dense "
+                             "kernels run on, so it is not reordered")
+        if not isinstance(order, NodeOrder):
+            order = node_order(self.ensure_valid(), order, **options)
+        if self.is_bipartite or order.num_nodes != self.num_src:
+            raise ValueError(f"a node order over {order.num_nodes} nodes does not fit a graph with {self.num_src} "
+                             f"source and {self.num_dst} destination nodes")
+        self.ensure_valid()
+        ordered = Graph(self.rowptr, self.col, self.row, self.perm, self.num_src, self.num_dst,
+                        edge_index=self._edge_index, base_edge_ids=self.base_edge_ids,
+                        num_base_edges=self.num_base_edges, loop_nodes=self.loop_nodes)
+        ordered._valid_stamp = ordered._stamp()  # this graph's checked arrays
+        ordered.node_order = order.to(self.device)
+        return ordered
+
+    @property
+    def relabeled(self) -> "Graph":
+        """The graph the kernels run on when it holds a :attr:`node_order`: node ``v``
+        renamed ``node_order.inverse[v]``, edges in the same user order. ``self`` when it
+        holds none."""
+        if self.node_order is None:
+            return self
+        self.ensure_valid()
+        if self._relabeled is None:
+            self._relabeled = self.node_order.relabel(self)
+        return self._relabeled
+
     # ---------------------------------------------------------------- self-loops
     def with_self_loops(self) -> "Graph":
         """This graph with existing self-loops removed and one self-loop per node
@@ -472,6 +523,7 @@ class Graph:
                 loop_nodes=loops,
                 pattern=None,
             )
+            self._looped.node_order = self.node_order  # the loops keep the nodes' numbering
         return self._looped
 
     def edge_attr_for_edges(self, edge_attr: Tensor, fill_value: FillValue = "mean") -> Tensor:
@@ -532,7 +584,7 @@ class Graph:
         if stamp == self._valid_stamp:
             return self
         self.validate()
-        self._inv_perm = self._looped = self._transpose = None
+        self._inv_perm = self._looped = self._transpose = self._relabeled = None
         self._edge_index = None
         self._valid_stamp = self._stamp()
         return self
@@ -595,6 +647,7 @@ class Graph:
             pattern=self.pattern,
         )
         moved._valid_stamp = moved._stamp()  # copies of checked arrays
+        moved.node_order = None if self.node_order is None else self.node_order.to(device)
         return moved
 
     def check_nodes(self, num_src: Optional[int], num_dst: Optional[int], what: str = "x") -> None:
@@ -613,4 +666,5 @@ class Graph:
         nodes = f"num_nodes={self.num_src}" if not self.is_bipartite else f"num_src={self.num_src}, num_dst={self.num_dst}"
         extra = ", self_loops=added" if self.has_added_self_loops else ""
         pat = f", pattern={self.pattern.kind}" if self.pattern is not None else ""
-        return f"Graph({nodes}, num_edges={self.num_edges}{extra}{pat})"
+        order = f", node_order={self.node_order.method}" if self.node_order is not None else ""
+        return f"Graph({nodes}, num_edges={self.num_edges}{extra}{pat}{order})"

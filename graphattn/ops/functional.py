@@ -73,6 +73,17 @@ def _finish(graph: Graph, out: Tensor, alpha: Tensor, return_weights: bool, back
     return out, graph.to_user_order(alpha)
 
 
+def _in_node_order(op: Callable, graph: Graph, node_tensors: dict, return_weights: bool, **rest):
+    """``op`` run on ``graph.relabeled`` with its node tensors permuted into the graph's
+    node order, and its output permuted back (:meth:`Graph.reorder_nodes`). Edge
+    tensors and the returned weights keep the caller's edge order, which the relabelled
+    graph shares. Square graphs only, so sources and destinations share one order."""
+    order = graph.node_order
+    moved = {name: None if t is None else order.apply(t) for name, t in node_tensors.items()}
+    result = op(**moved, graph=graph.relabeled, return_weights=return_weights, **rest)
+    return (order.undo(result[0]), result[1]) if return_weights else order.undo(result)
+
+
 def edge_softmax(
     scores: Tensor,
     graph_or_index: GraphLike,
@@ -172,6 +183,10 @@ def gat_attention(
     tensors = dict(value=value, score_src=score_src, score_dst=score_dst, edge_score=edge_score,
                    edge_mask=edge_mask)
     g, dims, sc = check_call(_inputs.GAT, graph, tensors, dict(negative_slope=negative_slope, dropout=dropout))
+    if g.node_order is not None:
+        return _in_node_order(gat_attention, g, dict(score_src=score_src, score_dst=score_dst, value=value),
+                              return_weights, negative_slope=negative_slope, edge_score=edge_score, dropout=dropout,
+                              training=training, backend=backend, edge_mask=edge_mask)
     impl = select_backend("gat", backend, **describe_call(value, g, dims, sc, training, return_weights, tensors,
                                                           ("edge_score",)))
     csr = edge_rows(["edge_score", "edge_mask"], g, tensors)
@@ -218,6 +233,10 @@ def gatv2_attention(
         att = att.reshape(att.shape[1:])
     tensors = dict(x_src=x_src, x_dst=x_dst, att=att, value=value, edge_feat=edge_feat, edge_mask=edge_mask)
     g, dims, sc = check_call(_inputs.GATV2, graph, tensors, dict(negative_slope=negative_slope, dropout=dropout))
+    if g.node_order is not None:
+        return _in_node_order(gatv2_attention, g, dict(x_src=x_src, x_dst=x_dst, value=value), return_weights,
+                              att=att, negative_slope=negative_slope, edge_feat=edge_feat, dropout=dropout,
+                              training=training, backend=backend, edge_mask=edge_mask)
     impl = select_backend("gatv2", backend, **describe_call(x_src, g, dims, sc, training, return_weights, tensors,
                                                             ("edge_feat",)))
     csr = edge_rows(["edge_feat", "edge_mask"], g, tensors)
@@ -269,6 +288,10 @@ def dot_product_attention(
     tensors = dict(query=query, key=key, value=value, edge_key=edge_key, edge_value=edge_value, edge_bias=edge_bias,
                    edge_mask=edge_mask)
     g, dims, sc = check_call(_inputs.DOT_PRODUCT, graph, tensors, dict(scale=scale, dropout=dropout))
+    if g.node_order is not None:
+        return _in_node_order(dot_product_attention, g, dict(query=query, key=key, value=value), return_weights,
+                              scale=scale, edge_key=edge_key, edge_value=edge_value, edge_bias=edge_bias,
+                              dropout=dropout, training=training, backend=backend, edge_mask=edge_mask)
     impl = select_backend("dot_product", backend, **describe_call(
         query, g, dims, sc, training, return_weights, tensors, ("edge_key", "edge_value", "edge_bias")))
     csr = edge_rows(["edge_key", "edge_value", "edge_bias", "edge_mask"], g, tensors)
