@@ -291,13 +291,14 @@ def test_bounds_checked_kernel_raises_where_the_release_kernel_would_read_out_of
 def test_direct_kernel_calls_with_inputs_their_kind_does_not_take_raise():
     """Found by review: GATv2 without its destination-side tensor read a null pointer
     (segfault), and a per-edge bias on GAT got an uninitialised gradient. The public
-    ops never pass either; the kernel's entry now refuses both."""
+    ops never pass either; the kernel's entry now refuses both, and a kind number that
+    names no kind."""
     proc = _in_subprocess("""
         import torch
         from graphattn.ops import cpu
         ext, e = cpu.load_extension(), torch.empty(0)
         rowptr, col, seed = torch.tensor([0, 1]), torch.tensor([1]), torch.zeros((), dtype=torch.long)
-        for kind, dst, bias in ((cpu.GATV2, e, e), (cpu.GAT, e, torch.randn(1, 1))):
+        for kind, dst, bias in ((cpu.GATV2, e, e), (cpu.GAT, e, torch.randn(1, 1)), (7, e, e)):
             src, value, att = torch.randn(2, 1, 4), torch.randn(2, 1, 4), torch.randn(1, 4)
             if kind == cpu.GAT:
                 src = torch.randn(2, 1)
@@ -308,8 +309,10 @@ def test_direct_kernel_calls_with_inputs_their_kind_does_not_take_raise():
                 print(str(err).splitlines()[0])
     """)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "GATv2 needs its destination-side tensor" in proc.stdout
-    assert "a per-edge bias is taken by the dot-product kind only" in proc.stdout
+    assert "score kind GATV2 needs its destination-side tensor" in proc.stdout
+    assert "score kind GAT takes no per-edge bias" in proc.stdout
+    assert "unknown score kind 7" in proc.stdout
+
 
 
 # ------------------------------------------------------------ threads

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from graphattn import Graph, dot_product_attention, gat_attention, gatv2_attention
 from graphattn import ops
 import graphattn.ops.reference  # noqa: F401
+from graphattn.ops._fused import ACTIVATIONS
 
 from conftest import random_graph
 from oracle import dot_oracle, gat_oracle, gatv2_oracle
@@ -272,6 +273,55 @@ def test_fused_dropout_gradient_matches_autograd_of_the_same_mask():
 
     out = f(q, k, v)
     assert torch.autograd.gradcheck(f, (q, k, v))
+    t = tuple(x.long() for x in g.transpose_csr())  # the int64 transposed graph of a graph past 2^31 edges
+    assert torch.autograd.gradcheck(f, (q, k, v))
     full = cpu_backend._forward_op(cpu_backend.DOT, g.rowptr, g.col, *t, g.num_dst, q, k, v, empty, empty,
                                    empty, empty, 0.0, 0.5, 0.0, seed)[0]
     assert not torch.allclose(out, full)
+
+
+# ------------------------------------------------------------ score kinds: one table, generated into both kernels
+def test_generated_kernel_sources_match_the_kind_table():
+    from graphattn.ops import _codegen
+
+    assert _codegen.main(["--check"]) == 0, "run: python -m graphattn.ops._codegen"
+
+
+@pytest.mark.parametrize("activation", [a.name for a in ACTIVATIONS])
+def test_each_activations_derivative_is_the_derivative_of_its_value(activation):
+    """The table's two expressions for an activation agree: the derivative written in
+    the table equals autograd's derivative of the value written there (both kernels
+    are generated from these strings)."""
+    act = next(a for a in ACTIVATIONS if a.name == activation)
+    z = torch.cat([torch.linspace(-3, 3, 61, dtype=torch.float64), torch.tensor([-1e-3, 1e-3, 7.5])])
+    z = z[z != 0].requires_grad_()  # a kink's derivative is a convention
+    slope = torch.tensor(0.2, dtype=torch.float64)
+    env = {"where": lambda c, a, b: torch.where(c, torch.as_tensor(a, dtype=z.dtype), torch.as_tensor(b, dtype=z.dtype)),
+           "max": lambda a, b: torch.maximum(torch.as_tensor(a, dtype=z.dtype), torch.as_tensor(b, dtype=z.dtype)),
+           "min": lambda a, b: torch.minimum(torch.as_tensor(a, dtype=z.dtype), torch.as_tensor(b, dtype=z.dtype))}
+    value = eval(act.value, env, {"z": z, "slope": slope}) + torch.zeros_like(z)
+    (autograd_derivative,) = torch.autograd.grad(value.sum(), z)
+    written = eval(act.derivative, env, {"z": z.detach(), "slope": slope}) + torch.zeros_like(z)
+    torch.testing.assert_close(written, autograd_derivative)
+
+
+def test_kind_table_expressions_are_translated_for_both_kernels_and_bad_ones_refused():
+    from graphattn.ops._codegen import emit
+
+    assert emit("where(z > 0, 1, slope)", "cpp") == "((z > T(0.0)) ? T(1.0) : slope)"
+    assert emit("where(z > 0, 1, slope)", "triton") == "tl.where((z > 0.0), 1.0, slope)"
+    assert "propagate_nan=tl.PropagateNan.ALL" in emit("max(z, 0)", "triton")
+    for bad in ("exp(z)", "z ** 2", "x + z", "where(z > 0, z)", "max(z, 0, 1)"):
+        with pytest.raises(ValueError):
+            emit(bad, "cpp")
+
+
+def test_every_kind_in_the_table_is_a_kind_of_both_kernels():
+    from graphattn.ops import _fused, triton_score_kinds
+
+    codes = [k.code for k in _fused.KINDS]
+    assert len(set(codes)) == len(codes)  # one number per kind for both kernels' dispatch
+    for k in _fused.KINDS:
+        traits = _fused.triton_traits(k.code)
+        assert _fused.WEIGHTS[traits["WEIGHT"]] == k.weight
+        assert getattr(triton_score_kinds, f"ACT_{k.activation.upper()}") == traits["ACT"]

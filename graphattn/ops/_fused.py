@@ -1,26 +1,98 @@
-"""The fused kernels' common calling convention (CPU and Triton backends).
+"""The fused kernels' score kinds and calling convention (CPU and Triton backends).
 
-Both kernels compute, for an edge ``e = (j -> i)``, a score from a destination-side
-node tensor ``dst_term[i]`` (GAT's ``a_dst . W x_i``, GATv2's ``W_r x_i``, the dot
-product's query), a source-side node tensor ``src_term[j]`` (``a_src . W x_j``,
-``W_l x_j``, the key), optional per-edge terms ``edge_score_term[e]`` (inside the
-score) and ``edge_bias[e]`` (added to it), and aggregate messages ``value[j]`` (+
-``edge_value[e]``); GATv2 also takes ``att``:
+Both kernels compute, for an edge ``e = (j -> i)`` and a head, one score of the form
 
-* GAT: ``leaky(src_term[j] + dst_term[i] + edge_score_term[e])`` (one number per head;
-  ``dst_term`` may be ``None``);
-* GATv2: ``att . leaky(src_term[j] + dst_term[i] + edge_score_term[e])``;
-* dot product: ``scale * dst_term[i] . (src_term[j] + edge_score_term[e]) + edge_bias[e]``.
+.. math::
+    s_e = \\sum_c w_c \\, \\phi(z_c) + b_e, \\qquad
+    z = src\\_term[j] + edge\\_score\\_term[e] \\; (+\\, dst\\_term[i] \\text{ when the kind adds it})
 
-:func:`backend_functions` maps the public ops' arguments onto that convention for a
-backend's ``run`` function.
+from a destination-side node tensor ``dst_term[i]`` (GAT's ``a_dst . W x_i``, GATv2's
+``W_r x_i``, the dot product's query), a source-side one ``src_term[j]`` (``a_src . W
+x_j``, ``W_l x_j``, the key), optional per-edge terms ``edge_score_term[e]`` (inside
+``z``) and ``edge_bias[e]`` (``b_e``), then aggregate messages ``value[j]`` (+
+``edge_value[e]``). A kind is a row of :data:`KINDS`, nothing more:
+
+* ``adds_dst``: ``dst_term`` is added into ``z`` (additive attention);
+* ``weight``: the factor ``w_c`` on each channel: ``"one"``, ``"att"`` (a learned
+  ``[H, F]`` vector) or ``"dst"`` (``scale * dst_term[i]``: the dot product);
+* ``activation``: ``phi``, a row of :data:`ACTIVATIONS` (its value and derivative as
+  expressions in ``z`` and ``slope``);
+* ``scalar``: one number per head (``F = 1``, terms shaped ``[N, H]``).
+
+so GAT is ``leaky(src + dst + edge)`` (scalar), GATv2 ``att . leaky(src + dst + edge)``
+and the dot product ``scale * dst . (src + edge) + bias``. The derivative follows from
+the same rows: ``dz_c = ds * w_c * phi'(z_c)`` reaches ``src_term``, ``edge_score_term``
+and (when added) ``dst_term``; ``ds * phi(z_c)`` reaches ``att`` or (times ``scale``) the
+``dst_term`` that weights; ``ds`` reaches ``edge_bias``.
+
+The kernels implement that general form once, each, specialised at compile time by a
+kind's traits; the traits and the activations are *generated* from the tables here into
+``csrc/score_kinds.h`` (C++) and ``triton_score_kinds.py`` (Triton) by
+:mod:`graphattn.ops._codegen`::
+
+    python -m graphattn.ops._codegen          # rewrite both files
+    python -m graphattn.ops._codegen --check  # exit 1 if either is stale (a test runs this)
+
+:func:`backend_functions` maps the public ops' arguments onto the calling convention
+for a backend's ``run`` function. ``docs/adding-a-score-kind.md`` is the checklist.
 """
 from __future__ import annotations
 
-GAT, GATV2, DOT = 0, 1, 2
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+
+@dataclass(frozen=True)
+class Activation:
+    """``phi`` and its derivative as expressions in ``z`` and ``slope``: numbers, ``+ - *
+    /``, comparisons, ``where(cond, a, b)``, ``max(a, b)`` and ``min(a, b)`` (both
+    propagate a NaN in ``a``)."""
+
+    name: str
+    value: str
+    derivative: str
+
+
+@dataclass(frozen=True)
+class ScoreKind:
+    name: str
+    code: int
+    adds_dst: bool
+    weight: str
+    activation: str
+    scalar: bool
+    takes_edge_bias: bool
+
+
+WEIGHTS = ("one", "att", "dst")
+ACTIVATIONS: Tuple[Activation, ...] = (
+    # max/min rather than a select: GCC vectorises them, and they keep a NaN
+    Activation("leaky_relu", "max(z, 0) + slope * min(z, 0)", "where(z > 0, 1, slope)"),
+    Activation("identity", "z", "1"),
+)
+KINDS: Tuple[ScoreKind, ...] = (
+    ScoreKind("GAT", 0, adds_dst=True, weight="one", activation="leaky_relu", scalar=True, takes_edge_bias=False),
+    ScoreKind("GATV2", 1, adds_dst=True, weight="att", activation="leaky_relu", scalar=False, takes_edge_bias=False),
+    ScoreKind("DOT", 2, adds_dst=False, weight="dst", activation="identity", scalar=False, takes_edge_bias=True),
+)
+GAT, GATV2, DOT = (k.code for k in KINDS)
+_BY_CODE: Dict[int, ScoreKind] = {k.code: k for k in KINDS}
+_ACTIVATION_CODE = {a.name: n for n, a in enumerate(ACTIVATIONS)}
+
 # Why the fused kernels decline a call with a per-edge message mask (explainers):
 # only reference applies one; a fused version would need its gradient per edge.
 MASK_REASON = "a per-edge message mask is set (edge_mask, e.g. by an explainer); only reference applies it"
+
+
+def score_kind(code: int) -> ScoreKind:
+    return _BY_CODE[code]
+
+
+def triton_traits(code: int) -> dict:
+    """A kind's traits as the Triton kernels' ``constexpr`` arguments."""
+    k = score_kind(code)
+    return dict(SCALAR=k.scalar, ADDS_DST=k.adds_dst, WEIGHT=WEIGHTS.index(k.weight),
+                ACT=_ACTIVATION_CODE[k.activation])
 
 
 def backend_functions(run):

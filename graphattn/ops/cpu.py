@@ -31,6 +31,7 @@ from torch import Tensor
 from ._dtypes import FLOAT_DTYPES, upcast
 from ._fused import DOT, GAT, GATV2, MASK_REASON, backend_functions  # noqa: F401
 _SOURCE = Path(__file__).parent / "csrc" / "fused_attention.cpp"
+_HEADER = _SOURCE.parent / "score_kinds.h"  # generated from ._fused's tables (._codegen); included by _SOURCE
 # -fopenmp: at::parallel_for is an inline template that parallelises with OpenMP
 # pragmas; without the flag the kernel silently runs on one thread.
 # -march=native is safe because the kernel is always compiled on the machine that
@@ -48,7 +49,7 @@ if os.environ.get("GRAPHATTN_KERNEL_CHECKS") == "1":
     _CFLAGS.append("-DGRAPHATTN_BOUNDS_CHECK")
 _LDFLAGS = ["-fopenmp"]
 _LOCK = threading.Lock()
-MAX_GATV2_CHANNELS = 1024  # kMaxF in the C++ source: GATv2 channels per head held on the stack
+MAX_GATV2_CHANNELS = 1024  # kMaxF in the C++ source: channels per head of a z buffer held on the stack (GATv2's)
 _EXT = None
 _EXT_ERROR: Optional[str] = None
 
@@ -82,7 +83,8 @@ def load_extension(verbose: bool = False):
                     os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
 
                 # The name covers source and flags, so a change of either rebuilds.
-                key = _SOURCE.read_bytes() + " ".join(_CFLAGS + _LDFLAGS).encode() + _cpu_signature()
+                key = (_SOURCE.read_bytes() + _HEADER.read_bytes() + " ".join(_CFLAGS + _LDFLAGS).encode()
+                       + _cpu_signature())
                 name = "graphattn_cpu_" + hashlib.sha1(key).hexdigest()[:10]
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")

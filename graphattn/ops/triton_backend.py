@@ -15,7 +15,7 @@ import torch
 
 from . import reference
 from ._dtypes import FLOAT_DTYPES, compute_dtype
-from ._fused import DOT, GAT, GATV2, MASK_REASON, backend_functions  # noqa: F401
+from ._fused import DOT, GAT, GATV2, MASK_REASON, backend_functions, score_kind, triton_traits  # noqa: F401
 
 
 def is_available() -> bool:
@@ -111,10 +111,10 @@ class _Fused(torch.autograd.Function):
     # Tensor arguments: the calling convention of ._fused (dst_term, src_term, value,
     # edge_score_term, edge_bias, edge_value, att); absent ones are None.
     @staticmethod
-    def forward(ctx, kind, graph, slope, scale, p, seed, dst_term, src_term, value, edge_score_term, edge_bias,
+    def forward(ctx, code, graph, slope, scale, p, seed, dst_term, src_term, value, edge_score_term, edge_bias,
                 edge_value, att):
         Nd, H = graph.num_dst, src_term.size(1)
-        F = 1 if kind == GAT else src_term.size(2)
+        F = 1 if score_kind(code).scalar else src_term.size(2)
         Cv = value.size(2)
         acc_dtype = compute_dtype(value.dtype)
         out = torch.empty(Nd, H, Cv, device=value.device, dtype=value.dtype)
@@ -123,14 +123,15 @@ class _Fused(torch.autograd.Function):
         degree = degree_bucket(graph.num_edges, Nd)
         if Nd and H:
             _launch(
-                "fused_forward_kernel", (Nd, H), kind, graph.rowptr, graph.col, _or(dst_term, dummy), src_term, value,
+                "fused_forward_kernel", (Nd, H), graph.rowptr, graph.col, _or(dst_term, dummy), src_term, value,
                 _or(edge_score_term, dummy), _or(edge_bias, dummy), _or(edge_value, dummy), _or(att, dummy), out, lse,
                 H, F, Cv, _params(slope, scale, value), p, seed,
                 HAS_DST_TERM=dst_term is not None, HAS_EDGE_SCORE_TERM=edge_score_term is not None,
                 HAS_EDGE_BIAS=edge_bias is not None, HAS_EDGE_VALUE=edge_value is not None,
                 DROPOUT=p > 0, BLOCK_F=_pow2(F), BLOCK_C=_pow2(Cv), ACC=_acc(value.dtype), degree=degree,
+                **triton_traits(code),
             )
-        ctx.kind, ctx.graph, ctx.params = kind, graph, (slope, scale, p, seed)
+        ctx.kind, ctx.graph, ctx.params = code, graph, (slope, scale, p, seed)
         inputs = (dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att)
         ctx.present = [t is not None for t in inputs]
         ctx.save_for_backward(*inputs, out, lse)
@@ -142,11 +143,12 @@ class _Fused(torch.autograd.Function):
     def backward(ctx, d_out, _d_lse):
         dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, out, lse = ctx.saved_tensors
         graph = ctx.graph
-        kind = ctx.kind
+        code = ctx.kind
+        traits = triton_traits(code)
         slope, scale, p, seed = ctx.params
         colptr, row_by_src, eid = graph.transpose_csr()
         Nd, Ns, E, H = graph.num_dst, graph.num_src, graph.num_edges, src_term.size(1)
-        F = 1 if kind == GAT else src_term.size(2)
+        F = 1 if score_kind(code).scalar else src_term.size(2)
         Cv = value.size(2)
         d_out = d_out.contiguous()
         # FlashAttention's "delta": sum over channels of d_out * out, per destination and head
@@ -161,10 +163,10 @@ class _Fused(torch.autograd.Function):
         common = dict(HAS_DST_TERM=dst_term is not None, HAS_EDGE_SCORE_TERM=edge_score_term is not None,
                       HAS_EDGE_BIAS=edge_bias is not None, HAS_EDGE_VALUE=edge_value is not None,
                       DROPOUT=p > 0, BLOCK_F=_pow2(F), BLOCK_C=_pow2(Cv), ACC=_acc(value.dtype),
-                      degree=degree_bucket(E, Ns))
+                      degree=degree_bucket(E, Ns), **traits)
         if Ns and H:
             _launch(
-                "fused_backward_src_kernel", (Ns, H), kind, colptr, row_by_src, eid, _or(dst_term, dummy), src_term, value,
+                "fused_backward_src_kernel", (Ns, H), colptr, row_by_src, eid, _or(dst_term, dummy), src_term, value,
                 _or(edge_score_term, dummy), _or(edge_bias, dummy), _or(edge_value, dummy), _or(att, dummy),
                 lse, d_out, dout_dot_out,
                 d_src_term, d_value, _or(d_edge_score_term, dummy), _or(d_edge_bias, dummy), _or(d_edge_value, dummy),
@@ -173,15 +175,16 @@ class _Fused(torch.autograd.Function):
         d_dst_term = datt = None
         if dst_term is not None:
             d_dst_term = torch.empty_like(dst_term)
-            datt_rows = torch.zeros(Nd, H, F, device=value.device, dtype=lse.dtype) if kind == GATV2 else dummy
+            has_att = score_kind(code).weight == "att"
+            datt_rows = torch.zeros(Nd, H, F, device=value.device, dtype=lse.dtype) if has_att else dummy
             if Nd and H:
                 _launch(
-                    "fused_backward_dst_kernel", (Nd, H), kind, graph.rowptr, graph.col, dst_term, src_term, _or(edge_score_term, dummy),
+                    "fused_backward_dst_kernel", (Nd, H), graph.rowptr, graph.col, dst_term, src_term, _or(edge_score_term, dummy),
                     _or(att, dummy), g, d_dst_term, datt_rows, H, F, _params(slope, scale, value),
                     HAS_EDGE_SCORE_TERM=edge_score_term is not None, BLOCK_F=_pow2(F),
-                    ACC=_acc(value.dtype), degree=degree_bucket(E, Nd),
+                    ACC=_acc(value.dtype), degree=degree_bucket(E, Nd), **traits,
                 )
-            if kind == GATV2:
+            if has_att:
                 datt = datt_rows.sum(0).to(att.dtype)
         grads = [d_dst_term, d_src_term, d_value, d_edge_score_term, d_edge_bias, d_edge_value, datt]
         return (None,) * 6 + tuple(gr if present else None for gr, present in zip(grads, ctx.present))

@@ -13,11 +13,12 @@ over a row through a per-row score buffer and saves (max, log-normaliser); here
   atomics), then one program per (destination, head) sums the destination-side
   gradients from the per-edge score gradient.
 
-Score kinds (named ``GAT``, ``GATV2``, ``DOT`` in :mod:`graphattn.ops._fused`), for an edge
-``e = (j -> i)``: ``GAT``
-(``leaky(src_term[j] + dst_term[i] + edge_score_term[e])``), ``GATV2``
-(``att . leaky(src_term[j] + dst_term[i] + edge_score_term[e])``), ``DOT``
-(``scale * dst_term[i] . (src_term[j] + edge_score_term[e]) + edge_bias[e]``); messages are
+Scores have the general form of :mod:`graphattn.ops._fused`, for an edge ``e = (j -> i)``:
+``sum_c w_c * phi(z_c) + edge_bias[e]`` with ``z = src_term[j] + edge_score_term[e]`` (+
+``dst_term[i]`` when the kind adds it) and ``w`` one, ``att`` or ``scale * dst_term[i]``.
+The kernels take a kind as its traits (``SCALAR``, ``ADDS_DST``, ``WEIGHT``, ``ACT``
+constexprs, from :func:`graphattn.ops._fused.triton_traits`) and ``phi`` from the
+generated :mod:`graphattn.ops.triton_score_kinds`, so no kind is named here; messages are
 ``value[j]`` (+ ``edge_value[e]``). ``dst_term`` is the destination-side node tensor (GAT's
 ``a_dst . W x_i``, GATv2's ``W_r x_i``, the query), ``src_term`` the source-side one (the
 key for dot product); see :mod:`graphattn.ops._fused`. The backward's score gradient is
@@ -39,11 +40,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import _fused
-
-# The score kinds by name (one numbering for every backend: graphattn.ops._fused).
-GAT: tl.constexpr = tl.constexpr(_fused.GAT)
-GATV2: tl.constexpr = tl.constexpr(_fused.GATV2)
+from .triton_score_kinds import WEIGHT_ATT, WEIGHT_DST, activate, activate_grad
 
 
 @triton.jit
@@ -64,43 +61,62 @@ def _keep_scale(seed, e, h, H, p, ACC: tl.constexpr):
 
 
 @triton.jit
-def _scores(KIND: tl.constexpr, dst_term, src_term, edge_score_term, edge_bias, att, i, j, e, h, e_mask, H, F,
+def _pre_activation(ADDS_DST: tl.constexpr, dst_term, src_term, edge_score_term, i, j, e, h, m2, H, F, offs_f,
+                    HAS_EDGE_SCORE_TERM: tl.constexpr, ACC: tl.constexpr):
+    """``z = src_term[j] (+ dst_term[i]) (+ edge_score_term[e])`` for a block of edges: [BLOCK_E, BLOCK_F]."""
+    z = tl.load(src_term + (j * H + h)[:, None] * F + offs_f[None, :], mask=m2, other=0.0).to(ACC)
+    if ADDS_DST:
+        z += tl.load(dst_term + (i * H + h)[:, None] * F + offs_f[None, :], mask=m2, other=0.0).to(ACC)
+    if HAS_EDGE_SCORE_TERM:
+        z += tl.load(edge_score_term + (e * H + h)[:, None] * F + offs_f[None, :], mask=m2, other=0.0).to(ACC)
+    return z
+
+
+@triton.jit
+def _channel_weight(WEIGHT: tl.constexpr, dst_term, att, i, h, m2, f_mask, H, F, offs_f, scale, ACC: tl.constexpr):
+    """The channel weights ``w`` with the scale in them, 0 on padded channels."""
+    if WEIGHT == WEIGHT_ATT:
+        w = tl.load(att + h * F + offs_f, mask=f_mask, other=0.0).to(ACC)[None, :]  # broadcast over edges
+    elif WEIGHT == WEIGHT_DST:
+        w = tl.load(dst_term + (i * H + h)[:, None] * F + offs_f[None, :], mask=m2, other=0.0).to(ACC) * scale
+    else:
+        w = tl.where(m2, 1.0, 0.0).to(ACC)
+    return w
+
+
+@triton.jit
+def _scores(SCALAR: tl.constexpr, ADDS_DST: tl.constexpr, WEIGHT: tl.constexpr, ACT: tl.constexpr,
+            dst_term, src_term, edge_score_term, edge_bias, att, i, j, e, h, e_mask, H, F,
             offs_f, f_mask, slope, scale, HAS_DST_TERM: tl.constexpr, HAS_EDGE_SCORE_TERM: tl.constexpr,
             HAS_EDGE_BIAS: tl.constexpr, ACC: tl.constexpr):
     """Scores of a block of edges (j[k] -> i[k], edge ids e[k]) for head h: [BLOCK_E]."""
-    if KIND == GAT:
+    if SCALAR:  # one term per head
         s = tl.load(src_term + j * H + h, mask=e_mask, other=0.0).to(ACC)
-        if HAS_DST_TERM:
-            s += tl.load(dst_term + i * H + h, mask=e_mask, other=0.0).to(ACC)
+        if ADDS_DST:
+            if HAS_DST_TERM:
+                s += tl.load(dst_term + i * H + h, mask=e_mask, other=0.0).to(ACC)
         if HAS_EDGE_SCORE_TERM:
             s += tl.load(edge_score_term + e * H + h, mask=e_mask, other=0.0).to(ACC)
-        s = tl.where(s > 0, s, s * slope)
+        s = activate(ACT, s, slope)
     else:
         m2 = e_mask[:, None] & f_mask[None, :]
-        src = tl.load(src_term + (j * H + h)[:, None] * F + offs_f[None, :], mask=m2, other=0.0).to(ACC)
-        dst = tl.load(dst_term + (i * H + h)[:, None] * F + offs_f[None, :], mask=m2, other=0.0).to(ACC)
-        if HAS_EDGE_SCORE_TERM:
-            src += tl.load(edge_score_term + (e * H + h)[:, None] * F + offs_f[None, :], mask=m2, other=0.0).to(ACC)
-        if KIND == GATV2:
-            z = dst + src
-            z = tl.where(z > 0, z, z * slope)
-            w = tl.load(att + h * F + offs_f, mask=f_mask, other=0.0).to(ACC)
-            s = tl.sum(z * w[None, :], axis=1)
-        else:
-            s = tl.sum(dst * src, axis=1) * scale
-            if HAS_EDGE_BIAS:
-                s += tl.load(edge_bias + e * H + h, mask=e_mask, other=0.0).to(ACC)
+        z = _pre_activation(ADDS_DST, dst_term, src_term, edge_score_term, i, j, e, h, m2, H, F, offs_f,
+                            HAS_EDGE_SCORE_TERM, ACC)
+        w = _channel_weight(WEIGHT, dst_term, att, i, h, m2, f_mask, H, F, offs_f, scale, ACC)
+        s = tl.sum(w * activate(ACT, z, slope), axis=1)
+    if HAS_EDGE_BIAS:
+        s += tl.load(edge_bias + e * H + h, mask=e_mask, other=0.0).to(ACC)
     return s
 
 
 @triton.jit
 def fused_forward_kernel(
-    KIND: tl.constexpr, rowptr, col, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, out, lse,
+    rowptr, col, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, out, lse,
     H, F, Cv, params, p, seed, degree_bucket,
     HAS_DST_TERM: tl.constexpr, HAS_EDGE_SCORE_TERM: tl.constexpr, HAS_EDGE_BIAS: tl.constexpr,
     HAS_EDGE_VALUE: tl.constexpr,
     DROPOUT: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_C: tl.constexpr,
-    ACC: tl.constexpr,
+    ACC: tl.constexpr, SCALAR: tl.constexpr, ADDS_DST: tl.constexpr, WEIGHT: tl.constexpr, ACT: tl.constexpr,
 ):
     slope = tl.load(params)
     scale = tl.load(params + 1)
@@ -120,7 +136,8 @@ def fused_forward_kernel(
         e_mask = e < end
         j = tl.load(col + e, mask=e_mask, other=0)
         ii = tl.zeros((BLOCK_E,), tl.int64) + i
-        s = _scores(KIND, dst_term, src_term, edge_score_term, edge_bias, att, ii, j, e, h, e_mask, H, F, offs_f,
+        s = _scores(SCALAR, ADDS_DST, WEIGHT, ACT, dst_term, src_term, edge_score_term, edge_bias, att, ii, j, e, h,
+                    e_mask, H, F, offs_f,
                     f_mask, slope, scale, HAS_DST_TERM, HAS_EDGE_SCORE_TERM, HAS_EDGE_BIAS, ACC)
         s = tl.where(e_mask, s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=0))
@@ -150,14 +167,14 @@ def fused_forward_kernel(
 
 @triton.jit
 def fused_backward_src_kernel(
-    KIND: tl.constexpr, colptr, row_by_src, eid, dst_term, src_term, value, edge_score_term, edge_bias, edge_value,
+    colptr, row_by_src, eid, dst_term, src_term, value, edge_score_term, edge_bias, edge_value,
     att, lse, dO, dout_dot_out,
     d_src_term, d_value, d_edge_score_term, d_edge_bias, d_edge_value, g,
     H, F, Cv, params, p, seed, degree_bucket,
     HAS_DST_TERM: tl.constexpr, HAS_EDGE_SCORE_TERM: tl.constexpr, HAS_EDGE_BIAS: tl.constexpr,
     HAS_EDGE_VALUE: tl.constexpr,
     DROPOUT: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_C: tl.constexpr,
-    ACC: tl.constexpr,
+    ACC: tl.constexpr, SCALAR: tl.constexpr, ADDS_DST: tl.constexpr, WEIGHT: tl.constexpr, ACT: tl.constexpr,
 ):
     slope = tl.load(params)
     scale = tl.load(params + 1)
@@ -178,7 +195,8 @@ def fused_backward_src_kernel(
         e = tl.load(eid + k, mask=e_mask, other=0)
         i = tl.load(row_by_src + k, mask=e_mask, other=0)
         jj = tl.zeros((BLOCK_E,), tl.int64) + j
-        s = _scores(KIND, dst_term, src_term, edge_score_term, edge_bias, att, i, jj, e, h, e_mask, H, F, offs_f,
+        s = _scores(SCALAR, ADDS_DST, WEIGHT, ACT, dst_term, src_term, edge_score_term, edge_bias, att, i, jj, e, h,
+                    e_mask, H, F, offs_f,
                     f_mask, slope, scale, HAS_DST_TERM, HAS_EDGE_SCORE_TERM, HAS_EDGE_BIAS, ACC)
         L = tl.load(lse + i * H + h, mask=e_mask, other=float("-inf")).to(ACC)
         # a NaN lse (the row's normaliser is NaN) makes every weight of the row NaN
@@ -201,45 +219,33 @@ def fused_backward_src_kernel(
         if HAS_EDGE_VALUE:
             tl.store(d_edge_value + (e * H + h)[:, None] * Cv + offs_c[None, :],
                      (wv[:, None] * d_out).to(d_edge_value.dtype.element_ty), mask=cm)
-        if KIND == GAT:
+        if SCALAR:  # d z = ds * phi'(z); g keeps d z (the destination's gradient is its row's sum)
             z = tl.load(src_term + j * H + h).to(ACC) + tl.zeros((BLOCK_E,), ACC)
-            if HAS_DST_TERM:
-                z += tl.load(dst_term + i * H + h, mask=e_mask, other=0.0).to(ACC)
+            if ADDS_DST:
+                if HAS_DST_TERM:
+                    z += tl.load(dst_term + i * H + h, mask=e_mask, other=0.0).to(ACC)
             if HAS_EDGE_SCORE_TERM:
                 z += tl.load(edge_score_term + e * H + h, mask=e_mask, other=0.0).to(ACC)
-            dz = ds * tl.where(z > 0, 1.0, slope)
-            dz = tl.where(e_mask, dz, 0.0)
+            dz = tl.where(e_mask, ds * activate_grad(ACT, z, slope), 0.0)
             d_src += tl.sum(dz, axis=0)  # broadcast into lane 0 below
             if HAS_EDGE_SCORE_TERM:
                 tl.store(d_edge_score_term + e * H + h, dz.to(d_edge_score_term.dtype.element_ty), mask=e_mask)
             tl.store(g + e * H + h, dz.to(g.dtype.element_ty), mask=e_mask)
-        else:
+        else:  # d z = ds * w * phi'(z); g keeps ds
             fm = e_mask[:, None] & f_mask[None, :]
-            dst = tl.load(dst_term + (i * H + h)[:, None] * F + offs_f[None, :], mask=fm, other=0.0).to(ACC)
-            if KIND == GATV2:
-                z = dst + tl.load(src_term + (j * H + h) * F + offs_f, mask=f_mask, other=0.0).to(ACC)[None, :]
-                if HAS_EDGE_SCORE_TERM:
-                    z += tl.load(edge_score_term + (e * H + h)[:, None] * F + offs_f[None, :], mask=fm,
-                                 other=0.0).to(ACC)
-                w = tl.load(att + h * F + offs_f, mask=f_mask, other=0.0).to(ACC)
-                dz = ds[:, None] * w[None, :] * tl.where(z > 0, 1.0, slope)
-                dz = tl.where(fm, dz, 0.0)
-                d_src += tl.sum(dz, axis=0)
-                if HAS_EDGE_SCORE_TERM:
-                    tl.store(d_edge_score_term + (e * H + h)[:, None] * F + offs_f[None, :],
-                             dz.to(d_edge_score_term.dtype.element_ty), mask=fm)
-            else:
-                dk = (ds * scale)[:, None] * dst
-                dk = tl.where(fm, dk, 0.0)
-                d_src += tl.sum(dk, axis=0)
-                if HAS_EDGE_SCORE_TERM:
-                    tl.store(d_edge_score_term + (e * H + h)[:, None] * F + offs_f[None, :],
-                             dk.to(d_edge_score_term.dtype.element_ty), mask=fm)
-                if HAS_EDGE_BIAS:
-                    tl.store(d_edge_bias + e * H + h, ds.to(d_edge_bias.dtype.element_ty), mask=e_mask)
+            z = _pre_activation(ADDS_DST, dst_term, src_term, edge_score_term, i, jj, e, h, fm, H, F, offs_f,
+                                HAS_EDGE_SCORE_TERM, ACC)
+            w = _channel_weight(WEIGHT, dst_term, att, i, h, fm, f_mask, H, F, offs_f, scale, ACC)
+            dz = tl.where(fm, ds[:, None] * w * activate_grad(ACT, z, slope), 0.0)
+            d_src += tl.sum(dz, axis=0)
+            if HAS_EDGE_SCORE_TERM:
+                tl.store(d_edge_score_term + (e * H + h)[:, None] * F + offs_f[None, :],
+                         dz.to(d_edge_score_term.dtype.element_ty), mask=fm)
             tl.store(g + e * H + h, ds.to(g.dtype.element_ty), mask=e_mask)
+        if HAS_EDGE_BIAS:
+            tl.store(d_edge_bias + e * H + h, ds.to(d_edge_bias.dtype.element_ty), mask=e_mask)
     tl.store(d_value + (j * H + h) * Cv + offs_c, dv.to(d_value.dtype.element_ty), mask=c_mask)
-    if KIND == GAT:
+    if SCALAR:
         # d_src holds the same scalar sum in every lane; write it once
         tl.store(d_src_term + j * H + h + offs_f * 0, d_src.to(d_src_term.dtype.element_ty), mask=offs_f == 0)
     else:
@@ -248,9 +254,10 @@ def fused_backward_src_kernel(
 
 @triton.jit
 def fused_backward_dst_kernel(
-    KIND: tl.constexpr, rowptr, col, dst_term, src_term, edge_score_term, att, g, d_dst_term, datt_rows,
+    rowptr, col, dst_term, src_term, edge_score_term, att, g, d_dst_term, datt_rows,
     H, F, params, degree_bucket,
     HAS_EDGE_SCORE_TERM: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr, ACC: tl.constexpr,
+    SCALAR: tl.constexpr, ADDS_DST: tl.constexpr, WEIGHT: tl.constexpr, ACT: tl.constexpr,
 ):
     slope = tl.load(params)
     scale = tl.load(params + 1)
@@ -266,24 +273,25 @@ def fused_backward_dst_kernel(
         e = e0 + tl.arange(0, BLOCK_E)
         e_mask = e < end
         gs = tl.load(g + e * H + h, mask=e_mask, other=0.0).to(ACC)
-        if KIND == GAT:
+        if SCALAR:
             d_dst += tl.sum(gs, axis=0)
-        else:
+        else:  # dst_term gets ds * w * phi'(z) where added, ds * scale * phi(z) where it weights; att ds * phi(z)
             j = tl.load(col + e, mask=e_mask, other=0)
+            ii = tl.zeros((BLOCK_E,), tl.int64) + i
             fm = e_mask[:, None] & f_mask[None, :]
-            src = tl.load(src_term + (j * H + h)[:, None] * F + offs_f[None, :], mask=fm, other=0.0).to(ACC)
-            if HAS_EDGE_SCORE_TERM:
-                src += tl.load(edge_score_term + (e * H + h)[:, None] * F + offs_f[None, :], mask=fm, other=0.0).to(ACC)
-            if KIND == GATV2:
-                z = src + tl.load(dst_term + (i * H + h) * F + offs_f, mask=f_mask, other=0.0).to(ACC)[None, :]
-                w = tl.load(att + h * F + offs_f, mask=f_mask, other=0.0).to(ACC)
-                d_dst += tl.sum(tl.where(fm, gs[:, None] * w[None, :] * tl.where(z > 0, 1.0, slope), 0.0), axis=0)
-                dat += tl.sum(tl.where(fm, gs[:, None] * tl.where(z > 0, z, z * slope), 0.0), axis=0)
-            else:
-                d_dst += tl.sum(tl.where(fm, (gs * scale)[:, None] * src, 0.0), axis=0)
-    if KIND == GAT:
+            z = _pre_activation(ADDS_DST, dst_term, src_term, edge_score_term, ii, j, e, h, fm, H, F, offs_f,
+                                HAS_EDGE_SCORE_TERM, ACC)
+            w = _channel_weight(WEIGHT, dst_term, att, ii, h, fm, f_mask, H, F, offs_f, scale, ACC)
+            phi = activate(ACT, z, slope)
+            if ADDS_DST:
+                d_dst += tl.sum(tl.where(fm, gs[:, None] * w * activate_grad(ACT, z, slope), 0.0), axis=0)
+            if WEIGHT == WEIGHT_ATT:
+                dat += tl.sum(tl.where(fm, gs[:, None] * phi, 0.0), axis=0)
+            if WEIGHT == WEIGHT_DST:
+                d_dst += tl.sum(tl.where(fm, (gs * scale)[:, None] * phi, 0.0), axis=0)
+    if SCALAR:
         tl.store(d_dst_term + i * H + h + offs_f * 0, d_dst.to(d_dst_term.dtype.element_ty), mask=offs_f == 0)
     else:
         tl.store(d_dst_term + (i * H + h) * F + offs_f, d_dst.to(d_dst_term.dtype.element_ty), mask=f_mask)
-        if KIND == GATV2:
+        if WEIGHT == WEIGHT_ATT:
             tl.store(datt_rows + (i * H + h) * F + offs_f, dat.to(datt_rows.dtype.element_ty), mask=f_mask)

@@ -1,11 +1,17 @@
 // Fused graph attention on CPU: score -> per-destination softmax -> aggregate,
 // without any [E, H, C] intermediate.
 //
-// Three score kinds share one kernel body:
-//   GAT   (kind 0): s = leaky(src_term[j,h] + dst_term[i,h] + edge_score_term[e,h])      (F = 1)
-//   GATV2 (kind 1): s = sum_c att[h,c] * leaky(src_term[j,h,c] + dst_term[i,h,c] + edge_score_term[e,h,c])
-//   DOT   (kind 2): s = scale * <dst_term[i,h,:], src_term[j,h,:] + edge_score_term[e,h,:]> + edge_bias[e,h]
-// for an edge e = (j -> i) in CSR order (sorted by destination i). Messages are
+// Every score kind is one general form, for an edge e = (j -> i) in CSR order (sorted
+// by destination i) and a head h:
+//   s = sum_c w[c] * phi(z[c]) + edge_bias[e,h],
+//   z = src_term[j,h,:] + edge_score_term[e,h,:] (+ dst_term[i,h,:] when the kind adds it),
+//   w = 1, att[h,:] or scale * dst_term[i,h,:], by the kind.
+// A kind is a set of compile-time traits (KindTraits<KIND>: adds_dst, weight,
+// activation, scalar) and phi is an activation with its derivative (activate /
+// activate_grad); both are generated into score_kinds.h from graphattn/ops/_fused.py,
+// where GAT = leaky(src + dst + edge) (scalar: F = 1), GATV2 = att . leaky(src + dst +
+// edge) and DOT = scale * dst . (src + edge) + bias. The code below writes the general
+// form and its derivative once; no kind is named in it. Messages are
 // value[j,h,:] (+ edge_value[e,h,:]). dst_term is the destination-side node tensor
 // (GAT's a_dst . W x_i, GATv2's W_r x_i, the dot product's query), src_term the
 // source-side one (a_src . W x_j, W_l x_j, the key).
@@ -43,6 +49,8 @@
 #include <limits>
 #include <vector>
 
+#include "score_kinds.h"
+
 #ifdef GRAPHATTN_BOUNDS_CHECK
 #define GA_CHECK_INDEX(idx, bound, what) \
   TORCH_CHECK((idx) >= 0 && (idx) < (bound), "graphattn kernel: ", what, " index ", (idx), " out of [0, ", (bound), ")")
@@ -52,8 +60,9 @@
 
 namespace {
 
-enum Kind { GAT = 0, GATV2 = 1, DOT = 2 };
-constexpr int64_t kMaxF = 1024;  // GATv2 channels per head held on the stack (checked on entry)
+// Channels per head of a kind whose activation needs its pre-activation z held per
+// edge (GATv2's), kept on the stack (checked on entry).
+constexpr int64_t kMaxF = 1024;
 
 // Reductions over channels. A plain `acc += x[c] * y[c]` loop is a serial chain of
 // dependent adds (the compiler may not reorder floating-point sums), one FMA latency
@@ -77,15 +86,20 @@ inline T dot_sum(const T* __restrict__ x, const T* __restrict__ y, const T* __re
   return acc;
 }
 
-// LeakyReLU and its derivative in forms GCC vectorises: max/min instead of a
-// select, and a 0/1 select of constants (if-converted under -fno-trapping-math).
-// The channel loops below copy the slope to a local first: read through the Args
-// reference it is reloaded every iteration and the loop stays scalar and branchy,
-// and with a sign that is a coin flip per channel the branch mispredicts half the time.
 template <typename T>
-inline T leaky_relu(T z, T slope) { return std::max(z, T(0)) + slope * std::min(z, T(0)); }
-template <typename T>
-inline T leaky_relu_grad(T z, T slope) { return z > T(0) ? T(1) : slope; }
+inline T sum(const T* __restrict__ x, int64_t n) {
+  T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+  for (int64_t c = 0; c < n; ++c) acc += x[c];
+  return acc;
+}
+
+// The activations (score_kinds.h) are written in forms GCC vectorises: LeakyReLU as
+// max/min instead of a select, its derivative as a 0/1 select of constants
+// (if-converted under -fno-trapping-math). The channel loops below copy the slope to
+// a local first: read through the Args reference it is reloaded every iteration and
+// the loop stays scalar and branchy, and with a sign that is a coin flip per channel
+// the branch mispredicts half the time.
 
 // ---- Vector helpers -------------------------------------------------------
 // exp on the kernels' hot paths. For float, Cephes' expf in a form GCC vectorises
@@ -227,24 +241,42 @@ struct Args {
   double p;                  // dropout probability
   uint64_t seed;
 
-  // GATv2 pre-activation z = src_term[j,h,:] + dst_term[i,h,:] (+ edge_score_term[e,h,:]), branch-free loops.
-  inline void gatv2_z(int64_t i, int64_t j, int64_t e, int64_t h, T* __restrict__ z) const {
+  // z = src_term[j,h,:] (+ dst_term[i,h,:] when the kind adds it) (+ edge_score_term[e,h,:]) into z[0..F).
+  template <int KIND>
+  inline void pre_activation(int64_t i, int64_t j, int64_t e, int64_t h, T* __restrict__ z) const {
     const T* __restrict__ src = src_term + (j * H + h) * F;
-    const T* __restrict__ dst = dst_term + (i * H + h) * F;
-    for (int64_t c = 0; c < F; ++c) z[c] = src[c] + dst[c];
+    if constexpr (KindTraits<KIND>::adds_dst) {
+      const T* __restrict__ dst = dst_term + (i * H + h) * F;
+      for (int64_t c = 0; c < F; ++c) z[c] = src[c] + dst[c];
+    } else {
+      for (int64_t c = 0; c < F; ++c) z[c] = src[c];
+    }
     if (edge_score_term) {
       const T* __restrict__ es = edge_score_term + (e * H + h) * F;
       for (int64_t c = 0; c < F; ++c) z[c] += es[c];
     }
   }
 
+  // The channel weights w of head h without the scale (null: all ones), and the scale.
+  template <int KIND>
+  inline const T* channel_weight(int64_t i, int64_t h) const {
+    constexpr int W = KindTraits<KIND>::weight;
+    if constexpr (W == kWeight_att) return att + h * F;
+    else if constexpr (W == kWeight_dst) return dst_term + (i * H + h) * F;
+    else return nullptr;
+  }
+  template <int KIND>
+  inline T weight_scale() const { return KindTraits<KIND>::weight == kWeight_dst ? scale : T(1); }
+
   // Scores of edge e = (j -> i) for all heads into s[0..H).
   template <int KIND>
   inline void scores(int64_t i, int64_t j, int64_t e, T* __restrict__ s) const {
-    if (KIND == GAT) {
+    using K = KindTraits<KIND>;
+    if constexpr (K::scalar) {  // one term per head: vectorised across heads
+      static_assert(K::weight == kWeight_one, "a scalar kind has no channel weight");
       const T* src = src_term + j * H;
       for (int64_t h = 0; h < H; ++h) s[h] = src[h];
-      if (dst_term) {
+      if (K::adds_dst && dst_term) {
         const T* dst = dst_term + i * H;
         for (int64_t h = 0; h < H; ++h) s[h] += dst[h];
       }
@@ -252,29 +284,31 @@ struct Args {
         const T* es = edge_score_term + e * H;
         for (int64_t h = 0; h < H; ++h) s[h] += es[h];
       }
-      for (int64_t h = 0; h < H; ++h) s[h] = leaky_relu(s[h], slope);
-    } else if (KIND == GATV2) {
-      T z[kMaxF];
+      const T sl = slope;
+      for (int64_t h = 0; h < H; ++h) s[h] = activate<K::activation>(s[h], sl);
+    } else if constexpr (K::activation == kAct_identity && K::weight != kWeight_one) {
+      // phi(z) = z: s = w . z, summed without a z buffer
       for (int64_t h = 0; h < H; ++h) {
-        gatv2_z(i, j, e, h, z);
-        const T* at = att + h * F;
-        const T sl = slope;
-#pragma omp simd
-        for (int64_t c = 0; c < F; ++c) z[c] = leaky_relu(z[c], sl);
-        s[h] = dot(at, z, F);
+        const T* w = channel_weight<KIND>(i, h);
+        const T* src = src_term + (j * H + h) * F;
+        T acc = edge_score_term ? dot_sum(w, src, edge_score_term + (e * H + h) * F, F) : dot(w, src, F);
+        if constexpr (K::adds_dst) acc += dot(w, dst_term + (i * H + h) * F, F);
+        s[h] = acc * weight_scale<KIND>();
       }
     } else {
-      const T* key = src_term + j * H * F;
-      const T* q = dst_term + i * H * F;
-      const T* es = edge_score_term ? edge_score_term + e * H * F : nullptr;
+      T z[kMaxF];
       for (int64_t h = 0; h < H; ++h) {
-        const T acc = es ? dot_sum(q + h * F, key + h * F, es + h * F, F) : dot(q + h * F, key + h * F, F);
-        s[h] = acc * scale;
+        pre_activation<KIND>(i, j, e, h, z);
+        const T sl = slope;
+#pragma omp simd
+        for (int64_t c = 0; c < F; ++c) z[c] = activate<K::activation>(z[c], sl);
+        const T* w = channel_weight<KIND>(i, h);
+        s[h] = (w ? dot(w, z, F) : sum(z, F)) * weight_scale<KIND>();
       }
-      if (edge_bias) {
-        const T* eb = edge_bias + e * H;
-        for (int64_t h = 0; h < H; ++h) s[h] += eb[h];
-      }
+    }
+    if (K::takes_edge_bias && edge_bias) {
+      const T* eb = edge_bias + e * H;
+      for (int64_t h = 0; h < H; ++h) s[h] += eb[h];
     }
   }
 
@@ -292,7 +326,7 @@ Args<T> make_args(int64_t kind, int64_t nd, int64_t ne, const torch::Tensor& dst
                   int64_t seed) {
   Args<T> a;
   a.H = src_term.size(1);
-  a.F = kind == GAT ? 1 : src_term.size(2);
+  a.F = kind_scalar(kind) ? 1 : src_term.size(2);
   a.Cv = value.size(2);
   a.Ns = value.size(0);
   a.Nd = nd;
@@ -323,7 +357,8 @@ void check_inputs(int64_t kind, const torch::Tensor& rowptr, const torch::Tensor
   TORCH_CHECK(src_term.dim() >= 2 && value.dim() == 3 && src_term.size(0) == value.size(0) &&
                   src_term.size(1) == value.size(1),
               "source-side tensors disagree in rows or heads");
-  const int64_t E = col.size(0), H = src_term.size(1), F = kind == GAT ? 1 : src_term.size(2);
+  TORCH_CHECK(is_kind(kind), "unknown score kind ", kind);
+  const int64_t E = col.size(0), H = src_term.size(1), F = kind_scalar(kind) ? 1 : src_term.size(2);
   TORCH_CHECK(!dst_term.numel() || (dst_term.size(0) == Nd && dst_term.numel() == Nd * H * F),
               "destination-side tensor has the wrong shape");
   TORCH_CHECK(!edge_score_term.numel() || edge_score_term.numel() == E * H * F,
@@ -331,12 +366,13 @@ void check_inputs(int64_t kind, const torch::Tensor& rowptr, const torch::Tensor
   TORCH_CHECK(!edge_bias.numel() || edge_bias.numel() == E * H, "per-edge bias has the wrong shape");
   TORCH_CHECK(!edge_value.numel() || edge_value.numel() == E * H * value.size(2),
               "per-edge value term has the wrong shape");
-  TORCH_CHECK(kind != GATV2 || att.numel() == H * F, "att has the wrong shape");
-  TORCH_CHECK(kind == GAT || dst_term.numel() == Nd * H * F,
-              kind == DOT ? "query has the wrong shape" : "GATv2 needs its destination-side tensor");
-  // Only the dot-product score adds a per-edge bias (GAT/GATv2 take theirs inside
-  // the score): the backward writes its gradient for DOT alone.
-  TORCH_CHECK(kind == DOT || !edge_bias.numel(), "a per-edge bias is taken by the dot-product kind only");
+  TORCH_CHECK(kind_weight(kind) != kWeight_att || att.numel() == H * F, "att has the wrong shape");
+  // A kind whose score reads dst_term per channel needs it; a scalar kind may go without.
+  TORCH_CHECK(kind_scalar(kind) || dst_term.numel() == Nd * H * F,
+              "score kind ", kind_name(kind), " needs its destination-side tensor [num_dst, H, F]");
+  // Kinds that take their per-edge term inside the score take no bias: the backward
+  // writes a bias gradient only for the kinds that take one.
+  TORCH_CHECK(kind_takes_edge_bias(kind) || !edge_bias.numel(), "score kind ", kind_name(kind), " takes no per-edge bias");
   for (const auto* t :
        {&rowptr, &col, &dst_term, &src_term, &value, &edge_score_term, &edge_bias, &edge_value, &att})
     TORCH_CHECK(t->is_contiguous(), "inputs must be contiguous");
@@ -396,19 +432,7 @@ void forward_impl(const Args<T>& a, const int64_t* rowptr, const int64_t* col, i
   });
 }
 
-#define GA_DISPATCH_KIND(kind, ...)                   \
-  [&] {                                               \
-    if ((kind) == GAT) {                              \
-      constexpr int KIND = GAT;                       \
-      return __VA_ARGS__();                           \
-    } else if ((kind) == GATV2) {                     \
-      constexpr int KIND = GATV2;                     \
-      return __VA_ARGS__();                           \
-    } else {                                          \
-      constexpr int KIND = DOT;                       \
-      return __VA_ARGS__();                           \
-    }                                                 \
-  }()
+// GA_DISPATCH_KIND (a run-time kind to a compile-time KIND) is in score_kinds.h.
 
 // The normalised weights of a row's scores s[0..H) from its stats st[2h], st[2h+1] =
 // (max, log normaliser), in place. A NaN stat gives NaN; an empty row (max -inf)
@@ -421,6 +445,94 @@ inline void weights_from_stats(T* __restrict__ s, const T* __restrict__ st, int6
     const T m = st[2 * h], log_l = st[2 * h + 1];
     const T w = exp_nonpos((s[h] - m) - log_l);
     s[h] = m == NEG_INF ? T(0) : w;
+  }
+}
+
+// The gradients an edge e = (j -> i) sends to its source side and to itself, from its
+// score gradients ds[0..H): with dz = ds * w * phi'(z), src_term and edge_score_term
+// get dz, edge_bias gets ds. gp[e] keeps what the destination pass needs: dz for a
+// scalar kind (its dst_term gradient is the row's sum of dz), else ds.
+template <int KIND, typename T>
+inline void source_side_gradients(const Args<T>& a, int64_t i, int64_t j, int64_t e, const T* ds, T* d_src_term,
+                                  T* d_edge_score_term, T* d_edge_bias, T* gp) {
+  using K = KindTraits<KIND>;
+  const int64_t H = a.H, F = a.F;
+  const T sl = a.slope;
+  if constexpr (K::scalar) {
+    for (int64_t h = 0; h < H; ++h) {
+      T z = a.src_term[j * H + h];
+      if (K::adds_dst && a.dst_term) z += a.dst_term[i * H + h];
+      if (a.edge_score_term) z += a.edge_score_term[e * H + h];
+      const T dz = ds[h] * activate_grad<K::activation>(z, sl);
+      d_src_term[j * H + h] += dz;
+      if (d_edge_score_term) d_edge_score_term[e * H + h] = dz;
+      gp[e * H + h] = dz;
+    }
+  } else {
+    for (int64_t h = 0; h < H; ++h) {
+      const T dsw = ds[h] * a.template weight_scale<KIND>();
+      const T* __restrict__ w = a.template channel_weight<KIND>(i, h);
+      T* __restrict__ dsrc = d_src_term + (j * H + h) * F;
+      T* __restrict__ des = d_edge_score_term ? d_edge_score_term + (e * H + h) * F : nullptr;
+      if constexpr (K::activation == kAct_identity) {  // phi' = 1: dz = ds * w
+        for (int64_t c = 0; c < F; ++c) dsrc[c] += w ? dsw * w[c] : dsw;
+        if (des)
+          for (int64_t c = 0; c < F; ++c) des[c] = w ? dsw * w[c] : dsw;
+      } else {
+        T z[kMaxF];
+        a.template pre_activation<KIND>(i, j, e, h, z);
+#pragma omp simd
+        for (int64_t c = 0; c < F; ++c) z[c] = dsw * (w ? w[c] : T(1)) * activate_grad<K::activation>(z[c], sl);
+        for (int64_t c = 0; c < F; ++c) dsrc[c] += z[c];
+        if (des)
+          for (int64_t c = 0; c < F; ++c) des[c] = z[c];
+      }
+      if (K::takes_edge_bias && d_edge_bias) d_edge_bias[e * H + h] = ds[h];
+      gp[e * H + h] = ds[h];
+    }
+  }
+}
+
+// What edge e = (j -> i), with score gradients gs[0..H) (gp[e]), sends to its
+// destination side: dst_term gets ds * w * phi'(z) when the kind adds it, and
+// ds * scale * phi(z) when it weights by it; att gets ds * phi(z), per row into datt_rows.
+template <int KIND, typename T>
+inline void destination_side_gradients(const Args<T>& a, int64_t i, int64_t j, int64_t e, const T* gs,
+                                       T* d_dst_term, T* datt_rows) {
+  using K = KindTraits<KIND>;
+  const int64_t H = a.H, F = a.F;
+  if constexpr (K::scalar) {  // gp holds dz
+    for (int64_t h = 0; h < H; ++h) d_dst_term[i * H + h] += gs[h];
+    return;
+  } else {
+    const T sl = a.slope, scale = a.template weight_scale<KIND>();
+    for (int64_t h = 0; h < H; ++h) {
+      const T g = gs[h];
+      const T* __restrict__ w = a.template channel_weight<KIND>(i, h);
+      T* __restrict__ ddst = d_dst_term + (i * H + h) * F;
+      T* __restrict__ dat = K::weight == kWeight_att ? datt_rows + (i * H + h) * F : nullptr;
+      auto update = [&](int64_t c, T phi, T dphi) {
+        if constexpr (K::adds_dst) ddst[c] += g * (w ? w[c] * scale : T(1)) * dphi;
+        if constexpr (K::weight == kWeight_att) dat[c] += g * phi;
+        if constexpr (K::weight == kWeight_dst) ddst[c] += g * scale * phi;
+      };
+      if constexpr (K::activation == kAct_identity) {  // phi(z) = z, phi' = 1: no z buffer
+        const T* __restrict__ src = a.src_term + (j * H + h) * F;
+        const T* __restrict__ es = a.edge_score_term ? a.edge_score_term + (e * H + h) * F : nullptr;
+        const T* __restrict__ dst = K::adds_dst ? a.dst_term + (i * H + h) * F : nullptr;
+        for (int64_t c = 0; c < F; ++c) {
+          T z = src[c];
+          if (es) z += es[c];
+          if (dst) z += dst[c];
+          update(c, z, T(1));
+        }
+      } else {
+        T z[kMaxF];
+        a.template pre_activation<KIND>(i, j, e, h, z);
+#pragma omp simd
+        for (int64_t c = 0; c < F; ++c) update(c, activate<K::activation>(z[c], sl), activate_grad<K::activation>(z[c], sl));
+      }
+    }
   }
 }
 
@@ -472,43 +584,7 @@ void backward_impl(const Args<T>& a, const int64_t* rp, const int64_t* cl, const
             for (int64_t c = 0; c < Cv; ++c) devh[c] = wv[h] * dOh[c];
           }
         }
-        if (KIND == GAT) {
-          for (int64_t h = 0; h < H; ++h) {
-            T z = a.src_term[j * H + h];
-            if (a.dst_term) z += a.dst_term[i * H + h];
-            if (a.edge_score_term) z += a.edge_score_term[e * H + h];
-            const T dz = ds[h] * leaky_relu_grad(z, a.slope);
-            d_src_term[j * H + h] += dz;
-            if (d_edge_score_term) d_edge_score_term[e * H + h] = dz;
-            gp[e * H + h] = dz;
-          }
-        } else if (KIND == GATV2) {
-          T z[kMaxF];
-          for (int64_t h = 0; h < H; ++h) {
-            a.gatv2_z(i, j, e, h, z);
-            const T* at = a.att + h * F;
-            T* __restrict__ dsrc = d_src_term + (j * H + h) * F;
-            const T dsh = ds[h], sl = a.slope;
-#pragma omp simd
-            for (int64_t c = 0; c < F; ++c) z[c] = dsh * at[c] * leaky_relu_grad(z[c], sl);
-            for (int64_t c = 0; c < F; ++c) dsrc[c] += z[c];
-            if (d_edge_score_term) {
-              T* __restrict__ des = d_edge_score_term + (e * H + h) * F;
-              for (int64_t c = 0; c < F; ++c) des[c] = z[c];
-            }
-            gp[e * H + h] = dsh;
-          }
-        } else {
-          for (int64_t h = 0; h < H; ++h) {
-            const T sds = ds[h] * a.scale;
-            const int64_t src_off = (j * H + h) * F, dst_off = (i * H + h) * F, e_off = (e * H + h) * F;
-            for (int64_t c = 0; c < F; ++c) d_src_term[src_off + c] += sds * a.dst_term[dst_off + c];
-            if (d_edge_score_term)
-              for (int64_t c = 0; c < F; ++c) d_edge_score_term[e_off + c] = sds * a.dst_term[dst_off + c];
-            if (d_edge_bias) d_edge_bias[e * H + h] = ds[h];
-            gp[e * H + h] = ds[h];
-          }
-        }
+        source_side_gradients<KIND>(a, i, j, e, ds.data(), d_src_term, d_edge_score_term, d_edge_bias, gp);
       }
       // the value gradient: the output gradients of j's destinations, weighted
       weighted_sum(wbuf.data(), rs + k0, cp[j + 1] - k0, d_out, static_cast<const T*>(nullptr), H, Cv,
@@ -524,36 +600,7 @@ void backward_impl(const Args<T>& a, const int64_t* rp, const int64_t* cl, const
         GA_CHECK_INDEX(e, a.E, "edge");
         const int64_t j = cl[e];
         GA_CHECK_INDEX(j, a.Ns, "source");
-        if (KIND == GAT) {
-          for (int64_t h = 0; h < H; ++h) d_dst_term[i * H + h] += gp[e * H + h];
-          continue;
-        }
-        for (int64_t h = 0; h < H; ++h) {
-          const T gs = gp[e * H + h];
-          const int64_t src_off = (j * H + h) * F, dst_off = (i * H + h) * F, e_off = (e * H + h) * F;
-          if (KIND == GATV2) {
-            T z[kMaxF];
-            a.gatv2_z(i, j, e, h, z);
-            const T* at = a.att + h * F;
-            T* __restrict__ ddst = d_dst_term + dst_off;
-            T* __restrict__ dat = datt_rows + dst_off;
-            const T sl = a.slope;
-#pragma omp simd
-            for (int64_t c = 0; c < F; ++c) {
-              ddst[c] += gs * at[c] * leaky_relu_grad(z[c], sl);
-              dat[c] += gs * leaky_relu(z[c], sl);
-            }
-          } else {
-            const T sg = gs * a.scale;
-            const T* __restrict__ key = a.src_term + src_off;
-            T* __restrict__ ddst = d_dst_term + dst_off;
-            for (int64_t c = 0; c < F; ++c) ddst[c] += sg * key[c];
-            if (a.edge_score_term) {
-              const T* __restrict__ es = a.edge_score_term + e_off;
-              for (int64_t c = 0; c < F; ++c) ddst[c] += sg * es[c];
-            }
-          }
-        }
+        destination_side_gradients<KIND>(a, i, j, e, gp + e * H, d_dst_term, datt_rows);
       }
     }
   });
@@ -567,7 +614,8 @@ std::vector<torch::Tensor> fused_forward(int64_t kind, torch::Tensor rowptr, tor
                                          torch::Tensor edge_value, torch::Tensor att, double slope, double scale,
                                          double p, torch::Tensor seed_t) {
   check_inputs(kind, rowptr, col, Nd, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att);
-  TORCH_CHECK(kind != GATV2 || src_term.size(2) <= kMaxF, "GATv2 supports at most ", kMaxF, " channels per head");
+  TORCH_CHECK(kind_scalar(kind) || kind_activation(kind) == kAct_identity || src_term.size(2) <= kMaxF,
+              "score kind ", kind_name(kind), " supports at most ", kMaxF, " channels per head");
   const int64_t seed = seed_t.item<int64_t>();
   const int64_t H = src_term.size(1), Cv = value.size(2);
   auto out = torch::empty({Nd, H, Cv}, value.options());
@@ -643,8 +691,9 @@ std::vector<torch::Tensor> fused_backward(int64_t kind, torch::Tensor rowptr, to
   auto d_edge_score_term = edge_score_term.numel() ? torch::empty_like(edge_score_term) : none();
   auto d_edge_bias = edge_bias.numel() ? torch::empty_like(edge_bias) : none();
   auto d_edge_value = edge_value.numel() ? torch::empty_like(edge_value) : none();
-  auto g = torch::empty({E, H}, value.options());  // per-edge score gradient (GAT: w.r.t. pre-activation)
-  torch::Tensor datt_rows = kind == GATV2 ? torch::zeros({Nd, H, src_term.size(2)}, value.options()) : none();
+  auto g = torch::empty({E, H}, value.options());  // per-edge score gradient (scalar kinds: w.r.t. z)
+  const bool has_att = kind_weight(kind) == kWeight_att;
+  torch::Tensor datt_rows = has_att ? torch::zeros({Nd, H, src_term.size(2)}, value.options()) : none();
 
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "fused_backward", [&] {
     auto a = make_args<scalar_t>(kind, Nd, col.size(0), dst_term, src_term, value, edge_score_term, edge_bias,
@@ -666,10 +715,10 @@ std::vector<torch::Tensor> fused_backward(int64_t kind, torch::Tensor rowptr, to
                                     d_edge_bias.numel() ? d_edge_bias.data_ptr<scalar_t>() : nullptr,
                                     d_edge_value.numel() ? d_edge_value.data_ptr<scalar_t>() : nullptr,
                                     g.data_ptr<scalar_t>(),
-                                    kind == GATV2 ? datt_rows.data_ptr<scalar_t>() : nullptr);
+                                    has_att ? datt_rows.data_ptr<scalar_t>() : nullptr);
     });
   });
-  auto datt = kind == GATV2 ? datt_rows.sum(0) : none();
+  auto datt = has_att ? datt_rows.sum(0) : none();
   return {d_dst_term, d_src_term, d_value, d_edge_score_term, d_edge_bias, d_edge_value, datt};
 }
 
