@@ -448,10 +448,14 @@ class Graph:
 
     def transpose_csr(self) -> Tuple[Tensor, Tensor, Tensor]:
         """CSR by *source*: ``(colptr, row_by_src, edge_id)`` with ``edge_id`` the
-        CSR-order edge of each entry. Cached; used by backward passes."""
+        CSR-order edge of each entry. Cached; used by backward passes. Held in int32
+        where the graph allows (fewer than 2^31 edges and nodes): half the memory of
+        int64, 1 GB less at ogbn-products' size."""
         if self._transpose is None:
             order = torch.sort(self.col, stable=True)[1]
-            self._transpose = (_offsets(self.col, self.num_src), self.row[order], order)
+            index = torch.int32 if max(self.num_edges, self.num_src, self.num_dst) < 2**31 else torch.long
+            self._transpose = (_offsets(self.col, self.num_src).to(index), self.row[order].to(index),
+                               order.to(index))
         return self._transpose
 
     # ---------------------------------------------------------------- node order

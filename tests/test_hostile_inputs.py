@@ -315,6 +315,30 @@ def test_direct_kernel_calls_with_inputs_their_kind_does_not_take_raise():
 
 
 
+@needs_cpu
+def test_backward_with_mixed_index_types_in_the_transposed_graph_raises():
+    """The transposed graph is int32 where the graph allows and int64 past 2^31; the
+    backward reads all three arrays with one type, so a mix is refused, not misread."""
+    proc = _in_subprocess("""
+        import torch
+        from graphattn import Graph
+        from graphattn.ops import cpu
+        ext, e = cpu.load_extension(), torch.empty(0)
+        g = Graph.from_edge_index(torch.tensor([[0, 1, 2], [1, 2, 0]]), 3)
+        colptr, row_by_src, eid = g.transpose_csr()
+        q, k, v = torch.randn(3, 1, 2), torch.randn(3, 1, 2), torch.randn(3, 1, 2)
+        out, stats = ext.forward(cpu.DOT, g.rowptr, g.col, 3, q, k, v, e, e, e, e, 0.0, 1.0, 0.0,
+                                 torch.zeros((), dtype=torch.long))
+        try:
+            ext.backward(cpu.DOT, g.rowptr, g.col, colptr, row_by_src.long(), eid, q, k, v, e, e, e, e, stats,
+                         torch.ones_like(out), out, 0.0, 1.0, 0.0, torch.zeros((), dtype=torch.long))
+            print("no error")
+        except RuntimeError as err:
+            print(str(err).splitlines()[0])
+    """)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "transposed graph indices must all be int64 or all int32" in proc.stdout
+
 # ------------------------------------------------------------ threads
 def test_graph_cache_is_consistent_under_concurrent_calls():
     layer = GATConv(4, 3, heads=2).eval()

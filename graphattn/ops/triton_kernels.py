@@ -180,8 +180,8 @@ def fused_backward_src_kernel(
     scale = tl.load(params + 1)
     j = _program_node(0)
     h = tl.program_id(1)
-    start = tl.load(colptr + j)
-    end = tl.load(colptr + j + 1)
+    start = tl.load(colptr + j).to(tl.int64)  # the transposed graph's indices may be int32
+    end = tl.load(colptr + j + 1).to(tl.int64)
     offs_f = tl.arange(0, BLOCK_F)
     f_mask = offs_f < F
     offs_c = tl.arange(0, BLOCK_C)
@@ -192,8 +192,8 @@ def fused_backward_src_kernel(
     for k0 in range(start, end, BLOCK_E):
         k = k0 + tl.arange(0, BLOCK_E)
         e_mask = k < end
-        e = tl.load(eid + k, mask=e_mask, other=0)
-        i = tl.load(row_by_src + k, mask=e_mask, other=0)
+        e = tl.load(eid + k, mask=e_mask, other=0).to(tl.int64)
+        i = tl.load(row_by_src + k, mask=e_mask, other=0).to(tl.int64)
         jj = tl.zeros((BLOCK_E,), tl.int64) + j
         s = _scores(SCALAR, ADDS_DST, WEIGHT, ACT, dst_term, src_term, edge_score_term, edge_bias, att, i, jj, e, h,
                     e_mask, H, F, offs_f,

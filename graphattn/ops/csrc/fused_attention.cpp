@@ -155,8 +155,8 @@ struct Vec {
 // gradient). The sum runs over k in order for each channel, as a plain loop would,
 // but four vectors of channels stay in registers across all k instead of a
 // load-add-store per edge. Needs C % L == 0; plain_weighted_sum is the general form.
-template <typename T>
-inline void tiled_weighted_sum(const T* __restrict__ w, const int64_t* __restrict__ idx, int64_t deg,
+template <typename T, typename I>
+inline void tiled_weighted_sum(const T* __restrict__ w, const I* __restrict__ idx, int64_t deg,
                                const T* __restrict__ rows, int64_t H, int64_t C, T* __restrict__ out) {
   using V = typename Vec<T>::V;
   constexpr int64_t L = Vec<T>::L;
@@ -188,8 +188,8 @@ inline void tiled_weighted_sum(const T* __restrict__ w, const int64_t* __restric
 
 // The same sum for any C, with an optional per-edge term added to each row
 // (extra[k*H*C + ...], edge-ordered).
-template <typename T>
-inline void plain_weighted_sum(const T* __restrict__ w, const int64_t* __restrict__ idx, int64_t deg,
+template <typename T, typename I>
+inline void plain_weighted_sum(const T* __restrict__ w, const I* __restrict__ idx, int64_t deg,
                                const T* __restrict__ rows, const T* __restrict__ extra, int64_t H, int64_t C,
                                T* __restrict__ out) {
   const int64_t HC = H * C;
@@ -209,8 +209,8 @@ inline void plain_weighted_sum(const T* __restrict__ w, const int64_t* __restric
   }
 }
 
-template <typename T>
-inline void weighted_sum(const T* w, const int64_t* idx, int64_t deg, const T* rows, const T* extra, int64_t H,
+template <typename T, typename I>
+inline void weighted_sum(const T* w, const I* idx, int64_t deg, const T* rows, const T* extra, int64_t H,
                          int64_t C, T* out) {
   if (extra == nullptr && C % Vec<T>::L == 0)
     tiled_weighted_sum(w, idx, deg, rows, H, C, out);
@@ -536,9 +536,9 @@ inline void destination_side_gradients(const Args<T>& a, int64_t i, int64_t j, i
   }
 }
 
-template <typename T, int KIND>
-void backward_impl(const Args<T>& a, const int64_t* rp, const int64_t* cl, const int64_t* cp, const int64_t* rs,
-                   const int64_t* id, int64_t Nd, int64_t Ns, const T* stats, const T* d_out, const T* dout_dot_out,
+// I: the transposed graph's index type (int32 where the graph allows, see Graph.transpose_csr).
+template <typename T, int KIND, typename I>
+void backward_impl(const Args<T>& a, const int64_t* rp, const int64_t* cl, const I* cp, const I* rs, const I* id, int64_t Nd, int64_t Ns, const T* stats, const T* d_out, const T* dout_dot_out,
                    T* d_dst_term, T* d_src_term, T* d_value, T* d_edge_score_term, T* d_edge_bias, T* d_edge_value,
                    T* gp, T* datt_rows) {
   const int64_t H = a.H, Cv = a.Cv, F = a.F;
@@ -676,6 +676,10 @@ std::vector<torch::Tensor> fused_backward(int64_t kind, torch::Tensor rowptr, to
   check_inputs(kind, rowptr, col, Nd, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att);
   TORCH_CHECK(Ns == src_term.size(0) && row_by_src.size(0) == E && eid.size(0) == E,
               "transposed graph has the wrong shape");
+  TORCH_CHECK((colptr.scalar_type() == torch::kLong || colptr.scalar_type() == torch::kInt) &&
+                  row_by_src.scalar_type() == colptr.scalar_type() && eid.scalar_type() == colptr.scalar_type(),
+              "transposed graph indices must all be int64 or all int32");
+  TORCH_CHECK(colptr.is_contiguous() && row_by_src.is_contiguous() && eid.is_contiguous(), "inputs must be contiguous");
   TORCH_CHECK(stats.numel() == Nd * src_term.size(1) * 2 && d_out.numel() == Nd * src_term.size(1) * value.size(2) &&
                   out.numel() == d_out.numel(),
               "saved tensors have the wrong shape");
@@ -704,9 +708,11 @@ std::vector<torch::Tensor> fused_backward(int64_t kind, torch::Tensor rowptr, to
     at::parallel_for(0, Nd * H, 1024, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) delta[r] = dot(dO + r * Cv, O + r * Cv, Cv);
     });
-    GA_DISPATCH_KIND(kind, [&] {
-      backward_impl<scalar_t, KIND>(a, rowptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(), colptr.data_ptr<int64_t>(),
-                                    row_by_src.data_ptr<int64_t>(), eid.data_ptr<int64_t>(), Nd, Ns,
+    auto run = [&](auto index_type) {
+      using I = decltype(index_type);
+      GA_DISPATCH_KIND(kind, [&] {
+      backward_impl<scalar_t, KIND, I>(a, rowptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(), colptr.data_ptr<I>(),
+                                    row_by_src.data_ptr<I>(), eid.data_ptr<I>(), Nd, Ns,
                                     stats.data_ptr<scalar_t>(), d_out.data_ptr<scalar_t>(),
                                     dout_dot_out.data_ptr<scalar_t>(),
                                     dst_term.numel() ? d_dst_term.data_ptr<scalar_t>() : nullptr,
@@ -716,7 +722,10 @@ std::vector<torch::Tensor> fused_backward(int64_t kind, torch::Tensor rowptr, to
                                     d_edge_value.numel() ? d_edge_value.data_ptr<scalar_t>() : nullptr,
                                     g.data_ptr<scalar_t>(),
                                     has_att ? datt_rows.data_ptr<scalar_t>() : nullptr);
-    });
+      });
+    };
+    if (colptr.scalar_type() == torch::kInt) run(int32_t{});
+    else run(int64_t{});
   });
   auto datt = has_att ? datt_rows.sum(0) : none();
   return {d_dst_term, d_src_term, d_value, d_edge_score_term, d_edge_bias, d_edge_value, datt};
