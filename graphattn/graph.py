@@ -169,7 +169,7 @@ class Graph:
         self._transpose: Optional[Tuple[Tensor, Tensor, Tensor]] = None
         self._valid_stamp: Optional[Tuple[int, ...]] = None
         # A renumbering the attention ops run the kernels in (:meth:`reorder_nodes`).
-        self.node_order: Optional[NodeOrder] = None
+        self._node_order: Optional[NodeOrder] = None
         self._relabeled: Optional[Graph] = None
 
     # ------------------------------------------------------------------ builders
@@ -460,10 +460,10 @@ class Graph:
 
     # ---------------------------------------------------------------- node order
     def reorder_nodes(self, order: Union[str, "NodeOrder"] = "locality", **options: Any) -> "Graph":
-        """This graph, holding a node order for memory locality that the attention ops
-        apply and undo transparently: node tensors in, outputs and gradients out, and
-        edge tensors all stay in the caller's numbering and order. The ops run the
-        kernels on :attr:`relabeled` with the node tensors permuted (two row
+        """A new graph over the same arrays, holding a node order for memory locality
+        that the attention ops apply and undo transparently: node tensors in, outputs
+        and gradients out, and edge tensors all stay in the caller's numbering and
+        order. The ops run the kernels on :attr:`relabeled` with the node tensors permuted (two row
         permutations forward and two backward per op).
 
         ``order`` is a :class:`~graphattn.ordering.NodeOrder` or a method name
@@ -475,14 +475,9 @@ class Graph:
         per-op permutations."""
         from .ordering import NodeOrder, node_order
 
-        if self.pattern is not None:
-            raise ValueError(f"this graph has a '{self.pattern.kind}' pattern: its numbering is what the dense "
-                             "kernels run on, so it is not reordered")
+        self._check_orderable(None)
         if not isinstance(order, NodeOrder):
             order = node_order(self.ensure_valid(), order, **options)
-        if self.is_bipartite or order.num_nodes != self.num_src:
-            raise ValueError(f"a node order over {order.num_nodes} nodes does not fit a graph with {self.num_src} "
-                             f"source and {self.num_dst} destination nodes")
         self.ensure_valid()
         ordered = Graph(self.rowptr, self.col, self.row, self.perm, self.num_src, self.num_dst,
                         edge_index=self._edge_index, base_edge_ids=self.base_edge_ids,
@@ -491,16 +486,40 @@ class Graph:
         ordered.node_order = order.to(self.device)
         return ordered
 
+    def _check_orderable(self, order: Optional["NodeOrder"]) -> None:
+        if self.pattern is not None:
+            raise ValueError(f"this graph has a '{self.pattern.kind}' pattern: its numbering is what the dense "
+                             "kernels run on, so it is not reordered")
+        if order is not None and (self.is_bipartite or order.num_nodes != self.num_src):
+            raise ValueError(f"a node order over {order.num_nodes} nodes does not fit a graph with {self.num_src} "
+                             f"source and {self.num_dst} destination nodes")
+
+    @property
+    def node_order(self) -> Optional["NodeOrder"]:
+        """The renumbering the attention ops run the kernels in, or ``None``. Assigning
+        one (or ``None``) drops the relabelled graph built for the previous order and
+        carries the new order to the cached self-looped graph."""
+        return self._node_order
+
+    @node_order.setter
+    def node_order(self, order: Optional["NodeOrder"]) -> None:
+        if order is not None:
+            self._check_orderable(order)
+        self._node_order = order
+        self._relabeled = None
+        if self._looped is not None and self._looped is not self:
+            self._looped.node_order = order  # the loops keep the nodes' numbering
+
     @property
     def relabeled(self) -> "Graph":
         """The graph the kernels run on when it holds a :attr:`node_order`: node ``v``
         renamed ``node_order.inverse[v]``, edges in the same user order. ``self`` when it
         holds none."""
-        if self.node_order is None:
+        if self._node_order is None:
             return self
         self.ensure_valid()
         if self._relabeled is None:
-            self._relabeled = self.node_order.relabel(self)
+            self._relabeled = self._node_order.relabel(self)
         return self._relabeled
 
     # ---------------------------------------------------------------- self-loops

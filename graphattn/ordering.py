@@ -206,6 +206,8 @@ def _rcm(graph: "Graph") -> Tensor:
     except ImportError as e:  # pragma: no cover - scipy is in the dev environment
         raise ImportError("the 'rcm' node order uses scipy: pip install 'graphattn[data]' (or scipy)") from e
     n = graph.num_dst
+    if n == 0:  # scipy refuses an empty matrix
+        return torch.zeros(0, dtype=torch.long, device=graph.device)
     ei = graph.edge_index.cpu().numpy()
     ones = np.ones(ei.shape[1], dtype=np.float32)
     adjacency = sp.coo_matrix((ones, (ei[1], ei[0])), shape=(n, n)).tocsr()

@@ -193,3 +193,33 @@ def test_relabeled_graph_follows_in_place_edits():
     assert torch.equal(ordered.relabeled.edge_index, ordered.node_order.inverse[ordered.edge_index])
     assert "node_order=degree" in repr(ordered)
     assert ordered.with_self_loops().node_order is ordered.node_order
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_orders_empty_and_edgeless_graphs(method):
+    for n in (0, 5):
+        graph = Graph.from_edge_index(torch.zeros(2, 0, dtype=torch.long), n)
+        order = node_order(graph, method)
+        assert sorted(order.perm.tolist()) == list(range(n))
+        assert graph.reorder_nodes(order).relabeled.num_edges == 0
+
+
+def test_assigning_a_new_order_drops_the_graphs_built_for_the_old_one():
+    plain = Graph.from_edge_index(random_graph(N, N, 100, seed=4), N)
+    ordered = plain.reorder_nodes("degree")
+    looped = ordered.with_self_loops()
+    fn, tensors = _inputs(looped)["gat"]
+    first = _run(fn, looped, "reference", tensors)  # builds and caches the relabelled graphs
+    stale = ordered.relabeled
+    ordered.node_order = node_order(plain, "locality")
+    assert ordered.relabeled is not stale
+    assert looped.node_order is ordered.node_order  # carried to the cached self-looped graph
+    assert torch.equal(ordered.relabeled.edge_index, ordered.node_order.inverse[plain.edge_index])
+    for backend in _backends("gat"):
+        again = _run(fn, looped, backend, tensors)
+        torch.testing.assert_close(again[0], first[0])
+        torch.testing.assert_close(again[1], first[1])
+    ordered.node_order = None
+    assert ordered.relabeled is ordered and looped.node_order is None
+    with pytest.raises(ValueError, match="does not fit"):
+        ordered.node_order = NodeOrder(torch.arange(N - 1))
