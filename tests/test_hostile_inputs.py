@@ -216,14 +216,14 @@ def test_layer_constructor_arguments_are_checked(make, match):
 # ------------------------------------------------------------ the dispatcher says why
 @needs_cpu
 def test_gatv2_beyond_the_kernels_channel_limit_falls_back_and_says_why():
-    C = cpu_backend.MAX_GATV2_CHANNELS + 1
+    C = cpu_backend.MAX_BUFFERED_CHANNELS + 1
     g = Graph.from_edge_index(random_graph(4, 4, 8), 4)
     x, att = torch.randn(4, 1, C), torch.randn(1, C)
     out = ops.gatv2_attention(x, x, att, g)
     assert ops.last_backend("gatv2") == "reference"
     assert "at most 1024" in ops.why_not("gatv2")["cpu"]
     assert out.shape == (4, 1, C) and torch.isfinite(out).all()
-    with pytest.raises(RuntimeError, match="cannot run 'gatv2' here: GATv2 with 1025 channels"):
+    with pytest.raises(RuntimeError, match="cannot run 'gatv2' here: GATV2 with 1025 channels"):
         ops.gatv2_attention(x, x, att, g, backend="cpu")
 
 

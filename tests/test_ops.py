@@ -316,7 +316,29 @@ def test_kind_table_expressions_are_translated_for_both_kernels_and_bad_ones_ref
             emit(bad, "cpp")
 
 
+@pytest.mark.parametrize("traits, problem", [
+    (dict(scalar=True, weight="att"), "no channel weight"),
+    (dict(scalar=True, adds_dst=False), "adds its destination term"),
+    (dict(scalar=True, takes_edge_bias=True), "already is a per-edge bias"),
+    (dict(scalar=False, weight="one", activation="identity"), "plain sum of channels"),
+    (dict(weight="query"), "not one of"),
+    (dict(activation="gelu"), "not a row of ACTIVATIONS"),
+])
+def test_kinds_the_kernels_cannot_compute_are_refused_by_the_table(traits, problem):
+    from dataclasses import replace
+
+    from graphattn.ops import _fused
+
+    for kind in _fused.KINDS:
+        _fused.check_kind(kind)  # the table's own rows pass
+    with pytest.raises(ValueError, match=problem):
+        _fused.check_kind(replace(_fused.KINDS[_fused.GAT], name="MINE", **traits))
+    with pytest.raises(ValueError, match="unknown score kind 7"):
+        _fused.score_kind(7)
+
+
 def test_every_kind_in_the_table_is_a_kind_of_both_kernels():
+    pytest.importorskip("triton")
     from graphattn.ops import _fused, triton_score_kinds
 
     codes = [k.code for k in _fused.KINDS]

@@ -75,6 +75,34 @@ KINDS: Tuple[ScoreKind, ...] = (
     ScoreKind("GATV2", 1, adds_dst=True, weight="att", activation="leaky_relu", scalar=False, takes_edge_bias=False),
     ScoreKind("DOT", 2, adds_dst=False, weight="dst", activation="identity", scalar=False, takes_edge_bias=True),
 )
+
+
+def check_kind(kind: ScoreKind) -> ScoreKind:
+    """Raise ``ValueError`` if the kernels' general form cannot compute ``kind`` (the
+    combinations they are written for); return it otherwise."""
+    problems = []
+    if kind.weight not in WEIGHTS:
+        problems.append(f"weight {kind.weight!r} is not one of {WEIGHTS}")
+    if kind.activation not in {a.name for a in ACTIVATIONS}:
+        problems.append(f"activation {kind.activation!r} is not a row of ACTIVATIONS")
+    if kind.scalar and kind.weight != "one":
+        problems.append("a scalar kind has one number per head, so no channel weight (weight='one')")
+    if kind.scalar and not kind.adds_dst:
+        problems.append("a scalar kind adds its destination term (the kernels' scalar path always reads it)")
+    if kind.scalar and kind.takes_edge_bias:
+        problems.append("a scalar kind's edge score term already is a per-edge bias (takes_edge_bias=False)")
+    if not kind.scalar and kind.weight == "one" and kind.activation == "identity":
+        problems.append("a per-channel kind with weight 'one' and the identity is a plain sum of channels: "
+                        "make it scalar (sum the channels before the op)")
+    if problems:
+        raise ValueError(f"score kind {kind.name}: " + "; ".join(problems))
+    return kind
+
+
+for _kind in KINDS:
+    check_kind(_kind)
+if len({k.code for k in KINDS}) != len(KINDS) or {k.code for k in KINDS} != set(range(len(KINDS))):
+    raise ValueError("score kind codes must be 0..len(KINDS)-1, each once")
 GAT, GATV2, DOT = (k.code for k in KINDS)
 _BY_CODE: Dict[int, ScoreKind] = {k.code: k for k in KINDS}
 _ACTIVATION_CODE = {a.name: n for n, a in enumerate(ACTIVATIONS)}
@@ -85,7 +113,21 @@ MASK_REASON = "a per-edge message mask is set (edge_mask, e.g. by an explainer);
 
 
 def score_kind(code: int) -> ScoreKind:
+    if code not in _BY_CODE:
+        raise ValueError(f"unknown score kind {code!r}; the kinds are " + ", ".join(f"{k.name}={k.code}" for k in KINDS))
     return _BY_CODE[code]
+
+
+# The public ops' names for the kinds they run (the dispatcher's call descriptions name ops).
+OP_KINDS: Dict[str, int] = {"gat": GAT, "gatv2": GATV2, "dot_product": DOT}
+
+
+def holds_channel_buffer(code: int) -> bool:
+    """Whether the CPU kernel holds a kind's pre-activations for one head in a
+    fixed-size buffer (``kMaxF`` channels): per-channel kinds with a non-identity
+    activation."""
+    k = score_kind(code)
+    return not k.scalar and k.activation != "identity"
 
 
 def triton_traits(code: int) -> dict:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ._dtypes import FLOAT_DTYPES, upcast
-from ._fused import DOT, GAT, GATV2, MASK_REASON, backend_functions  # noqa: F401
+from ._fused import DOT, GAT, GATV2, MASK_REASON, OP_KINDS, backend_functions, holds_channel_buffer, score_kind  # noqa: F401
 _SOURCE = Path(__file__).parent / "csrc" / "fused_attention.cpp"
 _HEADER = _SOURCE.parent / "score_kinds.h"  # generated from ._fused's tables (._codegen); included by _SOURCE
 # -fopenmp: at::parallel_for is an inline template that parallelises with OpenMP
@@ -49,7 +49,7 @@ if os.environ.get("GRAPHATTN_KERNEL_CHECKS") == "1":
     _CFLAGS.append("-DGRAPHATTN_BOUNDS_CHECK")
 _LDFLAGS = ["-fopenmp"]
 _LOCK = threading.Lock()
-MAX_GATV2_CHANNELS = 1024  # kMaxF in the C++ source: channels per head of a z buffer held on the stack (GATv2's)
+MAX_BUFFERED_CHANNELS = 1024  # kMaxF in the C++ source: channels per head of a z buffer on the stack (holds_channel_buffer)
 _EXT = None
 _EXT_ERROR: Optional[str] = None
 
@@ -178,7 +178,7 @@ def _backward_op(
 @_backward_op.register_fake
 def _(kind, rowptr, col, colptr, row_by_src, eid, dst_term, src_term, value, edge_score_term, edge_bias, edge_value,
       att, stats, d_out, out, slope, scale, p, seed):
-    datt = att.new_empty(att.shape) if kind == GATV2 else att.new_empty(0)
+    datt = att.new_empty(att.shape) if score_kind(kind).weight == "att" else att.new_empty(0)
     return [dst_term.new_empty(dst_term.shape), src_term.new_empty(src_term.shape), value.new_empty(value.shape),
             edge_score_term.new_empty(edge_score_term.shape), edge_bias.new_empty(edge_bias.shape),
             edge_value.new_empty(edge_value.shape), datt]
@@ -338,6 +338,8 @@ def decline(device=None, dtype=None, op=None, channels=None, has_edge_mask=False
         return f"it runs on CPU tensors, the inputs are on {device}"
     if dtype not in FLOAT_DTYPES:
         return f"dtype {dtype} is not a floating-point type it computes in"
-    if op == "gatv2" and channels is not None and channels > MAX_GATV2_CHANNELS:
-        return f"GATv2 with {channels} channels per head; the kernel holds at most {MAX_GATV2_CHANNELS}"
+    kind = OP_KINDS.get(op)
+    if kind is not None and holds_channel_buffer(kind) and channels is not None and channels > MAX_BUFFERED_CHANNELS:
+        return (f"{score_kind(kind).name} with {channels} channels per head; the kernel holds at most "
+                f"{MAX_BUFFERED_CHANNELS}")
     return unavailable_reason()
