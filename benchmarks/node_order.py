@@ -23,7 +23,6 @@ lie within 2,048 ids of each other (how local the numbering is).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -68,7 +67,7 @@ def main(argv=None) -> dict:
     from graphattn import Graph
     from graphattn.nn import GATConv
     from graphattn.ordering import METHODS, node_order
-    from graphattn.train.experiment import machine_info
+    from graphattn.train.experiment import atomic_write_json, machine_info
 
     shuffled_ei, original_ei, shuffle = community_graph(args.nodes, args.edges, args.block, args.local, seed=0)
     n = args.nodes
@@ -115,7 +114,7 @@ def main(argv=None) -> dict:
         print(f"{name:20s} {info['median_ms']:8.1f} ms  {info['speedup_vs_shuffled']:.2f}x")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_json(report, args.out)
     return report
 
 

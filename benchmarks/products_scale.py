@@ -19,7 +19,6 @@ messages, each ``E x H x C`` floats, kept for backward.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -106,6 +105,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     from graphattn import Graph
+    from graphattn.train.experiment import atomic_write_json
 
     n, m = int(NODES * args.scale), int(UNDIRECTED_EDGES * args.scale)
     result = {"nodes": n, "undirected_edges": m, "features": FEATURES, "classes": CLASSES,
@@ -151,7 +151,7 @@ def main(argv=None) -> dict:
         print(f"{k:32s} {v:,.3f}" if isinstance(v, float) else f"{k:32s} {v}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(result, args.out)
     return result
 
 

@@ -368,7 +368,7 @@ def main(argv=None):
     from tqdm import tqdm
 
     sys.path.insert(0, str(ROOT))
-    from graphattn.train.experiment import machine_info
+    from graphattn.train.experiment import atomic_write_json, machine_info
 
     device = "cuda" if args.suite == "gpu" else "cpu"
     if device == "cuda":
@@ -449,7 +449,7 @@ def main(argv=None):
         "machine": machine_info(), "peers": {k: PEERS[k] for k in PEERS},
         "torch_scatter": have("torch_scatter"), "roofline_machine": machine, "cases": cases,
     }
-    (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(report, out_dir / f"{name}.json")
     md = markdown(report)
     (out_dir / f"{name}.md").write_text(md)
     plot_scaling(report, out_dir / f"{name}-scaling.png")
