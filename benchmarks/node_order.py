@@ -112,8 +112,7 @@ def main(argv=None) -> dict:
         print(f"order {method:9s} computed in {info['seconds']:.2f} s; edges within {NEAR} ids: {info['near_share']:.1%}")
     for name, info in report["cases"].items():
         print(f"{name:20s} {info['median_ms']:8.1f} ms  {info['speedup_vs_shuffled']:.2f}x")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out:  # folders made as needed
         atomic_write_json(report, args.out)
     return report
 

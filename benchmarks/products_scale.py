@@ -149,8 +149,7 @@ def main(argv=None) -> dict:
         E, [(args.heads, args.hidden), (args.heads, args.hidden), (args.out_heads, CLASSES)])
     for k, v in result.items():
         print(f"{k:32s} {v:,.3f}" if isinstance(v, float) else f"{k:32s} {v}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out:  # folders made as needed
         atomic_write_json(result, args.out)
     return result
 
