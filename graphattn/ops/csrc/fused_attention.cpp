@@ -595,9 +595,13 @@ void backward_impl(const Args<T>& a, const int64_t* rp, const int64_t* cl, const
   // Pass 2, over destinations i: destination-side gradients (and GATv2's att, per row).
   if (d_dst_term == nullptr) return;
   at::parallel_for(0, Nd, 64, [&](int64_t begin, int64_t end) {
+    const int64_t e_end = rp[end];
     for (int64_t i = begin; i < end; ++i) {
       for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
         GA_CHECK_INDEX(e, a.E, "edge");
+        // a per-channel kind reads the source row again: gather it a few edges ahead
+        if (!KindTraits<KIND>::scalar && e + kPrefetchAhead < e_end)
+          prefetch(a.src_term + cl[e + kPrefetchAhead] * H * F, H * F);
         const int64_t j = cl[e];
         GA_CHECK_INDEX(j, a.Ns, "source");
         destination_side_gradients<KIND>(a, i, j, e, gp + e * H, d_dst_term, datt_rows);
