@@ -463,8 +463,8 @@ class Graph:
         """A new graph over the same arrays, holding a node order for memory locality
         that the attention ops apply and undo transparently: node tensors in, outputs
         and gradients out, and edge tensors all stay in the caller's numbering and
-        order. The ops run the kernels on :attr:`relabeled` with the node tensors permuted (two row
-        permutations forward and two backward per op).
+        order. The ops run the kernels on :attr:`relabeled` with the node tensors permuted (a
+        row gather per node tensor in and one for the output, forward and backward).
 
         ``order`` is a :class:`~graphattn.ordering.NodeOrder` or a method name
         (``"locality"``, ``"degree"``, ``"rcm"``; ``options`` go to
@@ -478,12 +478,8 @@ class Graph:
         self._check_orderable(None)
         if not isinstance(order, NodeOrder):
             order = node_order(self.ensure_valid(), order, **options)
-        self.ensure_valid()
-        ordered = Graph(self.rowptr, self.col, self.row, self.perm, self.num_src, self.num_dst,
-                        edge_index=self._edge_index, base_edge_ids=self.base_edge_ids,
-                        num_base_edges=self.num_base_edges, loop_nodes=self.loop_nodes)
-        ordered._valid_stamp = ordered._stamp()  # this graph's checked arrays
-        ordered.node_order = order.to(self.device)
+        ordered = self._copy_checked(lambda t: t)  # the same arrays
+        ordered.node_order = order
         return ordered
 
     def _check_orderable(self, order: Optional["NodeOrder"]) -> None:
@@ -505,6 +501,8 @@ class Graph:
     def node_order(self, order: Optional["NodeOrder"]) -> None:
         if order is not None:
             self._check_orderable(order)
+            if order.perm.device != self.device:
+                order = order.to(self.device)  # not copied again on every op
         self._node_order = order
         self._relabeled = None
         if self._looped is not None and self._looped is not self:
@@ -655,23 +653,19 @@ class Graph:
         def mv(t: Optional[Tensor]) -> Optional[Tensor]:
             return None if t is None else t.to(device)
 
-        self.ensure_valid()
-        moved = Graph(
-            self.rowptr.to(device),
-            self.col.to(device),
-            self.row.to(device),
-            mv(self.perm),
-            self.num_src,
-            self.num_dst,
-            edge_index=mv(self._edge_index),
-            base_edge_ids=mv(self.base_edge_ids),
-            num_base_edges=self.num_base_edges,
-            loop_nodes=mv(self.loop_nodes),
-            pattern=self.pattern,
-        )
-        moved._valid_stamp = moved._stamp()  # copies of checked arrays
+        moved = self._copy_checked(mv)
         moved.node_order = None if self.node_order is None else self.node_order.to(device)
         return moved
+
+    def _copy_checked(self, move: Callable[[Optional[Tensor]], Optional[Tensor]]) -> "Graph":
+        """A graph over ``move`` of each of this graph's (checked) arrays, trusted as
+        checked, with the same pattern and no node order."""
+        self.ensure_valid()
+        copy = Graph(move(self.rowptr), move(self.col), move(self.row), move(self.perm), self.num_src, self.num_dst,
+                     edge_index=move(self._edge_index), base_edge_ids=move(self.base_edge_ids),
+                     num_base_edges=self.num_base_edges, loop_nodes=move(self.loop_nodes), pattern=self.pattern)
+        copy._valid_stamp = copy._stamp()  # copies of (or the same) checked arrays
+        return copy
 
     def check_nodes(self, num_src: Optional[int], num_dst: Optional[int], what: str = "x") -> None:
         """Raise if node-feature tensors do not match the graph's node counts (``None``:

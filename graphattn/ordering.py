@@ -23,8 +23,8 @@ A :class:`NodeOrder` is used in one of two ways:
 
 * held by a graph (:meth:`graphattn.Graph.reorder_nodes`): every attention op run on
   that graph permutes its node tensors into the order, runs the kernel on the
-  relabelled graph, and permutes the output back. Transparent, and each op pays two
-  row permutations forward and two backward.
+  relabelled graph, and permutes the output back. Transparent, and each op pays a row
+  gather per node tensor in and one for its output, forward and again backward.
 * applied to the data once (:meth:`NodeOrder.apply` to features and labels,
   :meth:`NodeOrder.relabel` to the graph, :meth:`NodeOrder.undo` on predictions):
   no per-op cost; what to do when the whole model runs on one graph.
@@ -110,9 +110,11 @@ class NodeOrder:
         if graph.is_bipartite or graph.num_src != self.num_nodes:
             raise ValueError(f"this node order is over {self.num_nodes} nodes; the graph has "
                              f"{graph.num_src} source and {graph.num_dst} destination nodes")
+        graph.ensure_valid()
         inverse = self.inverse.to(graph.device)
-        edge_index = graph.edge_index
-        return Graph._build(inverse[edge_index[0]], inverse[edge_index[1]], graph.num_src, graph.num_dst)
+        user_order = slice(None) if graph.perm is None else graph.inv_perm  # from the checked CSR arrays
+        src, dst = graph.col[user_order], graph.row[user_order]
+        return Graph._build(inverse[src], inverse[dst], graph.num_src, graph.num_dst)
 
     def to(self, device: Union[str, torch.device]) -> "NodeOrder":
         moved = NodeOrder.__new__(NodeOrder)

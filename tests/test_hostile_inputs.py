@@ -316,6 +316,39 @@ def test_direct_kernel_calls_with_inputs_their_kind_does_not_take_raise():
 
 
 @needs_cpu
+def test_every_kernel_entry_refuses_more_channels_than_its_stack_buffer():
+    """Found by review: only the forward entry checked the channel limit of the z
+    buffer on the stack; a direct call of the weights or the backward with more
+    channels wrote past it. All three entries check it now."""
+    proc = _in_subprocess("""
+        import torch
+        from graphattn import Graph
+        from graphattn.ops import cpu
+        ext, e, seed = cpu.load_extension(), torch.empty(0), torch.zeros((), dtype=torch.long)
+        g = Graph.from_edge_index(torch.tensor([[0, 1], [1, 0]]), 2)
+        colptr, row_by_src, eid = g.transpose_csr()
+        C = cpu.MAX_BUFFERED_CHANNELS + 1
+        xs, xd, v, att = torch.randn(2, 1, C), torch.randn(2, 1, C), torch.randn(2, 1, 3), torch.randn(1, C)
+        stats, out = torch.zeros(2, 1, 2), torch.zeros(2, 1, 3)
+        calls = {
+            "forward": lambda: ext.forward(cpu.GATV2, g.rowptr, g.col, 2, xd, xs, v, e, e, e, att, 0.2, 1.0, 0.0,
+                                           seed),
+            "weights": lambda: ext.weights(cpu.GATV2, g.rowptr, g.col, stats, xd, xs, v, e, e, e, att, 0.2, 1.0),
+            "backward": lambda: ext.backward(cpu.GATV2, g.rowptr, g.col, colptr, row_by_src, eid, xd, xs, v, e, e,
+                                             e, att, stats, torch.ones_like(out), out, 0.2, 1.0, 0.0, seed),
+        }
+        for name, call in calls.items():
+            try:
+                call()
+                print(name, "no error")
+            except RuntimeError as err:
+                print(name, str(err).splitlines()[0])
+    """)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("forward", "weights", "backward"):
+        assert f"{name} score kind GATV2 supports at most 1024 channels per head" in proc.stdout, proc.stdout
+
+@needs_cpu
 def test_backward_with_mixed_index_types_in_the_transposed_graph_raises():
     """The transposed graph is int32 where the graph allows and int64 past 2^31; the
     backward reads all three arrays with one type, so a mix is refused, not misread."""

@@ -182,6 +182,20 @@ def test_layers_with_self_loops_and_weights_run_unchanged_on_an_ordered_graph():
         torch.testing.assert_close(out2, out)
         assert torch.equal(ei2, ei)
         torch.testing.assert_close(alpha2, alpha)
+    looped = ordered.with_self_loops()  # what GATConv and GATv2Conv ran on: it held the order, and used it
+    assert looped.node_order is ordered.node_order and looped._relabeled is not None
+
+
+def test_a_pruning_layer_keeps_the_graphs_node_order():
+    from graphattn.nn import GATConv
+
+    plain = Graph.from_edge_index(random_graph(N, N, 100, seed=6), N)
+    ordered = plain.reorder_nodes()
+    x = torch.randn(N, 8, dtype=torch.float64)
+    layer = GATConv(8, 4, heads=2, prune_threshold=0.0).double().eval()
+    pruned, _ = layer.prune_edges(x, None, ordered, None)
+    assert pruned.num_edges < plain.num_edges and pruned.node_order is ordered.node_order
+    torch.testing.assert_close(layer(x, ordered), layer(x, plain))
 
 
 def test_relabeled_graph_follows_in_place_edits():

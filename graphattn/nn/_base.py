@@ -226,6 +226,7 @@ class GraphLayer(MessagePassing):
         if num_src == num_dst:
             keep |= src == dst
         pruned = Graph.from_edge_index(ei[:, keep], num_src=num_src, num_dst=num_dst)
+        pruned.node_order = graph.node_order  # the caller's locality order holds for the kept edges too
         if edge_attr is not None:
             edge_attr = edge_attr[keep]
         return pruned, edge_attr

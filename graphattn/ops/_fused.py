@@ -122,11 +122,15 @@ def score_kind(code: int) -> ScoreKind:
 OP_KINDS: Dict[str, int] = {"gat": GAT, "gatv2": GATV2, "dot_product": DOT}
 
 
-def holds_channel_buffer(code: int) -> bool:
-    """Whether the CPU kernel holds a kind's pre-activations for one head in a
-    fixed-size buffer (``kMaxF`` channels): per-channel kinds with a non-identity
-    activation."""
-    k = score_kind(code)
+# Channels per head of the CPU kernel's stack buffer for one head's pre-activations
+# (``kMaxF`` in the generated header); a kind that holds one refuses more on entry.
+MAX_BUFFERED_CHANNELS = 1024
+
+
+def holds_channel_buffer(kind: "int | ScoreKind") -> bool:
+    """Whether the CPU kernel holds a kind's pre-activations for one head in its
+    fixed-size buffer: per-channel kinds with a non-identity activation."""
+    k = kind if isinstance(kind, ScoreKind) else score_kind(kind)
     return not k.scalar and k.activation != "identity"
 
 

@@ -29,7 +29,8 @@ import torch
 from torch import Tensor
 
 from ._dtypes import FLOAT_DTYPES, upcast
-from ._fused import DOT, GAT, GATV2, MASK_REASON, OP_KINDS, backend_functions, holds_channel_buffer, score_kind  # noqa: F401
+from ._fused import (DOT, GAT, GATV2, MASK_REASON, MAX_BUFFERED_CHANNELS, OP_KINDS, backend_functions,  # noqa: F401
+                     holds_channel_buffer, score_kind)
 _SOURCE = Path(__file__).parent / "csrc" / "fused_attention.cpp"
 _HEADER = _SOURCE.parent / "score_kinds.h"  # generated from ._fused's tables (._codegen); included by _SOURCE
 # -fopenmp: at::parallel_for is an inline template that parallelises with OpenMP
@@ -49,7 +50,6 @@ if os.environ.get("GRAPHATTN_KERNEL_CHECKS") == "1":
     _CFLAGS.append("-DGRAPHATTN_BOUNDS_CHECK")
 _LDFLAGS = ["-fopenmp"]
 _LOCK = threading.Lock()
-MAX_BUFFERED_CHANNELS = 1024  # kMaxF in the C++ source: channels per head of a z buffer on the stack (holds_channel_buffer)
 _EXT = None
 _EXT_ERROR: Optional[str] = None
 

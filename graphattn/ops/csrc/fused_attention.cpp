@@ -60,10 +60,6 @@
 
 namespace {
 
-// Channels per head of a kind whose activation needs its pre-activation z held per
-// edge (GATv2's), kept on the stack (checked on entry).
-constexpr int64_t kMaxF = 1024;
-
 // Reductions over channels. A plain `acc += x[c] * y[c]` loop is a serial chain of
 // dependent adds (the compiler may not reorder floating-point sums), one FMA latency
 // per channel; `omp simd reduction` lets it keep vector partial sums instead, which
@@ -373,6 +369,9 @@ void check_inputs(int64_t kind, const torch::Tensor& rowptr, const torch::Tensor
   // Kinds that take their per-edge term inside the score take no bias: the backward
   // writes a bias gradient only for the kinds that take one.
   TORCH_CHECK(kind_takes_edge_bias(kind) || !edge_bias.numel(), "score kind ", kind_name(kind), " takes no per-edge bias");
+  // The z buffer on the stack (kMaxF channels) is sized for this, in every entry.
+  TORCH_CHECK(!kind_holds_channel_buffer(kind) || F <= kMaxF, "score kind ", kind_name(kind), " supports at most ",
+              kMaxF, " channels per head");
   for (const auto* t :
        {&rowptr, &col, &dst_term, &src_term, &value, &edge_score_term, &edge_bias, &edge_value, &att})
     TORCH_CHECK(t->is_contiguous(), "inputs must be contiguous");
@@ -618,8 +617,6 @@ std::vector<torch::Tensor> fused_forward(int64_t kind, torch::Tensor rowptr, tor
                                          torch::Tensor edge_value, torch::Tensor att, double slope, double scale,
                                          double p, torch::Tensor seed_t) {
   check_inputs(kind, rowptr, col, Nd, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att);
-  TORCH_CHECK(kind_scalar(kind) || kind_activation(kind) == kAct_identity || src_term.size(2) <= kMaxF,
-              "score kind ", kind_name(kind), " supports at most ", kMaxF, " channels per head");
   const int64_t seed = seed_t.item<int64_t>();
   const int64_t H = src_term.size(1), Cv = value.size(2);
   auto out = torch::empty({Nd, H, Cv}, value.options());

@@ -38,6 +38,11 @@ inline bool is_kind(int64_t kind) { return kind == GAT || kind == GATV2 || kind 
 inline bool kind_adds_dst(int64_t kind) { return kind == GAT || kind == GATV2; }
 inline bool kind_scalar(int64_t kind) { return kind == GAT; }
 inline bool kind_takes_edge_bias(int64_t kind) { return kind == DOT; }
+inline bool kind_holds_channel_buffer(int64_t kind) { return kind == GATV2; }
+
+// Channels per head of the stack buffer for one head's pre-activations, held by the
+// kinds for which kind_holds_channel_buffer() is true (checked on entry).
+constexpr int64_t kMaxF = 1024;
 inline int kind_weight(int64_t kind) { return kind == GAT ? kWeight_one : kind == GATV2 ? kWeight_att : kind == DOT ? kWeight_dst : -1; }
 inline const char* kind_name(int64_t kind) { return kind == GAT ? "GAT" : kind == GATV2 ? "GATV2" : kind == DOT ? "DOT" : "unknown"; }
 inline int kind_activation(int64_t kind) { return kind == GAT ? kAct_leaky_relu : kind == GATV2 ? kAct_leaky_relu : kind == DOT ? kAct_identity : -1; }
