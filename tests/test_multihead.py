@@ -239,12 +239,19 @@ def test_float16_in_proj_bias_on_a_float64_module():
     torch.testing.assert_close(ours(y, y, y)[0], expected)
 
 
+@pytest.mark.parametrize("groups", ["one group", "groups of 2 tiles"])
 @pytest.mark.parametrize("lengths,left,right", [([300], 70, 0), ([130], 200, 200), ([97, 97, 97], 40, 31),
                                                 ([1000], 128, 128)])
-def test_wide_windows_run_in_dense_tiles_equal_to_the_sparse_kernel(lengths, left, right):
+def test_wide_windows_run_in_dense_tiles_equal_to_the_sparse_kernel(lengths, left, right, groups, monkeypatch):
     """A sliding window of >= 64 keys per query runs tile by tile through SDPA (one tile
-    of queries against the run of keys it can reach); outputs and every gradient equal
-    the reference's in float64, ragged last tile and clipped edges included."""
+    of queries against the run of keys it can reach), in groups of tiles that bound the
+    memory; outputs and every gradient equal the reference's in float64, ragged last
+    tile, ragged last group and clipped edges included."""
+    from graphattn.ops import dense
+
+    if groups != "one group":  # a group holds B * W * H * D elements per tile
+        B, W = len(lengths), dense.BAND_TILE + min(left, lengths[0] - 1) + min(right, lengths[0] - 1)
+        monkeypatch.setattr(dense, "BAND_GROUP_ELEMENTS", 2 * B * W * 3 * 8)
     torch.manual_seed(0)
     g = patterns.batch(lengths, patterns.sliding_window, left=left, right=right) if len(lengths) > 1 \
         else patterns.sliding_window(lengths[0], left, right)

@@ -221,18 +221,20 @@ def _banded(query: Tensor, key: Tensor, value: Tensor, B: int, L: int, left: int
     T, W = BAND_TILE, BAND_TILE + left + right
     tiles = -(-L // T)
     pad = tiles * T - L
-    q = F.pad(query.reshape(B, L, H, D), (0, 0, 0, 0, 0, pad)).view(B, tiles, T, H, D)
-    k = F.pad(key.reshape(B, L, H, D), (0, 0, 0, 0, left, pad + right)).unfold(1, W, T)  # [B, tiles, H, D, W]
-    v = F.pad(value.reshape(B, L, H, C), (0, 0, 0, 0, left, pad + right)).unfold(1, W, T)
+    q = F.pad(query.reshape(B, L, H, D), (0, 0, 0, 0, 0, pad))  # [B, tiles * T, H, D]
+    k = F.pad(key.reshape(B, L, H, D), (0, 0, 0, 0, left, pad + right))  # [B, tiles * T + W - T, H, D]
+    v = F.pad(value.reshape(B, L, H, C), (0, 0, 0, 0, left, pad + right))
     mask = _band_mask(tiles, L, left, right, query.device)
     step = max(1, BAND_GROUP_ELEMENTS // max(1, B * W * H * max(D, C)))
     outs = []
     for t0 in range(0, tiles, step):
         t1 = min(tiles, t0 + step)
         n = B * (t1 - t0)
-        qt = q[:, t0:t1].permute(0, 1, 3, 2, 4).reshape(n, H, T, D)
-        kt = k[:, t0:t1].permute(0, 1, 2, 4, 3).reshape(n, H, W, D)
-        vt = v[:, t0:t1].permute(0, 1, 2, 4, 3).reshape(n, H, W, C)
+        # narrow the padded rows, then unfold the group's key runs: the backward of a
+        # group then fills the padded size once, not the unfolded (W / T times larger) one
+        qt = q.narrow(1, t0 * T, (t1 - t0) * T).view(B, t1 - t0, T, H, D).permute(0, 1, 3, 2, 4).reshape(n, H, T, D)
+        kt = k.narrow(1, t0 * T, (t1 - t0) * T + W - T).unfold(1, W, T).permute(0, 1, 2, 4, 3).reshape(n, H, W, D)
+        vt = v.narrow(1, t0 * T, (t1 - t0) * T + W - T).unfold(1, W, T).permute(0, 1, 2, 4, 3).reshape(n, H, W, C)
         mt = mask[t0:t1].unsqueeze(0).expand(B, -1, -1, -1).reshape(n, 1, T, W)
         out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mt, dropout_p=dropout, scale=scale)
         outs.append(out.view(B, t1 - t0, H, T, C).permute(0, 1, 3, 2, 4))
