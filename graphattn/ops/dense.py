@@ -11,6 +11,7 @@ equals the sparse path's; tests check it.
 """
 from __future__ import annotations
 
+import functools
 from typing import List, Optional, Tuple
 
 import torch
@@ -201,6 +202,24 @@ def _grouped(query: Tensor, key: Tensor, value: Tensor, graph: Graph, scale, dro
     return torch.cat(outs).index_select(0, order)
 
 
+def _band_bias(tiles: int, L: int, left: int, right: int, device, dtype) -> Tensor:
+    """:func:`_band_mask` as the additive mask SDPA would convert it to (0 where a key is
+    seen, -inf where not), cached for the last few shapes: a model calls the same
+    window every layer and step, and building it is a fifth of a short sequence's time."""
+    if torch.compiler.is_compiling():
+        return _additive(_band_mask(tiles, L, left, right, device), dtype)
+    return _cached_band_bias(tiles, L, left, right, torch.device(device), dtype)
+
+
+def _additive(mask: Tensor, dtype) -> Tensor:
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_band_bias(tiles: int, L: int, left: int, right: int, device: torch.device, dtype) -> Tensor:
+    return _additive(_band_mask(tiles, L, left, right, device), dtype)
+
+
 def _band_mask(tiles: int, L: int, left: int, right: int, device) -> Tensor:
     """``[tiles, BAND_TILE, W]``: which of the ``W = BAND_TILE + left + right`` keys
     starting at ``tile * BAND_TILE - left`` each query of the tile may see. Padding
@@ -224,7 +243,7 @@ def _banded(query: Tensor, key: Tensor, value: Tensor, B: int, L: int, left: int
     q = F.pad(query.reshape(B, L, H, D), (0, 0, 0, 0, 0, pad))  # [B, tiles * T, H, D]
     k = F.pad(key.reshape(B, L, H, D), (0, 0, 0, 0, left, pad + right))  # [B, tiles * T + W - T, H, D]
     v = F.pad(value.reshape(B, L, H, C), (0, 0, 0, 0, left, pad + right))
-    mask = _band_mask(tiles, L, left, right, query.device)
+    mask = _band_bias(tiles, L, left, right, query.device, query.dtype)
     step = max(1, BAND_GROUP_ELEMENTS // max(1, B * W * H * max(D, C)))
     outs = []
     for t0 in range(0, tiles, step):
