@@ -654,7 +654,7 @@ class Graph:
             return None if t is None else t.to(device)
 
         moved = self._copy_checked(mv)
-        moved.node_order = None if self.node_order is None else self.node_order.to(device)
+        moved.node_order = self.node_order  # the setter moves it to the graph's device
         return moved
 
     def _copy_checked(self, move: Callable[[Optional[Tensor]], Optional[Tensor]]) -> "Graph":

@@ -314,7 +314,6 @@ def test_direct_kernel_calls_with_inputs_their_kind_does_not_take_raise():
     assert "unknown score kind 7" in proc.stdout
 
 
-
 @needs_cpu
 def test_every_kernel_entry_refuses_more_channels_than_its_stack_buffer():
     """Found by review: only the forward entry checked the channel limit of the z
@@ -347,6 +346,7 @@ def test_every_kernel_entry_refuses_more_channels_than_its_stack_buffer():
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("forward", "weights", "backward"):
         assert f"{name} score kind GATV2 supports at most 1024 channels per head" in proc.stdout, proc.stdout
+
 
 @needs_cpu
 def test_backward_with_mixed_index_types_in_the_transposed_graph_raises():

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Dict
 
-from ._fused import ACTIVATIONS, KINDS, MAX_BUFFERED_CHANNELS, WEIGHTS, holds_channel_buffer
+from ._fused import ACTIVATIONS, KINDS, MAX_BUFFERED_CHANNELS, WEIGHTS
 
 _HERE = Path(__file__).resolve().parent
 CPP_HEADER = _HERE / "csrc" / "score_kinds.h"
@@ -72,10 +72,8 @@ def cpp_header() -> str:
     lines += ["", "// Whether a kind number names a kind, and its traits at run time (entry checks).",
               "inline bool is_kind(int64_t kind) { return " +
               " || ".join(f"kind == {k.name}" for k in KINDS) + "; }"]
-    traits = {t: (lambda k, t=t: getattr(k, t)) for t in ("adds_dst", "scalar", "takes_edge_bias")}
-    traits["holds_channel_buffer"] = holds_channel_buffer
-    for trait, has in traits.items():
-        yes = [k.name for k in KINDS if has(k)]
+    for trait in ("adds_dst", "scalar", "takes_edge_bias", "holds_channel_buffer"):
+        yes = [k.name for k in KINDS if getattr(k, trait)]
         body = " || ".join(f"kind == {n}" for n in yes) if yes else "false"
         lines.append(f"inline bool kind_{trait}(int64_t kind) {{ return {body}; }}")
     lines += ["", "// Channels per head of the stack buffer for one head's pre-activations, held by the",

@@ -63,6 +63,13 @@ class ScoreKind:
     scalar: bool
     takes_edge_bias: bool
 
+    @property
+    def holds_channel_buffer(self) -> bool:
+        """Whether the CPU kernel holds this kind's pre-activations for one head in its
+        fixed-size buffer (:data:`MAX_BUFFERED_CHANNELS`): per-channel kinds with a
+        non-identity activation."""
+        return not self.scalar and self.activation != "identity"
+
 
 WEIGHTS = ("one", "att", "dst")
 ACTIVATIONS: Tuple[Activation, ...] = (
@@ -101,7 +108,7 @@ def check_kind(kind: ScoreKind) -> ScoreKind:
 
 for _kind in KINDS:
     check_kind(_kind)
-if len({k.code for k in KINDS}) != len(KINDS) or {k.code for k in KINDS} != set(range(len(KINDS))):
+if sorted(k.code for k in KINDS) != list(range(len(KINDS))):
     raise ValueError("score kind codes must be 0..len(KINDS)-1, each once")
 GAT, GATV2, DOT = (k.code for k in KINDS)
 _BY_CODE: Dict[int, ScoreKind] = {k.code: k for k in KINDS}
@@ -125,13 +132,6 @@ OP_KINDS: Dict[str, int] = {"gat": GAT, "gatv2": GATV2, "dot_product": DOT}
 # Channels per head of the CPU kernel's stack buffer for one head's pre-activations
 # (``kMaxF`` in the generated header); a kind that holds one refuses more on entry.
 MAX_BUFFERED_CHANNELS = 1024
-
-
-def holds_channel_buffer(kind: "int | ScoreKind") -> bool:
-    """Whether the CPU kernel holds a kind's pre-activations for one head in its
-    fixed-size buffer: per-channel kinds with a non-identity activation."""
-    k = kind if isinstance(kind, ScoreKind) else score_kind(kind)
-    return not k.scalar and k.activation != "identity"
 
 
 def triton_traits(code: int) -> dict:

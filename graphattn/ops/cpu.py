@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ._dtypes import FLOAT_DTYPES, upcast
 from ._fused import (DOT, GAT, GATV2, MASK_REASON, MAX_BUFFERED_CHANNELS, OP_KINDS, backend_functions,  # noqa: F401
-                     holds_channel_buffer, score_kind)
+                     score_kind)
 _SOURCE = Path(__file__).parent / "csrc" / "fused_attention.cpp"
 _HEADER = _SOURCE.parent / "score_kinds.h"  # generated from ._fused's tables (._codegen); included by _SOURCE
 # -fopenmp: at::parallel_for is an inline template that parallelises with OpenMP
@@ -338,8 +338,7 @@ def decline(device=None, dtype=None, op=None, channels=None, has_edge_mask=False
         return f"it runs on CPU tensors, the inputs are on {device}"
     if dtype not in FLOAT_DTYPES:
         return f"dtype {dtype} is not a floating-point type it computes in"
-    kind = OP_KINDS.get(op)
-    if kind is not None and holds_channel_buffer(kind) and channels is not None and channels > MAX_BUFFERED_CHANNELS:
-        return (f"{score_kind(kind).name} with {channels} channels per head; the kernel holds at most "
-                f"{MAX_BUFFERED_CHANNELS}")
+    kind = score_kind(OP_KINDS[op]) if op in OP_KINDS else None
+    if kind is not None and kind.holds_channel_buffer and channels is not None and channels > MAX_BUFFERED_CHANNELS:
+        return f"{kind.name} with {channels} channels per head; the kernel holds at most {MAX_BUFFERED_CHANNELS}"
     return unavailable_reason()

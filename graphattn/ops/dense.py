@@ -206,18 +206,14 @@ def _band_bias(tiles: int, L: int, left: int, right: int, device, dtype) -> Tens
     """:func:`_band_mask` as the additive mask SDPA would convert it to (0 where a key is
     seen, -inf where not), cached for the last few shapes: a model calls the same
     window every layer and step, and building it is a fifth of a short sequence's time."""
-    if torch.compiler.is_compiling():
-        return _additive(_band_mask(tiles, L, left, right, device), dtype)
-    return _cached_band_bias(tiles, L, left, right, torch.device(device), dtype)
-
-
-def _additive(mask: Tensor, dtype) -> Tensor:
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+    build = _cached_band_bias.__wrapped__ if torch.compiler.is_compiling() else _cached_band_bias
+    return build(tiles, L, left, right, torch.device(device), dtype)
 
 
 @functools.lru_cache(maxsize=4)
 def _cached_band_bias(tiles: int, L: int, left: int, right: int, device: torch.device, dtype) -> Tensor:
-    return _additive(_band_mask(tiles, L, left, right, device), dtype)
+    mask = _band_mask(tiles, L, left, right, device)
+    return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, float("-inf"))
 
 
 def _band_mask(tiles: int, L: int, left: int, right: int, device) -> Tensor:
