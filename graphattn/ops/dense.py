@@ -139,6 +139,26 @@ def band_tiles(graph: Graph) -> Optional[Tuple[int, int, int, int]]:
     return shape
 
 
+# The dense paths, each with its test of a graph (its shape, or None), in the order they
+# are tried: the backend declines and picks a path from this table alone (dot_product runs
+# each by name), so a path is added here or not at all; tests/test_routes.py covers each.
+_ROUTE_TESTS = (("band", band_tiles), ("sdpa", blocks), ("grouped", size_groups))
+ROUTES = tuple(name for name, _ in _ROUTE_TESTS)
+
+
+def _route(graph: Graph) -> Tuple[Optional[str], object]:
+    for name, takes in _ROUTE_TESTS:
+        shape = takes(graph)
+        if shape is not None:
+            return name, shape
+    return None, None
+
+
+def route(graph: Graph) -> Optional[str]:
+    """Which of :data:`ROUTES` the dense backend runs ``graph`` on (None: it declines it)."""
+    return _route(graph)[0]
+
+
 def decline(graph=None, need_weights=False, has_edge_terms=False, has_edge_mask=False, **_) -> Optional[str]:
     if graph is None:
         return "no graph"
@@ -148,7 +168,7 @@ def decline(graph=None, need_weights=False, has_edge_terms=False, has_edge_mask=
         return "attention weights were asked for (SDPA does not return them)"
     if has_edge_terms:
         return "the call has per-edge terms (edge_key / edge_value / edge_bias)"
-    if blocks(graph) is None and size_groups(graph) is None and band_tiles(graph) is None:
+    if route(graph) is None:
         pat = graph.pattern
         if pat is not None and pat.kind == "complete" and pat.batch is not None:
             reason = _grouping_refusal(torch.tensor(pat.batch, dtype=torch.long))
@@ -166,12 +186,12 @@ def dot_product(query, key, value, graph, *, scale, edge_key, edge_value, edge_b
                 need_weights=False):
     if edge_key is not None or edge_value is not None or edge_bias is not None or need_weights:
         raise RuntimeError("the dense backend runs plain attention only (no edge terms, no returned weights)")
-    tiles = band_tiles(graph)
-    if tiles is not None:
-        return _banded(query, key, value, *tiles, scale, dropout if training else 0.0), None
-    if blocks(graph) is None:
+    which, shape = _route(graph)
+    if which == "band":
+        return _banded(query, key, value, *shape, scale, dropout if training else 0.0), None
+    if which == "grouped":
         return _grouped(query, key, value, graph, scale, dropout if training else 0.0), None
-    B, Lq, Lk = blocks(graph)
+    B, Lq, Lk = shape  # "sdpa"
     H, D, C = query.size(1), query.size(2), value.size(2)
 
     def to_dense(t: Tensor, L: int) -> Tensor:  # [B*L, H, X] -> [B, H, L, X]
