@@ -67,6 +67,20 @@ def test_every_per_node_input_is_checked_against_the_graph(op, backend):
             ops.dot_product_attention(r(6, 2, 3), r(6, 2, 3), r(7, 2, 3), g, backend=backend)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gat_over_an_edge_index_without_destination_scores_keeps_every_node(backend):
+    """Found by the route harness (tests/test_routes.py): with score_dst=None nothing gave
+    the destination count, so it was the largest destination index + 1 and nodes after it
+    without in-edges silently lost their output rows. An edge_index is square there, as
+    in PyG and score_attention; a destination past the nodes is a clear error."""
+    ei = torch.tensor([[0, 1, 2, 3], [1, 0, 1, 2]])  # node 3 receives nothing
+    out = ops.gat_attention(torch.randn(4, 1), None, torch.randn(4, 1, 2), ei, backend=backend)
+    assert out.shape == (4, 1, 2) and torch.equal(out[3], torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="destination index 3, out of range for 2 destination nodes"):
+        ops.gat_attention(torch.randn(2, 1), None, torch.randn(2, 1, 2), torch.tensor([[0, 1], [1, 3]]),
+                          backend=backend)
+
+
 # ------------------------------------------------------------ patterns
 def test_pattern_callable_wider_than_the_sequence_is_rejected():
     mha = MultiheadGraphAttention(8, 2, batch_first=True, pattern=lambda Lq, Lk: patterns.complete(Lq, Lk + 5))

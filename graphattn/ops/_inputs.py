@@ -149,7 +149,10 @@ def check_call(spec: OpSpec, graph: GraphLike, tensors: Mapping[str, Optional[Te
         _check_tensor(arg, t, dtype)
         dtype = t.dtype if dtype is None else dtype
     checked = {s.name: check_scalar(s.name, scalars[s.name], s.domain) for s in spec.scalars if s.name in scalars}
-    g = resolve_graph(graph, *_node_counts(spec, tensors))
+    num_src, num_dst = _node_counts(spec, tensors)
+    if num_dst is None and isinstance(graph, Tensor):
+        num_dst = num_src  # no destination-side input: an edge_index is square (PyG's convention)
+    g = resolve_graph(graph, num_src, num_dst)
     rows = {"src": g.num_src, "dst": g.num_dst, "edge": g.num_edges}
     dims: Dict[str, int] = {}
     for arg in spec.tensors:
