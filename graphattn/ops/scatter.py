@@ -14,8 +14,13 @@ from ._dtypes import FLOAT_DTYPES, upcast
 from .softmax import segment_softmax_backward, segment_softmax_forward
 
 
+# Looked up once, at import (see triton_backend: no import-system call on the hot path).
+_SCATTER_INSTALLED = importlib.util.find_spec("torch_scatter") is not None
+
+
 def is_available() -> bool:
-    return importlib.util.find_spec("torch_scatter") is not None
+    """Whether ``torch_scatter`` is installed (looked up once, when this module is imported)."""
+    return _SCATTER_INSTALLED
 
 
 def _scatter_max(scores: Tensor, index: Tensor, n: int) -> Tensor:

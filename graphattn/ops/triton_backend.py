@@ -18,8 +18,15 @@ from ._dtypes import FLOAT_DTYPES, compute_dtype
 from ._fused import DOT, GAT, GATV2, MASK_REASON, backend_functions, score_kind, triton_traits  # noqa: F401
 
 
+# Decided once, at import: dispatch runs inside compiled layers, and dynamo refuses to
+# trace import-system calls such as ``find_spec`` (torch 2.11: "Attempted to call function
+# marked as skipped"), so the hot path reads a constant.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def is_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    """Whether ``triton`` is installed (looked up once, when this module is imported)."""
+    return _TRITON_INSTALLED
 
 
 def _interpreting() -> bool:
@@ -48,6 +55,10 @@ def _pow2(n: int) -> int:
 def _kernels():
     from . import triton_kernels
 
+    if _interpreting():
+        from ._triton_compat import ensure_interpreter_compat
+
+        ensure_interpreter_compat()  # once: old interpreters under numpy >= 2.4 need a fix
     return triton_kernels
 
 
