@@ -133,6 +133,36 @@ def test_gradcheck_float64_with_dropout_mask_fixed_by_seed():
     assert torch.autograd.gradcheck(f, (q, k, v), fast_mode=True)
 
 
+def test_exact_row_sums_redraw_the_forward_dropout_mask():
+    """The backward's exact row sums for a non-finite upstream gradient take the dropout
+    multipliers from ``dropout_scale_kernel``: they are the forward's, so the forward's
+    output rebuilt from them and the weights is the kernel's output."""
+    g = _graph(5)
+    q, k, v = (torch.randn(N, H, C, dtype=torch.float64) for _ in range(3))
+    out = triton_backend._Fused.apply(triton_backend.DOT, g, 0.0, 0.5, 0.4, 77, q, k, v, None, None, None, None)[0]
+    alpha = g.to_csr_order(ops.dot_product_attention(q, k, v, g, scale=0.5, return_weights=True,
+                                                     backend="reference")[1])
+    keep = triton_backend._dropout_scale(g.num_edges, H, 0.4, 77, v)
+    assert 0 < int((keep == 0).sum()) < keep.numel()
+    rebuilt = torch.zeros_like(out).index_add_(0, g.row, (alpha * keep)[..., None] * v[g.col])
+    torch.testing.assert_close(out, rebuilt)
+
+
+def test_a_nonfinite_upstream_gradient_with_dropout_gives_the_exact_row_sums():
+    """An inf in d_out: the reference's row sum is NaN where <d_out, out> is +-inf; with
+    dropout (seed fixed) the kernel's gradients are NaN exactly where that sum puts them."""
+    g = _graph(6)
+    d = dict(dtype=torch.float64, requires_grad=True)
+    q, k, v = torch.randn(N, H, C, **d), torch.randn(N, H, C, **d), torch.randn(N, H, C, **d)
+    out = triton_backend._Fused.apply(triton_backend.DOT, g, 0.0, 0.5, 0.4, 77, q, k, v, None, None, None, None)[0]
+    grad = torch.randn_like(out)
+    row = int(g.row[0])
+    grad[row, 0, 0] = float("inf")
+    dq, = torch.autograd.grad(out, (q,), grad)
+    assert torch.isfinite(dq[torch.arange(N) != row]).all()
+    assert not torch.isfinite(dq[row, 0]).all() and torch.isfinite(dq[row, 1]).all()
+
+
 def test_not_chosen_on_cpu_unless_forced():
     g = _graph()
     ops.gat_attention(torch.randn(N, H), torch.randn(N, H), torch.randn(N, H, C), g)

@@ -8,10 +8,16 @@ tiles: each tile of ``BAND_TILE`` queries attends, through SDPA with a small mas
 the run of keys its window can reach, so the work is dense GEMMs over about
 ``(BAND_TILE + left + right) / (left + right + 1)`` times the band's pairs. The result
 equals the sparse path's; tests check it.
+
+These routes compute the masked pairs too and drop them afterwards, so a NaN or inf
+would reach queries that never attend to it (see :func:`exact_where_nonfinite`): a
+call whose inputs, or a backward whose upstream gradient, hold one runs on the sparse
+kernel instead, which propagates it as the reference does.
 """
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import List, Optional, Tuple
 
 import torch
@@ -19,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..graph import Graph
+from ._dispatch import _REGISTRY, explain_dispatch
+from ._dtypes import compute_dtype
 
 DENSE_KINDS = ("complete", "causal", "cross")
 
@@ -186,11 +194,18 @@ def dot_product(query, key, value, graph, *, scale, edge_key, edge_value, edge_b
                 need_weights=False):
     if edge_key is not None or edge_value is not None or edge_bias is not None or need_weights:
         raise RuntimeError("the dense backend runs plain attention only (no edge terms, no returned weights)")
+    p = dropout if training else 0.0
+    route = functools.partial(_dense_route, graph=graph, scale=scale, dropout=p)
+    return exact_where_nonfinite(route, query, key, value, graph, scale=scale, dropout=p), None
+
+
+def _dense_route(query: Tensor, key: Tensor, value: Tensor, *, graph: Graph, scale, dropout: float) -> Tensor:
+    """The call on the route of :data:`ROUTES` that takes the graph."""
     which, shape = _route(graph)
     if which == "band":
-        return _banded(query, key, value, *shape, scale, dropout if training else 0.0), None
+        return _banded(query, key, value, *shape, scale, dropout)
     if which == "grouped":
-        return _grouped(query, key, value, graph, scale, dropout if training else 0.0), None
+        return _grouped(query, key, value, graph, scale, dropout)
     B, Lq, Lk = shape  # "sdpa"
     H, D, C = query.size(1), query.size(2), value.size(2)
 
@@ -199,9 +214,112 @@ def dot_product(query, key, value, graph, *, scale, edge_key, edge_value, edge_b
 
     out = F.scaled_dot_product_attention(
         to_dense(query, Lq), to_dense(key, Lk), to_dense(value, Lk),
-        dropout_p=dropout if training else 0.0, is_causal=graph.pattern.kind == "causal", scale=scale,
+        dropout_p=dropout, is_causal=graph.pattern.kind == "causal", scale=scale,
     )
-    return out.transpose(1, 2).reshape(B * Lq, H, C), None
+    return out.transpose(1, 2).reshape(B * Lq, H, C)
+
+
+# ------------------------------------------------------------------ NaN and inf
+# SDPA (and flex) compute every pair of a block or tile and mask afterwards: 0 x NaN in
+# the weighted sum of values, NaN + (-inf) in an additive mask, and the same products in
+# backward, carry a NaN or inf to queries that never attend to it. So the dense routes
+# run only where the inputs and the upstream gradient are finite; elsewhere the sparse
+# kernel the dispatcher would otherwise pick computes the call exactly.
+DENSE_BACKENDS = ("dense", "flex")
+
+
+def _all_finite(*tensors: Tensor) -> bool:
+    """One sum per tensor: not finite exactly when some value is not (or when finite ones
+    overflow, which only sends the call to the exact path)."""
+    return bool(torch.isfinite(sum(t.sum(dtype=compute_dtype(t.dtype)) for t in tensors)))
+
+
+def _sparse_route(query: Tensor, key: Tensor, value: Tensor, *, graph: Graph, scale, dropout: float) -> Tensor:
+    """The call on the highest-priority backend that is not a dense one (like ``reference``,
+    it takes a NaN or inf only to the queries that attend to it)."""
+    call = dict(device=query.device, dtype=query.dtype, graph=graph, dropout=dropout, need_weights=False,
+                has_edge_terms=False, has_edge_mask=False, heads=query.size(1), channels=None)
+    name = next(n for n, reason in explain_dispatch("dot_product", **call).items()
+                if reason is None and n not in DENSE_BACKENDS)
+    out, _ = _REGISTRY["dot_product"][name].fn(query, key, value, graph, scale=scale, edge_key=None, edge_value=None,
+                                               edge_bias=None, dropout=dropout, training=dropout > 0,
+                                               need_weights=False)
+    return out
+
+
+def exact_where_nonfinite(route, query: Tensor, key: Tensor, value: Tensor, graph: Graph, *, scale,
+                          dropout: float) -> Tensor:
+    """``route(query, key, value)`` (a dense route) where it equals the reference: a call
+    whose inputs hold a NaN or inf runs on the sparse kernel instead, and a backward whose
+    upstream gradient does gets the sparse kernel's input gradients. Not under
+    ``torch.compile`` (the check is a data-dependent branch) and, for the backward, not
+    with dropout (the sparse kernel cannot redraw SDPA's mask)."""
+    if torch.compiler.is_compiling():
+        return route(query, key, value)
+    exact = functools.partial(_sparse_route, graph=graph, scale=scale, dropout=dropout)
+    if not _all_finite(query, key, value):
+        return exact(query, key, value)
+    if not torch.is_grad_enabled() or not any(t.requires_grad for t in (query, key, value)):
+        return route(query, key, value)
+    if dropout > 0:  # SDPA's mask cannot be redrawn for the sparse kernel: said, not hidden
+        out = route(query, key, value)
+        _warn_on_nonfinite_gradient(out)
+        return out
+    nonfinite: dict = {}
+    out = route(*_ExactGradientWhereNonFinite.apply(exact, nonfinite, query, key, value))
+    _record_nonfinite_gradient(out, nonfinite)
+    return out
+
+
+def _record_nonfinite_gradient(out: Tensor, record: dict) -> None:
+    """Hook ``out`` so that a backward whose gradient of it holds a NaN or inf leaves that
+    gradient in ``record["grad"]``. The hook goes on the tensor ``out`` views, if it is a
+    view (a hook on the view itself is lost when the caller writes to it in place; one on
+    its base sees the gradient of the base before the write), and cuts ``out``'s part out."""
+    root = out if out._base is None else out._base
+    layout = root.size(), root.stride()
+    view = out.size(), out.stride(), out.storage_offset() - root.storage_offset()
+
+    def hook(grad: Tensor) -> None:
+        if not _all_finite(grad):
+            laid_out = torch.empty_strided(*layout, dtype=grad.dtype, device=grad.device).copy_(grad)
+            record["grad"] = laid_out.as_strided(*view)
+
+    root.register_hook(hook)
+
+
+def _warn_on_nonfinite_gradient(out: Tensor) -> None:
+    def hook(grad: Tensor) -> None:
+        if not _all_finite(grad):
+            warnings.warn("a NaN or inf reached the backward of a dense attention route with dropout: its input "
+                          "gradients may hold NaN where the sparse path's hold inf or finite values (SDPA's dropout "
+                          "mask cannot be redrawn for the exact path); pass backend='cpu' (or the sparse backend "
+                          "you use) to get the reference's gradients", RuntimeWarning, stacklevel=2)
+    out.register_hook(hook)
+
+
+class _ExactGradientWhereNonFinite(torch.autograd.Function):
+    """Identity on a dense route's inputs. Its backward receives the route's input
+    gradients and passes them on, unless the route's upstream gradient was not finite
+    (recorded by a hook on the route's output, which runs first): then it returns the
+    sparse kernel's."""
+
+    @staticmethod
+    def forward(ctx, exact, nonfinite: dict, query, key, value):
+        ctx.exact, ctx.nonfinite = exact, nonfinite
+        ctx.save_for_backward(query, key, value)
+        return query.view_as(query), key.view_as(key), value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        upstream = ctx.nonfinite.pop("grad", None)
+        if upstream is None:
+            return (None, None) + grads
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[2:])]
+            wanted = [t for t in leaves if t.requires_grad]
+            exact = iter(torch.autograd.grad(ctx.exact(*leaves), wanted, upstream))
+        return (None, None) + tuple(next(exact) if t.requires_grad else None for t in leaves)
 
 
 def _grouped(query: Tensor, key: Tensor, value: Tensor, graph: Graph, scale, dropout: float) -> Tensor:

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from .dense import blocks
+from .dense import blocks, exact_where_nonfinite
 
 FLEX_KINDS = ("band", "causal", "complete")
 
@@ -86,5 +86,10 @@ def dot_product(query, key, value, graph, *, scale, edge_key, edge_value, edge_b
         return t.reshape(B, L, H, t.size(-1)).transpose(1, 2)
 
     fn = _compiled() if query.is_cuda else flex_attention
-    out = fn(to_dense(query, Lq), to_dense(key, Lk), to_dense(value, Lk), block_mask=mask, scale=scale)
-    return out.transpose(1, 2).reshape(B * Lq, H, value.size(-1)), None
+
+    def attend(q, k, v):
+        out = fn(to_dense(q, Lq), to_dense(k, Lk), to_dense(v, Lk), block_mask=mask, scale=scale)
+        return out.transpose(1, 2).reshape(B * Lq, H, v.size(-1))
+
+    # flex computes the masked pairs of a block as SDPA does: NaN and inf are the dense routes' case
+    return exact_where_nonfinite(attend, query, key, value, graph, scale=scale, dropout=0.0), None

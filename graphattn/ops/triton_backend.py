@@ -164,6 +164,8 @@ class _Fused(torch.autograd.Function):
         d_out = d_out.contiguous()
         # FlashAttention's "delta": sum over channels of d_out * out, per destination and head
         dout_dot_out = (d_out.to(lse.dtype) * out.to(lse.dtype)).sum(-1).contiguous()
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(dout_dot_out).all()):
+            dout_dot_out = _exact_nonfinite_delta(dout_dot_out, d_out, ctx, code, graph)
         d_src_term = torch.empty_like(src_term)
         d_value = torch.empty_like(value)
         d_edge_score_term = torch.empty_like(edge_score_term) if edge_score_term is not None else None
@@ -199,6 +201,34 @@ class _Fused(torch.autograd.Function):
                 datt = datt_rows.sum(0).to(att.dtype)
         grads = [d_dst_term, d_src_term, d_value, d_edge_score_term, d_edge_bias, d_edge_value, datt]
         return (None,) * 6 + tuple(gr if present else None for gr, present in zip(grads, ctx.present))
+
+
+def _dropout_scale(E: int, H: int, p: float, seed: int, like: torch.Tensor) -> torch.Tensor:
+    """The ``[E, H]`` dropout multipliers the fused kernels drew (CSR order); ones without dropout."""
+    keep = torch.ones(E, H, device=like.device, dtype=compute_dtype(like.dtype))
+    if p > 0 and E * H:
+        block = 1024
+        _kernels().dropout_scale_kernel[(-(-E * H // block),)](keep, E * H, H, p, seed, ACC=_acc(like.dtype),
+                                                                      BLOCK=block)
+    return keep
+
+
+def _exact_nonfinite_delta(delta, d_out, ctx, code, graph):
+    """The backward's delta ``<d_out[i, h], out[i, h]>`` where it is finite; elsewhere (an
+    inf or NaN in d_out or out) the row sum the reference forms,
+    ``sum_e alpha_e keep_e <d_out[i, h], message e>``: with an inf in d_out the two differ
+    (+-inf against NaN) and every score gradient of the row inherits the difference."""
+    dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, _, lse = ctx.saved_tensors
+    slope, scale, p, seed = ctx.params
+    acc = lse.dtype
+    alpha = _weights(graph, lse, code, dst_term, src_term, edge_score_term, edge_bias, att, slope, scale)
+    message = value[graph.col].to(acc)
+    if edge_value is not None:
+        message = message + edge_value.to(acc)
+    d_message = (d_out[graph.row].to(acc) * message).sum(-1)
+    keep = _dropout_scale(graph.num_edges, delta.size(1), p, seed, value)
+    exact = torch.zeros_like(delta).index_add_(0, graph.row, alpha * keep * d_message)
+    return torch.where(torch.isfinite(delta), delta, exact).contiguous()
 
 
 def _weights(graph, lse, kind, dst_term, src_term, edge_score_term, edge_bias, att, slope, scale):

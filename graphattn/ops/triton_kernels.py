@@ -61,6 +61,14 @@ def _keep_scale(seed, e, h, H, p, ACC: tl.constexpr):
 
 
 @triton.jit
+def dropout_scale_kernel(keep, EH, H, p, seed, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """``keep[e, h]``: the dropout multiplier the fused kernels drew for edge ``e`` of head
+    ``h`` (:func:`_keep_scale` on the same counter), for the backward's exact row sums."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(keep + offs, _keep_scale(seed, offs // H, offs % H, H, p, ACC), mask=offs < EH)
+
+
+@triton.jit
 def _pre_activation(ADDS_DST: tl.constexpr, dst_term, src_term, edge_score_term, i, j, e, h, m2, H, F, offs_f,
                     HAS_EDGE_SCORE_TERM: tl.constexpr, ACC: tl.constexpr):
     """``z = src_term[j] (+ dst_term[i]) (+ edge_score_term[e])`` for a block of edges: [BLOCK_E, BLOCK_F]."""

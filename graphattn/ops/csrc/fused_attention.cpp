@@ -27,6 +27,8 @@
 // out[i,h,c] (FlashAttention's "delta"), the score gradient of edge e = (j -> i) is
 // alpha * (keep_scale * dout_dot_msg - dout_dot_out[i,h]), where dout_dot_msg =
 // <d_out[i,h,:], message of e> and keep_scale is e's dropout multiplier (1/(1-p) or 0).
+// Where the delta is not finite (an inf or NaN in d_out or out) it is recomputed as the
+// reference forms it, a sum over the row's edges (exact_nonfinite_deltas).
 // Dropout masks come from a counter-based hash of (seed, edge, head), so the
 // backward regenerates them instead of storing them.
 //
@@ -535,6 +537,41 @@ inline void destination_side_gradients(const Args<T>& a, int64_t i, int64_t j, i
   }
 }
 
+// The delta <d_out[i,h,:], out[i,h,:]> equals the reference's row sum
+// sum_e alpha_e * keep_e * <d_out[i,h,:], message e> only while both are finite: with
+// an inf in d_out, the first is +-inf where the second, a sum of +-inf terms of both
+// signs, is NaN, and every score gradient of the row (and the source sides they reach)
+// inherits the difference. It is finite exactly when d_out[i,h,:] and out[i,h,:] are, so
+// only the rows where it is not are recomputed here, the reference's way.
+template <typename T, int KIND>
+void exact_nonfinite_deltas(const Args<T>& a, const int64_t* rp, const int64_t* cl, int64_t Nd, const T* stats,
+                            const T* d_out, T* delta) {
+  const int64_t H = a.H, Cv = a.Cv;
+  at::parallel_for(0, Nd, 256, [&](int64_t begin, int64_t end) {
+    std::vector<T> s(H), acc(H);
+    for (int64_t i = begin; i < end; ++i) {
+      bool finite = true;
+      for (int64_t h = 0; h < H; ++h) finite = finite && std::isfinite(delta[i * H + h]);
+      if (finite) continue;
+      std::fill(acc.begin(), acc.end(), T(0));
+      for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
+        const int64_t j = cl[e];
+        GA_CHECK_INDEX(j, a.Ns, "source");
+        a.template scores<KIND>(i, j, e, s.data());
+        weights_from_stats(s.data(), stats + i * H * 2, H);  // s now holds alpha
+        for (int64_t h = 0; h < H; ++h) {
+          const T* dOh = d_out + (i * H + h) * Cv;
+          const T* vh = a.value + (j * H + h) * Cv;
+          const T msg = a.edge_value ? dot_sum(dOh, vh, a.edge_value + (e * H + h) * Cv, Cv) : dot(dOh, vh, Cv);
+          acc[h] += a.keep(e, h) * msg * s[h];
+        }
+      }
+      for (int64_t h = 0; h < H; ++h)
+        if (!std::isfinite(delta[i * H + h])) delta[i * H + h] = acc[h];
+    }
+  });
+}
+
 // I: the transposed graph's index type (int32 where the graph allows, see Graph.transpose_csr).
 template <typename T, int KIND, typename I>
 void backward_impl(const Args<T>& a, const int64_t* rp, const int64_t* cl, const I* cp, const I* rs, const I* id, int64_t Nd, int64_t Ns, const T* stats, const T* d_out, const T* dout_dot_out,
@@ -712,6 +749,8 @@ std::vector<torch::Tensor> fused_backward(int64_t kind, torch::Tensor rowptr, to
     auto run = [&](auto index_type) {
       using I = decltype(index_type);
       GA_DISPATCH_KIND(kind, [&] {
+      exact_nonfinite_deltas<scalar_t, KIND>(a, rowptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(), Nd,
+                                             stats.data_ptr<scalar_t>(), dO, delta);
       backward_impl<scalar_t, KIND, I>(a, rowptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(), colptr.data_ptr<I>(),
                                     row_by_src.data_ptr<I>(), eid.data_ptr<I>(), Nd, Ns,
                                     stats.data_ptr<scalar_t>(), d_out.data_ptr<scalar_t>(),
