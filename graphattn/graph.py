@@ -10,6 +10,8 @@ Building a graph sorts and validates once; layers reuse it every step.
 """
 from __future__ import annotations
 
+import operator
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Tuple, Union
 
@@ -64,26 +66,51 @@ def _check_index_tensor(edge_index: Any) -> Tensor:
     return edge_index
 
 
-def _check_count(name: str, value: Any) -> int:
-    if isinstance(value, Tensor):
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return value
+def _check_count(name: str, value: Any, minimum: int = 0) -> int:
+    """``value`` as an ``int >= minimum``: the one rule for every count, size and length.
+    An int, a numpy integer or a one-element integer tensor; a bool, a float (even an
+    integral one) or a float tensor is refused, never truncated."""
+    is_bool = isinstance(value, bool) or type(value).__name__ == "bool_" or (
+        isinstance(value, Tensor) and value.dtype == torch.bool)
+    try:
+        n = None if is_bool or (isinstance(value, Tensor) and value.numel() != 1) else operator.index(value)
+    except TypeError:
+        n = None
+    need = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+    if n is None:
+        raise TypeError(f"{name} must be {need}, got {value!r}")
+    if n < minimum:
+        raise ValueError(f"{name} must be {need}, got {n}")
+    return n
 
 
-def _check_range(idx: Tensor, bound: int, what: str, count_name: str) -> None:
+def _check_range(idx: Tensor, bound: int, what: str, count_name: str, name: str = "edge_index") -> None:
     if idx.numel() == 0:
         return
     lo = int(idx.min())
     if lo < 0:
-        raise ValueError(f"edge_index has a negative {what} index ({lo}); indices must be >= 0")
+        raise ValueError(f"{name} has a negative {what} index ({lo}); indices must be >= 0")
     hi = int(idx.max())
     if hi >= bound:
         raise ValueError(
-            f"edge_index has {what} index {hi}, out of range for {bound} {count_name} "
+            f"{name} has {what} index {hi}, out of range for {bound} {count_name} "
             f"(valid indices are 0..{bound - 1})"
         )
+
+
+def _check_offsets(ptr: Tensor, n: int, nnz: int, name: str) -> None:
+    """``ptr`` as the ``n + 1`` compressed offsets of ``nnz`` entries: from 0 to ``nnz``, non-decreasing."""
+    if ptr.numel() != n + 1:
+        raise ValueError(f"{name} has {ptr.numel()} entries; {n} compressed rows need {n + 1}")
+    if int(ptr[0]) != 0 or int(ptr[-1]) != nnz:
+        raise ValueError(f"{name} must start at 0 and end at num_edges={nnz}, got {int(ptr[0])} .. {int(ptr[-1])}")
+    if n and bool((ptr[1:] < ptr[:-1]).any()):
+        raise ValueError(f"{name} must be non-decreasing (compressed offsets)")
+
+
+def _dense(t: Any) -> Any:
+    """An index array as the kernels read it: contiguous (a strided view is copied once)."""
+    return t.contiguous() if isinstance(t, Tensor) else t
 
 
 def undirected_pairs(edge_index: Tensor) -> Tensor:
@@ -105,12 +132,57 @@ def _is_sparse_tensor_class(obj: Any) -> bool:
     return type(obj).__name__ == "SparseTensor" and hasattr(obj, "coo") and hasattr(obj, "sparse_sizes")
 
 
+def _stamp_of(rowptr: Tensor, col: Tensor, row: Tensor, perm: Optional[Tensor]) -> Tuple[int, ...]:
+    """Which index tensors a graph holds and their version counters (any in-place edit changes them)."""
+    versions = tuple(getattr(t, "_version", -1) for t in (rowptr, col, row, perm))
+    return versions + (id(rowptr), id(col), id(row))
+
+
 def _offsets(index: Tensor, n: int) -> Tensor:
     """CSR offsets ``[n + 1]`` of a sorted (or any) index: ``offsets[k+1] - offsets[k]``
     is the count of ``k``. Static output shape (unlike ``bincount``), so traceable."""
     counts = torch.zeros(n + 1, dtype=torch.long, device=index.device)
     counts.index_add_(0, index + 1, torch.ones_like(index))
     return counts.cumsum(0)
+
+
+def _coalesced(adj_t: Tensor, nd: int, ns: int) -> Tensor:
+    """A COO ``adj_t`` with its indices checked, coalesced (torch sums repeated entries).
+    A tensor flagged coalesced is coalesced again when its indices say it is not (PyG's
+    ``to_edge_index`` sets the flag on a caller's tensor without coalescing it)."""
+    index = adj_t._indices()
+    _check_range(index[0], nd, "row (destination)", "destination nodes", "adj_t")
+    _check_range(index[1], ns, "column (source)", "source nodes", "adj_t")
+    if not adj_t.is_coalesced():
+        return adj_t.coalesce()
+    key = index[0] * ns + index[1]
+    if key.numel() > 1 and bool((key[1:] <= key[:-1]).any()):
+        return torch.sparse_coo_tensor(index, adj_t._values(), adj_t.shape, check_invariants=False).coalesce()
+    return adj_t
+
+
+def _compressed(adj_t: Tensor, ptr: Tensor, idx: Tensor, n_major: int, n_minor: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """A CSR / CSC ``adj_t``'s ``(offsets, indices, major index of each entry)`` as int64
+    copies, after checking the arrays meet torch's invariants: nothing is computed from
+    them before."""
+    csr = adj_t.layout == torch.sparse_csr
+    names = ("adj_t.crow_indices()", "adj_t.col_indices()") if csr else ("adj_t.ccol_indices()", "adj_t.row_indices()")
+    line, what = ("row", ("column (source)", "source nodes")) if csr else ("column", ("row (destination)",
+                                                                                        "destination nodes"))
+    nnz = adj_t.values().size(0)
+    for name, t in zip(names, (ptr, idx)):
+        if t.dtype not in (torch.int32, torch.int64) or t.dim() != 1:
+            raise ValueError(f"{name} must be a 1-D int32 or int64 tensor, got {t.dtype} of shape {list(t.shape)}")
+    if idx.numel() != nnz:
+        raise ValueError(f"{names[1]} has {idx.numel()} entries but adj_t has {nnz} values")
+    ptr, idx = ptr.to(torch.long, copy=True), idx.to(torch.long, copy=True)
+    _check_offsets(ptr, n_major, nnz, names[0])
+    _check_range(idx, n_minor, *what, name=names[1])
+    major = torch.repeat_interleave(torch.arange(n_major, device=idx.device), ptr.diff(), output_size=nnz)
+    if nnz > 1 and bool(((idx[1:] <= idx[:-1]) & (major[1:] == major[:-1])).any()):
+        raise ValueError(f"{names[1]} must be strictly increasing within each {line} (torch's invariant: sorted, "
+                         f"no repeated entry); build the adjacency with .coalesce() before converting it")
+    return ptr, idx, major
 
 
 class Graph:
@@ -150,9 +222,12 @@ class Graph:
         # The builders below pass tensors they made and sorted themselves (and mark the
         # graph valid); a Graph constructed directly is checked in full on first use
         # (:meth:`ensure_valid`), since the fused kernels index with these arrays.
-        self._rowptr, self._col, self._row = rowptr, col, row
+        self._rowptr, self._col, self._row = _dense(rowptr), _dense(col), _dense(row)
         self._index_builder: Optional[Callable[[], Tuple[Tensor, Tensor, Tensor]]] = None
-        self.perm = perm  # None means user order == CSR order
+        # Guards what is built on first use (lazy edges, the derived values below), so
+        # that threads sharing the graph build each once and never see it half built.
+        self._lock = threading.RLock()
+        self.perm = _dense(perm)  # None means user order == CSR order
         self.num_src = num_src
         self.num_dst = num_dst
         self._edge_index = edge_index
@@ -170,7 +245,29 @@ class Graph:
         self._valid_stamp: Optional[Tuple[int, ...]] = None
         # A renumbering the attention ops run the kernels in (:meth:`reorder_nodes`).
         self._node_order: Optional[NodeOrder] = None
-        self._relabeled: Optional[Graph] = None
+        self._relabeled: Optional[Tuple[NodeOrder, Graph]] = None  # (the order it is for, the graph)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_lock"]  # a lock is not copied or pickled: each copy gets its own
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    def _derived(self, name: str, build: Callable[[], Any]) -> Any:
+        """The cached value in attribute ``name``, built by ``build`` on first use under
+        the graph's lock and published in one assignment: threads sharing the graph
+        build it once, and a reader sees either nothing or the whole value."""
+        value = getattr(self, name)
+        if value is None:
+            with self._lock:
+                value = getattr(self, name)
+                if value is None:
+                    value = build()
+                    setattr(self, name, value)
+        return value
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -220,10 +317,11 @@ class Graph:
                         f"{name}={count} does not fit edge_index's dtype {edge_index.dtype} "
                         f"(max index {info.max}); pass edge_index as torch.long"
                     )
-        # The graph owns its indices: a copy (widened to int64) taken before the range
-        # check, so a caller who reuses its buffer can neither change this graph nor
-        # slip out-of-range indices past the check.
-        owned = edge_index.to(torch.long, copy=True)
+        # The graph owns its indices: a copy (widened to int64, contiguous whatever the
+        # caller's strides, e.g. ``pairs.t()``) taken before the range check, so a caller
+        # who reuses its buffer can neither change this graph nor slip out-of-range
+        # indices past the check.
+        owned = edge_index.to(torch.long, memory_format=torch.contiguous_format, copy=True)
         if validate:
             _check_range(owned[0], ns, "source", "source nodes")
             _check_range(owned[1], nd, "destination", "destination nodes")
@@ -293,20 +391,26 @@ class Graph:
         return graph
 
     def _materialize(self) -> None:
-        build, self._index_builder = self._index_builder, None
-        self._rowptr, self._col, self._row = build()
-        self._valid_stamp = self._stamp()  # built by graphattn: valid by construction
+        """Build a lazy graph's arrays, once: under the lock, and the builder is dropped
+        only after the arrays and their stamp are set (a thread that finds it gone finds
+        the arrays)."""
+        with self._lock:
+            if self._index_builder is None:
+                return
+            self._rowptr, self._col, self._row = arrays = self._index_builder()
+            self._valid_stamp = _stamp_of(*arrays, self.perm)  # built by graphattn: valid by construction
+            self._index_builder = None
 
     def _index(self, name: str) -> Tensor:
         if self._index_builder is not None:
             self._materialize()
         return getattr(self, name)
 
-    rowptr = property(lambda self: self._index("_rowptr"), lambda self, v: setattr(self, "_rowptr", v),
+    rowptr = property(lambda self: self._index("_rowptr"), lambda self, v: setattr(self, "_rowptr", _dense(v)),
                       doc="CSR offsets by destination, ``[num_dst + 1]``.")
-    col = property(lambda self: self._index("_col"), lambda self, v: setattr(self, "_col", v),
+    col = property(lambda self: self._index("_col"), lambda self, v: setattr(self, "_col", _dense(v)),
                    doc="Source of each edge, in CSR order.")
-    row = property(lambda self: self._index("_row"), lambda self, v: setattr(self, "_row", v),
+    row = property(lambda self: self._index("_row"), lambda self, v: setattr(self, "_row", _dense(v)),
                    doc="Destination of each edge, in CSR order.")
 
     @property
@@ -317,10 +421,18 @@ class Graph:
     @classmethod
     def from_sparse(cls, adj_t: Any) -> Tuple["Graph", Optional[Tensor]]:
         """Build from a sparse adjacency in PyG's ``adj_t`` convention: rows are
-        destinations, columns sources, shape ``(num_dst, num_src[, ...])``. Takes a torch
+        destinations, columns sources, shape ``(num_dst, num_src[, ...])`` (trailing dense
+        dimensions are per-edge values; batched adjacencies are refused). Takes a torch
         sparse COO / CSR / CSC tensor or a ``torch_sparse.SparseTensor``. Returns the
         graph and the adjacency's values in the graph's user order (``None`` if it has
-        none). A CSR ``adj_t`` *is* this graph's CSR: its arrays are copied, not sorted.
+        none).
+
+        A COO ``adj_t`` is the matrix it denotes: it is coalesced first, so entries
+        repeated at one ``(row, col)`` are one edge whose value is their sum, as
+        ``Tensor.coalesce`` sums them (and as PyG's layers see the matrix). CSR / CSC
+        arrays must meet torch's invariants (offsets from 0 to ``nnz``, non-decreasing;
+        indices in range, sorted and distinct within each row / column), checked
+        before any work. A CSR ``adj_t`` *is* this graph's CSR: its arrays are copied, not sorted.
         """
         if _is_sparse_tensor_class(adj_t):
             row, col, value = adj_t.coo()
@@ -330,30 +442,24 @@ class Graph:
         if not isinstance(adj_t, Tensor) or adj_t.layout == torch.strided:
             raise TypeError(f"expected a sparse adjacency (torch sparse tensor or torch_sparse.SparseTensor), "
                             f"got {type(adj_t).__name__}")
-        if adj_t.dim() < 2:
-            raise ValueError(f"a sparse adjacency must have shape (num_dst, num_src, ...), got {list(adj_t.shape)}")
+        if adj_t.layout not in (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc):
+            raise TypeError(f"unsupported sparse layout {adj_t.layout}; pass a COO, CSR or CSC adjacency")
+        if adj_t.dim() - adj_t.dense_dim() != 2:
+            raise ValueError(f"a sparse adjacency must have two sparse dimensions (num_dst, num_src) and no batch "
+                             f"dimensions, got shape {list(adj_t.shape)} with {adj_t.dense_dim()} dense dimension(s); "
+                             f"pass one matrix at a time")
         nd, ns = int(adj_t.shape[0]), int(adj_t.shape[1])
+        if adj_t.layout == torch.sparse_coo:
+            adj_t = _coalesced(adj_t, nd, ns)
+            index = adj_t.indices()
+            return cls._build(index[1], index[0], ns, nd), adj_t.values()
         if adj_t.layout == torch.sparse_csr:
-            rowptr = adj_t.crow_indices().to(torch.long, copy=True)
-            col = adj_t.col_indices().to(torch.long, copy=True)
-            if rowptr.numel() != nd + 1:
-                raise ValueError("batched sparse CSR adjacencies are not supported; pass one (num_dst, num_src) matrix")
-            row = torch.repeat_interleave(torch.arange(nd, device=col.device), rowptr.diff())
+            rowptr, col, row = _compressed(adj_t, adj_t.crow_indices(), adj_t.col_indices(), nd, ns)
             graph = cls(rowptr, col, row, None, ns, nd)
-            graph.ensure_valid()  # the caller's arrays: checked in full, once
+            graph._valid_stamp = graph._stamp()  # checked by _compressed, as validate() would
             return graph, adj_t.values()
-        if adj_t.layout == torch.sparse_csc:
-            colptr = adj_t.ccol_indices().to(torch.long)
-            dst = adj_t.row_indices().to(torch.long)
-            src = torch.repeat_interleave(torch.arange(ns, device=dst.device), colptr.diff())
-            values = adj_t.values()
-        elif adj_t.layout == torch.sparse_coo:
-            index = adj_t._indices()
-            dst, src, values = index[0], index[1], adj_t._values()
-        else:
-            raise TypeError(f"unsupported sparse layout {adj_t.layout}")
-        graph = cls.from_edge_index(torch.stack([src, dst]), num_src=ns, num_dst=nd)
-        return graph, values
+        _, dst, src = _compressed(adj_t, adj_t.ccol_indices(), adj_t.row_indices(), ns, nd)
+        return cls._build(src, dst, ns, nd), adj_t.values()
 
     def to_sparse(self, values: Tensor, layout: torch.layout = torch.sparse_coo) -> Tensor:
         """A torch sparse tensor in the ``adj_t`` convention (``(num_dst, num_src, ...)``)
@@ -422,21 +528,24 @@ class Graph:
     @property
     def edge_index(self) -> Tensor:
         """``[2, E]`` in user order (row 0 = source)."""
-        if self._edge_index is None:
-            ei = torch.stack([self.col, self.row], dim=0)
-            self._edge_index = ei if self.perm is None else ei[:, self.inv_perm]
-        return self._edge_index
+        return self._derived("_edge_index", self._user_order_edges)
+
+    def _user_order_edges(self) -> Tensor:
+        ei = torch.stack([self.col, self.row], dim=0)
+        return ei if self.perm is None else ei[:, self.inv_perm]
 
     @property
     def inv_perm(self) -> Tensor:
         """``user_tensor = csr_tensor[inv_perm]``."""
-        if self.perm is None:
+        perm = self.perm
+        if perm is None:
             return torch.arange(self.num_edges, device=self.device)
-        if self._inv_perm is None:
-            inv = torch.empty_like(self.perm)
-            inv[self.perm] = torch.arange(self.perm.numel(), device=self.device)
-            self._inv_perm = inv
-        return self._inv_perm
+
+        def invert() -> Tensor:
+            inv = torch.empty_like(perm)
+            inv[perm] = torch.arange(perm.numel(), device=perm.device)
+            return inv
+        return self._derived("_inv_perm", invert)
 
     def to_csr_order(self, edge_tensor: Tensor) -> Tensor:
         """A per-edge tensor in user order, reordered to CSR order."""
@@ -451,12 +560,11 @@ class Graph:
         CSR-order edge of each entry. Cached; used by backward passes. Held in int32
         where the graph allows (fewer than 2^31 edges and nodes): half the memory of
         int64, 1 GB less at ogbn-products' size."""
-        if self._transpose is None:
+        def build() -> Tuple[Tensor, Tensor, Tensor]:
             order = torch.sort(self.col, stable=True)[1]
             index = torch.int32 if max(self.num_edges, self.num_src, self.num_dst) < 2**31 else torch.long
-            self._transpose = (_offsets(self.col, self.num_src).to(index), self.row[order].to(index),
-                               order.to(index))
-        return self._transpose
+            return _offsets(self.col, self.num_src).to(index), self.row[order].to(index), order.to(index)
+        return self._derived("_transpose", build)
 
     # ---------------------------------------------------------------- node order
     def reorder_nodes(self, order: Union[str, "NodeOrder"] = "locality", **options: Any) -> "Graph":
@@ -503,22 +611,29 @@ class Graph:
             self._check_orderable(order)
             if order.perm.device != self.device:
                 order = order.to(self.device)  # not copied again on every op
-        self._node_order = order
-        self._relabeled = None
-        if self._looped is not None and self._looped is not self:
-            self._looped.node_order = order  # the loops keep the nodes' numbering
+        with self._lock:  # not between a self-looped graph's build and its publication
+            self._node_order = order
+            self._relabeled = None
+            looped = self._looped
+            if looped is not None and looped is not self:
+                looped.node_order = order  # the loops keep the nodes' numbering
 
     @property
     def relabeled(self) -> "Graph":
         """The graph the kernels run on when it holds a :attr:`node_order`: node ``v``
         renamed ``node_order.inverse[v]``, edges in the same user order. ``self`` when it
         holds none."""
-        if self._node_order is None:
+        order = self._node_order  # one read: the relabelled graph is for this order
+        if order is None:
             return self
         self.ensure_valid()
-        if self._relabeled is None:
-            self._relabeled = self._node_order.relabel(self)
-        return self._relabeled
+        entry = self._relabeled
+        if entry is None or entry[0] is not order:
+            with self._lock:
+                entry = self._relabeled
+                if entry is None or entry[0] is not order:
+                    entry = self._relabeled = (order, order.relabel(self))
+        return entry[1]
 
     # ---------------------------------------------------------------- self-loops
     def with_self_loops(self) -> "Graph":
@@ -527,25 +642,20 @@ class Graph:
         Cached on the graph, so a layer asking every step pays once."""
         if self.has_added_self_loops:
             return self
-        if self._looped is None:
-            ei = self.edge_index
-            src, dst = ei[0], ei[1]
-            keep = (src != dst).nonzero().view(-1)
-            n = min(self.num_src, self.num_dst)
-            loops = torch.arange(n, device=self.device)
-            base = keep if self.base_edge_ids is None else self.base_edge_ids[keep]
-            self._looped = Graph._build(
-                torch.cat([src[keep], loops]),
-                torch.cat([dst[keep], loops]),
-                self.num_src,
-                self.num_dst,
-                base_edge_ids=base,
-                num_base_edges=self.num_base_edges,
-                loop_nodes=loops,
-                pattern=None,
-            )
-            self._looped.node_order = self.node_order  # the loops keep the nodes' numbering
-        return self._looped
+        return self._derived("_looped", self._build_self_loops)
+
+    def _build_self_loops(self) -> "Graph":
+        ei = self.edge_index
+        src, dst = ei[0], ei[1]
+        keep = (src != dst).nonzero().view(-1)
+        n = min(self.num_src, self.num_dst)
+        loops = torch.arange(n, device=self.device)
+        base = keep if self.base_edge_ids is None else self.base_edge_ids[keep]
+        looped = Graph._build(torch.cat([src[keep], loops]), torch.cat([dst[keep], loops]), self.num_src,
+                              self.num_dst, base_edge_ids=base, num_base_edges=self.num_base_edges,
+                              loop_nodes=loops, pattern=None)
+        looped.node_order = self.node_order  # the loops keep the nodes' numbering
+        return looped
 
     def edge_attr_for_edges(self, edge_attr: Tensor, fill_value: FillValue = "mean") -> Tensor:
         """Map ``edge_attr`` given for the edges the graph was built from onto this
@@ -588,26 +698,24 @@ class Graph:
         return torch.cat([kept, loop_attr], dim=0)
 
     # ---------------------------------------------------------------- validity
-    def _stamp(self) -> Tuple[int, ...]:
+    def _stamp(self) -> Tuple[Any, ...]:
         """Version counters of the index tensors: any in-place edit changes it."""
         if self._index_builder is not None:
             return ("lazy",)
-        ts = (self.rowptr, self.col, self.row, self.perm)
-        return tuple(-1 if t is None else t._version for t in ts) + (id(self.rowptr), id(self.col), id(self.row))
+        return _stamp_of(self._rowptr, self._col, self._row, self.perm)
 
     def ensure_valid(self) -> "Graph":
         """Check, once, everything the fused kernels rely on (O(E)); repeated calls cost
         a few attribute reads until an index tensor is replaced or edited in place,
         which clears the cached derived structures and checks again. Returns ``self``."""
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or self._stamp() == self._valid_stamp:
             return self
-        stamp = self._stamp()
-        if stamp == self._valid_stamp:
-            return self
-        self.validate()
-        self._inv_perm = self._looped = self._transpose = self._relabeled = None
-        self._edge_index = None
-        self._valid_stamp = self._stamp()
+        with self._lock:  # the check again: another thread may have just validated (or materialised) it
+            if self._stamp() != self._valid_stamp:
+                self.validate()
+                self._inv_perm = self._looped = self._transpose = self._relabeled = None
+                self._edge_index = None
+                self._valid_stamp = self._stamp()
         return self
 
     def validate(self) -> None:
@@ -623,15 +731,9 @@ class Graph:
             if t.device != self.rowptr.device:
                 raise ValueError(f"Graph.{name} is on {t.device} but rowptr is on {self.rowptr.device}")
         E = self.col.numel()
-        if self.rowptr.numel() != nd + 1:
-            raise ValueError(f"Graph.rowptr has {self.rowptr.numel()} entries; num_dst={nd} needs {nd + 1}")
+        _check_offsets(self.rowptr, nd, E, "Graph.rowptr")
         if self.row.numel() != E:
             raise ValueError(f"Graph.row has {self.row.numel()} entries but col has {E}")
-        if int(self.rowptr[0]) != 0 or int(self.rowptr[-1]) != E:
-            raise ValueError(f"Graph.rowptr must start at 0 and end at num_edges={E}, got "
-                             f"{int(self.rowptr[0])} .. {int(self.rowptr[-1])}")
-        if nd and bool((self.rowptr[1:] < self.rowptr[:-1]).any()):
-            raise ValueError("Graph.rowptr must be non-decreasing (CSR offsets by destination)")
         _check_range(self.col, ns, "source", "source nodes")
         expected_row = torch.repeat_interleave(torch.arange(nd, device=self.rowptr.device), self.rowptr.diff())
         if not torch.equal(self.row, expected_row):
