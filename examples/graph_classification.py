@@ -34,13 +34,21 @@ from tqdm import tqdm
 
 from graphattn.train.datasets import OGB_GRAPH, load_ogb_graph
 from graphattn.train.experiment import (
-    CheckpointError,
     add_run_arguments,
     atomic_save,
+    check_heads_divide,
+    check_outputs,
+    exits_on_checkpoint_error,
     machine_info,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    probability,
     report,
     resolve_device,
     restore_training_state,
+    restoring,
     resume_from,
     summarize_runs,
     training_state,
@@ -61,20 +69,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the folder holding <name with _>/ in OGB's layout, e.g. ogbg_molbbbp/raw/ "
                         "(default ../shared/data/ogb)")
     p.add_argument("--model", default="gat", choices=GRAPH_MODELS)
-    p.add_argument("--hidden", type=int, default=None, help=f"atom embedding width (default {DEFAULTS['hidden']})")
-    p.add_argument("--layers", type=int, default=None, help=f"attention layers (default {DEFAULTS['layers']})")
-    p.add_argument("--heads", type=int, default=None,
+    p.add_argument("--hidden", type=positive_int, default=None, help=f"atom embedding width (default {DEFAULTS['hidden']})")
+    p.add_argument("--layers", type=positive_int, default=None, help=f"attention layers (default {DEFAULTS['layers']})")
+    p.add_argument("--heads", type=positive_int, default=None,
                    help=f"heads per layer, hidden/heads channels each (default {DEFAULTS['heads']})")
-    p.add_argument("--dropout", type=float, default=0.2, help="dropout after each layer and in the MLP")
-    p.add_argument("--attn-dropout", type=float, default=0.0, help="dropout on attention weights")
+    p.add_argument("--dropout", type=probability, default=0.2, help="dropout after each layer and in the MLP")
+    p.add_argument("--attn-dropout", type=probability, default=0.0, help="dropout on attention weights")
     p.add_argument("--pool", default="mean", choices=POOLS, help="readout over each molecule's atoms")
     p.add_argument("--no-edge-features", action="store_true", help="leave bond features out of the attention")
-    p.add_argument("--pe-walk-length", type=int, default=0,
+    p.add_argument("--pe-walk-length", type=nonnegative_int, default=0,
                    help="random-walk positional encoding of this many steps (PyG's AddRandomWalkPE; 0 = none)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--epochs", type=int, default=None, help=f"epochs per run (default {DEFAULTS['epochs']})")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.0)
+    p.add_argument("--epochs", type=positive_int, default=None, help=f"epochs per run (default {DEFAULTS['epochs']})")
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help=f"molecules per step (default {DEFAULTS['batch_size']})")
     add_run_arguments(p, "runs/graph_classification/<dataset>-<model>.json",
                       "a few epochs of a small model on the first molecules of each split (for tests)")
@@ -89,14 +97,11 @@ def parse_args(argv=None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.smoke:
         args.runs = min(args.runs, 2)
-    if min(args.runs, args.epochs, args.batch_size, args.hidden, args.layers, args.heads) < 1:
-        p.error("--runs, --epochs, --batch-size, --hidden, --layers and --heads must be >= 1")
-    if args.hidden % args.heads:
-        p.error(f"--hidden ({args.hidden}) must be a multiple of --heads ({args.heads}): heads are concatenated")
-    if args.pe_walk_length < 0:
-        p.error("--pe-walk-length must be >= 0")
+    check_heads_divide(p, args.hidden, args.heads, "--hidden")
     if args.out is None:
         args.out = f"runs/graph_classification/{args.dataset}-{args.model}.json"
+    check_outputs(p, {"--out": args.out, "checkpoint": Path(args.out).with_suffix(".ckpt.pt"),
+                      "plot": Path(args.out).with_suffix(".png")})
     return args
 
 
@@ -202,9 +207,10 @@ def train_run(args, run: int, data, device, ckpt_path: Path, saved, done: list, 
     st = {"epoch": 0, "best": None, "seconds": 0.0,
           "history": {"train_loss": [], f"val_{metric}": [], f"test_{metric}": []}}
     if saved is not None:
-        restore_training_state(saved["state"], model, opt, None, gen)
-        st = saved["run_state"]
-        print(f"resumed run {run} at epoch {st['epoch']}")
+        with restoring(ckpt_path):
+            restore_training_state(saved["state"], model, opt, None, gen, ckpt_path)
+            st = saved["run_state"]
+            print(f"resumed run {run} at epoch {st['epoch']}")
     train_loader = DataLoader(data.train, batch_size=args.batch_size, shuffle=True, generator=gen)
     eval_loaders = {split: DataLoader(getattr(data, name), batch_size=max(args.batch_size, 256))
                     for split, name in (("val", "valid"), ("test", "test"))}
@@ -232,6 +238,7 @@ def train_run(args, run: int, data, device, ckpt_path: Path, saved, done: list, 
     return st
 
 
+@exits_on_checkpoint_error
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device = resolve_device(args.device)
@@ -242,10 +249,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"error: {e}")
     print(describe(data) + (" (smoke: the first molecules of each split)" if args.smoke else ""))
     ckpt_path = Path(args.out).with_suffix(".ckpt.pt")
-    try:
-        ckpt = resume_from(ckpt_path, config_of(args), args.resume)
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from None
+    ckpt = resume_from(ckpt_path, config_of(args), args.resume, keys=("done",))
     done = ckpt["done"] if ckpt else []
     metric = data.metric
     t0 = time.perf_counter()

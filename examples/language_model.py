@@ -42,14 +42,22 @@ from tqdm import tqdm
 
 from graphattn import patterns
 from graphattn.train.experiment import (
-    CheckpointError,
     add_run_arguments,
     atomic_save,
     atomic_write_json,
+    check_heads_divide,
+    check_outputs,
+    choice_list,
+    exits_on_checkpoint_error,
     machine_info,
+    nonnegative_float,
     plot_curves,
+    positive_float,
+    positive_int,
+    probability,
     resolve_device,
     restore_training_state,
+    restoring,
     resume_from,
     summarize_runs,
     training_state,
@@ -169,39 +177,41 @@ def parse_args(argv=None):
     p.add_argument("--valid", default=str(SHARED / "val.en.gz"))
     p.add_argument("--test", default=str(SHARED / "test_2016_flickr.en.gz"))
     p.add_argument("--dataset", default="multi30k-en-chars")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
-    p.add_argument("--main", default="window", help="variant reported in the results' common keys")
-    p.add_argument("--context", type=int, default=256)
-    p.add_argument("--window", type=int, default=32, help="edges per query of the sparse patterns (minus self)")
-    p.add_argument("--dilation", type=int, default=4)
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--ff", type=int, default=512)
-    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--variants", default=",".join(VARIANTS), type=choice_list(VARIANTS),
+                   help=f"comma-separated, from {', '.join(VARIANTS)}")
+    p.add_argument("--main", default=None, choices=VARIANTS,
+                   help="variant reported in the results' common keys (default: window if run, else the first)")
+    p.add_argument("--context", type=positive_int, default=256)
+    p.add_argument("--window", type=positive_int, default=32, help="edges per query of the sparse patterns (minus self)")
+    p.add_argument("--dilation", type=positive_int, default=4)
+    p.add_argument("--dim", type=positive_int, default=128)
+    p.add_argument("--heads", type=positive_int, default=4)
+    p.add_argument("--layers", type=positive_int, default=4)
+    p.add_argument("--ff", type=positive_int, default=512)
+    p.add_argument("--dropout", type=probability, default=0.1)
     p.add_argument("--positions", default="sinusoidal", choices=["sinusoidal", "learned"])
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--batch-size", type=int, default=16, help="rows of --context tokens per step")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--steps", type=positive_int, default=400)
+    p.add_argument("--batch-size", type=positive_int, default=16, help="rows of --context tokens per step")
+    p.add_argument("--lr", type=positive_float, default=2e-3)
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.01)
+    p.add_argument("--eval-every", type=positive_int, default=100)
     add_run_arguments(p, "runs/language_model/<dataset>.json", "tiny model, 6 steps, first 20k characters")
     if p.parse_known_args(argv)[0].smoke:  # smoke sizes, unless given explicitly
         p.set_defaults(dim=32, heads=2, layers=1, ff=64, context=64, window=8, steps=6, eval_every=3, batch_size=4)
     args = p.parse_args(argv)
-    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    for v in args.variants:
-        if v not in VARIANTS:
-            p.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
-    if args.main not in args.variants:
-        args.main = args.variants[0]
+    if args.main is None:
+        args.main = "window" if "window" in args.variants else args.variants[0]
+    elif args.main not in args.variants:
+        p.error(f"--main {args.main} is not among --variants ({', '.join(args.variants)})")
+    check_heads_divide(p, args.dim, args.heads)
     if args.smoke:
         args.runs = min(args.runs, 2)
-    if args.window < 1 or 2 * args.window > args.context:
+    if 2 * args.window > args.context:
         p.error(f"--window must be in [1, --context / 2], got {args.window}")
     if args.out is None:
         args.out = f"runs/language_model/{args.dataset}.json"
     args.checkpoint = str(Path(args.out).with_suffix(".ckpt.pt"))
+    check_outputs(p, {"--out": args.out, "checkpoint": args.checkpoint, "plot": Path(args.out).with_suffix(".png")})
     return args
 
 
@@ -226,8 +236,9 @@ def train_one(args, variant, run, data, vocab_size, device, progress, ckpt, save
     gen = torch.Generator().manual_seed(seed)
     st = {"step": 0, "seconds": 0.0, "curve": {"step": [], "val_nll": [], "train_loss": []}, "loss_acc": [0.0, 0]}
     if ckpt is not None:
-        restore_training_state(ckpt, model, opt, sched, gen)
-        st = ckpt["state"]
+        with restoring(args.checkpoint):
+            restore_training_state(ckpt, model, opt, sched, gen, args.checkpoint)
+            st = ckpt["state"]
     bar = tqdm(total=args.steps, initial=st["step"], disable=not progress, desc=f"{variant} run {run}")
     while st["step"] < args.steps:
         t0 = time.perf_counter()
@@ -261,6 +272,7 @@ def train_one(args, variant, run, data, vocab_size, device, progress, ckpt, save
             "curve": st["curve"]}
 
 
+@exits_on_checkpoint_error
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
@@ -280,15 +292,13 @@ def main(argv=None):
     print(f"{args.dataset}: {data['train'].numel():,} train / {data['valid'].numel():,} valid / "
           f"{data['test'].numel():,} test characters, vocabulary {len(vocab)}; variants {', '.join(args.variants)}")
 
-    try:
-        ckpt = resume_from(args.checkpoint, config_of(args), args.resume)
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from None
+    ckpt = resume_from(args.checkpoint, config_of(args), args.resume, keys=("done",))
     done = ckpt["done"] if ckpt else []
     t0 = time.perf_counter()
     jobs = [(v, r) for r in range(args.runs) for v in args.variants]
     for variant, run in jobs[len(done):]:
-        partial = ckpt["partial"] if ckpt is not None and ckpt.get("partial_job") == [variant, run] else None
+        with restoring(args.checkpoint):
+            partial = ckpt["partial"] if ckpt is not None and ckpt.get("partial_job") == [variant, run] else None
 
         def save(state, job=(variant, run)):
             atomic_save({"config": config_of(args), "done": done, "partial_job": list(job), "partial": state},

@@ -39,13 +39,21 @@ from graphattn.graph import both_directions, undirected_pairs
 from graphattn.train.datasets import PLANETOID, load_ogb_link, load_planetoid
 from graphattn.train.distributed import all_reduce_sum, cleanup, setup
 from graphattn.train.experiment import (
-    CheckpointError,
     add_run_arguments,
     atomic_save,
+    bounded,
+    check_outputs,
+    exits_on_checkpoint_error,
     machine_info,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    probability,
     report,
     resolve_device,
     restore_training_state,
+    restoring,
     resume_from,
     summarize_runs,
     training_state,
@@ -54,6 +62,7 @@ from graphattn.train.metrics import average_precision, hits_at_k, roc_auc
 from graphattn.train.models import DECODERS, MODELS, LinkPredictor
 
 DATASETS = PLANETOID + ("ogbl-ddi",)
+SHARE = bounded(float, 0, 1, low_open=True, high_open=True)  # of the edges held out
 # Per-dataset defaults; flags given on the command line win.
 DEFAULTS = {
     "planetoid": dict(root="data/planetoid", hidden=16, heads=8, layers=2, decoder="dot", decoder_hidden=0,
@@ -72,29 +81,29 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "ogbl-ddi: the folder holding ogbl_ddi/ (default data/ogb)")
     p.add_argument("--model", default="gat", choices=MODELS, help="attention layer of the encoder")
     p.add_argument("--decoder", default=None, choices=DECODERS, help="dot or mlp (default: dot; mlp for ogbl-ddi)")
-    p.add_argument("--decoder-hidden", type=int, default=None,
+    p.add_argument("--decoder-hidden", type=nonnegative_int, default=None,
                    help="width of the MLP decoder (0 = the encoder's width; default 0; 64 for ogbl-ddi, which scores "
                         "two million pairs per epoch)")
-    p.add_argument("--hidden", type=int, default=None, help="channels per head (default 16; 256 for ogbl-ddi)")
-    p.add_argument("--heads", type=int, default=None, help="heads per layer, concatenated (default 8; 1 for ogbl-ddi)")
-    p.add_argument("--layers", type=int, default=None, help="attention layers (default 2)")
+    p.add_argument("--hidden", type=positive_int, default=None, help="channels per head (default 16; 256 for ogbl-ddi)")
+    p.add_argument("--heads", type=positive_int, default=None, help="heads per layer, concatenated (default 8; 1 for ogbl-ddi)")
+    p.add_argument("--layers", type=positive_int, default=None, help="attention layers (default 2)")
     p.add_argument("--no-residual", action="store_true", help="drop the per-layer linear skip of a node's own input")
-    p.add_argument("--dropout", type=float, default=None, help="dropout between layers and in the MLP (default 0.5)")
-    p.add_argument("--attn-dropout", type=float, default=0.0, help="dropout on attention weights")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 0.01; 0.005 for ogbl-ddi)")
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 300; 200 for ogbl-ddi)")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--dropout", type=probability, default=None, help="dropout between layers and in the MLP (default 0.5)")
+    p.add_argument("--attn-dropout", type=probability, default=0.0, help="dropout on attention weights")
+    p.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default 0.01; 0.005 for ogbl-ddi)")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=None)
+    p.add_argument("--epochs", type=positive_int, default=None, help="maximum epochs (default 300; 200 for ogbl-ddi)")
+    p.add_argument("--batch-size", type=nonnegative_int, default=None,
                    help="positive edges per step, each step re-encoding the graph (0 = all; default 0; 65536 for "
                         "ogbl-ddi)")
-    p.add_argument("--eval-every", type=int, default=None, help="epochs between evaluations (default 5)")
-    p.add_argument("--patience", type=int, default=None,
+    p.add_argument("--eval-every", type=positive_int, default=None, help="epochs between evaluations (default 5)")
+    p.add_argument("--patience", type=positive_int, default=None,
                    help="evaluations without a better validation score before stopping (default 20; 10 for ogbl-ddi)")
-    p.add_argument("--disjoint-ratio", type=float, default=None,
+    p.add_argument("--disjoint-ratio", type=probability, default=None,
                    help="share of training edges drawn afresh each epoch as supervision and removed from that "
                         "epoch's message-passing graph (0 = every training edge does both; default 0)")
-    p.add_argument("--val-ratio", type=float, default=0.05, help="Planetoid: share of edges held out for validation")
-    p.add_argument("--test-ratio", type=float, default=0.1, help="Planetoid: share of edges held out for test")
+    p.add_argument("--val-ratio", type=SHARE, default=0.05, help="Planetoid: share of edges held out for validation")
+    p.add_argument("--test-ratio", type=SHARE, default=0.1, help="Planetoid: share of edges held out for test")
     add_run_arguments(p, "runs/link_prediction/<dataset>-<model>.json",
                       "a few epochs on a small slice of the data (for tests)")
     args = p.parse_args(argv)
@@ -109,14 +118,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.runs < 1 or args.epochs < 1 or args.eval_every < 1 or args.patience < 1:
-        p.error("--runs, --epochs, --eval-every and --patience must be >= 1")
-    if not 0 <= args.disjoint_ratio < 1:
-        p.error("--disjoint-ratio must be in [0, 1)")
-    if not (0 < args.val_ratio < 1 and 0 < args.test_ratio < 1 and args.val_ratio + args.test_ratio < 1):
-        p.error("--val-ratio and --test-ratio must be in (0, 1) and sum to less than 1")
+    if args.val_ratio + args.test_ratio >= 1:
+        p.error("--val-ratio and --test-ratio must sum to less than 1")
     if args.out is None:
         args.out = f"runs/link_prediction/{args.dataset}-{args.model}.json"
+    check_outputs(p, {"--out": args.out, "checkpoint": Path(args.out).with_suffix(".ckpt.pt"),
+                      "plot": Path(args.out).with_suffix(".png")})
     return args
 
 
@@ -240,6 +247,7 @@ def train_epoch(args, ddp, opt, data, graph, gen, info) -> float:
     return total / count
 
 
+@exits_on_checkpoint_error
 def main(argv=None) -> dict:
     args = parse_args(argv)
     try:
@@ -249,10 +257,7 @@ def main(argv=None) -> dict:
     device = info.device
     progress = info.is_main and not args.no_progress and sys.stderr.isatty()
     ckpt_path = Path(args.out).with_suffix(".ckpt.pt")
-    try:
-        ckpt = resume_from(ckpt_path, config_of(args), args.resume)
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from None
+    ckpt = resume_from(ckpt_path, config_of(args), args.resume, keys=("done",))
     done = ckpt["done"] if ckpt else []
     metric = selection_metric(args)
     t0 = time.perf_counter()
@@ -276,11 +281,12 @@ def main(argv=None) -> dict:
         opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
         st = {"epoch": 0, "best": None, "bad": 0, "history": {"train_loss": [], f"val_{metric}": [],
                                                              f"test_{metric}": []}}
-        if ckpt is not None and ckpt.get("state") is not None and ckpt["run"] == run:
-            restore_training_state(ckpt["state"], model, opt, None, gen)
-            st = ckpt["run_state"]
-            if info.is_main:
-                print(f"resumed run {run} at epoch {st['epoch']}")
+        if ckpt is not None and ckpt.get("state") is not None and ckpt.get("run") == run:
+            with restoring(ckpt_path):
+                restore_training_state(ckpt["state"], model, opt, None, gen, ckpt_path)
+                st = ckpt["run_state"]
+                if info.is_main:
+                    print(f"resumed run {run} at epoch {st['epoch']}")
         bar = tqdm(total=args.epochs, initial=st["epoch"], desc=f"{args.dataset}/{args.model} run {run}",
                    disable=not progress)
         while st["epoch"] < args.epochs and st["bad"] < args.patience:

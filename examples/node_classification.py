@@ -26,13 +26,20 @@ from tqdm import tqdm
 from graphattn import Graph
 from graphattn.train.datasets import PLANETOID, contextual_sbm, describe, load_planetoid
 from graphattn.train.experiment import (
-    CheckpointError,
     atomic_save,
+    check_outputs,
+    device_argument,
+    exits_on_checkpoint_error,
     load_checkpoint,
     machine_info,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+    probability,
     report,
-    device_argument,
     resolve_device,
+    restoring,
+    seed_int,
     summarize_runs,
 )
 from graphattn.train.models import (
@@ -51,20 +58,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dataset", default="synthetic", help=f"one of {', '.join(DATASETS)} (default: synthetic)")
     p.add_argument("--root", default="data/planetoid", help="PyG Planetoid root: the folder holding <Name>/raw/")
     p.add_argument("--model", default="gat", choices=MODELS)
-    p.add_argument("--runs", type=int, default=3, help="number of seeds (default 3; the GAT paper reports 100)")
-    p.add_argument("--epochs", type=int, default=1000, help="maximum epochs per run")
-    p.add_argument("--patience", type=int, default=100)
-    p.add_argument("--lr", type=float, default=0.005)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--hidden", type=int, default=8, help="hidden channels per head")
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--out-heads", type=int, default=None, help="output heads (default 1; 8 for PubMed)")
-    p.add_argument("--dropout", type=float, default=0.6)
+    p.add_argument("--runs", type=positive_int, default=3, help="number of seeds (default 3; the GAT paper reports 100)")
+    p.add_argument("--epochs", type=positive_int, default=1000, help="maximum epochs per run")
+    p.add_argument("--patience", type=positive_int, default=100)
+    p.add_argument("--lr", type=positive_float, default=0.005)
+    p.add_argument("--weight-decay", type=nonnegative_float, default=5e-4)
+    p.add_argument("--hidden", type=positive_int, default=8, help="hidden channels per head")
+    p.add_argument("--heads", type=positive_int, default=8)
+    p.add_argument("--out-heads", type=positive_int, default=None, help="output heads (default 1; 8 for PubMed)")
+    p.add_argument("--dropout", type=probability, default=0.6)
     p.add_argument("--device", default="auto", type=device_argument, help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first run; run r uses seed + r")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the first run; run r uses seed + r")
     p.add_argument("--out", default=None, help="results JSON (default runs/node_classification/<dataset>-<model>.json)")
     p.add_argument("--checkpoint", default=None, help="checkpoint path (default: beside --out)")
-    p.add_argument("--checkpoint-every", type=int, default=25, help="epochs between checkpoints")
+    p.add_argument("--checkpoint-every", type=positive_int, default=25, help="epochs between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
     p.add_argument("--smoke", action="store_true", help="a few epochs on a small synthetic graph (for tests)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -78,12 +85,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.smoke:
         args.epochs, args.runs, args.patience = min(args.epochs, 60), min(args.runs, 2), min(args.patience, 20)
         args.checkpoint_every = min(args.checkpoint_every, 10)
-    if args.runs < 1 or args.epochs < 1:
-        p.error("--runs and --epochs must be >= 1")
     if args.out is None:
         args.out = f"runs/node_classification/{args.dataset}-{args.model}.json"
     if args.checkpoint is None:
         args.checkpoint = str(Path(args.out).with_suffix(".ckpt.pt"))
+    check_outputs(p, {"--out": args.out, "--checkpoint": args.checkpoint})
     return args
 
 
@@ -150,6 +156,7 @@ def train_run(args, state, data, graph, done, progress):
     return stopper.best
 
 
+@exits_on_checkpoint_error
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device = resolve_device(args.device)
@@ -164,23 +171,21 @@ def main(argv=None) -> dict:
 
     done, state = [], None
     if args.resume:
-        try:
-            ckpt = load_checkpoint(args.checkpoint)
-        except CheckpointError as e:
-            raise SystemExit(f"error: {e}") from None
+        ckpt = load_checkpoint(args.checkpoint)
         if ckpt is not None:
             if ckpt.get("config") != config_of(args):
                 raise SystemExit(f"error: checkpoint {args.checkpoint} was written with a different configuration:"
                                  f" {ckpt.get('config')}; remove it or rerun with those arguments")
-            done = ckpt["done"]
-            if ckpt["run"] is not None and ckpt["run"] == len(done):
-                state = new_run_state(args, ckpt["run"], data, device)
-                state["model"].load_state_dict(ckpt["model"])
-                state["opt"].load_state_dict(ckpt["opt"])
-                state["stopper"].load_state_dict(ckpt["stopper"])
-                for k in RUN_FIELDS:
-                    state[k] = ckpt[k]
-                torch.set_rng_state(ckpt["rng"])
+            with restoring(args.checkpoint):
+                done = ckpt["done"]
+                if ckpt["run"] is not None and ckpt["run"] == len(done):
+                    state = new_run_state(args, ckpt["run"], data, device)
+                    state["model"].load_state_dict(ckpt["model"])
+                    state["opt"].load_state_dict(ckpt["opt"])
+                    state["stopper"].load_state_dict(ckpt["stopper"])
+                    for k in RUN_FIELDS:
+                        state[k] = ckpt[k]
+                    torch.set_rng_state(ckpt["rng"])
             print(f"resumed from {args.checkpoint}: {len(done)} run(s) done"
                   + (f", run {state['run']} at epoch {state['epoch']}" if state else ""))
 

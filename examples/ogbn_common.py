@@ -22,12 +22,18 @@ from graphattn import Graph
 from graphattn.train.datasets import describe, load_ogb_node
 from graphattn.train.distributed import all_reduce_sum, cleanup, setup, shard, shard_loss_scale
 from graphattn.train.experiment import (
-    CheckpointError,
     add_run_arguments,
     atomic_save,
+    check_outputs,
+    exits_on_checkpoint_error,
     machine_info,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+    probability,
     report,
     resolve_device,
+    restoring,
     resume_from,
     summarize_runs,
 )
@@ -44,6 +50,7 @@ def entry_points(doc: str, name: str, defaults: dict):
         p = build_parser(doc, name, defaults)
         return finish_args(p, p.parse_args(argv), name, defaults)
 
+    @exits_on_checkpoint_error
     def main(argv=None) -> dict:
         return run(parse_args(argv), name)
 
@@ -61,21 +68,21 @@ def build_parser(doc: str, name: str, defaults: dict) -> argparse.ArgumentParser
                    help="sampled mode: PyG's NeighborLoader (needs pyg-lib or torch-sparse) or graphattn's "
                         "plain-PyTorch sampler")
     p.add_argument("--num-neighbors", default=None, help=f"fan-out per layer (default {d['num_neighbors']})")
-    p.add_argument("--batch-size", type=int, default=None, help=f"seed nodes per batch (default {d['batch_size']})")
+    p.add_argument("--batch-size", type=positive_int, default=None, help=f"seed nodes per batch (default {d['batch_size']})")
     p.add_argument("--eval-mode", default="full", choices=("full", "sampled"),
                    help="evaluate with full neighbourhoods on the whole graph, or on sampled ones (less memory)")
-    p.add_argument("--hidden", type=int, default=None, help=f"channels per head (default {d['hidden']})")
-    p.add_argument("--heads", type=int, default=None, help=f"heads per layer (default {d['heads']})")
-    p.add_argument("--layers", type=int, default=None, help=f"attention layers (default {d['layers']})")
-    p.add_argument("--dropout", type=float, default=d["dropout"])
-    p.add_argument("--input-dropout", type=float, default=d["input_dropout"])
-    p.add_argument("--attn-dropout", type=float, default=d["attn_dropout"])
+    p.add_argument("--hidden", type=positive_int, default=None, help=f"channels per head (default {d['hidden']})")
+    p.add_argument("--heads", type=positive_int, default=None, help=f"heads per layer (default {d['heads']})")
+    p.add_argument("--layers", type=positive_int, default=None, help=f"attention layers (default {d['layers']})")
+    p.add_argument("--dropout", type=probability, default=d["dropout"])
+    p.add_argument("--input-dropout", type=probability, default=d["input_dropout"])
+    p.add_argument("--attn-dropout", type=probability, default=d["attn_dropout"])
     p.add_argument("--no-norm", action="store_true", help="no batch norm between layers")
-    p.add_argument("--lr", type=float, default=d["lr"])
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--epochs", type=int, default=None, help=f"maximum epochs (default {d['epochs']})")
-    p.add_argument("--eval-every", type=int, default=None, help=f"epochs between evaluations (default {d['eval_every']})")
-    p.add_argument("--patience", type=int, default=None,
+    p.add_argument("--lr", type=positive_float, default=d["lr"])
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.0)
+    p.add_argument("--epochs", type=positive_int, default=None, help=f"maximum epochs (default {d['epochs']})")
+    p.add_argument("--eval-every", type=positive_int, default=None, help=f"epochs between evaluations (default {d['eval_every']})")
+    p.add_argument("--patience", type=positive_int, default=None,
                    help=f"evaluations without better validation accuracy before stopping (default {d['patience']})")
     add_run_arguments(p, f"runs/{name}/<model>.json", "a few epochs of a small model (for tests)")
     return p
@@ -92,10 +99,12 @@ def finish_args(p: argparse.ArgumentParser, args: argparse.Namespace, name: str,
         p.error(f"--num-neighbors must be comma-separated integers, got {args.num_neighbors!r}")
     if len(args.num_neighbors) != args.layers:
         p.error(f"--num-neighbors needs one fan-out per layer ({args.layers}), got {args.num_neighbors}")
-    if min(args.runs, args.epochs, args.eval_every, args.patience, args.batch_size) < 1:
-        p.error("--runs, --epochs, --eval-every, --patience and --batch-size must be >= 1")
+    if any(k == 0 or k < -1 for k in args.num_neighbors):
+        p.error(f"--num-neighbors: each fan-out is a positive count or -1 (all neighbours), got {args.num_neighbors}")
     if args.out is None:
         args.out = f"runs/{name}/{args.model}-{args.mode}.json"
+    check_outputs(p, {"--out": args.out, "checkpoint": Path(args.out).with_suffix(".ckpt.pt"),
+                      "plot": Path(args.out).with_suffix(".png")})
     args.name = name
     return args
 
@@ -200,10 +209,7 @@ def run(args, doc_name: str) -> dict:
     graph = Graph.from_edge_index(data.edge_index.to(device), data.num_nodes) \
         if "full" in (args.mode, args.eval_mode) else None
     ckpt_path = Path(args.out).with_suffix(".ckpt.pt")
-    try:
-        ckpt = resume_from(ckpt_path, config_of(args), args.resume)
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from None
+    ckpt = resume_from(ckpt_path, config_of(args), args.resume, keys=("done",))
     done = ckpt["done"] if ckpt else []
     t0 = time.perf_counter()
     for r in range(len(done), args.runs):
@@ -215,11 +221,12 @@ def run(args, doc_name: str) -> dict:
         st = {"epoch": 0, "best": None, "bad": 0, "history": {"train_loss": [], "train_acc": [], "val_acc": [],
                                                              "test_acc": []}}
         if ckpt is not None and ckpt.get("run") == r:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["opt"])
-            st = ckpt["run_state"]
-            if info.is_main:
-                print(f"resumed run {r} at epoch {st['epoch']}")
+            with restoring(ckpt_path):
+                model.load_state_dict(ckpt["model"])
+                opt.load_state_dict(ckpt["opt"])
+                st = ckpt["run_state"]
+                if info.is_main:
+                    print(f"resumed run {r} at epoch {st['epoch']}")
         bar = tqdm(total=args.epochs, initial=st["epoch"], desc=f"{args.name}/{args.model} run {r}",
                    disable=not progress)
         while st["epoch"] < args.epochs and st["bad"] < args.patience:

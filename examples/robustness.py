@@ -31,14 +31,21 @@ from graphattn import explain
 from graphattn import robustness as rb
 from graphattn.train.datasets import contextual_sbm, describe, load_planetoid
 from graphattn.train.experiment import (
-    CheckpointError,
     add_run_arguments,
     atomic_save,
     atomic_write_json,
+    bounded,
+    check_outputs,
+    choice_list,
+    exits_on_checkpoint_error,
     machine_info,
+    nonnegative_float,
+    number_list,
+    positive_int,
     resolve_device,
     resume_from,
     summarize_runs,
+    unit_interval,
 )
 from graphattn.train.models import NodeClassifier, fit_node_classifier
 
@@ -51,29 +58,24 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="Cora", help="Cora (Planetoid) or synthetic")
     p.add_argument("--root", default=str(SHARED / "planetoid"))
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated from {', '.join(MODELS)}")
-    p.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated from {', '.join(ATTACKS)}")
-    p.add_argument("--budgets", default="0,0.05,0.1,0.2,0.3", help="structure attacks: fractions of the edges")
-    p.add_argument("--noise-levels", default="0,0.5,1,2,4", help="feature noise: noise std / feature std")
-    p.add_argument("--prune-threshold", type=float, default=0.1, help="cosine similarity for gat-prune")
-    p.add_argument("--epochs", type=int, default=300)
-    p.add_argument("--patience", type=int, default=100)
+    p.add_argument("--models", default=",".join(MODELS), type=choice_list(MODELS),
+                   help=f"comma-separated from {', '.join(MODELS)}")
+    p.add_argument("--attacks", default=",".join(ATTACKS), type=choice_list(ATTACKS),
+                   help=f"comma-separated from {', '.join(ATTACKS)}")
+    p.add_argument("--budgets", default="0,0.05,0.1,0.2,0.3", type=number_list(nonnegative_float),
+                   help="structure attacks: fractions of the edges")
+    p.add_argument("--noise-levels", default="0,0.5,1,2,4", type=number_list(nonnegative_float),
+                   help="feature noise: noise std / feature std")
+    p.add_argument("--prune-threshold", type=bounded(float, -1, 1), default=0.1,
+                   help="cosine similarity for gat-prune")
+    p.add_argument("--epochs", type=positive_int, default=300)
+    p.add_argument("--patience", type=positive_int, default=100)
     p.add_argument("--text-model", default=None, help="a .model.pt from examples/text_classification.py")
     p.add_argument("--text-dev", default=str(SHARED / "text" / "sst2" / "dev.tsv"))
-    p.add_argument("--text-rates", default="0,0.1,0.2,0.3,0.5")
+    p.add_argument("--text-rates", default="0,0.1,0.2,0.3,0.5", type=number_list(unit_interval),
+                   help="token dropout and substitution: shares of the tokens")
     add_run_arguments(p, "runs/robustness/<dataset>.json", "small synthetic graph, few epochs, two budgets", runs=2)
     args = p.parse_args(argv)
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    args.attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    for m in args.models:
-        if m not in MODELS:
-            p.error(f"unknown model {m!r}; choose from {', '.join(MODELS)}")
-    for a in args.attacks:
-        if a not in ATTACKS:
-            p.error(f"unknown attack {a!r}; choose from {', '.join(ATTACKS)}")
-    args.budgets = [float(b) for b in args.budgets.split(",")]
-    args.noise_levels = [float(b) for b in args.noise_levels.split(",")]
-    args.text_rates = [float(b) for b in args.text_rates.split(",")]
     if args.smoke:
         args.dataset, args.epochs, args.patience, args.runs = "synthetic", 30, 10, 1
         args.budgets, args.noise_levels = [0.0, 0.2], [0.0, 1.0]
@@ -81,6 +83,7 @@ def parse_args(argv=None):
     if args.out is None:
         args.out = f"runs/robustness/{args.dataset}.json"
     args.checkpoint = str(Path(args.out).with_suffix(".ckpt.pt"))
+    check_outputs(p, {"--out": args.out, "checkpoint": args.checkpoint, "plot": Path(args.out).with_suffix(".png")})
     return args
 
 
@@ -217,6 +220,7 @@ def plot(result, path):
     return True
 
 
+@exits_on_checkpoint_error
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
@@ -227,10 +231,7 @@ def main(argv=None):
         raise SystemExit(f"error: {e}")
     print(describe(data))
     data = data.to(device)
-    try:
-        ckpt = resume_from(args.checkpoint, config_of(args), args.resume)
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from None
+    ckpt = resume_from(args.checkpoint, config_of(args), args.resume, keys=("rows", "clean"))
     rows = ckpt["rows"] if ckpt else {}
     clean = ckpt["clean"] if ckpt else {}
     t0 = time.perf_counter()
@@ -275,7 +276,7 @@ def main(argv=None):
     if args.text_model:
         try:
             result["text"] = text_curves(args, device, progress)
-        except (FileNotFoundError, CheckpointError) as e:
+        except FileNotFoundError as e:
             raise SystemExit(f"error: {e}") from None
     atomic_write_json(result, args.out)
     png = Path(args.out).with_suffix(".png")

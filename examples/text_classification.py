@@ -49,11 +49,20 @@ from graphattn.train.experiment import (
     add_run_arguments,
     atomic_save,
     atomic_write_json,
+    check_heads_divide,
+    check_outputs,
+    exits_on_checkpoint_error,
     load_checkpoint,
     machine_info,
+    nonnegative_float,
+    nonnegative_int,
     plot_curves,
+    positive_float,
+    positive_int,
+    probability,
     resolve_device,
     restore_training_state,
+    restoring,
     resume_from,
     summarize_runs,
     training_state,
@@ -199,17 +208,18 @@ def load_classifier(path: str, device="cpu"):
     if missing:
         raise CheckpointError(f"{path} is not a model file written by examples/text_classification.py (it lacks "
                               f"{', '.join(missing)}); {hint}")
-    c = dict(saved["config"])
-    labels = list(saved.get("labels") or range(saved["num_classes"]))
-    if len(labels) != saved["num_classes"]:
-        raise CheckpointError(f"{path}: {len(labels)} labels saved for {saved['num_classes']} classes; {hint}")
-    c["labels"] = labels
-    pattern = None if c["pattern"] == "complete" else (
-        lambda Lq, Lk: patterns.sliding_window(Lq, c["window"], c["window"]))
-    vocab = Vocab.from_itos(saved["vocab"])
-    model = Classifier(len(vocab), saved["num_classes"], c["dim"], c["heads"], c["layers"], c["ff"], c["dropout"],
-                       c["max_len"], pattern, c.get("pool", "mean"))
-    model.load_state_dict(saved["model"])
+    with restoring(path, hint):  # a config that disagrees with the weights, or parts that disagree
+        c = dict(saved["config"])
+        labels = list(saved.get("labels") or range(saved["num_classes"]))
+        if len(labels) != saved["num_classes"]:
+            raise CheckpointError(f"{path}: {len(labels)} labels saved for {saved['num_classes']} classes; {hint}")
+        c["labels"] = labels
+        pattern = None if c["pattern"] == "complete" else (
+            lambda Lq, Lk: patterns.sliding_window(Lq, c["window"], c["window"]))
+        vocab = Vocab.from_itos(saved["vocab"])
+        model = Classifier(len(vocab), saved["num_classes"], c["dim"], c["heads"], c["layers"], c["ff"],
+                           c["dropout"], c["max_len"], pattern, c.get("pool", "mean"))
+        model.load_state_dict(saved["model"])
     return model.to(device).eval(), vocab, c
 
 
@@ -276,39 +286,34 @@ def parse_args(argv=None):
     p.add_argument("--dataset", default=None, help="name for the results file (default: the train file's folder)")
     p.add_argument("--pattern", default="complete", choices=["complete", "window"],
                    help="full attention, or a sliding window of --window tokens each side")
-    p.add_argument("--window", type=int, default=8)
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--ff", type=int, default=256)
-    p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--max-len", type=int, default=64)
+    p.add_argument("--window", type=positive_int, default=8)
+    p.add_argument("--dim", type=positive_int, default=128)
+    p.add_argument("--heads", type=positive_int, default=4)
+    p.add_argument("--layers", type=positive_int, default=2)
+    p.add_argument("--ff", type=positive_int, default=256)
+    p.add_argument("--dropout", type=probability, default=0.2)
+    p.add_argument("--max-len", type=positive_int, default=64)
     p.add_argument("--pool", default="mean-max", choices=["mean", "cls", "mean-max"],
                    help="sentence readout: mean of the tokens, the <cls> token, or mean and max concatenated")
-    p.add_argument("--word-dropout", type=float, default=0.1, help="training tokens replaced by <unk>")
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--vocab-size", type=int, default=20000)
+    p.add_argument("--word-dropout", type=probability, default=0.1, help="training tokens replaced by <unk>")
+    p.add_argument("--label-smoothing", type=probability, default=0.1)
+    p.add_argument("--vocab-size", type=positive_int, default=20000)
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, default=None,
+    budget.add_argument("--steps", type=positive_int, default=None,
                         help="optimiser-step budget (default: 4 epochs' worth, at least --min-steps)")
-    budget.add_argument("--epochs", type=int, default=None, help="budget of this many epochs instead of --steps")
-    p.add_argument("--min-steps", type=int, default=1500, help="smallest automatic step budget (small data)")
-    p.add_argument("--warmup", type=float, default=0.1, help="share of the budget spent warming up the rate")
-    p.add_argument("--eval-every", type=int, default=None,
+    budget.add_argument("--epochs", type=positive_int, default=None, help="budget of this many epochs instead of --steps")
+    p.add_argument("--min-steps", type=positive_int, default=1500, help="smallest automatic step budget (small data)")
+    p.add_argument("--warmup", type=probability, default=0.1, help="share of the budget spent warming up the rate")
+    p.add_argument("--eval-every", type=positive_int, default=None,
                    help="steps between dev evaluations (default: budget / 20, at least 1)")
-    p.add_argument("--patience", type=int, default=5,
+    p.add_argument("--patience", type=nonnegative_int, default=5,
                    help="stop after this many evaluations without a better dev accuracy (0: never stop early)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.01)
     add_run_arguments(p, "runs/text_classification/<dataset>-<pattern>.json",
                       "tiny model, first 300 training rows, 1 epoch unless --steps/--epochs say otherwise")
     args = p.parse_args(argv)
-    for name in ("steps", "epochs", "eval_every"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if not 0 <= args.warmup < 1:
-        p.error("--warmup is a share of the budget: 0 <= warmup < 1")
     if args.smoke:
         args.dim, args.heads, args.ff, args.layers = 32, 2, 64, 1
         if args.steps is None and args.epochs is None:
@@ -320,6 +325,9 @@ def parse_args(argv=None):
         args.out = f"runs/text_classification/{args.dataset}-{args.pattern}.json"
     args.checkpoint = str(Path(args.out).with_suffix(".ckpt.pt"))
     args.model_path = str(Path(args.out).with_suffix(".model.pt"))  # the last run's trained model
+    check_heads_divide(p, args.dim, args.heads)
+    check_outputs(p, {"--out": args.out, "checkpoint": args.checkpoint, "model": args.model_path,
+                      "plot": Path(args.out).with_suffix(".png")})
     return args
 
 
@@ -349,6 +357,7 @@ def epoch_groups(encoded, batch_size, seed: int, epoch: int):
     return groups_of(encoded, batch_size, gen)
 
 
+@exits_on_checkpoint_error
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
@@ -376,10 +385,7 @@ def main(argv=None):
           f" sentences, vocabulary {len(vocab)}, {num_classes} classes ({shown}), pattern {args.pattern}; "
           f"{budget} steps ({budget / per_epoch:.1f} epochs), dev every {every}, patience {args.patience}")
 
-    try:
-        ckpt = resume_from(args.checkpoint, config_of(args), args.resume)
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from None
+    ckpt = resume_from(args.checkpoint, config_of(args), args.resume, keys=("done",))
     done = ckpt["done"] if ckpt else []
     t0 = time.perf_counter()
     while len(done) < args.runs:
@@ -395,8 +401,11 @@ def main(argv=None):
         state = {"step": 0, "history": {"step": [], "train_loss": [], "dev_acc": []}, "best": -1.0,
                  "best_step": 0, "bad": 0, "stopped": False, "best_model": None, "seconds": 0.0}
         if ckpt is not None and ckpt.get("run") == run:
-            restore_training_state(ckpt, model, opt, sched, gen)
-            state = ckpt["state"]
+            with restoring(args.checkpoint):
+                state = ckpt["state"]
+                if state["best_model"] is not None:  # the kept weights must fit too (loaded when the run ends)
+                    model.load_state_dict(state["best_model"])
+                restore_training_state(ckpt, model, opt, sched, gen, args.checkpoint)
         t_run = time.perf_counter() - state["seconds"]
         bar = tqdm(total=budget, initial=state["step"], disable=not progress, desc=f"run {run}")
         total, n = 0.0, 0

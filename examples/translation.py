@@ -32,14 +32,22 @@ from torch import nn
 from tqdm import tqdm
 
 from graphattn.train.experiment import (
-    CheckpointError,
     add_run_arguments,
     atomic_save,
     atomic_write_json,
+    bounded,
+    check_heads_divide,
+    check_outputs,
+    exits_on_checkpoint_error,
     machine_info,
+    nonnegative_float,
     plot_curves,
+    positive_float,
+    positive_int,
+    probability,
     resolve_device,
     restore_training_state,
+    restoring,
     resume_from,
     summarize_runs,
     training_state,
@@ -275,22 +283,22 @@ def parse_args(argv=None):
     p.add_argument("--tgt", default="de")
     p.add_argument("--test-split", default="test_2016_flickr")
     p.add_argument("--dataset", default="multi30k")
-    p.add_argument("--vocab-size", type=int, default=6000, help="joint BPE vocabulary")
-    p.add_argument("--dim", type=int, default=256)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--enc-layers", type=int, default=3)
-    p.add_argument("--dec-layers", type=int, default=3)
-    p.add_argument("--ff", type=int, default=512)
-    p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--max-len", type=int, default=100, help="tokens kept per sentence")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--max-tokens", type=int, default=6000, help="source+target tokens per batch (with padding)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=float, default=0.08, help="fraction of the steps spent warming up")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--beam", type=int, default=5)
-    p.add_argument("--decode-batch", type=int, default=128)
+    p.add_argument("--vocab-size", type=bounded(int, len(SPECIALS) + 1), default=6000, help="joint BPE vocabulary")
+    p.add_argument("--dim", type=positive_int, default=256)
+    p.add_argument("--heads", type=positive_int, default=4)
+    p.add_argument("--enc-layers", type=positive_int, default=3)
+    p.add_argument("--dec-layers", type=positive_int, default=3)
+    p.add_argument("--ff", type=positive_int, default=512)
+    p.add_argument("--dropout", type=probability, default=0.1)
+    p.add_argument("--label-smoothing", type=probability, default=0.1)
+    p.add_argument("--max-len", type=bounded(int, 2), default=100, help="tokens kept per sentence (with </s>)")
+    p.add_argument("--epochs", type=positive_int, default=8)
+    p.add_argument("--max-tokens", type=positive_int, default=6000, help="source+target tokens per batch (with padding)")
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--warmup", type=probability, default=0.08, help="fraction of the steps spent warming up")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.01)
+    p.add_argument("--beam", type=positive_int, default=5)
+    p.add_argument("--decode-batch", type=positive_int, default=128)
     add_run_arguments(p, "runs/translation/<dataset>-<src>-<tgt>.json",
                       "tiny model, 200 training pairs, 1 epoch, 20 test sentences")
     if p.parse_known_args(argv)[0].smoke:  # smoke sizes, unless given explicitly
@@ -301,6 +309,8 @@ def parse_args(argv=None):
     if args.out is None:
         args.out = f"runs/translation/{args.dataset}-{args.src}-{args.tgt}.json"
     args.checkpoint = str(Path(args.out).with_suffix(".ckpt.pt"))
+    check_heads_divide(p, args.dim, args.heads)
+    check_outputs(p, {"--out": args.out, "checkpoint": args.checkpoint, "plot": Path(args.out).with_suffix(".png")})
     return args
 
 
@@ -316,6 +326,7 @@ def lr_at(step: int, total: int, warmup: float) -> float:
     return (step + 1) / w if step < w else max(0.0, (total - step) / max(1, total - w))
 
 
+@exits_on_checkpoint_error
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
@@ -333,10 +344,7 @@ def main(argv=None):
     print(f"{args.dataset} {args.src}->{args.tgt}: {len(train_s)} train / {len(val_s)} val / {len(test_s)} "
           f"{args.test_split} pairs")
 
-    try:
-        ckpt = resume_from(args.checkpoint, config_of(args), args.resume)
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from None
+    ckpt = resume_from(args.checkpoint, config_of(args), args.resume, keys=("done", "tokenizer"))
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_str(ckpt["tokenizer"]) if ckpt else train_tokenizer(train_s + train_t, args.vocab_size)
@@ -356,8 +364,9 @@ def main(argv=None):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, total, args.warmup))
         state = {"epoch": 0, "history": {"train_loss": [], "val_loss": []}, "seconds": 0.0}
         if ckpt is not None and ckpt.get("run") == run:
-            restore_training_state(ckpt, model, opt, sched, gen)
-            state = ckpt["state"]
+            with restoring(args.checkpoint):
+                restore_training_state(ckpt, model, opt, sched, gen, args.checkpoint)
+                state = ckpt["state"]
         for epoch in range(state["epoch"], args.epochs):
             te = time.perf_counter()
             model.train()

@@ -27,7 +27,16 @@ import torch
 
 from graphattn import explain
 from graphattn.train.datasets import contextual_sbm, load_planetoid
-from graphattn.train.experiment import CheckpointError, atomic_write_json, device_argument, resolve_device
+from graphattn.train.experiment import (
+    atomic_write_json,
+    check_outputs,
+    device_argument,
+    exits_on_checkpoint_error,
+    nonnegative_int,
+    positive_int,
+    resolve_device,
+    seed_int,
+)
 from graphattn.train.models import NodeClassifier, fit_node_classifier
 
 HERE = Path(__file__).resolve().parent
@@ -39,21 +48,22 @@ def parse_args(argv=None):
     p.add_argument("--dataset", default="Cora", help="Cora (Planetoid) or synthetic")
     p.add_argument("--root", default=str(SHARED / "planetoid"))
     p.add_argument("--model", default="gat", choices=["gat", "gatv2", "dot"])
-    p.add_argument("--node", type=int, default=None,
+    p.add_argument("--node", type=nonnegative_int, default=None,
                    help="node to draw (default: a test node with 4-8 neighbours and at most 40 edges two hops away)")
     p.add_argument("--text-model", default=None, help="a .model.pt from examples/text_classification.py")
     p.add_argument("--text-train", default=str(SHARED / "text" / "sst2" / "train.tsv"))
     p.add_argument("--text-dev", default=str(SHARED / "text" / "sst2" / "dev.tsv"))
-    p.add_argument("--text-epochs", type=int, default=1)
-    p.add_argument("--sentences", type=int, default=3, help="dev sentences to draw")
-    p.add_argument("--epochs", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text-epochs", type=positive_int, default=1)
+    p.add_argument("--sentences", type=positive_int, default=3, help="dev sentences to draw")
+    p.add_argument("--epochs", type=positive_int, default=300)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="cpu", type=device_argument, help="cpu, cuda, cuda:N or auto")
     p.add_argument("--out-dir", default="runs/visualize_attention")
     p.add_argument("--smoke", action="store_true", help="synthetic graph, tiny text model")
     args = p.parse_args(argv)
     if args.smoke:
         args.dataset, args.epochs, args.sentences = "synthetic", 20, 1
+    check_outputs(p, directories={"--out-dir": args.out_dir})
     return args
 
 
@@ -72,6 +82,8 @@ def graph_pictures(args, out: Path, device) -> dict:
     conv1 = cap["conv1"]
     deg = torch.bincount(data.edge_index[1], minlength=data.num_nodes)
     node = args.node
+    if node is not None and node >= data.num_nodes:
+        raise SystemExit(f"error: --node {node} is not a node of {args.dataset} (it has {data.num_nodes})")
     if node is None:  # a test node with a readable 2-hop tree: a few neighbours, none of them a hub
         src, dst = data.edge_index
         two_hop = torch.zeros(data.num_nodes, dtype=torch.long, device=deg.device).index_add_(0, dst, deg[src])
@@ -134,6 +146,7 @@ def _dense_to_edges(m: torch.Tensor):
     return torch.stack([j, i]), m[i, j].unsqueeze(1)
 
 
+@exits_on_checkpoint_error
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
@@ -141,7 +154,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     try:
         summary = {"graph": graph_pictures(args, out, device), "text": text_pictures(args, out, device)}
-    except (FileNotFoundError, CheckpointError) as e:
+    except FileNotFoundError as e:
         raise SystemExit(f"error: {e}") from None
     atomic_write_json(summary, out / "summary.json")
     print(f"pictures and summary under {out}/")

@@ -139,21 +139,26 @@ def format_table(rows: List[Dict[str, object]], device, dtype) -> str:
     return "\n".join(lines)
 
 
+def checkable_backends() -> List[str]:
+    """Every registered backend of any op, but ``reference`` (what the others are checked against)."""
+    names = dict.fromkeys(b for op in ops.available_backends() for b in ops.available_backends(op))
+    return [b for b in names if b != "reference"]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    from .train.experiment import choice_list, device_argument, seed_int  # the scripts' argument rules
+
     p = argparse.ArgumentParser(prog="python -m graphattn.check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--device", default="auto", type=device_argument,
+                   help="cpu, cuda, cuda:N or auto (default: cuda when available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backends", default=None,
-                   help="comma-separated backends to check (default: all registered), e.g. cpu,dense")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--backends", default=None, type=choice_list(checkable_backends()),
+                   help=f"comma-separated backends to check (default: all of {', '.join(checkable_backends())})")
     args = p.parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        p.error(f"--device {args.device}: no CUDA GPU is visible to torch")
-    dtype = getattr(torch, args.dtype)
-    backends = None if args.backends is None else [b.strip() for b in args.backends.split(",") if b.strip()]
-    rows = run_checks(device, dtype, args.seed, backends)
+    device, dtype = args.device, getattr(torch, args.dtype)
+    rows = run_checks(device, dtype, args.seed, args.backends)
     print(format_table(rows, device, dtype))
     return 1 if any(r["status"] in ("MISMATCH", "FAILED") for r in rows) else 0
 

@@ -8,13 +8,14 @@ inserted or removed together), as Planetoid graphs are.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .graph import both_directions, undirected_pairs
+from .graph import _check_count, both_directions, undirected_pairs
 
 __all__ = [
     "insert_random_edges",
@@ -33,15 +34,47 @@ def _count(budget: Budget, total: int, what: str) -> int:
     if isinstance(budget, bool) or not isinstance(budget, (int, float)):
         raise TypeError(f"budget must be an int (count) or a float (fraction of {what}), got {budget!r}")
     if isinstance(budget, float):
-        if budget < 0.0:
-            raise ValueError(f"budget must be >= 0, got {budget}")
-        return int(round(budget * total))
+        return int(round(_real("budget", budget, low=0.0) * total))
     if budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
     return budget
 
 
+def _real(name: str, value, low: float = -math.inf, high: float = math.inf, low_open: bool = False) -> float:
+    """``value`` as a finite float in ``[low, high]`` (``(low, high]`` with ``low_open``), else an error naming it:
+    a NaN or infinite parameter would otherwise turn every output into NaN without a word."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
+        where = f"in {'(' if low_open else '['}{low}, {high}]" if math.isfinite(high) else \
+            f"{'>' if low_open else '>='} {low}" if math.isfinite(low) else "finite"
+        raise ValueError(f"{name} must be a finite number {where}, got {value}")
+    return value
+
+
+def _positive(name: str, value) -> int:
+    if _check_count(name, value) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _check_seed(seed) -> int:
+    """What ``torch.Generator.manual_seed`` takes: an integer in ``[-2**63, 2**64)``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -2 ** 63 <= seed < 2 ** 64:
+        raise ValueError(f"seed must be an integer in [-2**63, 2**64), got {seed!r}")
+    return seed
+
+
+def _check_flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+    return value
+
+
 def _check_edges(edge_index: Tensor, num_nodes: int) -> None:
+    if not isinstance(edge_index, Tensor):
+        raise TypeError(f"edge_index must be an integer [2, E] tensor, got {type(edge_index).__name__}")
     if edge_index.dim() != 2 or edge_index.size(0) != 2 or edge_index.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"edge_index must be an integer [2, E] tensor, got {edge_index.dtype} {tuple(edge_index.shape)}")
     if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
@@ -54,7 +87,9 @@ def insert_random_edges(edge_index: Tensor, num_nodes: int, budget: Budget, seed
 
     Returns ``(new_edge_index, inserted)``: the original edges followed by the inserted
     ones (both directions when ``undirected``); ``inserted`` is ``[2, M]`` in the same form."""
+    _check_count("num_nodes", num_nodes)
     _check_edges(edge_index, num_nodes)
+    _check_seed(seed), _check_flag("undirected", undirected)
     existing = undirected_pairs(edge_index) if undirected else edge_index
     n_new = _count(budget, existing.size(1), "edges")
     present = set((existing[0] * num_nodes + existing[1]).tolist())
@@ -90,8 +125,10 @@ def delete_random_edges(edge_index: Tensor, budget: Budget, seed: int = 0,
                         undirected: bool = True) -> Tuple[Tensor, Tensor]:
     """Remove ``budget`` random edges (undirected: an edge and its reverse together).
     Returns ``(new_edge_index, removed)`` with the kept edges in their original order."""
+    _check_edges(edge_index, 2 ** 62)  # the type and shape first (the count comes from the ids)
     num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
     _check_edges(edge_index, max(num_nodes, 1))
+    _check_seed(seed), _check_flag("undirected", undirected)
     g = torch.Generator().manual_seed(seed)
     if undirected:
         pairs = undirected_pairs(edge_index)
@@ -110,10 +147,19 @@ def delete_random_edges(edge_index: Tensor, budget: Budget, seed: int = 0,
 
 def feature_noise(x: Tensor, scale: float, seed: int = 0, relative: bool = True) -> Tensor:
     """``x + N(0, sigma^2)`` with ``sigma = scale * x.std()`` (``relative``) or ``scale``."""
-    if scale < 0:
-        raise ValueError(f"scale must be >= 0, got {scale}")
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor (noise on integers would be rounded away), got "
+                        f"{x.dtype if isinstance(x, Tensor) else type(x).__name__}")
+    scale = _real("scale", scale, low=0.0)
+    _check_seed(seed), _check_flag("relative", relative)
+    if relative and scale and x.numel() < 2:
+        raise ValueError(f"relative noise scales by x.std(), which needs at least 2 elements (x has {x.numel()}); "
+                         f"pass relative=False for an absolute scale")
     g = torch.Generator().manual_seed(seed)
-    sigma = scale * float(x.float().std()) if relative else scale
+    sigma = scale * float(x.float().std()) if relative and scale else scale
+    if not math.isfinite(sigma):
+        raise ValueError("relative noise scales by x.std(), which is not finite (x holds NaN or inf); pass "
+                         "relative=False for an absolute scale")
     return x + sigma * torch.randn(x.shape, generator=g).to(x.device, x.dtype)
 
 
@@ -141,10 +187,14 @@ def gradient_attack(x: Tensor, edge_index: Tensor, y: Tensor, train_mask: Tensor
 
     Returns ``(new_edge_index, {"inserted": [2, M], "removed": [2, K]})`` (both directions).
     """
-    N = x.size(0)
+    N = _check_attack_inputs(x, y, train_mask, target_mask)
     _check_edges(edge_index, N)
+    _positive("steps", steps), _check_count("surrogate_epochs", surrogate_epochs), _check_seed(seed)
+    _real("lr", lr, low=0.0, low_open=True), _real("weight_decay", weight_decay, low=0.0)
     pairs = undirected_pairs(edge_index)
     n_flip = _count(budget, pairs.size(1), "edges")
+    if n_flip > N * (N - 1) // 2:
+        raise ValueError(f"cannot flip {n_flip} edges: a graph of {N} nodes has only {N * (N - 1) // 2} node pairs")
     A = torch.zeros(N, N)
     A[pairs[0], pairs[1]] = 1.0
     A = A + A.t()
@@ -201,6 +251,33 @@ def gradient_attack(x: Tensor, edge_index: Tensor, y: Tensor, train_mask: Tensor
     return both_directions(new_pairs).to(dev), {"inserted": as_index(new - old).to(dev), "removed": as_index(old - new).to(dev)}
 
 
+def _check_attack_inputs(x: Tensor, y: Tensor, train_mask: Tensor, target_mask: Tensor) -> int:
+    """The node count, after checking the features, labels and masks against it."""
+    if not isinstance(x, Tensor) or x.dim() != 2 or not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point [num_nodes, features] tensor, got "
+                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+    N = x.size(0)
+    if not isinstance(y, Tensor) or y.shape != (N,) or y.dtype != torch.long or (N and int(y.min()) < 0):
+        raise ValueError(f"y must be a long [{N}] tensor of class ids >= 0")
+    for name, m in (("train_mask", train_mask), ("target_mask", target_mask)):
+        if not isinstance(m, Tensor) or m.shape != (N,) or m.dtype != torch.bool:
+            raise ValueError(f"{name} must be a bool [{N}] tensor")
+    return N
+
+
+def _check_ids(ids: Tensor, rate, seed, **ids_args) -> float:
+    """Token perturbations: ``ids`` a ``(B, L)`` integer tensor, ``rate`` in [0, 1], the seed,
+    and every other id argument a non-negative integer (None where allowed)."""
+    if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.is_floating_point() or ids.dtype == torch.bool:
+        raise ValueError(f"ids must be a (batch, length) integer tensor, got "
+                         f"{f'{ids.dtype} {tuple(ids.shape)}' if isinstance(ids, Tensor) else type(ids).__name__}")
+    for name, value in ids_args.items():
+        if value is not None:
+            _check_count(name, value)
+    _check_seed(seed)
+    return _real("rate", rate, 0.0, 1.0)
+
+
 def _token_positions(ids: Tensor, pad_id: int, protect: Sequence[int]) -> Tensor:
     ok = ids != pad_id
     for t in protect:
@@ -213,8 +290,7 @@ def token_dropout(ids: Tensor, rate: float, seed: int = 0, pad_id: int = 0, unk_
     """Drop a ``rate`` fraction of each sequence's real tokens (not padding, not ``protect``):
     replaced by ``unk_id``, or removed and the row left-compacted (padding at the end) when
     ``unk_id`` is None. ``ids``: ``(B, L)`` long."""
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"rate must be in [0, 1], got {rate}")
+    rate = _check_ids(ids, rate, seed, pad_id=pad_id, unk_id=unk_id)
     g = torch.Generator().manual_seed(seed)
     cand = _token_positions(ids, pad_id, protect)
     drop = (torch.rand(ids.shape, generator=g) < rate).to(ids.device) & cand
@@ -231,8 +307,9 @@ def token_substitution(ids: Tensor, rate: float, vocab_size: int, seed: int = 0,
                        protect: Sequence[int] = (), low: int = 0) -> Tensor:
     """Replace a ``rate`` fraction of the real tokens by uniformly random ids in
     ``[low, vocab_size)`` (set ``low`` past the special tokens)."""
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"rate must be in [0, 1], got {rate}")
+    rate = _check_ids(ids, rate, seed, pad_id=pad_id, vocab_size=vocab_size, low=low)
+    if low >= vocab_size:
+        raise ValueError(f"low ({low}) must be below vocab_size ({vocab_size}): no ids to substitute")
     g = torch.Generator().manual_seed(seed)
     cand = _token_positions(ids, pad_id, protect)
     sub = (torch.rand(ids.shape, generator=g) < rate).to(ids.device) & cand
@@ -246,6 +323,12 @@ def attention_on_edges(edge_index: Tensor, weights: Tensor, edges: Tensor, num_n
     the weight summed over those edges (``mass``), and the uniform-attention baseline
     (``uniform``: the share those edges would get if every in-edge weighed the same).
     ``edge_index``/``weights`` as an attention record holds them (``[2, E]``, ``[E, H]``)."""
+    _check_count("num_nodes", num_nodes)
+    _check_edges(edge_index, num_nodes)
+    _check_edges(edges, num_nodes)
+    if not isinstance(weights, Tensor) or weights.dim() == 0 or weights.size(0) != edge_index.size(1):
+        raise ValueError(f"weights must have one row per edge of edge_index ({edge_index.size(1)}), got "
+                         f"{tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__}")
     if edges.numel() == 0:
         return {"mass": 0.0, "uniform": 0.0, "nodes": 0}
     key = edge_index[0] * num_nodes + edge_index[1]

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..ops.linear import FeatureMap, get_feature_map
+from ..ops.linear import FeatureMap, check_chunk, get_feature_map
 from ._base import capturing, record_attention
 from .multihead import TorchAttentionBase
 
@@ -40,7 +40,7 @@ class LinearAttention(TorchAttentionBase):
         super().__init__(embed_dim, num_heads, bias, kdim, vdim, batch_first, device, dtype)
         get_feature_map(feature_map)  # validate now, not at the first forward
         self.feature_map = feature_map
-        self.chunk = chunk
+        self.chunk = check_chunk(chunk)
         self._reset_parameters()
 
     @classmethod

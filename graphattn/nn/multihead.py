@@ -112,6 +112,9 @@ class TorchAttentionBase(nn.Module):
                  batch_first: bool, device, dtype) -> None:
         check_positive_int("embed_dim", embed_dim)
         check_positive_int("num_heads", num_heads)
+        for name, dim in (("kdim", kdim), ("vdim", vdim)):
+            if dim is not None:
+                check_positive_int(name, dim)
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         super().__init__()

@@ -83,6 +83,14 @@ DOT_PRODUCT = OpSpec("dot_product", (
     _EDGE_MASK,
 ), (ScalarArg("scale", "finite"), _DROPOUT))
 
+# score_attention runs on the dot-product kernels (its scores become their edge_bias);
+# its own inputs are checked under its own names first
+SCORE = OpSpec("score", (
+    TensorArg("scores", "edge", ("heads",)),
+    TensorArg("value", "src", ("heads", "value_dim")),
+    _EDGE_MASK,
+), (_DROPOUT,))
+
 
 def check_scalar(name: str, value, domain: str) -> float:
     """``value`` as a float inside its domain, or a ``ValueError`` naming the argument."""
@@ -98,7 +106,7 @@ def check_scalar(name: str, value, domain: str) -> float:
     return value
 
 
-def _check_tensor(arg: TensorArg, t, dtype: Optional[torch.dtype]) -> None:
+def _check_tensor(arg: TensorArg, t, dtype: Optional[torch.dtype], first: str = "") -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{arg.name} must be a tensor, got {type(t).__name__}")
     if t.layout != torch.strided:
@@ -106,7 +114,8 @@ def _check_tensor(arg: TensorArg, t, dtype: Optional[torch.dtype]) -> None:
     if not t.is_floating_point():
         raise TypeError(f"{arg.name} must be a floating-point tensor, got dtype {t.dtype}")
     if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{arg.name} has dtype {t.dtype} but the other inputs are {dtype}; cast them to one dtype")
+        raise TypeError(f"{arg.name} has dtype {t.dtype} but {first} (the first input given) is {dtype}; cast them to "
+                        f"one dtype")
     want = (0 if arg.rows is None else 1) + len(arg.dims)
     if t.dim() != want:
         raise ValueError(f"{arg.name} must have shape {arg.describe()}, got {list(t.shape)}")
@@ -140,14 +149,15 @@ def check_call(spec: OpSpec, graph: GraphLike, tensors: Mapping[str, Optional[Te
     for all), rank, rows against the graph and trailing dims against each other, device
     against the graph; every scalar's domain. Returns ``(graph, dims, scalars)``."""
     dtype: Optional[torch.dtype] = None
+    first = ""
     for arg in spec.tensors:
         t = tensors.get(arg.name)
         if t is None:
             if not arg.optional:
                 raise TypeError(f"{arg.name} is required")
             continue
-        _check_tensor(arg, t, dtype)
-        dtype = t.dtype if dtype is None else dtype
+        _check_tensor(arg, t, dtype, first)
+        dtype, first = (t.dtype, arg.name) if dtype is None else (dtype, first)
     checked = {s.name: check_scalar(s.name, scalars[s.name], s.domain) for s in spec.scalars if s.name in scalars}
     num_src, num_dst = _node_counts(spec, tensors)
     if num_dst is None and isinstance(graph, Tensor):

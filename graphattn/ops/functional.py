@@ -351,6 +351,7 @@ def score_attention(
     if scores.size(0) != g.num_edges:
         raise ValueError(f"scores has {scores.size(0)} rows but the graph has {g.num_edges} edges (one row per edge, "
                          f"in the graph's user order)")
+    check_call(_inputs.SCORE, g, dict(scores=scores, value=value, edge_mask=edge_mask), dict(dropout=dropout))
     heads = scores.size(1)
     no_query = value.new_zeros(g.num_dst, heads, 0)
     no_key = value.new_zeros(g.num_src, heads, 0)

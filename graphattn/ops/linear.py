@@ -16,6 +16,7 @@ and a running ``sum phi(k) v^T`` state across chunks, so memory is
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Union
 
 import torch
@@ -35,7 +36,30 @@ def get_feature_map(name: FeatureMap) -> Callable[[Tensor], Tensor]:
     raise ValueError(f"feature_map must be 'elu', 'relu' or a callable, got {name!r}")
 
 
+def check_chunk(chunk) -> int:
+    """The causal form's block length: a positive integer (the layer checks it when built)."""
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive integer (the causal form's block length), got {chunk!r}")
+    return chunk
+
+
+def _check_options(causal, return_weights, eps, chunk) -> None:
+    for name, flag in (("causal", causal), ("return_weights", return_weights)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, got {type(flag).__name__}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a positive finite number (it keeps a query with no visible key at 0), "
+                         f"got {eps!r}")
+    check_chunk(chunk)
+
+
 def _check(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor], causal: bool) -> None:
+    for name, t in (("query", q), ("key", k), ("value", v)):
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got "
+                            f"{t.dtype if isinstance(t, Tensor) else type(t).__name__}")
+        if t.dtype != q.dtype or t.device != q.device:
+            raise TypeError(f"{name} is {t.dtype} on {t.device} but query is {q.dtype} on {q.device}")
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError("query, key and value must be (batch, heads, length, dim)")
     if q.shape[:2] != k.shape[:2] or k.shape[:3] != v.shape[:3] or q.size(-1) != k.size(-1):
@@ -43,8 +67,12 @@ def _check(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor], 
                          f"value {tuple(v.shape)}")
     if causal and q.size(2) != k.size(2):
         raise ValueError(f"causal linear attention needs as many queries as keys, got {q.size(2)} and {k.size(2)}")
+    if key_padding_mask is not None and not isinstance(key_padding_mask, Tensor):
+        raise TypeError(f"key_padding_mask must be a bool tensor, got {type(key_padding_mask).__name__}")
     if key_padding_mask is not None and key_padding_mask.shape != (k.size(0), k.size(2)):
         raise ValueError(f"key_padding_mask must be ({k.size(0)}, {k.size(2)}), got {tuple(key_padding_mask.shape)}")
+    if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
+        raise TypeError(f"key_padding_mask must be bool, got {key_padding_mask.dtype}")
 
 
 def linear_attention(query: Tensor, key: Tensor, value: Tensor, *, causal: bool = False,
@@ -57,12 +85,11 @@ def linear_attention(query: Tensor, key: Tensor, value: Tensor, *, causal: bool 
     ``phi(q_i).phi(k_j) / sum_j' phi(q_i).phi(k_j')`` come back too (quadratic: for
     inspection only). A query with no visible key gets zeros.
     """
+    _check_options(causal, return_weights, eps, chunk)
     _check(query, key, value, key_padding_mask, causal)
     phi = get_feature_map(feature_map)
     fq, fk = phi(query), phi(key)
     if key_padding_mask is not None:
-        if key_padding_mask.dtype != torch.bool:
-            raise TypeError(f"key_padding_mask must be bool, got {key_padding_mask.dtype}")
         fk = fk.masked_fill(key_padding_mask[:, None, :, None], 0.0)
     if not causal:
         kv = torch.einsum("bhsd,bhsc->bhdc", fk, value)

@@ -2,20 +2,38 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import pickle
 import platform
+import stat
 import tempfile
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import torch
 
 __all__ = [
     "add_run_arguments",
+    "bounded",
+    "positive_int",
+    "nonnegative_int",
+    "seed_int",
+    "probability",
+    "unit_interval",
+    "positive_float",
+    "nonnegative_float",
+    "number_list",
+    "choice_list",
+    "output_problem",
+    "check_outputs",
+    "check_heads_divide",
+    "restoring",
+    "exits_on_checkpoint_error",
     "resume_from",
     "training_state",
     "restore_training_state",
@@ -57,10 +75,117 @@ def device_argument(name: str) -> torch.device:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def bounded(kind: type, low=None, high=None, low_open: bool = False, high_open: bool = False) -> Callable:
+    """An argparse ``type``: ``kind`` (``int`` or ``float``, finite) within ``[low, high]``
+    (``None``: unbounded; ``*_open``: the bound itself excluded). A value outside is
+    argparse's own error (``argument --x: ...``, exit status 2)."""
+    if low is not None and high is not None:
+        where = f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    elif low is not None or high is not None:
+        where = f" {'>' if low is not None else '<'}{'' if (low_open or high_open) else '='} {low if high is None else high}"
+    else:
+        where = ""
+    need = ("an integer" if kind is int else "a finite number") + where
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be {need}, got {text!r}") from None
+        if (not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low))
+                or (high is not None and (value >= high if high_open else value > high))):
+            raise argparse.ArgumentTypeError(f"must be {need}, got {text!r}")
+        return value
+
+    parse.__name__ = need  # what argparse names in its own messages
+    return parse
+
+
+positive_int = bounded(int, 1)
+nonnegative_int = bounded(int, 0)
+seed_int = bounded(int, 0, 2 ** 32, high_open=True)  # room for the scripts' seed arithmetic in 64 bits
+probability = bounded(float, 0, 1, high_open=True)  # dropout, warm-up and label-smoothing shares
+unit_interval = bounded(float, 0, 1)
+positive_float = bounded(float, 0, low_open=True)
+nonnegative_float = bounded(float, 0)
+
+
+def number_list(item: Callable) -> Callable:
+    """An argparse ``type``: comma-separated values, each parsed by ``item`` (e.g.
+    ``number_list(nonnegative_float)``); at least one."""
+    def parse(text: str) -> list:
+        values = [item(part.strip()) for part in text.split(",") if part.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"needs at least one value, got {text!r}")
+        return values
+
+    parse.__name__ = f"comma-separated list ({getattr(item, '__name__', 'value')})"
+    return parse
+
+
+def choice_list(choices: Sequence[str]) -> Callable:
+    """An argparse ``type``: comma-separated names, each one of ``choices`` (in the
+    order given, without repeats); at least one. A name outside is argparse's error,
+    listing the choices."""
+    def parse(text: str) -> list:
+        names = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+        unknown = [n for n in names if n not in choices]
+        if unknown or not names:
+            what = f"unknown {', '.join(map(repr, unknown))}" if unknown else f"none given in {text!r}"
+            raise argparse.ArgumentTypeError(f"{what}; choose from {', '.join(choices)} (comma-separated)")
+        return names
+
+    parse.__name__ = "comma-separated list of names"
+    return parse
+
+
+def output_problem(path: os.PathLike, directory: bool = False) -> Optional[str]:
+    """Why a script could not write ``path`` (a file, or with ``directory`` a folder it
+    creates and writes into), or None: the path (when it exists) must be of that kind
+    and writable, and its nearest existing folder writable (files are written beside
+    themselves and renamed into place; missing folders are created)."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        if directory != path.is_dir():
+            return "it is a directory" if path.is_dir() else "it exists and is not a directory"
+        if not os.access(path, os.W_OK | (os.X_OK if directory else 0)):
+            return "it exists and is not writable"
+        if directory:
+            return None
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a directory"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"the folder {folder} is not writable"
+    return None
+
+
+def check_outputs(parser: argparse.ArgumentParser, files: Mapping[str, os.PathLike] = {},
+                  directories: Mapping[str, os.PathLike] = {}) -> None:
+    """Every output a script will write (``{"--out": path, ...}``), checked before any
+    work: one that cannot be written is ``parser.error`` (exit status 2) now, not a
+    failure after all the training."""
+    for directory, outputs in ((False, files), (True, directories)):
+        for name, path in outputs.items():
+            problem = output_problem(path, directory)
+            if problem is not None:
+                parser.error(f"{name} {path} cannot be written: {problem}")
+
+
+def check_heads_divide(parser: argparse.ArgumentParser, width: int, heads: int, width_flag: str = "--dim") -> None:
+    """Heads split the model width (their outputs are concatenated): a width they do not
+    divide is ``parser.error`` now, not an assertion inside the first layer built."""
+    if width % heads:
+        parser.error(f"{width_flag} ({width}) must be a multiple of --heads ({heads}): heads are concatenated")
+
+
 def add_run_arguments(parser, default_out: str, smoke_help: str, runs: int = 1) -> None:
     """The arguments every example shares: seeds, device, results file, resume, smoke mode."""
-    parser.add_argument("--runs", type=int, default=runs, help=f"number of seeds (default {runs}); run r uses --seed + r")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", type=positive_int, default=runs,
+                        help=f"number of seeds (default {runs}); run r uses --seed + r")
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--device", default="auto", type=device_argument, help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--out", default=None, help=f"results JSON (default {default_out}); checkpoint and plots beside it")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
@@ -68,15 +193,20 @@ def add_run_arguments(parser, default_out: str, smoke_help: str, runs: int = 1) 
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def resume_from(path: os.PathLike, config: Dict[str, Any], resume: bool) -> Optional[Dict[str, Any]]:
+def resume_from(path: os.PathLike, config: Dict[str, Any], resume: bool,
+                keys: Sequence[str] = ()) -> Optional[Dict[str, Any]]:
     """The checkpoint to continue from (None: start afresh). A checkpoint written with
-    another configuration is an error rather than a silent restart or a mixed result.
+    another configuration, or without the entries ``keys`` the script reads from it,
+    is an error rather than a silent restart or a mixed result.
     Raises :class:`CheckpointError` (a ``ValueError``) for an unusable file; scripts
     turn it into their own exit message."""
     ckpt = load_checkpoint(path) if resume else None
     if ckpt is not None and ckpt.get("config") != config:
         raise CheckpointError(f"{path} was written with another configuration; remove it or rerun with the "
                               f"same arguments")
+    missing = [k for k in keys if ckpt is not None and k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} cannot be used: it lacks {', '.join(missing)}; {_RESUME_HINT}")
     return ckpt
 
 
@@ -87,23 +217,50 @@ def training_state(model, opt, sched: Optional[Any], gen: torch.Generator) -> Di
             "gen": gen.get_state(), "rng": torch.get_rng_state()}
 
 
-def restore_training_state(saved: Dict[str, Any], model, opt, sched: Optional[Any], gen: torch.Generator) -> None:
-    """The inverse of :func:`training_state`."""
-    model.load_state_dict(saved["model"])
-    opt.load_state_dict(saved["opt"])
-    if sched is not None:
-        sched.load_state_dict(saved["sched"])
-    gen.set_state(saved["gen"])
-    torch.set_rng_state(saved["rng"])
+def restore_training_state(saved: Dict[str, Any], model, opt, sched: Optional[Any], gen: torch.Generator,
+                           path: os.PathLike) -> None:
+    """The inverse of :func:`training_state`; ``saved`` came from the checkpoint at
+    ``path``, which a :class:`CheckpointError` names when the state does not fit."""
+    with restoring(path):
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        if sched is not None:
+            sched.load_state_dict(saved["sched"])
+        gen.set_state(saved["gen"])
+        torch.set_rng_state(saved["rng"])
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as fh:  # read without changing it (os.umask is process-wide)
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)  # elsewhere: set and restore; the restrictive value in between
+    os.umask(mask)
+    return mask
+
+
+def _file_mode(path: Path) -> int:
+    """The mode a rewritten ``path`` keeps: the existing file's, else what ``open(path, "w")``
+    gives under the current umask (``mkstemp`` alone would leave 0600)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
 
 
 def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
+            os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -203,7 +360,49 @@ def load_checkpoint(path: os.PathLike, hint: str = _RESUME_HINT) -> Optional[Dic
     return obj
 
 
+_ERRORS_OF_A_MISFIT = (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError, AssertionError)
+
+
+def _misfit(exc: BaseException) -> str:
+    """``load_state_dict``'s complaint on one line (its first lines name the keys and shapes)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = "; ".join(lines)
+    return f"{type(exc).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
+
+
+@contextmanager
+def restoring(path: os.PathLike, hint: str = _RESUME_HINT):
+    """Around the code that puts a loaded file's contents back (``load_state_dict`` of a
+    model, optimiser, schedule or early-stopping rule, generator states, the entries a
+    script reads): contents that do not fit what the configuration builds (other keys,
+    shapes or parameter groups, missing entries, entries of another kind) raise
+    :class:`CheckpointError` naming ``path``, instead of a traceback from deep inside torch."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except _ERRORS_OF_A_MISFIT as e:
+        raise CheckpointError(f"checkpoint {path} cannot be used: its contents do not fit the model this "
+                              f"configuration builds ({_misfit(e)}); {hint}") from e
+
+
+def exits_on_checkpoint_error(main: Callable) -> Callable:
+    """A script's ``main``: a :class:`CheckpointError` anywhere in it (at ``--resume``, or
+    when a run's saved state is restored) ends the script with ``error: <message>``, as
+    the scripts report every bad input, rather than a traceback."""
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except CheckpointError as e:
+            raise SystemExit(f"error: {e}") from None
+    return wrapper
+
+
 def atomic_write_json(obj: Any, path: os.PathLike) -> None:
+    """``obj`` as indented JSON, written atomically (the same way as :func:`atomic_save`)."""
     _atomic(Path(path), lambda fh: fh.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
