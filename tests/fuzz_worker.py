@@ -184,7 +184,9 @@ def call(op, graph_like, tensors, kwargs, backend):
     return out.detach(), alpha, grads
 
 
-def _same(a, b, tol, magnitude) -> str:
+def differs(a, b, tol, magnitude) -> str:
+    """Why two results are not the same (NaN and inf in the same places, values within
+    ``tol`` scaled by ``magnitude``), or "" when they are."""
     if a is None or b is None:
         return "" if a is None and b is None else "one result is missing"
     if a.shape != b.shape:
@@ -237,7 +239,7 @@ def judge(seed: int, backends):
         (o1, a1, g1), (o2, a2, g2) = ref[1], r[1]
         for what, x, y in [("output", o1, o2), ("weights", a1, a2)] + [
                 (f"grad {i}", x, y) for i, (x, y) in enumerate(zip(g1, g2))]:
-            why = _same(None if x is None else x.detach(), None if y is None else y.detach(), tol, magnitude)
+            why = differs(None if x is None else x.detach(), None if y is None else y.detach(), tol, magnitude)
             if why:
                 return {**verdict, "verdict": "fail", "why": f"{b} {what}: {why}"}
         if len(g1) != len(g2):
