@@ -71,3 +71,13 @@ def test_banded_reference_equals_one_dense_mask():
     dense = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
                                            attn_mask=(i[:, None] - i[None, :]).abs() <= w).transpose(0, 1)
     torch.testing.assert_close(run.banded_reference(q, k, v, w, chunk=64), dense)
+
+
+def test_dense_nonfinite_cost_times_the_band_route_with_and_without_its_check(tmp_path):
+    import dense_nonfinite_cost
+
+    out = tmp_path / "cost.json"
+    result = dense_nonfinite_cost.main(["--length", "320", "--window", "64", "--reps", "1", "--threads", "1",
+                                        "--out", str(out)])
+    assert out.is_file() and set(result["overhead"]) == {"forward", "forward+backward"}
+    assert all(t > 0 for t in result["median_ms"].values())
