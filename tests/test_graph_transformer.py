@@ -1,5 +1,9 @@
 """Graph-level patterns from a PyG batch vector, the grouped dense path, and GPSConv
 (parity with PyG's GPSConv on batches of unequal graphs)."""
+import copy
+import gc
+import weakref
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -273,3 +277,60 @@ def test_bad_arguments_are_named(kwargs, message):
 def test_from_pyg_refuses_other_modules():
     with pytest.raises(TypeError, match="GPSConv"):
         GPSConv.from_pyg(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("form", ["graph", "edge_index"])
+def test_a_local_adjacency_edited_in_place_is_not_served_stale(form):
+    """The sparse pattern holds the local edges: an edit to them (in a Graph's arrays or an
+    edge_index tensor) gives what a fresh layer gives on the edited input."""
+    from graphattn import Graph
+
+    torch.manual_seed(4)
+    sizes = [6, 9]
+    batch, edges = batch_of(sizes), ring_edges(sizes)
+    layer = GPSConv(8, None, heads=2, global_pattern="sparse", expander_degree=2, norm=None).double().eval()
+    x = torch.randn(15, 8, dtype=torch.float64)
+    local = Graph.from_edge_index(edges.clone(), 15) if form == "graph" else edges.clone()
+    before = layer(x, local, batch)
+    edited = local.col if form == "graph" else local[0]
+    edited[edited == 1] = 4  # sources 1 -> 4 (same graph), in place
+    fresh_input = (Graph.from_edge_index(torch.stack([local.col, local.row]).clone(), 15) if form == "graph"
+                   else local.clone())
+    expected = copy.deepcopy(layer)(x, fresh_input, batch.clone())
+    assert not torch.allclose(expected, before)  # the edit changes the answer
+    torch.testing.assert_close(layer(x, local, batch), expected, atol=0, rtol=0)
+
+
+def test_the_pattern_cache_keeps_no_batch_alive():
+    layer = GPSConv(4, None, heads=1, global_pattern="sparse", expander_degree=2, norm=None)
+    batch, edges = batch_of([3, 4]), ring_edges([3, 4])
+    layer(torch.randn(7, 4), edges, batch)
+    batch_ref, edges_ref = weakref.ref(batch), weakref.ref(edges)
+    del batch, edges
+    gc.collect()
+    assert batch_ref() is None and edges_ref() is None
+
+
+def test_threads_sharing_a_batch_build_its_pattern_once(monkeypatch):
+    """Misses racing on one batch wait for the first build instead of each building."""
+    import threading
+    import time
+
+    from graphattn.nn import gps
+
+    builds, real = [], patterns.complete_per_graph
+
+    def slow_build(*args, **kwargs):
+        builds.append(1)
+        time.sleep(0.05)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gps.patterns, "complete_per_graph", slow_build)
+    layer, batch = GPSConv(4, None, heads=1), batch_of([3, 4])
+    threads = [threading.Thread(target=layer.global_graph, args=(7, None, batch, torch.device("cpu")))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1

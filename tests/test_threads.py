@@ -151,3 +151,27 @@ def test_a_lazy_graph_materialises_once():
         first = seen[0, 0]
         for got in seen.values():
             assert all(a is not None and a is b for a, b in zip(got, first))
+
+
+def _gps_call(global_pattern):
+    """One GPSConv shared by the threads on one shared batch: its global pattern comes
+    from the module-level pattern cache (built lazily, once, under its lock)."""
+    from graphattn.nn import GPSConv
+
+    torch.manual_seed(0)
+    layer = GPSConv(H * C, GATConv(H * C, C, heads=H), heads=H, global_pattern=global_pattern,
+                    expander_degree=2).double().eval()
+    local = random_graph(N, N, 60, seed=4)
+
+    def call(batch, seed):
+        x = _inputs(seed)[0].reshape(N, H * C).detach().requires_grad_()
+        out = layer(x, local, batch)
+        out.square().sum().backward()
+        return [out, x.grad]
+    return call
+
+
+@pytest.mark.parametrize("global_pattern", ["complete", "sparse"])
+def test_a_shared_gps_layer_on_a_shared_batch_equals_one_thread(global_pattern):
+    sizes = torch.tensor([7, 12, 5])
+    _same_as_one_thread(_gps_call(global_pattern), lambda: torch.repeat_interleave(torch.arange(3), sizes))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from collections import OrderedDict
 from typing import Callable, NamedTuple, Optional, Tuple, Union
@@ -119,48 +120,76 @@ def check_hyperparameters(*, out_channels=None, heads=None, dropout=None, negati
         check_positive_int("edge_dim", edge_dim)
 
 
-class GraphCache:
-    """Remembers the Graph built for the last adjacency object a layer saw: an
-    ``edge_index`` tensor, a torch sparse ``adj_t`` or a ``torch_sparse.SparseTensor``.
+def version_of(obj) -> tuple:
+    """What a cache must see unchanged to serve what it built from ``obj``: a Graph's
+    stamp (its index tensors and their version counters), a tensor's version counter
+    and device, a ``torch_sparse.SparseTensor``'s index and value versions. One rule
+    for every cache in the layers; any in-place edit changes it."""
+    if obj is None:
+        return ()
+    if isinstance(obj, Graph):
+        return obj._stamp()
+    if isinstance(obj, Tensor):
+        return (obj._version, obj.device)
+    storage = getattr(obj, "storage", None)  # torch_sparse.SparseTensor
+    parts = [getattr(storage, name, None) for name in ("_row", "_rowptr", "_col", "_value")]
+    return tuple(-1 if t is None else t._version for t in parts)
 
-    A hit requires the very same object (weak reference), unchanged (the in-place
-    version counter of its index tensors), with the same node counts; anything else
-    rebuilds. So a training loop that passes the same adjacency every step sorts once,
-    and editing it in place is never served stale. The entry is one tuple, read and
-    replaced in single steps, so threads calling the same layer never pair one
-    adjacency with another's graph.
+
+def _no_object() -> None:
+    return None
+
+
+class GraphCache:
+    """Remembers what was built for the last objects a layer saw: for :meth:`get`, the
+    Graph of an ``edge_index`` tensor, a torch sparse ``adj_t`` or a
+    ``torch_sparse.SparseTensor``; for :meth:`lookup`, any value built from a few objects.
+
+    A hit requires the very same objects (weak references: the cache never keeps them
+    alive), unchanged (:func:`version_of`), with the same key; anything else rebuilds.
+    So a training loop that passes the same adjacency every step sorts once, and
+    editing it in place is never served stale. A miss builds under the cache's lock and
+    then publishes one tuple, so threads sharing the cache build once and never pair
+    one call's objects with another's value.
     """
 
     def __init__(self) -> None:
-        self._entry: Optional[Tuple[weakref.ref, tuple, Graph, Optional[Tensor]]] = None
+        self._entry: Optional[Tuple[tuple, tuple, object]] = None
+        self._lock = threading.Lock()
 
-    @staticmethod
-    def _version(adjacency) -> tuple:
-        if isinstance(adjacency, Tensor):
-            return (adjacency._version, adjacency.device)
-        storage = getattr(adjacency, "storage", None)  # torch_sparse.SparseTensor
-        parts = [getattr(storage, name, None) for name in ("_row", "_rowptr", "_col", "_value")]
-        return tuple(-1 if t is None else t._version for t in parts)
+    def _hit(self, objects: tuple, stamp: tuple):
+        entry = self._entry  # one read: the refs, stamp and value belong together
+        if entry is not None and entry[1] == stamp and all(r() is o for r, o in zip(entry[0], objects)):
+            return entry
+        return None
+
+    def lookup(self, objects: tuple, key: tuple, build: Callable[[], object]):
+        """The value built by ``build()`` for ``objects`` (compared by identity and
+        :func:`version_of`) and ``key``; built on a miss, once."""
+        stamp = (tuple(version_of(o) for o in objects), key)
+        entry = self._hit(objects, stamp)
+        if entry is None:
+            with self._lock:
+                entry = self._hit(objects, stamp)  # another thread may have just built it
+                if entry is None:
+                    refs = tuple(_no_object if o is None else weakref.ref(o) for o in objects)
+                    entry = self._entry = (refs, stamp, build())
+        return entry[2]
 
     def get(self, adjacency, num_src: Optional[int], num_dst: Optional[int]) -> Tuple[Graph, Optional[Tensor]]:
         """``(graph, values)``: the graph of ``adjacency`` and, for a sparse one, its
         values in the graph's user order."""
-        key = (self._version(adjacency), num_src, num_dst)
-        entry = self._entry  # one read: the ref, key, graph and values belong together
-        if entry is not None and entry[0]() is adjacency and entry[1] == key:
-            return entry[2], entry[3]
-        if isinstance(adjacency, Tensor) and adjacency.layout == torch.strided:
-            graph, values = Graph.from_edge_index(adjacency, num_src=num_src, num_dst=num_dst), None
-        else:
-            graph, values = Graph.from_sparse(adjacency)
-        self._entry = (weakref.ref(adjacency), key, graph, values)
-        return graph, values
+        def build() -> Tuple[Graph, Optional[Tensor]]:
+            if isinstance(adjacency, Tensor) and adjacency.layout == torch.strided:
+                return Graph.from_edge_index(adjacency, num_src=num_src, num_dst=num_dst), None
+            return Graph.from_sparse(adjacency)
+        return self.lookup((adjacency,), (num_src, num_dst), build)
 
     @property
     def graph(self) -> Optional[Graph]:
         """The cached graph, if any."""
         entry = self._entry
-        return None if entry is None else entry[2]
+        return None if entry is None else entry[2][0]
 
 
 class Adjacency(NamedTuple):

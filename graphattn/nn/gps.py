@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -11,13 +11,14 @@ from torch import Tensor, nn
 
 from .. import patterns
 from ..graph import Graph
-from ._base import check_hyperparameters, check_positive_int
+from ._base import GraphCache, check_hyperparameters, check_positive_int
 from .dot_product import TransformerConv
 from .gat import GATConv, GATv2Conv
 from .multihead import MultiheadGraphAttention
 
 GLOBAL_PATTERNS = ("complete", "sparse")
-_LAST_PATTERN: Optional[Tuple[Any, ...]] = None  # (batch, local adjacency, key, graph)
+# The last global pattern built, shared by every GPSConv (a model's layers see one batch in turn).
+_PATTERNS = GraphCache()
 
 
 class GPSConv(nn.Module):
@@ -177,25 +178,22 @@ class GPSConv(nn.Module):
     def global_graph(self, num_nodes: int, edge_index, batch: Optional[Tensor], device) -> Graph:
         """The global attention pattern for this batch. Shared by every GPSConv with
         the same pattern settings: the layers of a model build it once per batch (a
-        one-slot cache keyed on the ``batch`` and local adjacency objects, re-built
-        when either is edited in place)."""
-        global _LAST_PATTERN
+        one-slot cache on weak references to the ``batch`` and local adjacency objects,
+        re-built when either is edited in place, built once when threads share it)."""
         local = edge_index if self.global_pattern == "sparse" else None
         virtual = 0 if self.virtual is None else self.virtual.size(0)
-        key = (num_nodes, str(device), self.global_pattern, self.expander_degree, virtual, self.seed,
-               batch._version if batch is not None else None, getattr(local, "_version", None))
-        entry = _LAST_PATTERN
-        if entry is not None and entry[0] is batch and entry[1] is local and entry[2] == key:
-            return entry[3]
+        key = (num_nodes, str(device), self.global_pattern, self.expander_degree, virtual, self.seed)
+        return _PATTERNS.lookup((batch, local), key, lambda: self._build_pattern(num_nodes, local, batch, device))
+
+    def _build_pattern(self, num_nodes: int, local, batch: Optional[Tensor], device) -> Graph:
         if self.global_pattern == "complete":
             graph = patterns.complete_per_graph(batch, num_nodes)
         else:
             local_index = None if local is None else _as_edge_index(local, num_nodes)
+            virtual = 0 if self.virtual is None else self.virtual.size(0)
             graph = patterns.sparse_global(batch, num_nodes, local_index, degree=self.expander_degree,
                                            virtual_per_graph=virtual, seed=self.seed)
-        graph = graph.to(device)
-        _LAST_PATTERN = (batch, local, key, graph)  # one tuple, replaced atomically
-        return graph
+        return graph.to(device)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.channels}, conv={self.conv}, heads={self.heads}, "
@@ -206,7 +204,7 @@ def _as_edge_index(adjacency, num_nodes: int) -> Tensor:
     """``edge_index`` of a local adjacency given as an edge_index, a sparse ``adj_t``
     or a :class:`Graph` (the sparse pattern includes the local edges)."""
     if isinstance(adjacency, Graph):
-        return adjacency.edge_index
+        return adjacency.ensure_valid().edge_index  # an in-place edit is checked, its derived edges rebuilt
     if isinstance(adjacency, Tensor) and not adjacency.is_sparse and adjacency.layout == torch.strided:
         return adjacency
     return Graph.from_sparse(adjacency)[0].edge_index
