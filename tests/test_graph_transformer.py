@@ -334,3 +334,13 @@ def test_threads_sharing_a_batch_build_its_pattern_once(monkeypatch):
     for t in threads:
         t.join()
     assert len(builds) == 1
+
+
+@pytest.mark.parametrize("conv", ["gin", "gat", "none"])
+@pytest.mark.parametrize("attn_type", ["multihead"])
+def test_repr_is_pygs_for_pygs_arguments(conv, attn_type):
+    kwargs = {"heads": 4, "attn_type": attn_type}
+    theirs = pyg_nn.GPSConv(16, pyg_local(conv, 16, 4), **kwargs)
+    assert repr(GPSConv(16, pyg_local(conv, 16, 4), **kwargs)) == repr(theirs)
+    assert repr(GPSConv.from_pyg(theirs)) == repr(theirs)  # graphattn's local layers print as PyG's do
+    assert repr(GPSConv(16, None, global_pattern="sparse")).endswith("attn_type=multihead, global_pattern=sparse)")

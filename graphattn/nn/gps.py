@@ -196,8 +196,10 @@ class GPSConv(nn.Module):
         return graph.to(device)
 
     def __repr__(self) -> str:
+        """PyG's repr for PyG's arguments; a non-default global pattern is added after them."""
+        extra = "" if self.global_pattern == "complete" else f", global_pattern={self.global_pattern}"
         return (f"{self.__class__.__name__}({self.channels}, conv={self.conv}, heads={self.heads}, "
-                f"attn_type={self.attn_type}, global_pattern={self.global_pattern})")
+                f"attn_type={self.attn_type}{extra})")
 
 
 def _as_edge_index(adjacency, num_nodes: int) -> Tensor:
