@@ -2,6 +2,7 @@
 (parity with PyG's GPSConv on batches of unequal graphs)."""
 import copy
 import gc
+import math
 import weakref
 
 import pytest
@@ -263,7 +264,9 @@ def test_pattern_is_shared_by_layers_per_batch_and_rebuilt_when_it_changes():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"attn_type": "performer"}, "attn_type"),
+    ({"attn_type": "bigbird"}, "attn_type"),
+    ({"attn_type": "performer", "global_pattern": "sparse"}, "global_pattern"),
+    ({"attn_type": "performer", "attn_kwargs": {"head_channels": 0}}, "head_channels"),
     ({"global_pattern": "full"}, "global_pattern"),
     ({"heads": 0}, "heads"),
     ({"dropout": 1.5}, "dropout"),
@@ -337,10 +340,97 @@ def test_threads_sharing_a_batch_build_its_pattern_once(monkeypatch):
 
 
 @pytest.mark.parametrize("conv", ["gin", "gat", "none"])
-@pytest.mark.parametrize("attn_type", ["multihead"])
+@pytest.mark.parametrize("attn_type", ["multihead", "performer"])
 def test_repr_is_pygs_for_pygs_arguments(conv, attn_type):
     kwargs = {"heads": 4, "attn_type": attn_type}
     theirs = pyg_nn.GPSConv(16, pyg_local(conv, 16, 4), **kwargs)
     assert repr(GPSConv(16, pyg_local(conv, 16, 4), **kwargs)) == repr(theirs)
     assert repr(GPSConv.from_pyg(theirs)) == repr(theirs)  # graphattn's local layers print as PyG's do
     assert repr(GPSConv(16, None, global_pattern="sparse")).endswith("attn_type=multihead, global_pattern=sparse)")
+
+
+# ----------------------------------------------------------------- PyG's global attentions
+from torch_geometric.nn import attention as pyg_attention  # noqa: E402
+
+from graphattn.nn import global_attention  # noqa: E402
+
+
+@pytest.mark.parametrize("qkv_bias", [False, True])
+@pytest.mark.parametrize("kernel", [torch.nn.ReLU(), torch.nn.Softplus()])
+def test_performer_from_pyg_matches_pyg_values_and_gradients(qkv_bias, kernel):
+    torch.manual_seed(5)
+    theirs = pyg_attention.PerformerAttention(16, 4, head_channels=8, kernel=kernel, qkv_bias=qkv_bias)
+    ours = global_attention.PerformerAttention.from_pyg(theirs)
+    assert torch.equal(ours.fast_attn.projection_matrix, theirs.fast_attn.projection_matrix)
+    assert ours.state_dict().keys() == theirs.state_dict().keys() and repr(ours) == repr(theirs)
+    x1 = torch.randn(3, 11, 16, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    a, b = theirs(x1), ours(x2)
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    a.sin().sum().backward(), b.sin().sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.q.weight.grad, theirs.q.weight.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_performer_padding_is_no_key():
+    """A padded graph gives what PyG gives for that graph alone (PyG's own padded keys
+    enter its normaliser, so there the answer depends on the batch's largest graph)."""
+    torch.manual_seed(6)
+    theirs = pyg_attention.PerformerAttention(8, 2, head_channels=4, qkv_bias=True).eval()
+    ours = global_attention.PerformerAttention.from_pyg(theirs).eval()
+    x, mask = torch.randn(2, 9, 8), torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 5:] = False
+    got = ours(x, mask)
+    torch.testing.assert_close(got[1, :5], theirs(x[1:, :5])[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[0], theirs(x[:1])[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="mask"):
+        ours(x, mask.long())
+
+
+def test_performer_redraws_and_resets_like_pyg():
+    ours = global_attention.PerformerAttention(8, 2, head_channels=6)
+    assert ours.fast_attn.projection_matrix.shape == (int(6 * math.log(6)), 6)
+    before = ours.fast_attn.projection_matrix.clone()
+    ours.redraw_projection_matrix()
+    assert not torch.equal(before, ours.fast_attn.projection_matrix)
+    rows = ours.fast_attn.projection_matrix[:6]  # one full block: orthonormal rows
+    torch.testing.assert_close(rows @ rows.t(), torch.eye(6), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="divisible"):
+        global_attention.PerformerAttention(9, 2)
+
+
+@pytest.mark.parametrize("sizes", [[6, 6, 6], [5, 17, 3, 1]])
+def test_gps_performer_from_pyg_matches_pyg(sizes):
+    """Equal graphs (no padding): PyG's batch output. Unequal ones: each graph's own output."""
+    torch.manual_seed(7)
+    batch, edges = batch_of(sizes), ring_edges(sizes)
+    x = torch.randn(batch.numel(), 16)
+    theirs = pyg_nn.GPSConv(16, pyg_nn.GATConv(16, 4, heads=4), heads=4, attn_type="performer",
+                            attn_kwargs={"head_channels": 8, "qkv_bias": True})
+    theirs(x, edges, batch)  # batch-norm running statistics away from their initial values
+    ours = GPSConv.from_pyg(theirs).eval()
+    theirs.eval()
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    got = ours(x, edges, batch)
+    if len(set(sizes)) == 1:
+        torch.testing.assert_close(got, theirs(x, edges, batch), atol=1e-5, rtol=1e-5)
+    ptr = [0] + torch.tensor(sizes).cumsum(0).tolist()
+    for a, b in zip(ptr[:-1], ptr[1:]):
+        mine = (edges >= a).all(0) & (edges < b).all(0)
+        alone = theirs(x[a:b], edges[:, mine] - a, None)
+        torch.testing.assert_close(got[a:b], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_gps_performer_trains_like_pyg():
+    torch.manual_seed(8)
+    batch, edges = batch_of([7, 7]), ring_edges([7, 7])
+    theirs = pyg_nn.GPSConv(8, pyg_nn.GINConv(torch.nn.Linear(8, 8)), heads=2, attn_type="performer",
+                            attn_kwargs={"head_channels": 4})
+    ours = GPSConv.from_pyg(theirs)
+    x1 = torch.randn(14, 8, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    a, b = theirs(x1, edges, batch), ours(x2, edges, batch)
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    a.cos().sum().backward(), b.cos().sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.attn.k.weight.grad, theirs.attn.k.weight.grad, atol=1e-5, rtol=1e-5)

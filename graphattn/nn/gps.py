@@ -14,9 +14,11 @@ from ..graph import Graph
 from ._base import GraphCache, check_hyperparameters, check_positive_int
 from .dot_product import TransformerConv
 from .gat import GATConv, GATv2Conv
+from .global_attention import PerformerAttention
 from .multihead import MultiheadGraphAttention
 
 GLOBAL_PATTERNS = ("complete", "sparse")
+ATTN_TYPES = ("multihead", "performer")
 # The last global pattern built, shared by every GPSConv (a model's layers see one batch in turn).
 _PATTERNS = GraphCache()
 
@@ -46,8 +48,10 @@ class GPSConv(nn.Module):
     Args:
         channels, conv, heads, dropout, act, act_kwargs, norm, norm_kwargs,
         attn_type, attn_kwargs: as in PyG's ``GPSConv``. ``conv`` may be any module
-            called as ``conv(x, edge_index, **kwargs)`` (or None); ``attn_type`` must be
-            ``"multihead"``; ``attn_kwargs`` go to :class:`MultiheadGraphAttention`
+            called as ``conv(x, edge_index, **kwargs)`` (or None); ``attn_type`` is
+            ``"multihead"`` (:class:`MultiheadGraphAttention`) or ``"performer"``
+            (:class:`~graphattn.nn.global_attention.PerformerAttention`, linear
+            attention with random features), ``attn_kwargs`` their arguments
             (e.g. ``{"dropout": 0.5}``).
         global_pattern: ``"complete"`` or ``"sparse"``.
         expander_degree, virtual_nodes, seed: the sparse pattern's expander degree
@@ -84,15 +88,19 @@ class GPSConv(nn.Module):
         if global_pattern == "sparse" and (isinstance(virtual_nodes, bool) or not isinstance(virtual_nodes, int)
                                            or virtual_nodes < 0):
             raise ValueError(f"virtual_nodes must be a non-negative integer, got {virtual_nodes!r}")
-        if attn_type != "multihead":
-            raise ValueError(f"attn_type={attn_type!r} is not supported; graphattn's GPSConv computes "
-                             f"attn_type='multihead' (use global_pattern='sparse' for large graphs)")
+        if attn_type not in ATTN_TYPES:
+            raise ValueError(f"attn_type must be one of {ATTN_TYPES}, got {attn_type!r} (for large graphs use "
+                             f"'performer' or global_pattern='sparse')")
         if global_pattern not in GLOBAL_PATTERNS:
             raise ValueError(f"global_pattern must be one of {GLOBAL_PATTERNS}, got {global_pattern!r}")
+        if attn_type == "performer" and global_pattern != "complete":
+            raise ValueError("attn_type='performer' attends to every node of each graph (in linear time); "
+                             f"global_pattern={global_pattern!r} applies to attn_type='multihead' only")
         self.channels, self.conv, self.heads, self.dropout = channels, conv, heads, dropout
         self.attn_type, self.global_pattern = attn_type, global_pattern
         self.expander_degree, self.seed = expander_degree, seed
-        self.attn = MultiheadGraphAttention(channels, heads, batch_first=True, **(attn_kwargs or {}))
+        self.attn = (MultiheadGraphAttention(channels, heads, batch_first=True, **(attn_kwargs or {}))
+                     if attn_type == "multihead" else PerformerAttention(channels, heads, **(attn_kwargs or {})))
         self.virtual = (nn.Parameter(torch.zeros(virtual_nodes, channels))
                         if global_pattern == "sparse" and virtual_nodes else None)
         self.mlp = nn.Sequential(
@@ -136,15 +144,15 @@ class GPSConv(nn.Module):
 
         if not isinstance(gps, PyGGPS):
             raise TypeError(f"expected torch_geometric.nn.GPSConv, got {type(gps).__name__}")
-        if not isinstance(gps.attn, nn.MultiheadAttention):
-            raise ValueError(f"only attn_type='multihead' converts; this GPSConv has {gps.attn_type!r}")
+        if gps.attn_type not in ATTN_TYPES:
+            raise ValueError(f"attn_type={gps.attn_type!r} does not convert; {ATTN_TYPES} do")
         ours = {PyGGAT: GATConv, PyGGATv2: GATv2Conv, PyGTransformer: TransformerConv}
         conv = gps.conv
         if conv is not None and type(conv) in ours:
             conv = ours[type(conv)].from_pyg(conv)
-        layer = cls(gps.channels, conv, heads=gps.heads, dropout=gps.dropout, norm=None,
-                    attn_kwargs={"dropout": gps.attn.dropout})
-        layer.attn = MultiheadGraphAttention.from_torch(gps.attn)
+        layer = cls(gps.channels, conv, heads=gps.heads, dropout=gps.dropout, norm=None, attn_type=gps.attn_type)
+        layer.attn = (MultiheadGraphAttention.from_torch(gps.attn) if gps.attn_type == "multihead"
+                      else PerformerAttention.from_pyg(gps.attn))
         layer.mlp = copy.deepcopy(gps.mlp)
         layer.norm1, layer.norm2, layer.norm3 = (copy.deepcopy(n) for n in (gps.norm1, gps.norm2, gps.norm3))
         layer.norm_with_batch = gps.norm_with_batch
@@ -167,12 +175,22 @@ class GPSConv(nn.Module):
         return norm(h, batch=batch) if self.norm_with_batch else norm(h)
 
     def _global_attention(self, x: Tensor, edge_index, batch: Optional[Tensor]) -> Tensor:
+        if self.attn_type == "performer":
+            return self._performer(x, batch)
         graph = self.global_graph(x.size(0), edge_index, batch, x.device)
         if self.global_pattern == "complete":
             return self.attn.attend_packed(x, x, x, graph)[0]
         num_graphs = len(graph.pattern.batch)
         nodes = x if self.virtual is None else torch.cat([x, self.virtual.to(x.dtype).repeat(num_graphs, 1)])
         return self.attn.attend_packed(nodes, nodes, nodes, graph)[0][: x.size(0)]
+
+    def _performer(self, x: Tensor, batch: Optional[Tensor]) -> Tensor:
+        """Linear attention over each graph: padded to the largest graph, the padding no key."""
+        from torch_geometric.utils import to_dense_batch
+
+        patterns.graph_sizes(batch, x.size(0))  # PyG's batch vector, checked as for the other patterns
+        h, mask = to_dense_batch(x, batch)
+        return self.attn(h, mask)[mask]
 
     @torch.compiler.disable
     def global_graph(self, num_nodes: int, edge_index, batch: Optional[Tensor], device) -> Graph:

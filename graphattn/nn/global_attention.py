@@ -1,0 +1,148 @@
+"""PyG's linear global attentions (``torch_geometric.nn.attention``) on graphattn's
+linear-attention engine (:func:`graphattn.ops.linear.linear_attention`): each is a
+kernelised attention with its own feature map, so only the map and the projections
+live here. Constructor arguments, parameter names, ``forward(x, mask)`` and repr are
+PyG's; ``from_pyg`` copies a PyG module, weights and random features included.
+
+One difference, on purpose: a padded position (``mask`` False) is no key at all. PyG
+zeroes padded values but keeps padded keys in the normaliser, so there a graph's
+output depends on how far the batch pads it; here it is what the graph alone gives.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops.linear import linear_attention
+from ._base import check_hyperparameters, check_positive_int, copy_from
+
+# FAVOR+'s features are at least ``_FAVOR_EPS`` (PyG's), so its normaliser is positive
+# and PyG adds nothing to it; the engine's eps then only keeps a query without keys at 0.
+_FAVOR_EPS = 1e-3
+_NO_EPS = 1e-30
+
+
+def _check_heads(channels: int, heads: int, head_channels: Optional[int]) -> int:
+    check_positive_int("channels", channels)
+    check_hyperparameters(heads=heads)
+    if channels % heads:
+        raise ValueError(f"channels ({channels}) must be divisible by heads ({heads})")
+    if head_channels is None:
+        return channels // heads
+    return check_positive_int("head_channels", head_channels)
+
+
+def _key_padding(mask: Optional[Tensor], x: Tensor) -> Optional[Tensor]:
+    """PyG's ``mask`` (``[B, N]``, True = a real node) as the engine's key padding mask."""
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != x.shape[:2]:
+        raise ValueError(f"mask must be a bool tensor of shape {list(x.shape[:2])} (True = a real node), got "
+                         f"{getattr(mask, 'dtype', type(mask).__name__)} of shape {list(getattr(mask, 'shape', []))}")
+    return ~mask
+
+
+def _check_x(x: Tensor) -> None:
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        raise ValueError(f"x must be [batch, nodes, channels], got shape {list(getattr(x, 'shape', []))}")
+
+
+def orthogonal_matrix(num_rows: int, num_cols: int) -> Tensor:
+    """``num_rows`` random orthonormal rows of length ``num_cols``, in blocks of
+    ``num_cols`` (FAVOR+'s projection; PyG's draw, from the global generator)."""
+    def block() -> Tensor:
+        return torch.linalg.qr(torch.randn(num_cols, num_cols), mode="reduced")[0].t()
+
+    blocks = [block() for _ in range(num_rows // num_cols)]
+    if num_rows % num_cols:
+        blocks.append(block()[: num_rows % num_cols])
+    return torch.cat(blocks)
+
+
+class PerformerProjection(nn.Module):
+    """FAVOR+'s random feature map ``phi(x) = kernel(x P^T) + 0.001`` with ``P`` the
+    ``[num_cols * ln(num_cols), num_cols]`` orthogonal buffer ``projection_matrix``."""
+
+    def __init__(self, num_cols: int, kernel: Callable[[Tensor], Tensor] = nn.ReLU()) -> None:
+        super().__init__()
+        if kernel is None:
+            raise ValueError("kernel must be a callable (e.g. torch.nn.ReLU()), got None")
+        self.num_cols, self.num_rows = num_cols, int(num_cols * math.log(num_cols))
+        if self.num_rows < 1:
+            raise ValueError(f"head_channels must be at least 2 (FAVOR+ draws head_channels * ln(head_channels) "
+                             f"features), got {num_cols}")
+        self.register_buffer("projection_matrix", orthogonal_matrix(self.num_rows, self.num_cols))
+        self.kernel = kernel
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.kernel(x @ self.projection_matrix.t().to(x.dtype)) + _FAVOR_EPS
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
+        """``(B, H, N, D)`` queries and keys, ``(B, H, N, C)`` values."""
+        return linear_attention(q, k, v, key_padding_mask=key_padding_mask, feature_map=self.features, eps=_NO_EPS)
+
+
+class PerformerAttention(nn.Module):
+    r"""Performer's linear attention (FAVOR+, "Rethinking Attention with Performers",
+    Choromanski et al., 2021) with PyG ``PerformerAttention``'s arguments and
+    parameters: queries, keys and values projected to ``heads * head_channels``, the
+    attention ``phi(Q) (phi(K)^T V)`` normalised by ``phi(Q) phi(K)^T 1`` (random
+    orthogonal features ``phi``) and an output projection. ``forward(x, mask)`` takes
+    PyG's dense batch ``[B, N, channels]`` and ``[B, N]`` bool mask.
+    """
+
+    def __init__(self, channels: int, heads: int, head_channels: Optional[int] = 64,
+                 kernel: Callable[[Tensor], Tensor] = nn.ReLU(), qkv_bias: bool = False, attn_out_bias: bool = True,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        head_channels = _check_heads(channels, heads, head_channels)
+        check_hyperparameters(dropout=dropout)
+        self.heads, self.head_channels, self.kernel = heads, head_channels, kernel
+        self.fast_attn = PerformerProjection(head_channels, kernel)  # drawn first, as PyG does
+        inner = heads * head_channels
+        self.q, self.k, self.v = (nn.Linear(channels, inner, bias=qkv_bias) for _ in range(3))
+        self.attn_out = nn.Linear(inner, channels, bias=attn_out_bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        _check_x(x)
+        B, N = x.shape[:2]
+
+        def heads(t: Tensor) -> Tensor:
+            return t.reshape(B, N, self.heads, self.head_channels).transpose(1, 2)
+
+        out = self.fast_attn(heads(self.q(x)), heads(self.k(x)), heads(self.v(x)), _key_padding(mask, x))
+        return self.dropout(self.attn_out(out.transpose(1, 2).reshape(B, N, -1)))
+
+    @torch.no_grad()
+    def redraw_projection_matrix(self) -> None:
+        """Draw new random features (the paper redraws them now and then in training)."""
+        fresh = orthogonal_matrix(self.fast_attn.num_rows, self.fast_attn.num_cols)
+        self.fast_attn.projection_matrix.copy_(fresh)
+
+    def _reset_parameters(self) -> None:
+        for lin in (self.q, self.k, self.v, self.attn_out):
+            lin.reset_parameters()
+        self.redraw_projection_matrix()
+
+    reset_parameters = _reset_parameters
+
+    @classmethod
+    def from_pyg(cls, attn: nn.Module) -> "PerformerAttention":
+        """A copy of a ``torch_geometric.nn.attention.PerformerAttention``: its arguments,
+        weights and random projection."""
+        from torch_geometric.nn.attention import PerformerAttention as PyGPerformer
+
+        if not isinstance(attn, PyGPerformer):
+            raise TypeError(f"expected torch_geometric.nn.attention.PerformerAttention, got {type(attn).__name__}")
+        ours = cls(attn.q.in_features, attn.heads, attn.head_channels, kernel=attn.kernel,
+                   qkv_bias=attn.q.bias is not None, attn_out_bias=attn.attn_out.bias is not None,
+                   dropout=attn.dropout.p)
+        return copy_from(ours, attn)
+
+    def __repr__(self) -> str:  # PyG's, missing comma included
+        return f"{type(self).__name__}(heads={self.heads}, head_channels={self.head_channels} kernel={self.kernel})"
