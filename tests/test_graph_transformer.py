@@ -434,3 +434,38 @@ def test_gps_performer_trains_like_pyg():
     a.cos().sum().backward(), b.cos().sum().backward()
     torch.testing.assert_close(x2.grad, x1.grad, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours.attn.k.weight.grad, theirs.attn.k.weight.grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("qk_shared", [True, False])
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_polynormer_from_pyg_matches_pyg_values_and_gradients(qk_shared, qkv_bias):
+    torch.manual_seed(9)
+    theirs = pyg_attention.PolynormerAttention(12, 3, head_channels=5, beta=0.7, qkv_bias=qkv_bias,
+                                               qk_shared=qk_shared)
+    ours = global_attention.PolynormerAttention.from_pyg(theirs)
+    assert ours.state_dict().keys() == theirs.state_dict().keys() and repr(ours) == repr(theirs)
+    x1 = torch.randn(2, 13, 12, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    a, b = theirs(x1), ours(x2)
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    a.sin().sum().backward(), b.sin().sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.k.weight.grad, theirs.k.weight.grad, atol=1e-5, rtol=1e-5)
+    mask = torch.ones(2, 13, dtype=torch.bool)
+    mask[0, 4:] = False  # padding is no key: graph 0 alone
+    torch.testing.assert_close(ours(x2, mask)[0, :4], theirs(x1[:1, :4])[0], atol=1e-5, rtol=1e-5)
+
+
+def test_qformer_from_pyg_matches_pyg_values_and_gradients():
+    torch.manual_seed(10)
+    theirs = pyg_attention.QFormer(8, 16, 5, num_heads=2, num_layers=2)
+    ours = global_attention.QFormer.from_pyg(theirs)
+    assert ours.state_dict().keys() == theirs.state_dict().keys() and repr(ours) == repr(theirs)
+    x1 = torch.randn(3, 7, 8, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    a, b = theirs(x1), ours(x2)
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    a.sin().sum().backward(), b.sin().sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.encoder.layers[1].self_attn.in_proj_weight.grad,
+                               theirs.encoder.layers[1].self_attn.in_proj_weight.grad, atol=1e-5, rtol=1e-5)

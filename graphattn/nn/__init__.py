@@ -3,6 +3,7 @@ from .agnn import AGNNConv
 from .dot_product import DotProductConv, TransformerConv
 from ._base import register_attention_hook
 from .gat import GATConv, GATv2Conv
+from .global_attention import PerformerAttention, PolynormerAttention, QFormer
 from .gps import GPSConv
 from .linear import LinearAttention
 from .multihead import MultiheadGraphAttention
@@ -13,6 +14,9 @@ __all__ = [
     "GATConv",
     "GATv2Conv",
     "GPSConv",
+    "PerformerAttention",
+    "PolynormerAttention",
+    "QFormer",
     "TransformerConv",
     "DotProductConv",
     "MultiheadGraphAttention",

@@ -4,12 +4,20 @@ kernelised attention with its own feature map, so only the map and the projectio
 live here. Constructor arguments, parameter names, ``forward(x, mask)`` and repr are
 PyG's; ``from_pyg`` copies a PyG module, weights and random features included.
 
+PyG 2.8 has four: ``PerformerAttention`` (here, and ``GPSConv(attn_type="performer")``),
+``PolynormerAttention`` and ``QFormer`` (softmax attention: graphattn's encoder layers) here;
+``SGFormerAttention`` is not, because it does not fit the engine: its similarity
+``1 + q.k`` over L2-normalised queries and keys is no positive feature map (its
+normaliser can approach zero but for an added ``N``), and its numerator adds ``N`` times
+each query's own value, a self term no kernel over the keys gives.
+
 One difference, on purpose: a padded position (``mask`` False) is no key at all. PyG
 zeroes padded values but keeps padded keys in the normaliser, so there a graph's
 output depends on how far the batch pads it; here it is what the graph alone gives.
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Callable, Optional
 
@@ -146,3 +154,117 @@ class PerformerAttention(nn.Module):
 
     def __repr__(self) -> str:  # PyG's, missing comma included
         return f"{type(self).__name__}(heads={self.heads}, head_channels={self.head_channels} kernel={self.kernel})"
+
+
+class PolynormerAttention(nn.Module):
+    r"""Polynormer's global attention ("Polynormer: Polynomial-Expressive Graph
+    Transformer in Linear Time", Deng et al., 2024) with PyG
+    ``PolynormerAttention``'s arguments, parameters and repr: linear attention with
+    sigmoid features (shared by queries and keys when ``qk_shared``), then
+    ``relu(lin_out(LayerNorm(attention) * (h_lins(x) + beta)))``. Heads are laid out
+    as PyG lays them (channel-major: ``[..., head_channels, heads]``), so weights
+    interchange.
+    """
+
+    def __init__(self, channels: int, heads: int, head_channels: int = 64, beta: float = 0.9,
+                 qkv_bias: bool = False, qk_shared: bool = True, dropout: float = 0.0) -> None:
+        super().__init__()
+        check_positive_int("channels", channels)
+        check_hyperparameters(heads=heads, dropout=dropout)
+        self.head_channels, self.heads = check_positive_int("head_channels", head_channels), heads
+        self.beta, self.qk_shared = beta, qk_shared
+        inner = heads * head_channels
+        self.h_lins = nn.Linear(channels, inner)
+        if not qk_shared:
+            self.q = nn.Linear(channels, inner, bias=qkv_bias)
+        self.k = nn.Linear(channels, inner, bias=qkv_bias)
+        self.v = nn.Linear(channels, inner, bias=qkv_bias)
+        self.lns = nn.LayerNorm(inner)
+        self.lin_out = nn.Linear(inner, inner)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        _check_x(x)
+        B, N = x.shape[:2]
+
+        def heads(t: Tensor) -> Tensor:  # [B, N, D * H] channel-major -> [B, H, N, D]
+            return t.view(B, N, -1, self.heads).permute(0, 3, 1, 2)
+
+        k = heads(self.k(x))
+        q = k if self.qk_shared else heads(self.q(x))
+        out = linear_attention(q, k, heads(self.v(x)), key_padding_mask=_key_padding(mask, x),
+                               feature_map=torch.sigmoid, eps=1e-6)
+        out = out.permute(0, 2, 3, 1).reshape(B, N, -1)
+        return self.dropout(F.relu(self.lin_out(self.lns(out) * (self.h_lins(x) + self.beta))))
+
+    def reset_parameters(self) -> None:
+        for module in (self.h_lins, getattr(self, "q", None), self.k, self.v, self.lns, self.lin_out):
+            if module is not None:
+                module.reset_parameters()
+
+    @classmethod
+    def from_pyg(cls, attn: nn.Module) -> "PolynormerAttention":
+        """A copy of a ``torch_geometric.nn.attention.PolynormerAttention`` (arguments and weights)."""
+        from torch_geometric.nn.attention import PolynormerAttention as PyGPolynormer
+
+        if not isinstance(attn, PyGPolynormer):
+            raise TypeError(f"expected torch_geometric.nn.attention.PolynormerAttention, got {type(attn).__name__}")
+        ours = cls(attn.h_lins.in_features, attn.heads, attn.head_channels, beta=attn.beta,
+                   qkv_bias=attn.k.bias is not None, qk_shared=attn.qk_shared, dropout=attn.dropout.p)
+        return copy_from(ours, attn)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(heads={self.heads}, head_channels={self.head_channels})"
+
+
+class _Encoder(nn.Module):
+    """``torch.nn.TransformerEncoder``'s ``layers`` on graphattn's encoder layer (same keys)."""
+
+    def __init__(self, layers) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class QFormer(nn.Module):
+    """PyG's simplified Q-Former (BLIP-2): LayerNorm, ``num_layers`` transformer encoder
+    layers (softmax attention through :class:`MultiheadGraphAttention`, complete over each
+    sequence) and a projection, with PyG ``QFormer``'s arguments, parameters and repr."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_heads: int, num_layers: int,
+                 dropout: float = 0.0, activation: Callable[[Tensor], Tensor] = nn.ReLU()) -> None:
+        super().__init__()
+        from .transformer import GraphTransformerEncoderLayer
+
+        for name, value in (("input_dim", input_dim), ("hidden_dim", hidden_dim), ("output_dim", output_dim),
+                            ("num_layers", num_layers)):
+            check_positive_int(name, value)
+        self.num_layers, self.num_heads = num_layers, num_heads
+        self.layer_norm = nn.LayerNorm(input_dim)
+        self.encoder_layer = GraphTransformerEncoderLayer(input_dim, num_heads, hidden_dim, dropout, activation,
+                                                          batch_first=True)
+        self.encoder = _Encoder(copy.deepcopy(self.encoder_layer) for _ in range(num_layers))
+        self.project = nn.Linear(input_dim, output_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: ``[batch, length, input_dim]``."""
+        return self.project(self.encoder(self.layer_norm(x)))
+
+    @classmethod
+    def from_pyg(cls, qformer: nn.Module) -> "QFormer":
+        """A copy of a ``torch_geometric.nn.attention.QFormer`` (arguments and weights)."""
+        from torch_geometric.nn.attention import QFormer as PyGQFormer
+
+        if not isinstance(qformer, PyGQFormer):
+            raise TypeError(f"expected torch_geometric.nn.attention.QFormer, got {type(qformer).__name__}")
+        layer = qformer.encoder_layer
+        ours = cls(layer.self_attn.embed_dim, layer.linear1.out_features, qformer.project.out_features,
+                   qformer.num_heads, qformer.num_layers, dropout=layer.dropout.p, activation=layer.activation)
+        return copy_from(ours, qformer)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_heads={self.num_heads}, num_layers={self.num_layers})"
