@@ -20,12 +20,12 @@ virtual nodes), which :func:`sparse_global` unites with the local edges.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .graph import Graph, Pattern
+from .graph import Graph, Pattern, _check_count
 
 __all__ = [
     "complete",
@@ -50,10 +50,30 @@ __all__ = [
 ]
 
 
-def _check_len(name: str, L: int) -> int:
-    if isinstance(L, bool) or not isinstance(L, int) or L < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {L!r}")
-    return L
+def _check_len(name: str, L) -> int:
+    """One count (a length, window or size): graph.py's rule, an int, numpy integer or
+    one-element integer tensor, never a float or bool truncated."""
+    return _check_count(name, L)
+
+
+def _check_lengths(name: str, lengths, total: Optional[int] = None, total_of: str = "") -> List[int]:
+    """``lengths`` (a list/tuple of counts or a 1-D integer tensor/array) as a list of
+    ints, each by :func:`_check_len`: the one rule for every pattern function taking
+    sequence lengths. With ``total``, their sum must be it (``total_of``, e.g.
+    ``"packed has {} rows"``, says what holds that many)."""
+    if not isinstance(lengths, Tensor) and hasattr(lengths, "__array__") and not isinstance(lengths, (list, tuple)):
+        lengths = torch.as_tensor(lengths)  # a numpy array
+    if isinstance(lengths, Tensor):
+        if lengths.dim() != 1 or lengths.dtype == torch.bool or lengths.is_floating_point() or lengths.is_complex():
+            raise TypeError(f"{name} must be a list of ints or a 1-D integer tensor, got a {lengths.dtype} tensor "
+                            f"of shape {tuple(lengths.shape)}")
+        lengths = lengths.tolist()
+    elif not isinstance(lengths, (list, tuple, range)):
+        raise TypeError(f"{name} must be a list of ints or a 1-D integer tensor, got {type(lengths).__name__}")
+    out = [_check_len(f"{name}[{i}]", n) for i, n in enumerate(lengths)]
+    if total is not None and sum(out) != total:
+        raise ValueError(f"{name} sum to {sum(out)} but {total_of.format(total)}")
+    return out
 
 
 def check_block(graph, Lq: int, Lk: int, what: str = "pattern") -> Graph:
@@ -130,12 +150,12 @@ def dilated(L: int, window: int, dilation: int, *, causal_only: bool = False, de
 
 
 def _global_ids(L: int, global_tokens: Union[int, Sequence[int], Tensor]) -> Tensor:
-    if isinstance(global_tokens, int):
-        ids = torch.arange(min(global_tokens, L))
+    if isinstance(global_tokens, (list, tuple, range)) or (
+            isinstance(global_tokens, Tensor) and global_tokens.dim() == 1):
+        ids = torch.tensor(_check_lengths("global_tokens", global_tokens), dtype=torch.long).unique()
     else:
-        ids = torch.as_tensor(list(global_tokens) if not isinstance(global_tokens, Tensor) else global_tokens)
-        ids = ids.long().unique()
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= L):
+        ids = torch.arange(min(_check_len("global_tokens", global_tokens), L))
+    if ids.numel() and int(ids.max()) >= L:
         raise ValueError(f"global token ids must be in [0, {L}), got {ids.tolist()}")
     return ids
 
@@ -201,8 +221,8 @@ def batch(lengths: Sequence[int], pattern: Callable[..., Graph] = complete,
     numbered after those of sequences ``0..b-1`` (the packed layout of :func:`pack`).
     The graph's pattern records the block kind and the lengths.
     """
-    lengths = [_check_len("lengths[i]", int(x)) for x in lengths]
-    klens = lengths if key_lengths is None else [_check_len("key_lengths[i]", int(x)) for x in key_lengths]
+    lengths = _check_lengths("lengths", lengths)
+    klens = lengths if key_lengths is None else _check_lengths("key_lengths", key_lengths)
     if len(klens) != len(lengths):
         raise ValueError(f"{len(lengths)} query lengths but {len(klens)} key lengths")
     rows, cols, kind, block_params = [], [], None, ()
@@ -238,23 +258,38 @@ def lengths_from_padding_mask(key_padding_mask: Tensor) -> Tensor:
 def pack(x: Tensor, lengths: Optional[Union[Tensor, Sequence[int]]] = None,
          key_padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """``(B, L, ...)`` padded -> ``(sum(lengths), ...)`` packed, with the lengths."""
+    if x.dim() < 2:
+        raise ValueError(f"x must be a padded (B, L, ...) tensor, got shape {tuple(x.shape)}")
+    B, L = x.shape[:2]
     if lengths is None:
         if key_padding_mask is None:
-            lengths = torch.full((x.size(0),), x.size(1), dtype=torch.long)
+            lengths = [L] * B
         else:
+            if tuple(key_padding_mask.shape) != (B, L):
+                raise ValueError(f"key_padding_mask has shape {tuple(key_padding_mask.shape)} but x's batch is "
+                                 f"{(B, L)}")
             lengths = lengths_from_padding_mask(key_padding_mask)
-    lengths = torch.as_tensor(lengths, dtype=torch.long, device=x.device)
-    if lengths.numel() != x.size(0) or (lengths.numel() and int(lengths.max()) > x.size(1)):
-        raise ValueError(f"lengths {lengths.tolist()} do not fit a batch of shape {tuple(x.shape[:2])}")
-    mask = torch.arange(x.size(1), device=x.device).unsqueeze(0) < lengths.unsqueeze(1)
+    lengths = _check_lengths("lengths", lengths)
+    if len(lengths) != B:
+        raise ValueError(f"lengths has {len(lengths)} sequences but x has a batch of {B}")
+    if lengths and max(lengths) > L:
+        raise ValueError(f"lengths has a sequence of {max(lengths)} tokens but x's sequences hold {L}")
+    lengths = torch.tensor(lengths, dtype=torch.long, device=x.device)
+    mask = torch.arange(L, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)
     return x[mask], lengths
 
 
 def unpack(packed: Tensor, lengths: Union[Tensor, Sequence[int]], max_len: Optional[int] = None,
            padding_value: float = 0.0) -> Tensor:
     """``(sum(lengths), ...)`` packed -> ``(B, max_len, ...)`` padded."""
-    lengths = torch.as_tensor(lengths, dtype=torch.long, device=packed.device)
-    L = int(lengths.max()) if max_len is None and lengths.numel() else (max_len or 0)
+    if packed.dim() < 1:
+        raise ValueError("packed must be a (sum(lengths), ...) tensor, got a scalar")
+    lengths = _check_lengths("lengths", lengths, total=packed.size(0), total_of="packed has {} rows")
+    longest = max(lengths, default=0)
+    L = longest if max_len is None else _check_len("max_len", max_len)
+    if L < longest:
+        raise ValueError(f"max_len={L} is shorter than the longest sequence in lengths ({longest})")
+    lengths = torch.tensor(lengths, dtype=torch.long, device=packed.device)
     out = packed.new_full((lengths.numel(), L) + tuple(packed.shape[1:]), padding_value)
     mask = torch.arange(L, device=packed.device).unsqueeze(0) < lengths.unsqueeze(1)
     out[mask] = packed
@@ -266,7 +301,7 @@ def graph_sizes(batch: Optional[Tensor], num_nodes: int) -> Tensor:
     """Nodes per graph from PyG's ``batch`` vector (``None``: one graph of
     ``num_nodes``). ``batch`` must be sorted (PyG's ``Batch`` always is): the
     patterns below number each graph's nodes contiguously."""
-    num_nodes = _check_len("num_nodes", int(num_nodes))
+    num_nodes = _check_len("num_nodes", num_nodes)
     if batch is None:
         return torch.tensor([num_nodes], dtype=torch.long)
     if not isinstance(batch, Tensor) or batch.dim() != 1 or batch.dtype not in (torch.int64, torch.int32):

@@ -93,3 +93,91 @@ def test_batch_is_block_diagonal_and_pack_unpack_round_trip():
     assert (cross.num_dst, cross.num_src) == (5, 5)
     assert torch.equal(dense(cross), torch.block_diag(torch.ones(2, 4, dtype=torch.long),
                                                        torch.ones(3, 1, dtype=torch.long)))
+
+
+# ------------------------------------------------ lengths: one rule for every pattern function
+BAD_LENGTHS = [  # (lengths, error): non-integers refused, never truncated; negatives refused
+    ([2.5, 1], TypeError),
+    ([True, 2], TypeError),
+    (torch.tensor([2.0, 1.0]), TypeError),
+    (torch.tensor([[2, 1]]), TypeError),
+    ([2, -1], ValueError),
+    (torch.tensor([2, -1]), ValueError),
+    ("21", TypeError),
+]
+
+
+@pytest.mark.parametrize("lengths,error", BAD_LENGTHS)
+def test_batch_refuses_bad_lengths(lengths, error):
+    with pytest.raises(error, match="lengths"):
+        patterns.batch(lengths)
+    with pytest.raises(error, match="key_lengths"):
+        patterns.batch([2, 1], patterns.cross, key_lengths=lengths)
+
+
+@pytest.mark.parametrize("lengths,error", BAD_LENGTHS)
+def test_pack_unpack_refuse_bad_lengths(lengths, error):
+    with pytest.raises(error, match="lengths"):
+        patterns.pack(torch.randn(2, 3, 4), lengths)
+    with pytest.raises(error, match="lengths"):
+        patterns.unpack(torch.randn(3, 4), lengths)
+
+
+def test_lengths_totals_must_match_naming_both_numbers():
+    with pytest.raises(ValueError, match=r"lengths.*3 sequences.*x.*2"):
+        patterns.pack(torch.randn(2, 3, 4), [1, 1, 1])
+    with pytest.raises(ValueError, match=r"lengths.*sum to 4.*packed.*5 rows"):
+        patterns.unpack(torch.randn(5, 2), [3, 1])
+    with pytest.raises(ValueError, match=r"max_len=2.*longest.*3"):
+        patterns.unpack(torch.randn(4, 2), [3, 1], max_len=2)
+    with pytest.raises(TypeError, match="max_len"):
+        patterns.unpack(torch.randn(4, 2), [3, 1], max_len=3.5)
+    with pytest.raises(ValueError, match=r"key_padding_mask.*\(2, 3\).*x.*\(2, 4\)"):
+        patterns.pack(torch.randn(2, 4, 1), key_padding_mask=torch.zeros(2, 3, dtype=torch.bool))
+
+
+def test_good_lengths_in_every_form():
+    import numpy as np
+    ref = patterns.batch([3, 1, 2])
+    for form in ([3, 1, 2], (3, 1, 2), torch.tensor([3, 1, 2]), torch.tensor([3, 1, 2], dtype=torch.int32),
+                 np.array([3, 1, 2]), [np.int64(3), 1, torch.tensor(2)]):
+        g = patterns.batch(form)
+        assert torch.equal(g.col, ref.col) and g.pattern.batch == (3, 1, 2)
+        packed, lengths = patterns.pack(torch.randn(3, 4, 2), form)
+        assert lengths.tolist() == [3, 1, 2] and lengths.dtype == torch.long
+        assert patterns.unpack(packed, form).shape == (3, 3, 2)
+    assert patterns.batch([]).num_dst == 0
+
+
+@pytest.mark.parametrize("call", [
+    lambda: patterns.global_local(10.0, 1),
+    lambda: patterns.global_local(10, 1.5),
+    lambda: patterns.global_local(10, 1, 2.5),
+    lambda: patterns.global_local(10, 1, True),
+    lambda: patterns.global_local(10, 1, [0.5, 3]),
+    lambda: patterns.global_local(10, 1, torch.tensor([0.5])),
+    lambda: patterns.complete(4.0),
+    lambda: patterns.causal(True),
+    lambda: patterns.graph_sizes(None, 2.5),
+    lambda: patterns.complete_per_graph(None, 2.5),
+])
+def test_single_lengths_refuse_non_integers(call):
+    with pytest.raises(TypeError, match="integer"):
+        call()
+
+
+@pytest.mark.parametrize("call", [
+    lambda: patterns.global_local(10, 1, -1),
+    lambda: patterns.global_local(10, 1, [-1, 2]),
+    lambda: patterns.global_local(-3, 1),
+])
+def test_single_lengths_refuse_negatives(call):
+    with pytest.raises(ValueError):
+        call()
+
+
+def test_single_lengths_accept_numpy_and_tensor_ints():
+    import numpy as np
+    ref = patterns.global_local(10, 1, 2)
+    for L, w, gt in ((np.int64(10), np.int32(1), np.int64(2)), (torch.tensor(10), torch.tensor(1), torch.tensor(2))):
+        assert torch.equal(patterns.global_local(L, w, gt).col, ref.col)
