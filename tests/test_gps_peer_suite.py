@@ -1,24 +1,35 @@
 """PyG's own GPSConv test, run against graphattn's GPSConv with only the class swapped.
 
-The body below is ``test/nn/conv/test_gps_conv.py::test_gps_conv`` of PyTorch Geometric
-as of release 2.8 (https://github.com/pyg-team/pytorch_geometric, the file's
-parametrised test: 3 norms x 2 attention types = 6 cases), unchanged but for the import
-of ``GPSConv``. PyG's later ``test_gps_conv_mha_fastpath`` (added after 2.8.1: it spies
-on ``torch.nn.MultiheadAttention.merge_masks``, a torch-internal fast path that
-graphattn's global attention, a graph op, never takes) is not included.
+Source: pyg-team/pytorch_geometric, release 2.8.0, test/nn/conv/test_gps_conv.py
+(https://github.com/pyg-team/pytorch_geometric/blob/2.8.0/test/nn/conv/test_gps_conv.py;
+the version whose GPSConv source matches the installed 2.8.0 / 2.8.1: 3 norms x 2
+attention types = 6 cases). Only change: ``GPSConv`` is imported from ``graphattn.nn``
+instead of ``torch_geometric.nn``; the body is PyG's, unchanged. A later PyG adds
+``test_gps_conv_mha_fastpath`` for a GPSConv change 2.8's source does not have (it spies
+on ``torch.nn.MultiheadAttention.merge_masks``, a torch fast path graphattn's global
+attention, a graph op, never takes); it is not included.
 
-PyTorch Geometric is MIT-licensed:
+PyTorch Geometric's license (MIT):
 
     Copyright (c) 2023 PyG Team <team@pyg.org>
 
-    Permission is hereby granted, free of charge, to any person obtaining a copy of this
-    software and associated documentation files (the "Software"), to deal in the Software
-    without restriction, including without limitation the rights to use, copy, modify,
-    merge, publish, distribute, sublicense, and/or sell copies of the Software, and to
-    permit persons to whom the Software is furnished to do so, subject to the following
-    conditions: The above copyright notice and this permission notice shall be included
-    in all copies or substantial portions of the Software. THE SOFTWARE IS PROVIDED "AS
-    IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED.
+    Permission is hereby granted, free of charge, to any person obtaining a copy
+    of this software and associated documentation files (the "Software"), to deal
+    in the Software without restriction, including without limitation the rights
+    to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
+    copies of the Software, and to permit persons to whom the Software is
+    furnished to do so, subject to the following conditions:
+
+    The above copyright notice and this permission notice shall be included in
+    all copies or substantial portions of the Software.
+
+    THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+    IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+    FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+    AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+    LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+    OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN
+    THE SOFTWARE.
 """
 import pytest
 import torch
