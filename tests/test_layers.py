@@ -156,3 +156,17 @@ def test_torch_compile_fullgraph_with_graph(name):
     x2 = x.clone().requires_grad_(True)
     compiled(x2, g, ea).sum().backward()
     assert torch.isfinite(x2.grad).all()
+
+
+def test_a_layer_that_has_cached_a_graph_deep_copies_and_pickles():
+    """The graph cache holds a lock and weak references: a copy starts with an empty cache
+    (``to_hetero`` and ``copy.deepcopy`` of a trained model copy every layer)."""
+    import copy
+    import pickle
+
+    conv = GATConv(8, 4, heads=2)
+    x, ei = torch.randn(10, 8), random_graph(10, 10, 30, seed=0)
+    out = conv(x, ei)
+    for clone in (copy.deepcopy(conv), pickle.loads(pickle.dumps(conv))):
+        assert clone._graph_cache.graph is None
+        torch.testing.assert_close(clone(x, ei), out)

@@ -157,6 +157,11 @@ class GraphCache:
         self._entry: Optional[Tuple[tuple, tuple, object]] = None
         self._lock = threading.Lock()
 
+    def __reduce__(self):
+        """A copied or pickled cache starts empty (its entry is for the original's objects,
+        and a lock cannot be copied): ``copy.deepcopy`` of a layer, as ``to_hetero`` does, works."""
+        return GraphCache, ()
+
     def _hit(self, objects: tuple, stamp: tuple):
         entry = self._entry  # one read: the refs, stamp and value belong together
         if entry is not None and entry[1] == stamp and all(r() is o for r, o in zip(entry[0], objects)):
