@@ -238,7 +238,7 @@ class Graph:
         self.num_base_edges = num_base_edges if num_base_edges is not None else (
             col.numel() if col is not None else None)
         self.loop_nodes = loop_nodes
-        self.pattern = pattern
+        self.pattern = pattern  # after the arrays: the claim is stamped with them
         self._inv_perm: Optional[Tensor] = None
         self._looped: Optional[Graph] = None
         self._transpose: Optional[Tuple[Tensor, Tensor, Tensor]] = None
@@ -250,11 +250,29 @@ class Graph:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         del state["_lock"]  # a lock is not copied or pickled: each copy gets its own
+        state["_pattern"] = self.pattern  # the claim as it holds now; restamped for the copy's arrays
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock = threading.RLock()
+        self.pattern = state.get("_pattern")
+
+    @property
+    def pattern(self) -> Optional[Pattern]:
+        """The recorded :class:`Pattern`: a claim about the edges that lets the dispatcher
+        replace them by a dense kernel. It holds for the index arrays the graph had when
+        it was made; once they are edited in place or replaced, it reads ``None`` (the
+        edges, not the stale claim, are computed)."""
+        pat = self._pattern
+        if pat is None or self._index_builder is not None or torch.compiler.is_compiling():
+            return pat
+        return pat if self._stamp() == self._pattern_stamp else None
+
+    @pattern.setter
+    def pattern(self, value: Optional[Pattern]) -> None:
+        self._pattern_stamp = None if self._index_builder is not None else self._stamp()
+        self._pattern = value
 
     def _derived(self, name: str, build: Callable[[], Any]) -> Any:
         """The cached value in attribute ``name``, built by ``build`` on first use under
@@ -399,6 +417,7 @@ class Graph:
                 return
             self._rowptr, self._col, self._row = arrays = self._index_builder()
             self._valid_stamp = _stamp_of(*arrays, self.perm)  # built by graphattn: valid by construction
+            self._pattern_stamp = self._valid_stamp  # the pattern was claimed for what the builder makes
             self._index_builder = None
 
     def _index(self, name: str) -> Tensor:

@@ -274,3 +274,83 @@ def test_narrow_windows_stay_on_the_sparse_kernel_and_say_why():
     ops.dot_product_attention(q, q, q, g)
     assert ops.last_backend("dot_product") != "dense"
     assert "fewer than 64 keys" in ops.why_not("dot_product")["dense"]
+
+
+# ------------------------------------------------ the pattern-graph cache never serves a stale graph
+def _mha_on(pattern):
+    torch.manual_seed(0)
+    return MultiheadGraphAttention(E, H, batch_first=True, pattern=pattern).eval()
+
+
+def _reference_out(layer, x, graph):
+    """What the layer must give: the same projections over ``graph`` (one sequence) on the reference backend."""
+    q, k, v = layer._projections(x, x, x)
+    D = layer.head_dim
+    out = ops.dot_product_attention(q[0].view(-1, H, D), k[0].view(-1, H, D), v[0].view(-1, H, D), graph,
+                                    scale=D ** -0.5, backend="reference")
+    return layer.out_proj(out.reshape(1, -1, E))
+
+
+@pytest.mark.parametrize("edit", ["col_in_place", "arrays_rebuilt", "claim_outlived"])
+def test_pattern_graph_cache_follows_edits(edit):
+    """Also: a complete pattern edited to other edges of the same count is no longer
+    complete (its recorded claim would send it to SDPA over every key)."""
+    L = 8
+    g = patterns.complete(L) if edit == "claim_outlived" else patterns.sliding_window(L, 1, 1)
+    layer = _mha_on(g)
+    x = torch.randn(1, L, E)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x, x, x, need_weights=False)[0], _reference_out(layer, x, g), **TOL)
+        if edit == "col_in_place":
+            g.col.copy_((g.col + 2) % L)  # every query now reads other keys
+        elif edit == "claim_outlived":
+            g.col.copy_(g.row)  # L copies of the self edge: as many edges as complete
+        elif edit == "arrays_rebuilt":
+            other = patterns.causal(L)
+            g.rowptr, g.col, g.row = other.rowptr.clone(), other.col.clone(), other.row.clone()
+        got = layer(x, x, x, need_weights=False)[0]
+        torch.testing.assert_close(got, _reference_out(layer, x, g), **TOL)
+        if edit == "claim_outlived":
+            assert g.pattern is None
+            torch.testing.assert_close(ops.dot_product_attention(x.view(L, H, -1), x.view(L, H, -1), x.view(L, H, -1),
+                                                                 g), x.view(L, H, -1), **TOL)
+
+
+def test_pattern_graph_cache_is_not_fooled_by_a_reused_id():
+    """The old Graph freed and a new one (other edges) made at its address, as CPython
+    does most times: the same ``id``, which the cache once took for the same graph."""
+    import copy
+
+    L, x = 8, torch.randn(1, 8, E)
+    layer, other = _mha_on(None), patterns.causal(L)
+    for _ in range(50):
+        layer.pattern = patterns.sliding_window(L, 1, 1)
+        old_id = id(layer.pattern)
+        with torch.no_grad():
+            layer(x, x, x, need_weights=False)
+            layer.pattern = None  # the old Graph is freed here: nothing else holds it
+            layer.pattern = copy.copy(other)  # allocated first thing: usually at the freed address
+            if id(layer.pattern) == old_id:
+                got = layer(x, x, x, need_weights=False)[0]
+                torch.testing.assert_close(got, _reference_out(layer, x, layer.pattern), **TOL)
+                return
+    pytest.fail("CPython never reused the freed Graph's address: the case was not exercised")
+
+
+def test_copies_of_a_layer_with_a_cache():
+    """deepcopy (nn.TransformerEncoder clones its layer so) and pickle of a layer that
+    has built and cached its graph: the copy starts with an empty cache of its own."""
+    import copy
+    import pickle
+    from graphattn.nn import GATConv
+
+    layer = _mha_on(patterns.causal(6))
+    x = torch.randn(1, 6, E)
+    want = layer(x, x, x)[0]
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        torch.testing.assert_close(clone(x, x, x)[0], want, **TOL)
+    conv, ei = GATConv(4, 4), torch.tensor([[0, 1, 2], [1, 2, 0]])
+    h = torch.randn(3, 4)
+    want = conv(h, ei)
+    for clone in (copy.deepcopy(conv), pickle.loads(pickle.dumps(conv))):
+        torch.testing.assert_close(clone(h, ei), want, **TOL)

@@ -175,3 +175,41 @@ def _gps_call(global_pattern):
 def test_a_shared_gps_layer_on_a_shared_batch_equals_one_thread(global_pattern):
     sizes = torch.tensor([7, 12, 5])
     _same_as_one_thread(_gps_call(global_pattern), lambda: torch.repeat_interleave(torch.arange(3), sizes))
+
+
+MHA_PATTERNS = {  # the pattern a shared MultiheadGraphAttention builds its block graph from, per round
+    "graph": lambda: patterns.sliding_window(N, 2, 2),
+    "lazy_graph": lambda: patterns.complete_per_graph(None, N),
+    "callable": lambda: (lambda Lq, Lk: patterns.sliding_window(Lq, 3, 1)),
+    "name": lambda: "causal",
+}
+
+
+def _mha(pattern):
+    from graphattn.nn import MultiheadGraphAttention
+
+    torch.manual_seed(0)
+    layer = MultiheadGraphAttention(H * C, H, batch_first=True, pattern=pattern).double().eval()
+    return layer.requires_grad_(False)  # grads of the inputs only: no shared .grad accumulation
+
+
+def _mha_call(layer, seed):
+    """One call of a shared module: the batch size varies by call (so the cached block
+    graph is replaced), every third call with a padding mask (the uncached path)."""
+    batch = 1 + seed % 3
+    x = torch.randn(batch, N, H * C, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x.requires_grad_()
+    kpm = None
+    if seed % 3 == 2:
+        kpm = torch.zeros(batch, N, dtype=torch.bool)
+        kpm[:, -3:] = True
+    out, w = layer(x, x, x, key_padding_mask=kpm, need_weights=seed % 2 == 0)
+    out.square().sum().backward()
+    return [out, x.grad] + ([] if w is None else [w])
+
+
+@pytest.mark.parametrize("kind", MHA_PATTERNS)
+def test_a_shared_multihead_module_equals_one_thread(kind):
+    """N threads x M calls of one MultiheadGraphAttention (its pattern-graph cache built
+    and replaced concurrently) give exactly what one thread alone gives."""
+    _same_as_one_thread(_mha_call, lambda: _mha(MHA_PATTERNS[kind]()))

@@ -1,6 +1,7 @@
 """``torch.nn.MultiheadAttention`` on graphattn's engine, with sparse patterns."""
 from __future__ import annotations
 
+import weakref
 from typing import Callable, NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -9,9 +10,17 @@ from torch import Tensor, nn
 
 from .. import ops, patterns
 from ..graph import Graph, Pattern
-from ._base import capturing, check_hyperparameters, check_positive_int, record_attention
+from ._base import GraphCache, capturing, check_hyperparameters, check_positive_int, record_attention
 
 PatternLike = Union[None, str, Callable[..., Graph], Graph]
+
+
+def _weakrefable(obj) -> bool:
+    try:
+        weakref.ref(obj)
+    except TypeError:
+        return False
+    return True
 
 
 class Masks(NamedTuple):
@@ -266,7 +275,7 @@ class MultiheadGraphAttention(TorchAttentionBase):
         else:
             self.bias_k = self.bias_v = None
         self.add_zero_attn = add_zero_attn
-        self._graph_entry: Optional[Tuple[tuple, Graph]] = None  # (key, graph): one atomic slot
+        self._graph_cache = GraphCache()  # the last mask-free block graph, for the pattern it was built from
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -339,11 +348,21 @@ class MultiheadGraphAttention(TorchAttentionBase):
         """Block-diagonal graph over N sequences: the pattern over the S real keys,
         plus ``extra`` appended keys (bias_kv / zero_attn) visible to every query,
         minus the edges removed by boolean masks."""
-        cacheable = keep_2d is None and keep_kpm is None
-        key = (N, Lq, S, extra, is_causal, str(device), id(self.pattern))
-        entry = self._graph_entry
-        if cacheable and entry is not None and entry[0] == key:
-            return entry[1]
+        def build() -> Graph:
+            return self._block_graph(N, Lq, S, extra, is_causal, device, keep_2d, keep_kpm)
+
+        pat = self.pattern
+        named = pat is None or isinstance(pat, str)
+        if keep_2d is not None or keep_kpm is not None or not (named or _weakrefable(pat)):
+            return build()  # the masks' edges change from call to call
+        # A Graph or callable pattern by weak reference and version (an in-place edit, or a
+        # new object at a freed one's address, rebuilds); a name is part of the key.
+        objects = () if named else (pat,)
+        key = (N, Lq, S, extra, is_causal, str(device), pat if named else None)
+        return self._graph_cache.lookup(objects, key, build)
+
+    def _block_graph(self, N: int, Lq: int, S: int, extra: int, is_causal: bool, device,
+                     keep_2d: Optional[Tensor], keep_kpm: Optional[Tensor]) -> Graph:
         base = self._pattern_graph(Lq, S, is_causal, device)
         rows, cols = base.row, base.col
         if extra:
@@ -370,10 +389,7 @@ class MultiheadGraphAttention(TorchAttentionBase):
         if same_blocks and base.pattern is not None and not extra:
             meta = () if Lq == S else (("key_lengths", (S,) * N),)
             pattern_meta = Pattern(base.pattern.kind, base.pattern.params + meta, (Lq,) * N)
-        g = Graph._build(b * Sx + c, b * Lq + r, N * Sx, N * Lq, pattern=pattern_meta)
-        if cacheable:
-            self._graph_entry = (key, g)
-        return g
+        return Graph._build(b * Sx + c, b * Lq + r, N * Sx, N * Lq, pattern=pattern_meta)
 
     # ---------------------------------------------------------------- forward
     def forward(
