@@ -160,11 +160,11 @@ def test_bad_inputs():
         MultiheadGraphAttention(10, 3)
     _, ours = _pair()
     x = torch.randn(5, 2, E)
-    with pytest.raises(ValueError, match=r"attn_mask must be \(5, 5\)"):
+    with pytest.raises(ValueError, match=r"2D attn_mask is torch.Size\(\[4, 4\]\), but should be \(5, 5\)"):
         ours(x, x, x, attn_mask=torch.zeros(4, 4, dtype=torch.bool))
-    with pytest.raises(ValueError, match="key_padding_mask must be"):
+    with pytest.raises(ValueError, match=r"key_padded_mask.shape\[0\] to be 2, but got 3"):  # torch's spelling
         ours(x, x, x, key_padding_mask=torch.zeros(3, 5, dtype=torch.bool))
-    with pytest.raises(TypeError, match="attn_mask must be bool or floating"):
+    with pytest.raises(TypeError, match="only bool and floating types of attn_mask"):
         ours(x, x, x, attn_mask=torch.zeros(5, 5, dtype=torch.long))
     with pytest.raises(ValueError, match=f"was expecting embedding dimension of {E}, but got {E + 1}"):
         ours(torch.randn(5, 2, E + 1), x, x)
@@ -199,24 +199,87 @@ def test_flex_backend_equals_sparse_path(make):
     assert ops.last_backend("dot_product") != "flex"  # on CPU only when forced
 
 
+_r, _B = torch.randn, torch.bool
+BAD_SHAPES = {  # name: (module arguments, inputs in the (L, N, E) layout) torch's module refuses
+    "embed_dim": ({}, lambda: dict(query=_r(5, 3, 7), key=_r(5, 3, 8), value=_r(5, 3, 8))),
+    "key_value": ({}, lambda: dict(query=_r(5, 3, 8), key=_r(6, 3, 8), value=_r(7, 3, 8))),
+    "key_value_kdim": (dict(kdim=4, vdim=6), lambda: dict(query=_r(5, 3, 8), key=_r(6, 3, 4), value=_r(7, 3, 6))),
+    "key_value_batch_kdim": (dict(kdim=4, vdim=4), lambda: dict(query=_r(5, 3, 8), key=_r(5, 2, 4), value=_r(5, 3, 4))),
+    "key_value_unbatched": ({}, lambda: dict(query=_r(5, 8), key=_r(6, 8), value=_r(7, 8))),
+    "key_width_kdim": (dict(kdim=4, vdim=6), lambda: dict(query=_r(5, 3, 8), key=_r(6, 3, 5), value=_r(6, 3, 6))),
+    "value_width_kdim": (dict(kdim=4, vdim=6), lambda: dict(query=_r(5, 3, 8), key=_r(6, 3, 4), value=_r(6, 3, 5))),
+    "key_2d_batched": ({}, lambda: dict(query=_r(5, 3, 8), key=_r(6, 8), value=_r(6, 3, 8))),
+    "key_3d_unbatched": ({}, lambda: dict(query=_r(5, 8), key=_r(6, 3, 8), value=_r(6, 3, 8))),
+    "query_4d": ({}, lambda: dict(query=_r(5, 3, 2, 8), key=_r(5, 3, 8), value=_r(5, 3, 8))),
+    "query_1d": ({}, lambda: dict(query=_r(8), key=_r(8), value=_r(8))),
+    "kpm_3d": ({}, lambda: dict(query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8),
+                                key_padding_mask=torch.zeros(3, 5, 1, dtype=_B))),
+    "kpm_2d_unbatched": ({}, lambda: dict(query=_r(5, 8), key=_r(5, 8), value=_r(5, 8),
+                                          key_padding_mask=torch.zeros(1, 5, dtype=_B))),
+    "kpm_batch": ({}, lambda: dict(query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8),
+                                   key_padding_mask=torch.zeros(2, 5, dtype=_B))),
+    "kpm_length": ({}, lambda: dict(query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8),
+                                    key_padding_mask=torch.zeros(3, 4))),
+    "kpm_length_bias_kv": (dict(add_bias_kv=True, add_zero_attn=True), lambda: dict(
+        query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8), key_padding_mask=torch.zeros(3, 4, dtype=_B))),
+    "kpm_length_unbatched": ({}, lambda: dict(query=_r(5, 8), key=_r(5, 8), value=_r(5, 8),
+                                              key_padding_mask=torch.zeros(4, dtype=_B))),
+    "kpm_dtype": ({}, lambda: dict(query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8),
+                                   key_padding_mask=torch.zeros(3, 5, dtype=torch.long))),
+    "mask_dtype": ({}, lambda: dict(query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8),
+                                    attn_mask=torch.zeros(5, 5, dtype=torch.long))),
+    "mask_4d": ({}, lambda: dict(query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8),
+                                 attn_mask=torch.zeros(1, 1, 5, 5, dtype=_B))),
+    "mask_1d": ({}, lambda: dict(query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8),
+                                 attn_mask=torch.zeros(5, dtype=_B))),
+    "mask_2d": ({}, lambda: dict(query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8),
+                                 attn_mask=torch.zeros(4, 5, dtype=_B))),
+    "mask_2d_float_cross": ({}, lambda: dict(query=_r(5, 3, 8), key=_r(6, 3, 8), value=_r(6, 3, 8),
+                                             attn_mask=torch.zeros(5, 5))),
+    "mask_3d": ({}, lambda: dict(query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8),
+                                 attn_mask=torch.zeros(3, 5, 5, dtype=_B))),
+    "mask_3d_unbatched": ({}, lambda: dict(query=_r(5, 8), key=_r(5, 8), value=_r(5, 8),
+                                           attn_mask=torch.zeros(3, 5, 5, dtype=_B))),
+    "mask_2d_unbatched": ({}, lambda: dict(query=_r(5, 8), key=_r(5, 8), value=_r(5, 8),
+                                           attn_mask=torch.zeros(4, 5, dtype=_B))),
+    "mask_4d_unbatched": ({}, lambda: dict(query=_r(5, 8), key=_r(5, 8), value=_r(5, 8),
+                                           attn_mask=torch.zeros(1, 1, 5, 5, dtype=_B))),
+}
+
+
 @pytest.mark.parametrize("batch_first", [False, True])
-@pytest.mark.parametrize("make_args, torch_error", [
-    (lambda: (torch.randn(5, 3, 8), torch.randn(6, 3, 8), torch.randn(7, 3, 8)), "does not match value shape"),
-    (lambda: (torch.randn(5, 3, 7), torch.randn(5, 3, 8), torch.randn(5, 3, 8)),
-     "was expecting embedding dimension of 8, but got 7"),
-])
-def test_shape_errors_say_what_torchs_say(make_args, torch_error, batch_first):
-    mha = nn.MultiheadAttention(8, 2, batch_first=batch_first).train()  # train: torch's checked path
+@pytest.mark.parametrize("case", BAD_SHAPES)
+def test_shape_errors_are_torchs(case, batch_first):
+    """Each bad input torch's module refuses: ours raises an error that is an instance of
+    torch's type (AssertionError / RuntimeError / ...) and of graphattn's (ValueError, or
+    TypeError for a dtype), with torch's message."""
+    kwargs, make = BAD_SHAPES[case]
+    mha = nn.MultiheadAttention(8, 2, batch_first=batch_first, **kwargs).train()  # train: torch's checked path
     ours = MultiheadGraphAttention.from_torch(mha)
-    args = make_args()
+    args = make()
     if batch_first:
-        args = tuple(a.transpose(0, 1) for a in args)
-    with pytest.raises((AssertionError, RuntimeError, ValueError)) as theirs:
-        mha(*args)
-    assert torch_error in str(theirs.value)
-    with pytest.raises(ValueError) as mine:
-        ours(*args)
+        args = {k: v.transpose(0, 1) if k in ("query", "key", "value") and v.dim() == 3 else v
+                for k, v in args.items()}
+    with pytest.raises(Exception) as theirs:
+        mha(**args)
+    with pytest.raises(Exception) as mine:
+        ours(**args)
     assert str(mine.value) == str(theirs.value)
+    assert isinstance(mine.value, type(theirs.value))
+    assert isinstance(mine.value, TypeError if "dtype" in case else ValueError)
+
+
+def test_query_and_key_of_different_batch_sizes_say_so():
+    """torch fails inside a reshape (RuntimeError: "shape ... is invalid"); ours says what is wrong, as a RuntimeError."""
+    mha = nn.MultiheadAttention(8, 2)
+    ours = MultiheadGraphAttention.from_torch(mha)
+    q, k = torch.randn(5, 3, 8), torch.randn(5, 2, 8)
+    with pytest.raises(RuntimeError):
+        mha(q, k, k)
+    with pytest.raises(RuntimeError, match=r"query shape torch.Size\(\[5, 3, 8\]\) and key shape "
+                                           r"torch.Size\(\[5, 2, 8\]\) have different batch sizes") as e:
+        ours(q, k, k)
+    assert isinstance(e.value, ValueError)
 
 
 def test_float16_in_proj_bias_on_a_float64_module():

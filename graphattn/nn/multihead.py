@@ -23,6 +23,90 @@ def _weakrefable(obj) -> bool:
     return True
 
 
+class MultiheadShapeError(ValueError, AssertionError):
+    """A bad shape where ``torch.nn.MultiheadAttention`` raises ``AssertionError``, with
+    torch's message: code written for torch's module (``except AssertionError``) and for
+    graphattn (``except ValueError``) both catch it."""
+
+
+class MultiheadShapeRuntimeError(ValueError, RuntimeError):
+    """A bad shape where torch's module raises ``RuntimeError`` (an ``attn_mask`` of the
+    wrong size, query and key of different batch sizes)."""
+
+
+class MultiheadMaskTypeError(TypeError, AssertionError):
+    """A mask of a dtype torch's module refuses (with ``AssertionError``): neither bool nor floating point."""
+
+
+def _mask_dtype(mask: Optional[Tensor], name: str) -> None:
+    if mask is not None and mask.dtype != torch.bool and not mask.is_floating_point():
+        raise MultiheadMaskTypeError(f"only bool and floating types of {name} are supported")
+
+
+def check_like_torch(query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor],
+                     attn_mask: Optional[Tensor], embed_dim: int, num_heads: int, batch_first: bool,
+                     kdim: Optional[int] = None, vdim: Optional[int] = None, extra: int = 0) -> None:
+    """torch's checks of ``nn.MultiheadAttention.forward`` (``_canonical_mask``,
+    ``_mha_shape_check``, ``multi_head_attention_forward``), in torch's order, with
+    torch's messages (shapes as torch sees them: ``(L, N, E)``, an unbatched input with
+    ``N = 1``) and torch's exception types (see :class:`MultiheadShapeError`). ``kdim`` /
+    ``vdim`` given: separate key/value projections; ``extra``: keys torch appends
+    (bias_kv, zero_attn), counted in its key_padding_mask message."""
+    _mask_dtype(key_padding_mask, "key_padding_mask")
+    _mask_dtype(attn_mask, "attn_mask")
+    kpm, mask = key_padding_mask, attn_mask
+    if query.dim() == 3:
+        batched, what, kpm_dim = True, "batched (3-D)", 2
+    elif query.dim() == 2:
+        batched, what, kpm_dim = False, "unbatched (2-D)", 1
+    else:
+        raise MultiheadShapeError(f"query should be unbatched 2D or batched 3D tensor but received {query.dim()}-D "
+                                  f"query tensor")
+    if key.dim() != query.dim() or value.dim() != query.dim():
+        raise MultiheadShapeError(f"For {what} `query`, expected `key` and `value` to be {query.dim()}-D but found "
+                                  f"{key.dim()}-D and {value.dim()}-D tensors respectively")
+    if kpm is not None and kpm.dim() != kpm_dim:
+        raise MultiheadShapeError(f"For {what} `query`, expected `key_padding_mask` to be `None` or {kpm_dim}-D but "
+                                  f"found {kpm.dim()}-D tensor instead")
+    if mask is not None and mask.dim() not in (2, 3):
+        raise MultiheadShapeError(f"For {what} `query`, expected `attn_mask` to be `None`, 2-D or 3-D but found "
+                                  f"{mask.dim()}-D tensor instead")
+    if batched and batch_first:
+        query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+    elif not batched:
+        if mask is not None and mask.dim() == 3 and mask.shape != (num_heads, query.size(0), key.size(0)):
+            raise MultiheadShapeError(f"Expected `attn_mask` shape to be {(num_heads, query.size(0), key.size(0))} "
+                                      f"but got {mask.shape}")
+        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+        kpm = None if kpm is None else kpm.unsqueeze(0)
+    (L, N, E), S = query.shape, key.size(0)
+    if E != embed_dim:
+        raise MultiheadShapeError(f"was expecting embedding dimension of {embed_dim}, but got {E}")
+    if kdim is None and key.shape != value.shape:
+        raise MultiheadShapeError(f"key shape {key.shape} does not match value shape {value.shape}")
+    if kdim is not None:
+        if key.shape[:2] != value.shape[:2]:
+            raise MultiheadShapeError(f"key's sequence and batch dims {key.shape[:2]} do not match value's "
+                                      f"{value.shape[:2]}")
+        for name, dim, t in (("key", kdim, key), ("value", vdim, value)):
+            if t.size(-1) != dim:
+                raise MultiheadShapeError(f"expecting {name} weights shape of {(E, t.size(-1))}, but got "
+                                          f"{torch.Size((E, dim))}")
+    if mask is not None:
+        want = (L, S) if mask.dim() == 2 else (N * num_heads, L, S)
+        if mask.shape != want:
+            raise MultiheadShapeRuntimeError(f"The shape of the {mask.dim()}D attn_mask is {mask.shape}, but should "
+                                             f"be {want}.")
+    if key.size(1) != N:
+        raise MultiheadShapeRuntimeError(f"query shape {query.shape} and key shape {key.shape} have different batch "
+                                         f"sizes")
+    if kpm is not None:
+        for i, want in enumerate((N, S + extra)):
+            if kpm.shape[i] + (extra if i else 0) != want:
+                raise MultiheadShapeError(f"Expected key_padded_mask.shape[{i}] to be {want}, but got "
+                                          f"{kpm.shape[i] + (extra if i else 0)}")
+
+
 class Masks(NamedTuple):
     """torch's masks in one canonical form: boolean ones become edges kept (shared by
     heads: ``keep_2d`` ``(Lq, Sx)``, ``keep_kpm`` ``(N, Sx)``), float ones (and per-head
@@ -37,18 +121,10 @@ class Masks(NamedTuple):
 
 def canonical_masks(attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor], N: int, H: int, Lq: int,
                     S: int, extra: int) -> Masks:
-    """Check torch's ``attn_mask`` / ``key_padding_mask`` (``True`` = not allowed, floats
-    added to the scores) and bring them to :class:`Masks`."""
+    """torch's ``attn_mask`` / ``key_padding_mask`` (``True`` = not allowed, floats added
+    to the scores), checked by :func:`check_like_torch`, brought to :class:`Masks`."""
     keep_2d = keep_kpm = bias_2d = bias_3d = bias_kpm = None
     if attn_mask is not None:
-        if attn_mask.dim() == 2:
-            if attn_mask.shape != (Lq, S):
-                raise ValueError(f"attn_mask must be ({Lq}, {S}), got {tuple(attn_mask.shape)}")
-        elif attn_mask.dim() == 3:
-            if attn_mask.shape != (N * H, Lq, S):
-                raise ValueError(f"attn_mask must be ({N * H}, {Lq}, {S}), got {tuple(attn_mask.shape)}")
-        else:
-            raise ValueError(f"attn_mask must be 2-D or 3-D, got {attn_mask.dim()}-D")
         pad = (0, extra)
         if attn_mask.dtype == torch.bool:
             if attn_mask.dim() == 2:
@@ -58,17 +134,11 @@ def canonical_masks(attn_mask: Optional[Tensor], key_padding_mask: Optional[Tens
         elif attn_mask.is_floating_point():
             padded = F.pad(attn_mask, pad)
             bias_2d, bias_3d = (padded, None) if attn_mask.dim() == 2 else (None, padded)
-        else:
-            raise TypeError(f"attn_mask must be bool or floating point, got {attn_mask.dtype}")
     if key_padding_mask is not None:
-        if key_padding_mask.shape != (N, S):
-            raise ValueError(f"key_padding_mask must be ({N}, {S}), got {tuple(key_padding_mask.shape)}")
         if key_padding_mask.dtype == torch.bool:
             keep_kpm = F.pad(~key_padding_mask, (0, extra), value=True)
-        elif key_padding_mask.is_floating_point():
-            bias_kpm = F.pad(key_padding_mask, (0, extra))
         else:
-            raise TypeError(f"key_padding_mask must be bool or floating point, got {key_padding_mask.dtype}")
+            bias_kpm = F.pad(key_padding_mask, (0, extra))
     return Masks(keep_2d, keep_kpm, bias_2d, bias_3d, bias_kpm)
 
 
@@ -182,11 +252,13 @@ class TorchAttentionBase(nn.Module):
             wq, wk, wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
         return _linear(query, wq, bq), _linear(key, wk, bk), _linear(value, wv, bv)
 
-    def _batch_first(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor]):
-        """Inputs in any of torch's layouts -> ``(unbatched, q, k, v, kpm)`` with ``(N, L, E)`` tensors."""
-        def caller_shape(t: Tensor) -> torch.Size:  # as torch reports it: (L, N, E)
-            return t.shape[1:] if unbatched else t.transpose(0, 1).shape
-
+    def _batch_first(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor],
+                     attn_mask: Optional[Tensor] = None, extra: int = 0):
+        """Inputs in any of torch's layouts, checked as torch checks them
+        (:func:`check_like_torch`) -> ``(unbatched, q, k, v, kpm)`` with ``(N, L, E)`` tensors."""
+        separate = not self._qkv_same_embed_dim
+        check_like_torch(query, key, value, key_padding_mask, attn_mask, self.embed_dim, self.num_heads,
+                         self.batch_first, self.kdim if separate else None, self.vdim if separate else None, extra)
         unbatched = query.dim() == 2
         if unbatched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
@@ -194,16 +266,6 @@ class TorchAttentionBase(nn.Module):
                 key_padding_mask = key_padding_mask.unsqueeze(0)
         elif not self.batch_first:
             query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
-        if query.dim() != 3 or key.dim() != 3 or value.dim() != 3:
-            raise ValueError("query, key and value must be (L, E), (L, N, E) or, with batch_first, (N, L, E)")
-        # torch's wording for torch's checks (shapes in the caller's layout)
-        if query.size(-1) != self.embed_dim:
-            raise ValueError(f"was expecting embedding dimension of {self.embed_dim}, but got {query.size(-1)}")
-        if key.shape[:2] != value.shape[:2]:
-            raise ValueError(f"key shape {caller_shape(key)} does not match value shape {caller_shape(value)}")
-        if key.size(0) != query.size(0):
-            raise ValueError(f"query shape {caller_shape(query)} and key shape {caller_shape(key)} have different "
-                             f"batch sizes")
         return unbatched, query, key, value, key_padding_mask
 
     def _caller_layout(self, out: Tensor, weights: Optional[Tensor], unbatched: bool,
@@ -403,20 +465,19 @@ class MultiheadGraphAttention(TorchAttentionBase):
         average_attn_weights: bool = True,
         is_causal: bool = False,
     ) -> Tuple[Tensor, Optional[Tensor]]:
-        unbatched, query, key, value, key_padding_mask = self._batch_first(query, key, value, key_padding_mask)
+        extra = int(self.bias_k is not None) + int(self.add_zero_attn)
+        unbatched, query, key, value, key_padding_mask = self._batch_first(query, key, value, key_padding_mask,
+                                                                           attn_mask, extra)
         N, Lq, _ = query.shape
         S = key.size(1)
         H, D = self.num_heads, self.head_dim
         q, k, v = self._projections(query, key, value)
-        extra = 0
         if self.bias_k is not None:
             k = torch.cat([k, self.bias_k.expand(N, 1, -1)], dim=1)
             v = torch.cat([v, self.bias_v.expand(N, 1, -1)], dim=1)
-            extra += 1
         if self.add_zero_attn:
             k = torch.cat([k, k.new_zeros(N, 1, self.embed_dim)], dim=1)
             v = torch.cat([v, v.new_zeros(N, 1, self.embed_dim)], dim=1)
-            extra += 1
         Sx = S + extra
 
         masks = canonical_masks(attn_mask, key_padding_mask, N, H, Lq, S, extra)
