@@ -417,3 +417,89 @@ def test_copies_of_a_layer_with_a_cache():
     want = conv(h, ei)
     for clone in (copy.deepcopy(conv), pickle.loads(pickle.dumps(conv))):
         torch.testing.assert_close(clone(h, ei), want, **TOL)
+
+
+# ------------------------------------------------ NestedTensor inputs: torch's fast path, as torch answers
+def _nested_pair(**kw):
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(E, H, batch_first=True, **kw).eval()
+    return mha, MultiheadGraphAttention.from_torch(mha).eval()
+
+
+def _nested(lengths, **kw):
+    gen = torch.Generator().manual_seed(1)
+    return torch.nested.nested_tensor([torch.randn(n, E, generator=gen, **kw) for n in lengths])
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage")
+@pytest.mark.parametrize("need_weights,average", [(False, True), (True, True), (True, False)])
+@pytest.mark.parametrize("lengths", [(3, 5, 1), (4,), (0, 2)])
+def test_nested_inputs_answer_as_torch(lengths, need_weights, average):
+    mha, ours = _nested_pair()
+    nt = _nested(lengths)
+    with torch.no_grad():
+        out_t, w_t = mha(nt, nt, nt, need_weights=need_weights, average_attn_weights=average)
+        out_o, w_o = ours(nt, nt, nt, need_weights=need_weights, average_attn_weights=average)
+    assert out_o.is_nested and out_o.layout == out_t.layout
+    for a, b in zip(out_o.unbind(), out_t.unbind()):
+        torch.testing.assert_close(a, b, **TOL)
+    if w_t is None:
+        assert w_o is None
+    else:
+        torch.testing.assert_close(w_o, w_t, **TOL)
+
+
+def _refusals():
+    """(name, module arguments, call) for the cases torch's module refuses a nested input."""
+    nt = _nested((3, 2))
+    kpm = torch.zeros(2, 3, dtype=torch.bool)
+    jagged = torch.nested.nested_tensor([torch.randn(3, E), torch.randn(2, E)], layout=torch.jagged)
+    return [
+        ("training", dict(), lambda m: (m.train(), m(nt, nt, nt))),
+        ("grad", dict(), lambda m: m(nt, nt, nt)),
+        ("non_self", dict(), lambda m: m(nt, nt.clone(), nt.clone())),
+        ("mask", dict(), lambda m: m(nt, nt, nt, key_padding_mask=kpm)),
+        ("odd_heads", dict(num_heads=1), lambda m: m(nt, nt, nt)),
+        ("not_batch_first", dict(batch_first=False), lambda m: m(nt, nt, nt)),
+        ("bias_kv", dict(add_bias_kv=True), lambda m: m(nt, nt, nt)),
+        ("zero_attn", dict(add_zero_attn=True), lambda m: m(nt, nt, nt)),
+        ("kdim", dict(kdim=4, vdim=4), lambda m: m(nt, nt, nt)),
+        ("dtype", dict(), lambda m: m(*(_nested((3, 2), dtype=torch.float64),) * 3)),
+        ("jagged", dict(), lambda m: m(jagged, jagged, jagged)),
+    ]
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage")
+@pytest.mark.parametrize("case", range(11), ids=lambda i: _refusals()[i][0])
+def test_nested_inputs_refused_where_torch_refuses(case):
+    name, kw, call = _refusals()[case]
+    torch.manual_seed(0)
+    args = dict(num_heads=H, batch_first=True)
+    args.update(kw)
+    mha = nn.MultiheadAttention(E, args.pop("num_heads"), **args).eval()
+    ours = MultiheadGraphAttention.from_torch(mha).eval()
+    with torch.set_grad_enabled(name == "grad"):
+        with pytest.raises(AssertionError) as theirs:
+            call(mha)
+        with pytest.raises(ValueError) as mine:
+            call(ours)
+    assert isinstance(mine.value, AssertionError)
+    reason = str(theirs.value).split("because")[1].split()[:3]  # torch's reason, in its words
+    assert " ".join(reason) in " ".join(str(mine.value).split()), (str(mine.value), str(theirs.value))
+    assert "patterns.batch" in str(mine.value) and "attend_packed" in str(mine.value)  # the alternative
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage")
+@pytest.mark.parametrize("pattern", ["causal", lambda Lq, Lk: patterns.sliding_window(Lq, 1, 0)])
+def test_nested_inputs_take_the_modules_pattern_per_sequence(pattern):
+    mha, _ = _nested_pair()
+    ours = MultiheadGraphAttention.from_torch(mha, pattern=pattern).eval()
+    nt = _nested((4, 2, 5))
+    with torch.no_grad():
+        out, w = ours(nt, nt, nt, need_weights=True)
+        for b, x in enumerate(nt.unbind()):
+            o1, w1 = ours(x[None], x[None], x[None], need_weights=True)
+            torch.testing.assert_close(out.unbind()[b], o1[0], **TOL)
+            torch.testing.assert_close(w[b, :x.size(0), :x.size(0)], w1[0], **TOL)
+    with torch.no_grad(), pytest.raises(ValueError, match="fixed pattern Graph"):
+        MultiheadGraphAttention.from_torch(mha, pattern=patterns.causal(4)).eval()(nt, nt, nt)

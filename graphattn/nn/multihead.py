@@ -169,6 +169,20 @@ def dense_weights(graph: Graph, alpha: Tensor, N: int, H: int, Lq: int, Sx: int)
     return weights
 
 
+def padded_weights(graph: Graph, alpha: Tensor, lengths: list) -> Tensor:
+    """Edge weights ``[E, H]`` (user order) of a block-diagonal graph over sequences of
+    ``lengths`` scattered into a dense ``(N, H, L, L)``, ``L`` the longest, zero elsewhere."""
+    n = torch.tensor(lengths, dtype=torch.long, device=alpha.device)
+    seq = torch.repeat_interleave(torch.arange(len(lengths), device=alpha.device), n)
+    pos = torch.arange(seq.numel(), device=alpha.device) - (n.cumsum(0) - n)[seq]
+    L = max(lengths, default=0)
+    weights = alpha.new_zeros(len(lengths), alpha.size(1), L, L)
+    src, dst = graph.edge_index
+    heads = torch.arange(alpha.size(1), device=alpha.device)
+    weights[seq[dst].unsqueeze(1), heads, pos[dst].unsqueeze(1), pos[src].unsqueeze(1)] = alpha
+    return weights
+
+
 def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """``F.linear``, except that a bias of another dtype (a float16 ``in_proj_bias`` set on
     a float64 module) is added with type promotion, as torch's attention does for inputs
@@ -453,6 +467,80 @@ class MultiheadGraphAttention(TorchAttentionBase):
             pattern_meta = Pattern(base.pattern.kind, base.pattern.params + meta, (Lq,) * N)
         return Graph._build(b * Sx + c, b * Lq + r, N * Sx, N * Lq, pattern=pattern_meta)
 
+    # ---------------------------------------------------------------- NestedTensor inputs
+    def _nested_refusal(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor],
+                        attn_mask: Optional[Tensor]) -> Optional[str]:
+        """Why torch's module would refuse these NestedTensor inputs (the conditions of its
+        inference fast path, the only one that takes them, in its order and words), or None."""
+        b, w = self.in_proj_bias, self.in_proj_weight
+        params = [t for t in (w, b, self.out_proj.weight, self.out_proj.bias) if t is not None]
+        reasons = (
+            (not torch.backends.mha.get_fastpath_enabled(), "torch.backends.mha.get_fastpath_enabled() was not True"),
+            (query.dim() != 3, f"input not batched; expected query.dim() of 3 but got {query.dim()}"),
+            (query is not key or key is not value,
+             "non-self attention was used (query, key, and value are not the same Tensor)"),
+            (b is not None and query.dtype != b.dtype,
+             f"dtypes of query ({query.dtype}) and self.in_proj_bias ({None if b is None else b.dtype}) don't match"),
+            (w is None, "in_proj_weight was None"),
+            (w is not None and query.dtype != w.dtype,
+             f"dtypes of query ({query.dtype}) and self.in_proj_weight ({None if w is None else w.dtype}) don't match"),
+            (self.training, "training is enabled"),
+            (self.num_heads % 2 != 0, "self.num_heads is not even"),
+            (not self.batch_first, "batch_first was not True"),
+            (self.bias_k is not None, "self.bias_k was not None"),
+            (self.add_zero_attn, "add_zero_attn was enabled"),
+            (key_padding_mask is not None or attn_mask is not None,
+             "supplying both src_key_padding_mask and src_mask at the same time is not supported with NestedTensor "
+             "input"),
+            (torch.is_autocast_enabled(), "autocast is enabled"),
+            (any(t.is_nested and t.layout != torch.strided for t in (query, key, value)),
+             "some Tensor argument has_torch_function (a jagged NestedTensor)"),
+            (torch.is_grad_enabled() and any(t.requires_grad for t in [query] + params),
+             "grad is enabled and at least one of query or the input/output projection weights or biases "
+             "requires_grad"),
+            (b is None, "the module has no in_proj_bias (bias=False)"),
+        )
+        return next((why for refused, why in reasons if refused), None)
+
+    def _nested_graph(self, lengths: list, device) -> Graph:
+        """The block-diagonal pattern of a nested batch: one block of the module's pattern per sequence."""
+        pat = self.pattern
+        if pat is None or pat == "complete":
+            batch = torch.repeat_interleave(torch.arange(len(lengths), device=device),
+                                            torch.tensor(lengths, device=device))
+            return patterns.complete_per_graph(batch, sum(lengths))
+        if pat == "causal":
+            return patterns.batch(lengths, patterns.causal).to(device)
+        if callable(pat) and not isinstance(pat, Graph):
+            return patterns.batch(lengths, pat, key_lengths=lengths).to(device)
+        raise ValueError("a NestedTensor holds sequences of several lengths; a fixed pattern Graph is over one: "
+                         "pass a pattern callable, or the sequences packed to attend_packed with your own graph")
+
+    def _forward_nested(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor],
+                        need_weights: bool, attn_mask: Optional[Tensor], average_attn_weights: bool,
+                        is_causal: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        """A nested batch as torch's fast path answers it (a NestedTensor output; dense
+        ``(N, L, L)`` weights zero-padded to the longest sequence), computed as one
+        block-diagonal graph over the packed tokens."""
+        why = self._nested_refusal(query, key, value, key_padding_mask, attn_mask)
+        if why is None and is_causal:
+            why = "is_causal was given (torch's fast path would ignore it for a NestedTensor)"
+        if why is not None:
+            raise MultiheadShapeError(
+                "MultiheadAttention does not support NestedTensor outside of its fast path. The fast path was not "
+                f"hit because {why}. Alternatives: the sequences packed ([sum of lengths, E]) to attend_packed with "
+                "graphattn.patterns.batch(lengths) as the graph, or padded with a key_padding_mask")
+        seqs = query.unbind()
+        lengths = [t.size(0) for t in seqs]
+        packed = torch.cat(seqs) if seqs else query.new_zeros(0, self.embed_dim)
+        graph = self._nested_graph(lengths, packed.device)
+        out, alpha = self.attend_packed(packed, packed, packed, graph, need_weights=need_weights)
+        nested = torch.nested.as_nested_tensor(list(out.split(lengths)))
+        if not need_weights:
+            return nested, None
+        weights = padded_weights(graph, alpha, lengths)
+        return nested, weights.mean(dim=1) if average_attn_weights else weights
+
     # ---------------------------------------------------------------- forward
     def forward(
         self,
@@ -465,6 +553,9 @@ class MultiheadGraphAttention(TorchAttentionBase):
         average_attn_weights: bool = True,
         is_causal: bool = False,
     ) -> Tuple[Tensor, Optional[Tensor]]:
+        if query.is_nested or key.is_nested or value.is_nested:
+            return self._forward_nested(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                        average_attn_weights, is_causal)
         extra = int(self.bias_k is not None) + int(self.add_zero_attn)
         unbatched, query, key, value, key_padding_mask = self._batch_first(query, key, value, key_padding_mask,
                                                                            attn_mask, extra)
