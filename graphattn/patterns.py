@@ -143,8 +143,7 @@ def dilated(L: int, window: int, dilation: int, *, causal_only: bool = False, de
     ``causal_only``): a wider receptive field at the same number of edges."""
     L = _check_len("L", L)
     window = _check_len("window", window)
-    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
-        raise ValueError(f"dilation must be an integer >= 1, got {dilation!r}")
+    dilation = _check_count("dilation", dilation, minimum=1)
     ks = torch.arange(-window, 1 if causal_only else window + 1)
     return _offset_pattern(L, ks * dilation, Pattern("dilated", (("window", window), ("dilation", dilation))), device)
 

@@ -157,6 +157,7 @@ def test_good_lengths_in_every_form():
     lambda: patterns.global_local(10, 1, [0.5, 3]),
     lambda: patterns.global_local(10, 1, torch.tensor([0.5])),
     lambda: patterns.complete(4.0),
+    lambda: patterns.dilated(8, 1, 2.0),
     lambda: patterns.causal(True),
     lambda: patterns.graph_sizes(None, 2.5),
     lambda: patterns.complete_per_graph(None, 2.5),
@@ -181,3 +182,4 @@ def test_single_lengths_accept_numpy_and_tensor_ints():
     ref = patterns.global_local(10, 1, 2)
     for L, w, gt in ((np.int64(10), np.int32(1), np.int64(2)), (torch.tensor(10), torch.tensor(1), torch.tensor(2))):
         assert torch.equal(patterns.global_local(L, w, gt).col, ref.col)
+    assert torch.equal(patterns.dilated(12, 2, np.int64(3)).col, patterns.dilated(12, 2, 3).col)
