@@ -330,7 +330,7 @@ def gives_num_dst(entry: Entry, variant: dict) -> bool:
 
 
 def description(entry: Entry, graph: Optional[Graph], variant: dict, dtype, sizes: dict) -> dict:
-    """The call description a backend's ``decline`` receives (``functional.describe_call``'s keys)."""
+    """The call description a backend's ``decline`` receives (``_pipeline.describe_call``'s keys)."""
     if entry.op == "edge_softmax":
         return dict(device=CPU, dtype=dtype, graph=graph)
     symbols = {s for a in entry.spec.tensors for s in a.dims}

@@ -129,7 +129,7 @@ def why_not(op: str) -> Dict[str, str]:
 
 def explain_dispatch(op: str, **call) -> Dict[str, Optional[str]]:
     """Each backend of ``op``, highest priority first, with ``None`` if it would take a
-    call described by ``call`` (the keys :func:`graphattn.ops.functional.describe_call`
+    call described by ``call`` (the keys :func:`graphattn.ops._pipeline.describe_call`
     gives: ``device``, ``dtype``, ``graph``, ``dropout``, ``need_weights``,
     ``has_edge_terms``, ``has_edge_mask``, ``heads``, ``channels``) or the reason it
     would decline. Runs nothing; the first ``None`` is the backend a call would get

@@ -4,14 +4,15 @@ Every op takes per-node tensors, a :class:`~graphattn.Graph` (or a PyG-style
 ``edge_index``) and per-edge tensors in the graph's **user order** (the order of
 ``graph.edge_index``), and returns per-destination outputs ``[num_dst, H, C]``
 plus, on request, the normalised attention weights ``[E, H]`` in user order,
-taken before dropout. Each op's inputs are described once in :mod:`._inputs` and
-checked from that description before any backend runs.
+taken before dropout. Each attention op is one :class:`~._pipeline.OpRecord` (its
+inputs described once in :mod:`._inputs`, how a backend is called, the reference's
+score formula) and its public function a call of the one pipeline,
+:func:`._pipeline.run`: check once, node order, describe, dispatch, run, finish.
 """
 from __future__ import annotations
 
 import math
-from functools import partial
-from typing import Callable, Optional, Tuple, Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -20,9 +21,8 @@ from ..graph import Graph
 from . import _inputs
 from . import reference as _reference
 from ._dispatch import select_backend
-from ._dtypes import compute_dtype
-from ._inputs import check_call, edge_rows
-from .softmax import segment_softmax
+from ._inputs import check_call
+from ._pipeline import OpRecord, describe_call, mask_kwarg, run, run_checked  # noqa: F401  (describe_call's keys)
 
 GraphLike = Union[Graph, Tensor]
 
@@ -37,51 +37,52 @@ def as_graph(graph: GraphLike, num_src: Optional[int] = None, num_dst: Optional[
     return _inputs.resolve_graph(graph, num_src, num_dst)
 
 
-def describe_call(value: Tensor, graph: Graph, dims: dict, scalars: dict, training: bool, return_weights: bool,
-                  tensors: dict, edge_terms: Tuple[str, ...]) -> dict:
-    """The description of an attention call that every backend's ``decline`` receives,
-    with the same keys for every op, so no backend has to guess: device, dtype, graph,
-    dropout in effect, whether weights are wanted, whether per-edge terms or a message
-    mask are given, heads and channels per head."""
-    return dict(device=value.device, dtype=value.dtype, graph=graph,
-                dropout=scalars["dropout"] if training else 0.0, need_weights=return_weights,
-                has_edge_terms=any(tensors.get(name) is not None for name in edge_terms),
-                has_edge_mask=tensors.get("edge_mask") is not None,
-                heads=dims.get("heads"), channels=dims.get("channels"))
+def _call_gat(fn, g, t, edges, sc, training, need_weights):
+    return fn(t["score_src"], t["score_dst"], t["value"], g, negative_slope=sc["negative_slope"],
+              edge_score=edges["edge_score"], dropout=sc["dropout"], training=training, need_weights=need_weights,
+              **mask_kwarg(edges))
 
 
-def _mask_kwarg(csr_edge_tensors) -> dict:
-    """``edge_mask`` for the backend call, only when given: the fused backends, which
-    decline masked calls, take no such argument."""
-    m = csr_edge_tensors["edge_mask"]
-    return {} if m is None else {"edge_mask": m}
+def _gat_scores(g, t, edges, sc, dtype):
+    return _reference.gat_scores(t["score_src"], t["score_dst"], g, negative_slope=sc["negative_slope"],
+                                 edge_score=edges["edge_score"], dtype=dtype)
 
 
-def _finish(graph: Graph, out: Tensor, alpha: Tensor, return_weights: bool, backend: str,
-            differentiable_scores: Callable[[], Tensor], score_inputs) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-    """``out``, or ``(out, alpha in user order)``. The fused backends return weights
-    without a gradient; when the caller may differentiate them (grad mode on and a
-    score input requiring grad), they are recomputed here from the reference's
-    score formula, so that a loss on the weights (an attention regulariser) gets
-    the same gradient on every backend. That costs what the reference's scores cost
-    (``E x H x C`` for GATv2 and dot-product) and only then."""
-    if not return_weights:
-        return out
-    if (backend != "reference" and torch.is_grad_enabled()
-            and any(isinstance(t, Tensor) and t.requires_grad for t in score_inputs)):
-        alpha = segment_softmax(differentiable_scores(), graph.row, graph.num_dst).to(alpha.dtype)
-    return out, graph.to_user_order(alpha)
+def _call_gatv2(fn, g, t, edges, sc, training, need_weights):
+    value = t["x_src"] if t["value"] is None else t["value"]
+    return fn(t["x_src"], t["x_dst"], t["att"], value, g, negative_slope=sc["negative_slope"],
+              edge_feat=edges["edge_feat"], dropout=sc["dropout"], training=training, need_weights=need_weights,
+              **mask_kwarg(edges))
 
 
-def _in_node_order(op: Callable, graph: Graph, node_tensors: dict, return_weights: bool, **rest):
-    """``op`` run on ``graph.relabeled`` with its node tensors permuted into the graph's
-    node order, and its output permuted back (:meth:`Graph.reorder_nodes`). Edge
-    tensors and the returned weights keep the caller's edge order, which the relabelled
-    graph shares. Square graphs only, so sources and destinations share one order."""
-    order = graph.node_order
-    moved = {name: None if t is None else order.apply(t) for name, t in node_tensors.items()}
-    result = op(**moved, graph=graph.relabeled, return_weights=return_weights, **rest)
-    return (order.undo(result[0]), result[1]) if return_weights else order.undo(result)
+def _gatv2_scores(g, t, edges, sc, dtype):
+    return _reference.gatv2_scores(t["x_src"], t["x_dst"], t["att"], g, negative_slope=sc["negative_slope"],
+                                   edge_feat=edges["edge_feat"], dtype=dtype)
+
+
+def _call_dot(fn, g, t, edges, sc, training, need_weights):
+    return fn(t["query"], t["key"], t["value"], g, scale=sc["scale"], edge_key=edges["edge_key"],
+              edge_value=edges["edge_value"], edge_bias=edges["edge_bias"], dropout=sc["dropout"], training=training,
+              need_weights=need_weights, **mask_kwarg(edges))
+
+
+def _dot_scores(g, t, edges, sc, dtype):
+    return _reference.dot_scores(t["query"], t["key"], g, scale=sc["scale"], edge_key=edges["edge_key"],
+                                 edge_bias=edges["edge_bias"], dtype=dtype)
+
+
+# One record per op: what the pipeline (._pipeline.run) needs to check, describe,
+# dispatch, call and finish it.
+GAT = OpRecord(_inputs.GAT, lead="value", node_inputs=("score_src", "score_dst", "value"),
+               edge_terms=("edge_score",), score_inputs=("score_src", "score_dst", "edge_score"),
+               call=_call_gat, scores=_gat_scores)
+GATV2 = OpRecord(_inputs.GATV2, lead="x_src", node_inputs=("x_src", "x_dst", "value"),
+                 edge_terms=("edge_feat",), score_inputs=("x_src", "x_dst", "att", "edge_feat"),
+                 call=_call_gatv2, scores=_gatv2_scores)
+DOT_PRODUCT = OpRecord(_inputs.DOT_PRODUCT, lead="query", node_inputs=("query", "key", "value"),
+                       edge_terms=("edge_key", "edge_value", "edge_bias"),
+                       score_inputs=("query", "key", "edge_key", "edge_bias"), call=_call_dot, scores=_dot_scores)
+RECORDS = {r.name: r for r in (GAT, GATV2, DOT_PRODUCT)}
 
 
 def edge_softmax(
@@ -182,22 +183,8 @@ def gat_attention(
     """
     tensors = dict(value=value, score_src=score_src, score_dst=score_dst, edge_score=edge_score,
                    edge_mask=edge_mask)
-    g, dims, sc = check_call(_inputs.GAT, graph, tensors, dict(negative_slope=negative_slope, dropout=dropout))
-    if g.node_order is not None:
-        return _in_node_order(gat_attention, g, dict(score_src=score_src, score_dst=score_dst, value=value),
-                              return_weights, negative_slope=negative_slope, edge_score=edge_score, dropout=dropout,
-                              training=training, backend=backend, edge_mask=edge_mask)
-    impl = select_backend("gat", backend, **describe_call(value, g, dims, sc, training, return_weights, tensors,
-                                                          ("edge_score",)))
-    csr = edge_rows(["edge_score", "edge_mask"], g, tensors)
-    out, alpha = impl.fn(
-        score_src, score_dst, value, g,
-        negative_slope=sc["negative_slope"], edge_score=csr["edge_score"],
-        dropout=sc["dropout"], training=training, need_weights=return_weights, **_mask_kwarg(csr),
-    )
-    scores = partial(_reference.gat_scores, score_src, score_dst, g, negative_slope=sc["negative_slope"],
-                     edge_score=csr["edge_score"], dtype=compute_dtype(value.dtype))
-    return _finish(g, out, alpha, return_weights, impl.name, scores, (score_src, score_dst, edge_score))
+    return run(GAT, graph, tensors, dict(negative_slope=negative_slope, dropout=dropout), training=training,
+               return_weights=return_weights, backend=backend)
 
 
 def gatv2_attention(
@@ -232,22 +219,8 @@ def gatv2_attention(
     if isinstance(att, Tensor) and att.dim() == 3 and att.size(0) == 1:
         att = att.reshape(att.shape[1:])
     tensors = dict(x_src=x_src, x_dst=x_dst, att=att, value=value, edge_feat=edge_feat, edge_mask=edge_mask)
-    g, dims, sc = check_call(_inputs.GATV2, graph, tensors, dict(negative_slope=negative_slope, dropout=dropout))
-    if g.node_order is not None:
-        return _in_node_order(gatv2_attention, g, dict(x_src=x_src, x_dst=x_dst, value=value), return_weights,
-                              att=att, negative_slope=negative_slope, edge_feat=edge_feat, dropout=dropout,
-                              training=training, backend=backend, edge_mask=edge_mask)
-    impl = select_backend("gatv2", backend, **describe_call(x_src, g, dims, sc, training, return_weights, tensors,
-                                                            ("edge_feat",)))
-    csr = edge_rows(["edge_feat", "edge_mask"], g, tensors)
-    out, alpha = impl.fn(
-        x_src, x_dst, att, x_src if value is None else value, g,
-        negative_slope=sc["negative_slope"], edge_feat=csr["edge_feat"],
-        dropout=sc["dropout"], training=training, need_weights=return_weights, **_mask_kwarg(csr),
-    )
-    scores = partial(_reference.gatv2_scores, x_src, x_dst, att, g, negative_slope=sc["negative_slope"],
-                     edge_feat=csr["edge_feat"], dtype=compute_dtype(x_src.dtype))
-    return _finish(g, out, alpha, return_weights, impl.name, scores, (x_src, x_dst, att, edge_feat))
+    return run(GATV2, graph, tensors, dict(negative_slope=negative_slope, dropout=dropout), training=training,
+               return_weights=return_weights, backend=backend)
 
 
 def dot_product_attention(
@@ -287,22 +260,8 @@ def dot_product_attention(
         scale = 1.0 / math.sqrt(query.size(-1)) if query.size(-1) else 1.0
     tensors = dict(query=query, key=key, value=value, edge_key=edge_key, edge_value=edge_value, edge_bias=edge_bias,
                    edge_mask=edge_mask)
-    g, dims, sc = check_call(_inputs.DOT_PRODUCT, graph, tensors, dict(scale=scale, dropout=dropout))
-    if g.node_order is not None:
-        return _in_node_order(dot_product_attention, g, dict(query=query, key=key, value=value), return_weights,
-                              scale=scale, edge_key=edge_key, edge_value=edge_value, edge_bias=edge_bias,
-                              dropout=dropout, training=training, backend=backend, edge_mask=edge_mask)
-    impl = select_backend("dot_product", backend, **describe_call(
-        query, g, dims, sc, training, return_weights, tensors, ("edge_key", "edge_value", "edge_bias")))
-    csr = edge_rows(["edge_key", "edge_value", "edge_bias", "edge_mask"], g, tensors)
-    out, alpha = impl.fn(
-        query, key, value, g,
-        scale=sc["scale"], edge_key=csr["edge_key"], edge_value=csr["edge_value"], edge_bias=csr["edge_bias"],
-        dropout=sc["dropout"], training=training, need_weights=return_weights, **_mask_kwarg(csr),
-    )
-    scores = partial(_reference.dot_scores, query, key, g, scale=sc["scale"], edge_key=csr["edge_key"],
-                     edge_bias=csr["edge_bias"], dtype=compute_dtype(query.dtype))
-    return _finish(g, out, alpha, return_weights, impl.name, scores, (query, key, edge_key, edge_bias))
+    return run(DOT_PRODUCT, graph, tensors, dict(scale=scale, dropout=dropout), training=training,
+               return_weights=return_weights, backend=backend)
 
 
 def score_attention(
@@ -351,10 +310,9 @@ def score_attention(
     if scores.size(0) != g.num_edges:
         raise ValueError(f"scores has {scores.size(0)} rows but the graph has {g.num_edges} edges (one row per edge, "
                          f"in the graph's user order)")
-    check_call(_inputs.SCORE, g, dict(scores=scores, value=value, edge_mask=edge_mask), dict(dropout=dropout))
+    _, dims, checked = check_call(_inputs.SCORE, g, dict(scores=scores, value=value, edge_mask=edge_mask),
+                                  dict(dropout=dropout))
     heads = scores.size(1)
-    no_query = value.new_zeros(g.num_dst, heads, 0)
-    no_key = value.new_zeros(g.num_src, heads, 0)
-    return dot_product_attention(no_query, no_key, value, g, scale=1.0, edge_bias=scores, dropout=dropout,
-                                 training=training, return_weights=return_weights, backend=backend,
-                                 edge_mask=edge_mask)
+    tensors = dict(query=value.new_zeros(g.num_dst, heads, 0), key=value.new_zeros(g.num_src, heads, 0), value=value,
+                   edge_key=None, edge_value=None, edge_bias=scores, edge_mask=edge_mask)
+    return run_checked(DOT_PRODUCT, g, dims, dict(checked, scale=1.0), tensors, training, return_weights, backend)
