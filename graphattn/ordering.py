@@ -32,7 +32,7 @@ A :class:`NodeOrder` is used in one of two ways:
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Union
 
 import torch
 from torch import Tensor

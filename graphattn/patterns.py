@@ -318,10 +318,6 @@ def graph_sizes(batch: Optional[Tensor], num_nodes: int) -> Tensor:
     return torch.bincount(b)
 
 
-def _offsets_of(sizes: Tensor) -> Tensor:
-    return torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
-
-
 def complete_per_graph(batch: Optional[Tensor], num_nodes: int, *, max_edges: int = 2 ** 31 - 1) -> Graph:
     """Block-diagonal complete graph: node ``i`` attends to every node of its own
     graph (itself included) and to none of the others, with no padding.

@@ -31,7 +31,7 @@ def _args(tmp_path, *extra):
 
 
 def test_smoke_compares_every_variant(tmp_path):
-    res = lm.main(_args(tmp_path, "--steps", "20", "--eval-every", "10"))
+    lm.main(_args(tmp_path, "--steps", "20", "--eval-every", "10"))
     saved = json.loads((tmp_path / "res.json").read_text())
     for key in ("dataset", "model", "metric", "mean", "std", "runs", "per_run"):
         assert key in saved

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from graphattn import Graph, explain, patterns
+from graphattn import explain, patterns
 from graphattn.explain import AttentionRecord
 from graphattn.nn import (DotProductConv, GATConv, GATv2Conv, GraphTransformerEncoderLayer, LinearAttention,
                           MultiheadGraphAttention)

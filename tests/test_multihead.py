@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from graphattn import Graph, ops, patterns
+from graphattn import ops, patterns
 from graphattn.nn import MultiheadGraphAttention
 
 TOL = dict(atol=1e-5, rtol=1e-5)

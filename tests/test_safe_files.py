@@ -88,7 +88,7 @@ def test_crafted_checkpoint_under_resume_of_an_example(tmp_path):
     import node_classification as nc
 
     marker = tmp_path / "marker"
-    ckpt = _crafted(tmp_path / "res.ckpt.pt", marker)
+    _crafted(tmp_path / "res.ckpt.pt", marker)
     argv = ["--smoke", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "res.json"), "--resume"]
     with pytest.raises(SystemExit, match=r"error: checkpoint .*res\.ckpt\.pt.*delete it"):
         nc.main(argv)

@@ -2,7 +2,7 @@
 formula that gets the fused softmax and aggregation without a kernel of its own."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F

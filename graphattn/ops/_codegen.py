@@ -63,7 +63,7 @@ def cpp_header() -> str:
              "// A kind's traits: see graphattn/ops/_fused.py for what each means.",
              "template <int KIND>", "struct KindTraits;"]
     for k in KINDS:
-        lines += [f"template <>", f"struct KindTraits<{k.name}> {{",
+        lines += ["template <>", f"struct KindTraits<{k.name}> {{",
                   f"  static constexpr bool adds_dst = {str(k.adds_dst).lower()};",
                   f"  static constexpr int weight = kWeight_{k.weight};",
                   f"  static constexpr int activation = kAct_{k.activation};",
@@ -86,7 +86,7 @@ def cpp_header() -> str:
     lines.append("inline int kind_activation(int64_t kind) { return " +
                  " : ".join(f"kind == {k.name} ? kAct_{k.activation}" for k in KINDS) + " : -1; }")
     for fn, field in (("activate", "value"), ("activate_grad", "derivative")):
-        lines += ["", f"template <int ACT, typename T>", f"inline T {fn}(T z, T slope) {{", "  (void)z;", "  (void)slope;"]
+        lines += ["", "template <int ACT, typename T>", f"inline T {fn}(T z, T slope) {{", "  (void)z;", "  (void)slope;"]
         for n, a in enumerate(ACTIVATIONS):
             lines.append(f"  {'if' if n == 0 else 'else if'} constexpr (ACT == kAct_{a.name}) "
                          f"return {emit(getattr(a, field), 'cpp')};")
