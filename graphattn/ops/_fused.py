@@ -17,7 +17,8 @@ x_j``, ``W_l x_j``, the key), optional per-edge terms ``edge_score_term[e]`` (in
   ``[H, F]`` vector) or ``"dst"`` (``scale * dst_term[i]``: the dot product);
 * ``activation``: ``phi``, a row of :data:`ACTIVATIONS` (its value and derivative as
   expressions in ``z`` and ``slope``);
-* ``scalar``: one number per head (``F = 1``, terms shaped ``[N, H]``).
+* ``scalar``: one number per head (``F = 1``, terms shaped ``[N, H]``);
+* ``takes_edge_bias``: the op passes a per-edge ``b_e`` (the dot product's ``edge_bias``).
 
 so GAT is ``leaky(src + dst + edge)`` (scalar), GATv2 ``att . leaky(src + dst + edge)``
 and the dot product ``scale * dst . (src + edge) + bias``. The derivative follows from
@@ -25,7 +26,8 @@ the same rows: ``dz_c = ds * w_c * phi'(z_c)`` reaches ``src_term``, ``edge_scor
 and (when added) ``dst_term``; ``ds * phi(z_c)`` reaches ``att`` or (times ``scale``) the
 ``dst_term`` that weights; ``ds`` reaches ``edge_bias``.
 
-The kernels implement that general form once, each, specialised at compile time by a
+This docstring is the one statement of the general form: the kernels and the docs refer
+here. The kernels implement it once, each, specialised at compile time by a
 kind's traits; the traits and the activations are *generated* from the tables here into
 ``csrc/score_kinds.h`` (C++) and ``triton_score_kinds.py`` (Triton) by
 :mod:`graphattn.ops._codegen`::

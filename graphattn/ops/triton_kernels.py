@@ -13,15 +13,11 @@ over a row through a per-row score buffer and saves (max, log-normaliser); here
   atomics), then one program per (destination, head) sums the destination-side
   gradients from the per-edge score gradient.
 
-Scores have the general form of :mod:`graphattn.ops._fused`, for an edge ``e = (j -> i)``:
-``sum_c w_c * phi(z_c) + edge_bias[e]`` with ``z = src_term[j] + edge_score_term[e]`` (+
-``dst_term[i]`` when the kind adds it) and ``w`` one, ``att`` or ``scale * dst_term[i]``.
+Scores have the general form stated in :mod:`graphattn.ops._fused` (its one statement).
 The kernels take a kind as its traits (``SCALAR``, ``ADDS_DST``, ``WEIGHT``, ``ACT``
 constexprs, from :func:`graphattn.ops._fused.triton_traits`) and ``phi`` from the
 generated :mod:`graphattn.ops.triton_score_kinds`, so no kind is named here; messages are
-``value[j]`` (+ ``edge_value[e]``). ``dst_term`` is the destination-side node tensor (GAT's
-``a_dst . W x_i``, GATv2's ``W_r x_i``, the query), ``src_term`` the source-side one (the
-key for dot product); see :mod:`graphattn.ops._fused`. The backward's score gradient is
+``value[j]`` (+ ``edge_value[e]``). The backward's score gradient is
 ``alpha * (keep_scale * dout_dot_msg - dout_dot_out[i])`` with ``dout_dot_msg = d_out[i] .
 message`` and ``dout_dot_out[i] = d_out[i] . out[i]`` (FlashAttention's "delta").
 Inputs may be fp16/bf16/fp32/fp64; they are cast to fp32 (fp64 stays fp64) right after

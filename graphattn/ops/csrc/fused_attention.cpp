@@ -1,20 +1,12 @@
 // Fused graph attention on CPU: score -> per-destination softmax -> aggregate,
 // without any [E, H, C] intermediate.
 //
-// Every score kind is one general form, for an edge e = (j -> i) in CSR order (sorted
-// by destination i) and a head h:
-//   s = sum_c w[c] * phi(z[c]) + edge_bias[e,h],
-//   z = src_term[j,h,:] + edge_score_term[e,h,:] (+ dst_term[i,h,:] when the kind adds it),
-//   w = 1, att[h,:] or scale * dst_term[i,h,:], by the kind.
-// A kind is a set of compile-time traits (KindTraits<KIND>: adds_dst, weight,
-// activation, scalar) and phi is an activation with its derivative (activate /
-// activate_grad); both are generated into score_kinds.h from graphattn/ops/_fused.py,
-// where GAT = leaky(src + dst + edge) (scalar: F = 1), GATV2 = att . leaky(src + dst +
-// edge) and DOT = scale * dst . (src + edge) + bias. The code below writes the general
-// form and its derivative once; no kind is named in it. Messages are
-// value[j,h,:] (+ edge_value[e,h,:]). dst_term is the destination-side node tensor
-// (GAT's a_dst . W x_i, GATv2's W_r x_i, the dot product's query), src_term the
-// source-side one (a_src . W x_j, W_l x_j, the key).
+// Every score kind is one general form, s = sum_c w[c] * phi(z[c]) + edge_bias[e,h] with
+// z = src_term[j,h,:] + edge_score_term[e,h,:] (+ dst_term[i,h,:]), for an edge e = (j -> i) in
+// CSR order (sorted by destination i) and a head h; graphattn/ops/_fused.py's docstring states
+// it once, with each kind trait (KindTraits<KIND>, generated into score_kinds.h from the table
+// there, with phi's activate / activate_grad). The code below writes the general form and its
+// derivative once; no kind is named in it. Messages are value[j,h,:] (+ edge_value[e,h,:]).
 //
 // Forward: two passes over each destination row (its scores and their max into a
 // per-row buffer, then exponentials and the weighted sum); saves out and, per node
