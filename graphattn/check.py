@@ -25,6 +25,7 @@ from torch import Tensor
 
 from . import ops, patterns
 from .graph import Graph
+from .ops import BackendDeclined
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 2e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 HEADS, CHANNELS = 4, 16
@@ -90,10 +91,10 @@ def check_case(op: str, backend: str, graph: Graph, dtype, device, seed: int) ->
         if device.type == "cuda":
             torch.cuda.synchronize()
         row["ms"] = 1e3 * (time.perf_counter() - t0)
+    except BackendDeclined as e:
+        row["status"] = "declined: " + e.reason
+        return row
     except RuntimeError as e:
-        if "cannot run" in str(e):
-            row["status"] = "declined: " + str(e).split(": ", 1)[1].split(" (device=")[0]
-            return row
         row["status"], row["detail"] = "FAILED", f"{type(e).__name__}: {e}"
         return row
     ref_outs = call("reference", *tensors)

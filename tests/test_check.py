@@ -64,8 +64,7 @@ def test_returned_weights_have_the_reference_gradient_on_every_backend(op):
     for backend in ops.available_backends(op):
         try:
             got = weight_loss_grads(backend)
-        except RuntimeError as e:
-            assert "cannot run" in str(e)
+        except ops.BackendDeclined:
             continue
         for g, r in zip(got, expected):
             if r is None:  # values do not enter the weights

@@ -6,7 +6,9 @@ caller computed: any attention variant gets the fused softmax and aggregation), 
 :func:`linear_attention` (kernelised, no edges). Backends are chosen by
 :mod:`graphattn.ops._dispatch`; force one with ``backend=`` or :func:`use_backend`,
 and ask which ran with :func:`last_backend` (and why others did not with :func:`why_not`;
-:func:`explain_dispatch` answers for a described call without running it).
+:func:`explain_dispatch` answers for a described call without running it). A named
+backend that cannot run a call raises :class:`BackendDeclined` (``.reason`` says why), a
+call no backend takes :class:`NoBackendAccepts`.
 """
 from . import cpu as _cpu
 from . import dense as _dense
@@ -14,7 +16,8 @@ from . import flex as _flex
 from . import triton_backend as _triton
 from . import reference as _reference
 from . import scatter as _scatter
-from ._dispatch import available_backends, explain_dispatch, last_backend, register_backend, use_backend, why_not
+from ._dispatch import (BackendDeclined, NoBackendAccepts, available_backends, explain_dispatch, last_backend,
+                        register_backend, use_backend, why_not)
 from .functional import (
     as_graph,
     dot_product_attention,
@@ -29,11 +32,13 @@ register_backend("edge_softmax", "reference", _reference.edge_softmax)
 register_backend("gat", "reference", _reference.gat)
 register_backend("gatv2", "reference", _reference.gatv2)
 register_backend("dot_product", "reference", _reference.dot_product)
-# The fused native CPU kernel wins on CPU whenever it can be built.
-register_backend("edge_softmax", "cpu", _cpu.edge_softmax, decline=_cpu.edge_softmax_decline, priority=10)
-register_backend("gat", "cpu", _cpu.gat, decline=_cpu.decline, priority=10)
-register_backend("gatv2", "cpu", _cpu.gatv2, decline=_cpu.decline, priority=10)
-register_backend("dot_product", "cpu", _cpu.dot_product, decline=_cpu.decline, priority=10)
+# The fused native CPU kernel wins on CPU whenever it can be built (by its prepare, before
+# the first call that runs on it; asking it builds nothing).
+register_backend("edge_softmax", "cpu", _cpu.edge_softmax, decline=_cpu.edge_softmax_decline, prepare=_cpu.prepare,
+                 priority=10)
+register_backend("gat", "cpu", _cpu.gat, decline=_cpu.decline, prepare=_cpu.prepare, priority=10)
+register_backend("gatv2", "cpu", _cpu.gatv2, decline=_cpu.decline, prepare=_cpu.prepare, priority=10)
+register_backend("dot_product", "cpu", _cpu.dot_product, decline=_cpu.decline, prepare=_cpu.prepare, priority=10)
 # Triton kernels on CUDA (on CPU only when forced under TRITON_INTERPRET=1).
 register_backend("gat", "triton", _triton.gat, decline=_triton.decline, priority=15)
 register_backend("gatv2", "triton", _triton.gatv2, decline=_triton.decline, priority=15)
@@ -62,4 +67,6 @@ __all__ = [
     "explain_dispatch",
     "available_backends",
     "register_backend",
+    "BackendDeclined",
+    "NoBackendAccepts",
 ]

@@ -5,7 +5,11 @@ more named backends. A call picks one by, in order: the ``backend=`` argument, t
 innermost :func:`use_backend` context, then the highest-priority registered backend
 that accepts the call. :func:`last_backend` says which ran and :func:`why_not` why the
 others did not (PyTorch's ``why_not_fast_path`` idea): a backend declines a call by
-returning a reason.
+returning a reason. Declining has no side effects (:func:`explain_dispatch` runs nothing);
+a backend with set-up work (the CPU kernel's build) registers a ``prepare`` that runs
+only when a call is about to run on it, and whose failure counts as one more decline.
+A forced backend that declines raises :class:`BackendDeclined`; a call no backend takes
+raises :class:`NoBackendAccepts` (both ``RuntimeError``, carrying the reasons as values).
 
 Both the forced backend and the record of the last choice are per thread, so one
 thread's ``use_backend`` never changes another's calls. (A ``threading.local`` rather
@@ -22,12 +26,37 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 import torch
 
 __all__ = ["register_backend", "available_backends", "use_backend", "last_backend", "why_not", "explain_dispatch",
-           "select_backend"]
+           "select_backend", "BackendDeclined", "NoBackendAccepts"]
 
 OPS = ("edge_softmax", "gat", "gatv2", "dot_product")
 
 # ``decline(**ctx)`` returns None when the backend can run the call, else a reason.
 Decline = Callable[..., Optional[str]]
+# ``prepare()`` readies the backend to run (once; may take long) and returns None, or why it cannot.
+Prepare = Callable[[], Optional[str]]
+
+
+class BackendDeclined(RuntimeError):
+    """The backend a caller named cannot run the call: ``.op``, ``.backend`` and
+    ``.reason`` (its decline reason, or why its ``prepare`` failed)."""
+
+    def __init__(self, op: str, backend: str, reason: str, device=None, dtype=None) -> None:
+        super().__init__(f"backend {backend!r} cannot run {op!r} here: {reason} (device={device}, dtype={dtype})")
+        self.op, self.backend, self.reason, self.device, self.dtype = op, backend, reason, device, dtype
+
+    def __reduce__(self):
+        return type(self), (self.op, self.backend, self.reason, self.device, self.dtype)
+
+
+class NoBackendAccepts(RuntimeError):
+    """No backend of ``.op`` takes the call; ``.declined`` maps each backend to its reason."""
+
+    def __init__(self, op: str, declined: Dict[str, str]) -> None:
+        super().__init__(f"no backend of {op!r} accepts this call: {declined}")
+        self.op, self.declined = op, dict(declined)
+
+    def __reduce__(self):
+        return type(self), (self.op, self.declined)
 
 
 @dataclass
@@ -36,6 +65,14 @@ class Backend:
     fn: Callable
     decline: Decline
     priority: int
+    prepare: Optional[Prepare] = None
+
+    def refusal(self, forced: bool, op: str, ctx: dict) -> Optional[str]:
+        """Why this backend will not run the call, its ``prepare`` included (``None``: it will)."""
+        reason = self.decline(forced=forced, op=op, **ctx)
+        if reason is None and self.prepare is not None:
+            reason = self.prepare()
+        return reason
 
 
 _REGISTRY: Dict[str, Dict[str, Backend]] = {op: {} for op in OPS}
@@ -69,6 +106,7 @@ def register_backend(
     *,
     supports: Optional[Callable[..., bool]] = None,
     decline: Optional[Decline] = None,
+    prepare: Optional[Prepare] = None,
     priority: int = 0,
 ) -> None:
     """Register ``fn`` as backend ``name`` of ``op``; higher ``priority`` wins among
@@ -79,14 +117,19 @@ def register_backend(
     ``op``, ``forced`` (whether the caller named this backend) and the call's
     description, the same keys for every attention op (``device``, ``dtype``, ``graph``,
     ``dropout``, ``need_weights``, ``has_edge_terms``, ``has_edge_mask``, ``heads``,
-    ``channels``; ``edge_softmax`` passes ``device``, ``dtype``, ``graph``).
+    ``channels``; ``edge_softmax`` passes ``device``, ``dtype``, ``graph``). Either must
+    be free of side effects: :func:`explain_dispatch` asks it without running anything.
+
+    Work the backend needs before its first run (building a kernel) goes in
+    ``prepare()``, called only when a call it accepted is about to run on it, and
+    returning ``None`` when ready or a reason, which then counts as its decline.
     """
     if op not in _REGISTRY:
         raise ValueError(f"unknown op {op!r}; ops are {OPS}")
     if supports is not None and decline is not None:
         raise ValueError("give supports= or decline=, not both")
     rule = decline if decline is not None else (_from_supports(supports) if supports is not None else _accept_all)
-    _REGISTRY[op][name] = Backend(name, fn, rule, priority)
+    _REGISTRY[op][name] = Backend(name, fn, rule, priority, prepare)
 
 
 def available_backends(op: Optional[str] = None):
@@ -132,15 +175,36 @@ def explain_dispatch(op: str, **call) -> Dict[str, Optional[str]]:
     call described by ``call`` (the keys :func:`graphattn.ops._pipeline.describe_call`
     gives: ``device``, ``dtype``, ``graph``, ``dropout``, ``need_weights``,
     ``has_edge_terms``, ``has_edge_mask``, ``heads``, ``channels``) or the reason it
-    would decline. Runs nothing; the first ``None`` is the backend a call would get
-    unless one is forced. After a real call, :func:`why_not` says the same for it."""
+    would decline. Runs nothing (no backend's ``prepare`` either: a kernel not yet built
+    shows as ``None`` if it could be, and a build failing later moves a call to the next
+    backend); the first ``None`` is the backend a call would get unless one is forced.
+    After a real call, :func:`why_not` says the same for it."""
     if op not in _REGISTRY:
         raise ValueError(f"unknown op {op!r}; ops are {OPS}")
     return {b.name: b.decline(forced=False, op=op, **call)
             for b in sorted(_REGISTRY[op].values(), key=lambda b: -b.priority)}
 
 
+def first_accepting(op: str, skip: Tuple[str, ...] = (), **ctx) -> Tuple[Backend, Dict[str, str]]:
+    """The highest-priority backend of ``op`` (not in ``skip``) that accepts the call and
+    is prepared to run it, and each one before it that declined, with its reason. Records
+    nothing; raises :class:`NoBackendAccepts` when none does."""
+    declined: Dict[str, str] = {}
+    for cand in sorted(_REGISTRY[op].values(), key=lambda b: -b.priority):
+        if cand.name in skip:
+            continue
+        reason = cand.refusal(False, op, ctx)
+        if reason is None:
+            return cand, declined
+        declined[cand.name] = reason
+    raise NoBackendAccepts(op, declined)
+
+
 def select_backend(op: str, backend: Optional[str] = None, **ctx) -> Backend:
+    """The backend that runs a call of ``op`` described by ``ctx``, prepared: the one
+    named by ``backend`` or the innermost :func:`use_backend` (raising
+    :class:`BackendDeclined` if it declines), else the first that accepts. Records the
+    choice for :func:`last_backend` and :func:`why_not` (not while compiling)."""
     table = _REGISTRY[op]
     forced = _STATE.forced
     name = backend if backend is not None else (forced[-1] if forced else None)
@@ -149,22 +213,11 @@ def select_backend(op: str, backend: Optional[str] = None, **ctx) -> Backend:
         if name not in table:
             raise ValueError(f"op {op!r} has no backend {name!r}; available: {available_backends(op)}")
         chosen = table[name]
-        reason = chosen.decline(forced=True, op=op, **ctx)
+        reason = chosen.refusal(True, op, ctx)
         if reason is not None:
-            raise RuntimeError(
-                f"backend {name!r} cannot run {op!r} here: {reason} "
-                f"(device={ctx.get('device')}, dtype={ctx.get('dtype')})"
-            )
+            raise BackendDeclined(op, name, reason, device=ctx.get("device"), dtype=ctx.get("dtype"))
     else:
-        chosen = None
-        for cand in sorted(table.values(), key=lambda b: -b.priority):
-            reason = cand.decline(forced=False, op=op, **ctx)
-            if reason is None:
-                chosen = cand
-                break
-            declined[cand.name] = reason
-        if chosen is None:
-            raise RuntimeError(f"no backend of {op!r} accepts this call: {declined}")
+        chosen, declined = first_accepting(op, **ctx)
     if not torch.compiler.is_compiling():
         _STATE.last[op] = (chosen.name, declined)
     return chosen

@@ -11,23 +11,28 @@ built; the only per-edge buffer is one ``E x H`` score gradient in backward.
 The kernels are registered as ``torch.library`` custom ops (``graphattn::cpu_*``)
 with shape functions and an autograd formula, so ``torch.compile`` traces through
 them without a graph break. The extension is compiled with
-``torch.utils.cpp_extension`` the first time it is needed (about 40 s; cached in
-``$TORCH_EXTENSIONS_DIR``). If that fails (no compiler), the backend reports
-itself unavailable and the dispatcher falls back to ``reference``.
+``torch.utils.cpp_extension`` the first time a call is about to run on it (the
+backend's ``prepare``; about 40 s, cached in ``$TORCH_EXTENSIONS_DIR``). Asking whether
+it takes a call (:func:`decline`) builds nothing: it answers from what is known without
+a build (switched off, a failed build, no compiler or ``ninja``). If the build fails,
+the backend reports itself unavailable and the dispatcher falls back to ``reference``.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from .. import _env
 from ._dtypes import FLOAT_DTYPES, upcast
 from ._fused import (DOT, GAT, GATV2, MASK_REASON, MAX_BUFFERED_CHANNELS, OP_KINDS, backend_functions,  # noqa: F401
                      score_kind)
@@ -43,15 +48,42 @@ _HEADER = _SOURCE.parent / "score_kinds.h"  # generated from ._fused's tables (.
 # backward channel loops stay scalar and branchy even under `omp simd`. It permits
 # no reassociation and keeps NaN and inf semantics: results are unchanged.
 _CFLAGS = ["-O3", "-fopenmp", "-march=native", "-fno-trapping-math"]
-# GRAPHATTN_KERNEL_CHECKS=1 builds (and caches separately) a kernel that bounds-checks
-# every index it reads and raises instead of reading out of range: for tests and for
-# hunting a suspected validation gap, at some cost in speed.
-if os.environ.get("GRAPHATTN_KERNEL_CHECKS") == "1":
-    _CFLAGS.append("-DGRAPHATTN_BOUNDS_CHECK")
 _LDFLAGS = ["-fopenmp"]
 _LOCK = threading.Lock()
 _EXT = None
 _EXT_ERROR: Optional[str] = None
+_WARNED_MISSING_TOOLS = False
+# cpp_extension runs `ninja` from PATH; a venv's bin (where pip puts it) is not on PATH
+# when the venv's python is called directly, so the build adds it for its duration.
+_BINDIR = os.path.dirname(sys.executable)
+
+
+def _cflags() -> List[str]:
+    """The compiler flags of this process's build (:func:`graphattn._env.kernel_checks`
+    adds the bounds checks, at some cost in speed)."""
+    return _CFLAGS + (["-DGRAPHATTN_BOUNDS_CHECK"] if _env.kernel_checks() else [])
+
+
+def _search_path() -> str:
+    """PATH as the build sees it: the venv's bin first, unless it is on PATH already."""
+    path = os.environ.get("PATH", "")
+    return path if _BINDIR in path.split(os.pathsep) else _BINDIR + os.pathsep + path
+
+
+def _missing_tools() -> Optional[str]:
+    """What the build needs that is not here (a C++ compiler, ``ninja``), or ``None``."""
+    cxx = os.environ.get("CXX", "c++")  # what torch.utils.cpp_extension compiles with
+    if shutil.which(cxx, path=_search_path()) is None:
+        return f"no C++ compiler {cxx!r} on PATH"
+    if shutil.which("ninja", path=_search_path()) is None:
+        return "no ninja on PATH (pip install ninja)"
+    return None
+
+
+# Looked up once, at import (a PATH search, nothing imported): the decline runs inside
+# layers that torch.compile traces whole, where a search's filesystem calls do not
+# belong, so it reads a constant, as triton_backend does for ``find_spec``.
+_MISSING_TOOLS = _missing_tools()
 
 
 def _cpu_signature() -> bytes:
@@ -68,6 +100,21 @@ def _cpu_signature() -> bytes:
     return sig.encode()
 
 
+@contextmanager
+def _build_path() -> Iterator[None]:
+    """PATH with the venv's bin on it for the block (the build's), as it was after."""
+    before, during = os.environ.get("PATH"), _search_path()
+    os.environ["PATH"] = during
+    try:
+        yield
+    finally:
+        if os.environ.get("PATH") == during:  # unless something else changed it meanwhile
+            if before is None:
+                del os.environ["PATH"]
+            else:
+                os.environ["PATH"] = before
+
+
 def load_extension(verbose: bool = False):
     """Compile (once) and return the native module; raises if it cannot be built."""
     global _EXT
@@ -76,35 +123,51 @@ def load_extension(verbose: bool = False):
             if _EXT is None:
                 from torch.utils.cpp_extension import load
 
-                # cpp_extension runs `ninja` from PATH; a venv's bin (where pip puts
-                # it) is not on PATH when the venv's python is called directly.
-                bindir = os.path.dirname(sys.executable)
-                if bindir not in os.environ.get("PATH", "").split(os.pathsep):
-                    os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-
                 # The name covers source and flags, so a change of either rebuilds.
-                key = (_SOURCE.read_bytes() + _HEADER.read_bytes() + " ".join(_CFLAGS + _LDFLAGS).encode()
+                cflags = _cflags()
+                key = (_SOURCE.read_bytes() + _HEADER.read_bytes() + " ".join(cflags + _LDFLAGS).encode()
                        + _cpu_signature())
                 name = "graphattn_cpu_" + hashlib.sha1(key).hexdigest()[:10]
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), _build_path():
                     warnings.simplefilter("ignore")
-                    _EXT = load(name=name, sources=[str(_SOURCE)], extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,
+                    _EXT = load(name=name, sources=[str(_SOURCE)], extra_cflags=cflags, extra_ldflags=_LDFLAGS,
                                 verbose=verbose)
     return _EXT
 
 
 def is_available() -> bool:
-    """Whether the native CPU kernel is (or can be) built here. Set
-    ``GRAPHATTN_DISABLE_CPU_KERNEL=1`` to turn it off."""
+    """Whether the native CPU kernel is (or can be) built here; builds it to find out,
+    unless that is already known. Set ``GRAPHATTN_DISABLE_CPU_KERNEL=1`` to turn it off."""
     return unavailable_reason() is None
 
 
 def unavailable_reason() -> Optional[str]:
-    """``None`` when the native kernel is (or can be) built here, else why not. The
-    first failed build warns once, briefly; :func:`build_error` has the full log."""
-    global _EXT_ERROR
-    if os.environ.get("GRAPHATTN_DISABLE_CPU_KERNEL") == "1":
+    """``None`` when the native kernel is (or can be) built here, else why not; builds it
+    to find out, unless that is already known. The first failed build warns once,
+    briefly; :func:`build_error` has the full log."""
+    known = known_reason()
+    return known if known is not None else prepare()
+
+
+def known_reason() -> Optional[str]:
+    """Why the native kernel cannot run here, as far as that is known without building
+    it (``None``: it is built, or a build may work). No side effects but one warning."""
+    if _env.cpu_kernel_disabled():
         return "turned off by GRAPHATTN_DISABLE_CPU_KERNEL=1"
+    if _EXT is not None:
+        return None
+    if _EXT_ERROR is not None:
+        return _failed_build_reason()
+    if _MISSING_TOOLS is not None:
+        _warn_missing_tools()
+        return f"the native kernel could not be built ({_MISSING_TOOLS})"
+    return None
+
+
+def prepare() -> Optional[str]:
+    """Build (once) the native kernel: ``None`` when it is built, else why it could not
+    be (the first failure warns; the backend's ``prepare``, called only before a run)."""
+    global _EXT_ERROR
     if _EXT is not None:
         return None
     if _EXT_ERROR is None:
@@ -113,13 +176,28 @@ def unavailable_reason() -> Optional[str]:
             return None
         except Exception as exc:  # no compiler, no ninja, ...
             _EXT_ERROR = f"{type(exc).__name__}: {exc}"
-            warnings.warn(
-                f"graphattn: the fused CPU kernel could not be built ({_summary(_EXT_ERROR)}); the reference "
-                "backend runs instead. graphattn.ops.cpu.build_error() has the compiler's output; set "
-                "GRAPHATTN_DISABLE_CPU_KERNEL=1 to skip the build and this warning.",
-                stacklevel=3,
-            )
+            _warn_unbuilt(_summary(_EXT_ERROR), "graphattn.ops.cpu.build_error() has the compiler's output")
+    return _failed_build_reason()
+
+
+def _failed_build_reason() -> str:
     return f"the native kernel could not be built ({_summary(_EXT_ERROR)})"
+
+
+def _warn_missing_tools() -> None:
+    global _WARNED_MISSING_TOOLS
+    if not _WARNED_MISSING_TOOLS:
+        _WARNED_MISSING_TOOLS = True
+        _warn_unbuilt(_MISSING_TOOLS, "It needs a C++ compiler with OpenMP and ninja")
+
+
+def _warn_unbuilt(why: str, hint: str) -> None:
+    """The one warning that the kernel cannot be built and ``reference`` runs instead."""
+    warnings.warn(
+        f"graphattn: the fused CPU kernel could not be built ({why}); the reference backend runs instead. "
+        f"{hint}; set GRAPHATTN_DISABLE_CPU_KERNEL=1 to skip the build and this warning.",
+        stacklevel=5,
+    )
 
 
 def build_error() -> Optional[str]:
@@ -331,7 +409,8 @@ gat, gatv2, dot_product = backend_functions(_run)
 
 
 def decline(device=None, dtype=None, op=None, channels=None, has_edge_mask=False, **_) -> Optional[str]:
-    """Why the native kernel cannot run a call (``None``: it can)."""
+    """Why the native kernel cannot run a call (``None``: it can, once built). Builds
+    nothing: whether a build works is the backend's :func:`prepare`."""
     if has_edge_mask:
         return MASK_REASON
     if device is None or torch.device(device).type != "cpu":
@@ -341,4 +420,4 @@ def decline(device=None, dtype=None, op=None, channels=None, has_edge_mask=False
     kind = score_kind(OP_KINDS[op]) if op in OP_KINDS else None
     if kind is not None and kind.holds_channel_buffer and channels is not None and channels > MAX_BUFFERED_CHANNELS:
         return f"{kind.name} with {channels} channels per head; the kernel holds at most {MAX_BUFFERED_CHANNELS}"
-    return unavailable_reason()
+    return known_reason()

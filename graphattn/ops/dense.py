@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..graph import Graph
-from ._dispatch import _REGISTRY, explain_dispatch
+from ._dispatch import first_accepting
 from ._dtypes import compute_dtype
 
 DENSE_KINDS = ("complete", "causal", "cross")
@@ -207,7 +207,7 @@ def _dense_route(query: Tensor, key: Tensor, value: Tensor, *, graph: Graph, sca
     if which == "grouped":
         return _grouped(query, key, value, graph, scale, dropout)
     B, Lq, Lk = shape  # "sdpa"
-    H, D, C = query.size(1), query.size(2), value.size(2)
+    H, C = query.size(1), value.size(2)
 
     def to_dense(t: Tensor, L: int) -> Tensor:  # [B*L, H, X] -> [B, H, L, X]
         return t.reshape(B, L, H, t.size(-1)).transpose(1, 2)
@@ -239,11 +239,9 @@ def _sparse_route(query: Tensor, key: Tensor, value: Tensor, *, graph: Graph, sc
     it takes a NaN or inf only to the queries that attend to it)."""
     call = dict(device=query.device, dtype=query.dtype, graph=graph, dropout=dropout, need_weights=False,
                 has_edge_terms=False, has_edge_mask=False, heads=query.size(1), channels=None)
-    name = next(n for n, reason in explain_dispatch("dot_product", **call).items()
-                if reason is None and n not in DENSE_BACKENDS)
-    out, _ = _REGISTRY["dot_product"][name].fn(query, key, value, graph, scale=scale, edge_key=None, edge_value=None,
-                                               edge_bias=None, dropout=dropout, training=dropout > 0,
-                                               need_weights=False)
+    sparse, _ = first_accepting("dot_product", skip=DENSE_BACKENDS, **call)
+    out, _ = sparse.fn(query, key, value, graph, scale=scale, edge_key=None, edge_value=None, edge_bias=None,
+                       dropout=dropout, training=dropout > 0, need_weights=False)
     return out
 
 

@@ -8,11 +8,11 @@ first use, which is how the test suite checks it against ``reference``.
 from __future__ import annotations
 
 import importlib.util
-import os
 from typing import Optional
 
 import torch
 
+from .. import _env
 from . import reference
 from ._dtypes import FLOAT_DTYPES, compute_dtype
 from ._fused import DOT, GAT, GATV2, MASK_REASON, backend_functions, score_kind, triton_traits  # noqa: F401
@@ -29,10 +29,6 @@ def is_available() -> bool:
     return _TRITON_INSTALLED
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def decline(device=None, dtype=None, forced=False, has_edge_mask=False, **_) -> Optional[str]:
     if has_edge_mask:
         return MASK_REASON
@@ -43,7 +39,7 @@ def decline(device=None, dtype=None, forced=False, has_edge_mask=False, **_) -> 
     dev = torch.device(device)
     if dev.type == "cuda":
         return None
-    if dev.type != "cpu" or not forced or not _interpreting():
+    if dev.type != "cpu" or not forced or not _env.triton_interpret():
         return "it runs on CUDA tensors (on CPU only when forced with TRITON_INTERPRET=1 set before import)"
     return None
 
@@ -55,7 +51,7 @@ def _pow2(n: int) -> int:
 def _kernels():
     from . import triton_kernels
 
-    if _interpreting():
+    if _env.triton_interpret():
         from ._triton_compat import ensure_interpreter_compat
 
         ensure_interpreter_compat()  # once: old interpreters under numpy >= 2.4 need a fix
@@ -107,7 +103,7 @@ _AUTOTUNED: dict = {}
 def _launch(name: str, grid, *args, degree: int, **kwargs) -> None:
     """Run kernel ``name``: autotuned on a GPU, with one fixed block size under the interpreter
     (which cannot time configurations)."""
-    if _interpreting():
+    if _env.triton_interpret():
         getattr(_kernels(), name)[grid](*args, degree_bucket=degree, BLOCK_E=INTERPRETER_BLOCK_E, **kwargs)
     else:
         autotuned(name)[grid](*args, degree_bucket=degree, **kwargs)
