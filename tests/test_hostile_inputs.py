@@ -18,11 +18,11 @@ from graphattn import Graph, explain, ops, patterns
 from graphattn.nn import GATConv, GATv2Conv, DotProductConv, MultiheadGraphAttention
 from graphattn.ops import cpu as cpu_backend
 
-from conftest import random_graph
+from conftest import backend_params, default_cpu_backend, needs_backend, random_graph
 
 ROOT = Path(__file__).resolve().parents[1]
-BACKENDS = ["reference"] + (["cpu"] if cpu_backend.is_available() else [])
-needs_cpu = pytest.mark.skipif(not cpu_backend.is_available(), reason="fused CPU kernel not built here")
+BACKENDS = backend_params("reference", "cpu")  # a backend that cannot run here skips, saying why
+needs_cpu = needs_backend("cpu")
 
 
 def _in_subprocess(code: str, **env) -> subprocess.CompletedProcess:
@@ -427,7 +427,7 @@ def test_use_backend_is_scoped_to_the_calling_thread():
         ops.gat_attention(*args)
         seen["self"] = ops.last_backend("gat")
     assert seen["self"] == "reference"
-    assert seen["other"] == BACKENDS[-1]  # the other thread's default choice, not the forced one
+    assert seen["other"] == default_cpu_backend()  # the other thread's default choice, not the forced one
 
 
 def test_mha_graph_cache_is_one_atomic_slot():

@@ -10,16 +10,16 @@ from hypothesis import strategies as st
 from graphattn import Graph, ops, patterns
 from graphattn.ordering import METHODS, NodeOrder, node_order
 
-from conftest import random_graph
+from conftest import backend_params, needs_backend, random_graph
 
 N, H, C = 30, 2, 3
+OPS = ["gat", "gatv2", "dot_product"]
 
 
 def _backends(op):
-    usable = [b for b in ops.available_backends(op) if b not in ("dense", "flex")]  # dense kernels need patterns
-    if ops.cpu.unavailable_reason() is not None and "cpu" in usable:
-        usable.remove("cpu")
-    return usable
+    """Every registered backend of ``op`` but the dense ones (they need patterns); each is a
+    parametrisation, and one that cannot run here skips with its reason."""
+    return [b for b in ops.available_backends(op) if b not in ("dense", "flex")]
 
 
 def _inputs(graph, seed=0):
@@ -50,29 +50,31 @@ def _run(fn, graph, backend, tensors):
     return out.detach(), alpha.detach(), [x.grad for x in xs]
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("op", ["gat", "gatv2", "dot_product"])
-def test_ordered_graph_gives_the_plain_graphs_results_on_every_backend(op, method):
+@pytest.mark.parametrize("op, method, backend", [
+    pytest.param(op, method, backend, marks=needs_backend(backend), id=f"{op}-{method}-{backend}")
+    for op in OPS for method in METHODS for backend in _backends(op)
+    if backend != "triton" or method == "locality"  # the interpreter is slow: one order is enough for the kernel
+])
+def test_ordered_graph_gives_the_plain_graphs_results_on_every_backend(op, method, backend):
     plain = Graph.from_edge_index(random_graph(N, N, 120, seed=1), N).with_self_loops()
     ordered = plain.reorder_nodes(method)
     assert not torch.equal(ordered.node_order.perm, torch.arange(N))  # a real renumbering
     fn, tensors = _inputs(plain)[op]
     expected = _run(fn, plain, "reference", tensors)
-    for backend in _backends(op):
-        if backend == "triton" and method != "locality":
-            continue  # the interpreter is slow: one order is enough for the kernel's view of it
-        got = _run(fn, ordered, backend, tensors)
-        assert ops.last_backend(op) == backend
-        torch.testing.assert_close(got[0], expected[0])
-        torch.testing.assert_close(got[1], expected[1])
-        for g, e in zip(got[2], expected[2]):
-            torch.testing.assert_close(g, e)
+    got = _run(fn, ordered, backend, tensors)
+    assert ops.last_backend(op) == backend
+    torch.testing.assert_close(got[0], expected[0])
+    torch.testing.assert_close(got[1], expected[1])
+    for g, e in zip(got[2], expected[2]):
+        torch.testing.assert_close(g, e)
 
 
+# Not Triton: the interpreter is slow, and the parametrised test above covers it.
+@pytest.mark.parametrize("backend", backend_params(*(b for b in _backends("gat") if b != "triton")))
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 16), e=st.integers(0, 60), seed=st.integers(0, 2**16),
        method=st.sampled_from(METHODS), loops=st.booleans())
-def test_any_graph_any_order_matches_the_reference(n, e, seed, method, loops):
+def test_any_graph_any_order_matches_the_reference(n, e, seed, method, loops, backend):
     gen = torch.Generator().manual_seed(seed)
     plain = Graph.from_edge_index(torch.randint(0, n, (2, e), generator=gen), n)
     if loops:
@@ -84,18 +86,13 @@ def test_any_graph_any_order_matches_the_reference(n, e, seed, method, loops):
     a, b = torch.randn(n, 2, generator=gen, dtype=torch.float64), torch.randn(n, 2, generator=gen, dtype=torch.float64)
     v = torch.randn(n, 2, 3, generator=gen, dtype=torch.float64)
     expected = ops.gat_attention(a, b, v, plain, return_weights=True, backend="reference")
-    for backend in _backends("gat"):
-        if backend == "triton":
-            continue  # the interpreter is slow; the parametrised test above covers it
-        got = ops.gat_attention(a, b, v, ordered, return_weights=True, backend=backend)
-        torch.testing.assert_close(got[0], expected[0])
-        torch.testing.assert_close(got[1], expected[1])
+    got = ops.gat_attention(a, b, v, ordered, return_weights=True, backend=backend)
+    torch.testing.assert_close(got[0], expected[0])
+    torch.testing.assert_close(got[1], expected[1])
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", backend_params("reference", "cpu"))
 def test_gradcheck_through_an_ordered_graph(backend):
-    if backend == "cpu" and ops.cpu.unavailable_reason() is not None:
-        pytest.skip(ops.cpu.unavailable_reason())
     graph = Graph.from_edge_index(random_graph(12, 12, 40, seed=2), 12).reorder_nodes()
     gen = torch.Generator().manual_seed(0)
     q, k = (torch.randn(12, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(2))
@@ -218,7 +215,8 @@ def test_every_method_orders_empty_and_edgeless_graphs(method):
         assert graph.reorder_nodes(order).relabeled.num_edges == 0
 
 
-def test_assigning_a_new_order_drops_the_graphs_built_for_the_old_one():
+@pytest.mark.parametrize("backend", backend_params(*_backends("gat")))
+def test_assigning_a_new_order_drops_the_graphs_built_for_the_old_one(backend):
     plain = Graph.from_edge_index(random_graph(N, N, 100, seed=4), N)
     ordered = plain.reorder_nodes("degree")
     looped = ordered.with_self_loops()
@@ -229,10 +227,9 @@ def test_assigning_a_new_order_drops_the_graphs_built_for_the_old_one():
     assert ordered.relabeled is not stale
     assert looped.node_order is ordered.node_order  # carried to the cached self-looped graph
     assert torch.equal(ordered.relabeled.edge_index, ordered.node_order.inverse[plain.edge_index])
-    for backend in _backends("gat"):
-        again = _run(fn, looped, backend, tensors)
-        torch.testing.assert_close(again[0], first[0])
-        torch.testing.assert_close(again[1], first[1])
+    again = _run(fn, looped, backend, tensors)
+    torch.testing.assert_close(again[0], first[0])
+    torch.testing.assert_close(again[1], first[1])
     ordered.node_order = None
     assert ordered.relabeled is ordered and looped.node_order is None
     with pytest.raises(ValueError, match="does not fit"):

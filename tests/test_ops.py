@@ -10,7 +10,7 @@ from graphattn import ops
 import graphattn.ops.reference  # noqa: F401
 from graphattn.ops._fused import ACTIVATIONS
 
-from conftest import random_graph
+from conftest import backend_params, default_cpu_backend, needs_backend, random_graph
 from oracle import dot_oracle, gat_oracle, gatv2_oracle
 
 
@@ -25,10 +25,8 @@ def _inputs(ns, nd, E, H, C, seed, dtype=torch.float64):
 
 from graphattn.ops import cpu as cpu_backend
 
-BACKENDS = ["reference"] + (["cpu"] if cpu_backend.is_available() else [])
 
-
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=backend_params("reference", "cpu"))  # a backend that cannot run here skips, saying why
 def backend(request):
     return request.param
 
@@ -150,7 +148,7 @@ def test_dispatcher_force_and_report():
     ei = random_graph(10, 10, 40)
     args = (torch.randn(10, 2), torch.randn(10, 2), torch.randn(10, 2, 3), ei)
     gat_attention(*args)
-    assert ops.last_backend("gat") == BACKENDS[-1]  # the fused CPU kernel wins on CPU when built
+    assert ops.last_backend("gat") == default_cpu_backend()  # the fused CPU kernel wins on CPU when built
     with ops.use_backend("reference"):
         gat_attention(*args)
     assert ops.last_backend("gat") == "reference"
@@ -197,7 +195,7 @@ def test_every_op_describes_its_call_the_same_way_and_explain_dispatch_agrees():
     answers = ops.explain_dispatch("gat", **call)
     assert list(answers) == ops.available_backends("gat")
     assert answers["reference"] is None and "mask" in answers["cpu"]
-    assert ops.explain_dispatch("gat", **{**call, "has_edge_mask": False})[BACKENDS[-1]] is None
+    assert ops.explain_dispatch("gat", **{**call, "has_edge_mask": False})[default_cpu_backend()] is None
     with pytest.raises(ValueError, match="unknown op"):
         ops.explain_dispatch("nope", **call)
 
@@ -215,7 +213,7 @@ def test_registered_backend_is_selected_by_priority_and_support():
         ei = random_graph(8, 8, 20)
         args32 = (torch.randn(8, 2), torch.randn(8, 2), torch.randn(8, 2, 3), ei)
         gat_attention(*args32)
-        assert ops.last_backend("gat") == BACKENDS[-1] and not calls
+        assert ops.last_backend("gat") == default_cpu_backend() and not calls
         gat_attention(*(a.double() if a.is_floating_point() else a for a in args32))
         assert ops.last_backend("gat") == "test-fake" and calls
         with pytest.raises(RuntimeError, match="cannot run"):
@@ -255,11 +253,10 @@ def test_bad_input(call, exc, match):
         call(g)
 
 
+@needs_backend("cpu")
 def test_fused_dropout_gradient_matches_autograd_of_the_same_mask():
     """With a fixed seed the fused kernel's dropout mask is a function of
     (seed, edge, head), so its analytic backward is checkable by gradcheck."""
-    if "cpu" not in BACKENDS:
-        pytest.skip("fused CPU kernel not built")
     g = Graph.from_edge_index(random_graph(8, 8, 30, seed=4), 8)
     d = dict(dtype=torch.float64, requires_grad=True)
     q, k, v = torch.randn(8, 2, 3, **d), torch.randn(8, 2, 3, **d), torch.randn(8, 2, 3, **d)
@@ -281,13 +278,12 @@ def test_fused_dropout_gradient_matches_autograd_of_the_same_mask():
 
 
 
+@needs_backend("cpu")
 @pytest.mark.parametrize("kind", ["GAT", "GATV2", "DOT"])
 def test_int64_and_int32_transposed_graphs_give_the_same_gradients(kind):
     """The backward is compiled for both index types of the transposed graph (int32
     where the graph allows, int64 past 2^31 edges); every kind gets the same
     gradients from both."""
-    if "cpu" not in BACKENDS:
-        pytest.skip("fused CPU kernel not built")
     g = Graph.from_edge_index(random_graph(9, 9, 40, seed=5), 9)
     code, gen = getattr(cpu_backend, kind), torch.Generator().manual_seed(0)
     H, F = 2, 3

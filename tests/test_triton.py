@@ -215,6 +215,54 @@ def test_autotune_configurations_keys_and_degree_bucket():
         params = inspect.signature(getattr(tk, name).fn).parameters
         assert set(key) <= set(params), (name, set(key) - set(params))
         assert "BLOCK_E" in params
-        assert [(c.kwargs["BLOCK_E"], c.num_warps) for c in tuned.configs] == list(triton_backend.TUNE_CONFIGS)
+        blocks = [c.kwargs["BLOCK_E"] for c in tuned.configs]
+        # tl.arange needs a power of two; a repeated block size would be timed twice for nothing, and one
+        # size alone would leave nothing to tune; CUDA allows at most 1024 threads (32 warps) per block
+        assert len(set(blocks)) == len(blocks) > 1, (name, blocks)
+        assert all(b > 0 and b & (b - 1) == 0 for b in blocks), (name, blocks)
+        assert all(1 <= c.num_warps <= 32 and c.num_warps & (c.num_warps - 1) == 0 for c in tuned.configs), name
     assert [triton_backend.degree_bucket(e, 100) for e in (0, 100, 300, 400, 100_000)] == [0, 1, 2, 3, 10]
     assert triton_backend.degree_bucket(5, 0) == 3  # no nodes: no division by zero
+
+
+def _hub_graph(n=16):
+    """Random edges plus a destination with 150 in-edges and a source with 150 out-edges: longer rows
+    than the largest block, in the forward's CSR and the backward's transposed one, beside short and
+    empty rows."""
+    gen = torch.Generator().manual_seed(11)
+    to_hub = torch.stack([torch.randint(0, n, (150,), generator=gen), torch.zeros(150, dtype=torch.long)])
+    from_hub = torch.stack([torch.ones(150, dtype=torch.long), torch.randint(0, n - 4, (150,), generator=gen)])
+    rest = torch.stack([torch.randint(0, n, (60,), generator=gen), torch.randint(0, n - 4, (60,), generator=gen)])
+    return Graph.from_edge_index(torch.cat([to_hub, from_hub, rest], dim=1), n)
+
+
+def test_every_autotuned_block_size_gives_the_reference_results(monkeypatch):
+    """On a GPU the autotuner may pick any of its configurations, while the interpreter runs one fixed
+    BLOCK_E: each block size the autotuned kernels carry, run here under the interpreter, must give the
+    reference's outputs, weights and gradients (rows longer than a block, short rows, empty rows)."""
+    g = _hub_graph()
+    n = g.num_dst
+    blocks = sorted({c.kwargs["BLOCK_E"] for name in triton_backend.TUNE_KEYS
+                     for c in triton_backend.autotuned(name).configs})
+    longest = min(int(torch.diff(g.rowptr).max()), int(torch.diff(g.transpose_csr()[0]).max()))
+    assert longest > max(blocks)  # the hub rows span more than one block of every size
+    r = lambda *s: torch.randn(*s, dtype=torch.float32)  # noqa: E731
+    h, E = 1, g.num_edges  # one head: the interpreter's time goes by programs, and heads are covered above
+    dot_inputs = [r(n, h, 4), r(n, h, 4), r(n, h, C), r(E, h, 4), r(E, h, C), r(E, h)]
+    gatv2_inputs = [r(n, h, C), r(n, h, C), r(h, C)]
+
+    def dot(q, k, v, ek, ev, eb, backend):
+        return ops.dot_product_attention(q, k, v, g, edge_key=ek, edge_value=ev, edge_bias=eb, return_weights=True,
+                                         backend=backend)
+
+    def gatv2(xs, xd, att, backend):
+        return ops.gatv2_attention(xs, xd, att, g, return_weights=True, backend=backend)
+
+    for block in blocks:
+        monkeypatch.setattr(triton_backend, "INTERPRETER_BLOCK_E", block)
+        for fn, inputs in ((dot, dot_inputs), (gatv2, gatv2_inputs)):
+            results = _run_both(lambda *a, fn=fn: fn(*a[:-1], backend=a[-1]), inputs)
+            try:
+                _compare(results, torch.float32)
+            except AssertionError as exc:
+                raise AssertionError(f"BLOCK_E={block}, {fn.__name__}: {exc}") from None
