@@ -10,9 +10,17 @@ them, plot them, export them.
 >>> att.to_networkx(); att.to_csv("conv1.csv")
 
 Capture needs no change to the model: while the context is open, every graphattn
-layer (GATConv, GATv2Conv, DotProductConv, MultiheadGraphAttention, LinearAttention)
-computes its weights even when not asked to (so the dense fast path for sequences is
-skipped) and hands them over detached.
+layer (GATConv, GATv2Conv, DotProductConv, AGNNConv, MultiheadGraphAttention,
+LinearAttention) run in the same thread computes its weights even when not asked to
+(so the dense fast path for sequences is skipped) and hands them over detached.
+
+Scope: attention hooks, and so captures, are per thread. A capture (or a hook from
+:func:`register_attention_hook`) sees the layer calls made by the thread that opened
+it, and only those; layers run meanwhile in other threads neither record anything nor
+compute weights they were not asked for. Two threads may capture at once, each its own
+calls; a model run in a worker thread is captured by opening the capture in that
+thread. ``capture(model)`` keeps, of this thread's calls, those of ``model``'s modules.
+(PyG's per-module ``register_message_forward_hook`` is PyG's, and per module.)
 """
 from __future__ import annotations
 
@@ -118,7 +126,7 @@ class AttentionRecord:
 
 class capture:
     """Context manager recording the attention of every graphattn layer inside ``model``
-    (or of every graphattn layer anywhere, with ``model=None``).
+    (or of every graphattn layer, with ``model=None``) called in this thread.
 
     ``cap.records`` lists the calls in order; ``cap[name]`` is the last call of the
     submodule ``name`` (``model.named_modules()`` names). Weights are detached copies.

@@ -1,15 +1,17 @@
 """graphattn.explain: captured weights equal returned ones; summaries on hand-computed cases."""
 import csv
 import math
+import threading
 
 import pytest
 import torch
 from torch import nn
 
-from graphattn import explain, patterns
+from graphattn import explain, ops, patterns
 from graphattn.explain import AttentionRecord
 from graphattn.nn import (DotProductConv, GATConv, GATv2Conv, GraphTransformerEncoderLayer, LinearAttention,
                           MultiheadGraphAttention)
+from graphattn.nn._base import capturing
 
 
 class TwoLayerGAT(nn.Module):  # a user's model: no graphattn-specific code in forward
@@ -196,3 +198,109 @@ def test_public_attention_hook_with_a_removable_handle():
     from graphattn import explain
 
     assert explain.register_attention_hook is register_attention_hook  # the same registry, under explain too
+
+
+# ------------------------------------------------------------------ scope: per thread
+def _spy_return_weights(monkeypatch, op_name):
+    """Wrap ``ops.<op_name>``: ``calls`` lists ``(thread name, return_weights)`` per call."""
+    real, calls = getattr(ops, op_name), []
+
+    def spy(*args, **kwargs):
+        calls.append((threading.current_thread().name, bool(kwargs.get("return_weights", False))))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ops, op_name, spy)
+    return calls
+
+
+def _in_thread(fn, name):
+    errors = []
+
+    def run():
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - reported in the caller's thread
+            errors.append(exc)
+
+    t = threading.Thread(target=run, name=name)
+    t.start()
+    t.join()
+    assert not errors, errors[0]
+
+
+def _self_attend(mha, *_):
+    seq = torch.zeros(2, 5, 8).normal_(generator=torch.Generator().manual_seed(0))
+    return mha(seq, seq, seq, need_weights=False)
+
+
+THREAD_CASES = {
+    "GATConv": (lambda: GATConv(8, 4, heads=2), "gat_attention", lambda m, x, ei: m(x, ei)),
+    "DotProductConv": (lambda: DotProductConv(8, 4, heads=2), "dot_product_attention", lambda m, x, ei: m(x, ei)),
+    "MultiheadGraphAttention": (lambda: MultiheadGraphAttention(8, 2, batch_first=True), "dot_product_attention",
+                                _self_attend),
+}
+
+
+@pytest.mark.parametrize("case", THREAD_CASES)
+def test_capture_in_one_thread_leaves_other_threads_alone(monkeypatch, case):
+    make, op_name, call = THREAD_CASES[case]
+    layer = make().eval()
+    x, ei = _graph()
+    calls = _spy_return_weights(monkeypatch, op_name)
+    seen = []
+    with explain.capture() as cap:  # no model: every graphattn layer, but only in this thread
+        _in_thread(lambda: seen.append(capturing()), "other")
+        _in_thread(lambda: call(layer, x, ei), "other")
+        assert len(cap) == 0  # the other thread's call recorded nothing ...
+        assert calls == [("other", False)]  # ... and did not compute weights it was not asked for
+        call(layer, x, ei)
+    assert seen == [False]
+    assert calls[1] == (threading.current_thread().name, True)
+    assert len(cap) == 1 and cap[0].layer == type(layer).__name__
+
+
+def test_a_hook_registered_in_one_thread_is_not_called_from_another():
+    layer = GATConv(8, 4, heads=2).eval()
+    x, ei = _graph()
+    seen = []
+    handle = explain.register_attention_hook(lambda mod, *rest: seen.append(threading.current_thread().name))
+    try:
+        _in_thread(lambda: layer(x, ei), "other")
+        layer(x, ei)
+    finally:
+        handle.remove()
+    assert seen == [threading.current_thread().name]
+
+
+def test_two_threads_capturing_at_once_each_see_their_own_calls():
+    torch.manual_seed(0)
+    layers = {"gat": GATConv(8, 4, heads=2).eval(), "gatv2": GATv2Conv(8, 3, heads=3).eval()}
+    x, ei = _graph()
+    expected = {k: layer(x, ei, return_attention_weights=True)[1] for k, layer in layers.items()}
+    calls, barrier, caps, errors = 6, threading.Barrier(2), {}, []
+
+    def work(key):
+        try:
+            with explain.capture() as cap:  # no model: whatever this thread runs
+                barrier.wait(10)  # both captures open before either thread runs its layer
+                for _ in range(calls):
+                    layers[key](x, ei)
+                barrier.wait(10)  # and both still open until both are done
+            caps[key] = cap
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in layers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    for key, layer in layers.items():
+        cap = caps[key]
+        assert len(cap) == calls and {r.layer for r in cap} == {type(layer).__name__}
+        ei_loops, alpha = expected[key]
+        for rec in cap:
+            assert torch.equal(rec.edge_index, ei_loops)
+            torch.testing.assert_close(rec.weights, alpha)

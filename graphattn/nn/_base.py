@@ -1,11 +1,15 @@
-"""Shared plumbing for the graph layers: graph resolution with a safe cache, init."""
+"""Shared plumbing for the graph layers: graph resolution with a safe cache, init,
+the forward's ending (:meth:`GraphLayer.attend`), ``from_pyg`` from a declared table
+(:class:`FromPyG`), and the per-thread attention hooks."""
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 import threading
 import weakref
 from collections import OrderedDict
-from typing import Callable, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Optional, Tuple, Type, TypeVar, Union
 
 import torch
 import torch.nn.functional as F
@@ -18,36 +22,45 @@ from ..graph import Graph, _is_sparse_tensor_class
 from ..ops._inputs import check_scalar
 
 GraphLike = Union[Graph, Tensor]
+_Copy = TypeVar("_Copy", bound=nn.Module)
 
-# Global attention hooks (graphattn.explain.capture is one). While any is registered,
-# every graphattn layer computes its weights and hands them over; models need no change.
-_ATTENTION_HOOKS: "OrderedDict[int, Callable]" = OrderedDict()
+
+class _ThreadHooks(threading.local):
+    """The calling thread's attention hooks: their scope, per thread, is documented in
+    :mod:`graphattn.explain`."""
+
+    def __init__(self) -> None:
+        self.hooks: "OrderedDict[int, Callable]" = OrderedDict()
+
+
+_HOOKS = _ThreadHooks()
 
 
 def register_attention_hook(hook: Callable) -> RemovableHandle:
     """Call ``hook(module, edge_index, weights, num_src, num_dst, seq_shape)`` after every
-    attention computed by any graphattn layer (graph layers, ``MultiheadGraphAttention``,
-    ``LinearAttention``), until ``handle.remove()``.
+    attention computed by a graphattn layer (graph layers, ``MultiheadGraphAttention``,
+    ``LinearAttention``) in the calling thread, until ``handle.remove()``.
 
     ``weights`` is ``[E, H]`` in the order of ``edge_index`` (``[2, E]``, row 0 = source),
     taken before dropout; ``seq_shape = (batch, Lq, Lk)`` for sequence layers, else
     ``None``. The tensors are the layer's own: detach or copy what you keep. PyG's
     per-module ``register_message_forward_hook`` also works on the graph layers.
     """
-    handle = RemovableHandle(_ATTENTION_HOOKS)
-    _ATTENTION_HOOKS[handle.id] = hook
+    hooks = _HOOKS.hooks
+    handle = RemovableHandle(hooks)
+    hooks[handle.id] = hook
     return handle
 
 
 def capturing() -> bool:
-    """Whether any attention hook is registered (layers then compute their weights)."""
-    return bool(_ATTENTION_HOOKS)
+    """Whether the calling thread has an attention hook (its layers then compute their weights)."""
+    return bool(_HOOKS.hooks)
 
 
 def record_attention(module: nn.Module, edge_index: Tensor, weights: Tensor, num_src: int, num_dst: int,
                      seq_shape: Optional[Tuple[int, int, int]] = None) -> None:
-    """Give a layer's normalised weights to every registered attention hook."""
-    for hook in list(_ATTENTION_HOOKS.values()):
+    """Give a layer's normalised weights to the calling thread's attention hooks."""
+    for hook in list(_HOOKS.hooks.values()):
         hook(module, edge_index, weights, num_src, num_dst, seq_shape)
 
 
@@ -217,7 +230,61 @@ def _adjacency_kind(edge_index) -> Adjacency:
     )
 
 
-class GraphLayer(MessagePassing):
+def _attribute(module: nn.Module, path: str):
+    return functools.reduce(getattr, path.split("."), module)
+
+
+def has(path: str) -> Callable[[nn.Module], bool]:
+    """A :class:`PyGSpec` source: whether the PyG module's attribute ``path`` (e.g.
+    ``"lin_key.bias"``) is set, i.e. not ``None``."""
+    return lambda module: _attribute(module, path) is not None
+
+
+def pyg_class(path: str) -> type:
+    """The PyG class at import path ``path`` (``"torch_geometric.nn.GATConv"``)."""
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def check_pyg_type(module: nn.Module, path: str) -> None:
+    """A ``TypeError`` unless ``module`` is an instance of the PyG class at ``path``."""
+    if not isinstance(module, pyg_class(path)):
+        raise TypeError(f"expected {path}, got {type(module).__name__}")
+
+
+class PyGSpec(NamedTuple):
+    """How :meth:`FromPyG.from_pyg` copies a PyG module into a graphattn one.
+
+    ``pyg_class`` is the PyG class's import path; ``arguments`` maps each constructor
+    argument of the graphattn class to where the PyG module holds it: an attribute
+    path (``"dropout.p"``) or a function of the module (e.g. :func:`has`). Parameters
+    and buffers carry PyG's names, so the weights then copy by name (:func:`copy_from`).
+    """
+    pyg_class: str
+    arguments: Mapping[str, Union[str, Callable[[nn.Module], Any]]]
+
+
+class FromPyG:
+    """Mixin: :meth:`from_pyg` for a class that declares its PyG counterpart in
+    :attr:`pyg_spec` (a :class:`PyGSpec`)."""
+
+    pyg_spec: ClassVar[Optional[PyGSpec]] = None
+
+    @classmethod
+    def from_pyg(cls: Type[_Copy], module: nn.Module) -> _Copy:
+        """A copy of the PyG module named by ``pyg_spec``: its constructor arguments,
+        weights and buffers, on its device and dtype, in its training mode. Another
+        module type is a ``TypeError``."""
+        spec = cls.pyg_spec
+        if spec is None:
+            raise TypeError(f"{cls.__name__} declares no PyG counterpart (pyg_spec) to copy from")
+        check_pyg_type(module, spec.pyg_class)
+        kwargs = {name: source(module) if callable(source) else _attribute(module, source)
+                  for name, source in spec.arguments.items()}
+        return copy_from(cls(**kwargs), module)
+
+
+class GraphLayer(FromPyG, MessagePassing):
     """Base of the graph attention layers.
 
     A PyG ``MessagePassing`` subclass, so PyG's machinery treats the layers as its own:
@@ -226,6 +293,11 @@ class GraphLayer(MessagePassing):
     in :mod:`graphattn.ops`; this class turns any graph input (``edge_index``, sparse
     ``adj_t``, ``SparseTensor``, :class:`Graph`) into a Graph, applies an explainer's edge
     mask and PyG's message hooks, and returns attention weights in the caller's form.
+
+    A layer states what differs: its PyG counterpart (:attr:`pyg_spec`, for
+    :meth:`from_pyg`), whether it takes edge features (:meth:`has_edge_features`), and
+    its scores and op; its forward resolves the graph with :meth:`prepare_graph` and
+    ends with :meth:`attend` and :meth:`with_weights`.
     """
 
     def __init__(self, prune_threshold: Optional[float] = None, **hyperparameters) -> None:
@@ -295,17 +367,24 @@ class GraphLayer(MessagePassing):
             graph, values = self._cached_graph(edge_index, num_src if adjacency.kind == "edge_index" else None,
                                                num_dst if adjacency.kind == "edge_index" else None)
         graph.check_nodes(num_src, num_dst)
-        if edge_attr is None and values is not None and getattr(self, "lin_edge", None) is not None:
+        if edge_attr is None and values is not None and self.has_edge_features():
             edge_attr = values
         graph, edge_attr = self.prune_edges(x_src, x_dst, graph, edge_attr)
         if add_self_loops:
             graph = graph.with_self_loops()
         rows = None
         if edge_attr is not None:
-            if getattr(self, "lin_edge", None) is None:
+            if not self.has_edge_features():
                 raise self._no_edge_dim_error()
             rows = self.edge_attr_rows(edge_attr, graph, fill_value)
         return graph, rows, adjacency
+
+    def has_edge_features(self) -> bool:
+        """Whether the layer takes ``edge_attr`` (it was built with ``edge_dim``). The base
+        layer takes none; a layer with an edge term overrides this. With edge features a
+        sparse adjacency's values serve as ``edge_attr`` when none is passed; without,
+        an ``edge_attr`` is an error (:meth:`prepare_graph`)."""
+        return False
 
     def explain_edge_mask(self, graph: Graph) -> Optional[Tensor]:
         """The edge mask a PyG explainer set on this layer (``set_masks``), on the graph's
@@ -323,6 +402,23 @@ class GraphLayer(MessagePassing):
     def wants_weights(self, return_attention_weights) -> bool:
         """Whether the op must return weights: asked for, being captured, or hooked."""
         return bool(return_attention_weights) or capturing() or bool(self._message_forward_hooks)
+
+    def attend(self, op: Callable[..., Any], graph: Graph, adjacency: Adjacency, return_attention_weights,
+               value: Tensor, edge_value: Optional[Tensor] = None) -> Tuple[Tensor, Any]:
+        """The end of every layer's forward: run the attention ``op`` (the layer's op
+        with its inputs bound, e.g. a ``functools.partial``; called here with the
+        explainer's ``edge_mask`` and ``return_weights``), computing weights only when
+        :meth:`wants_weights`, then pass them to :meth:`attention_result`.
+        Returns ``(out, weights)``, ``weights`` in the caller's form or ``None``."""
+        want = self.wants_weights(return_attention_weights)
+        out = op(edge_mask=self.explain_edge_mask(graph), return_weights=want)
+        out, alpha = out if want else (out, None)
+        return out, self.attention_result(graph, alpha, value, adjacency, return_attention_weights, edge_value)
+
+    @staticmethod
+    def with_weights(out: Tensor, weights):
+        """What ``forward`` returns: ``out``, or ``(out, weights)`` when weights were asked for."""
+        return out if weights is None else (out, weights)
 
     def attention_result(self, graph: Graph, alpha: Optional[Tensor], value: Tensor, adjacency: Adjacency,
                          return_attention_weights, edge_value: Optional[Tensor] = None):

@@ -2,6 +2,7 @@
 formula that gets the fused softmax and aggregation without a kernel of its own."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional
 
 import torch
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from ._base import GraphLayer, GraphLike, copy_from
+from ._base import GraphLayer, GraphLike, PyGSpec
 
 
 class AGNNConv(GraphLayer):
@@ -30,8 +31,12 @@ class AGNNConv(GraphLayer):
         add_self_loops: remove existing self-loops and add one per node, as in PyG.
 
     Forward: ``forward(x, edge_index, return_attention_weights=None)`` with any graph
-    input :class:`GATConv` takes. :meth:`from_pyg` copies PyG's ``AGNNConv``.
+    input :class:`GATConv` takes. :meth:`from_pyg` copies PyG's ``AGNNConv`` (its
+    arguments and :math:`\beta`).
     """
+
+    pyg_spec = PyGSpec("torch_geometric.nn.AGNNConv", {"requires_grad": "requires_grad",
+                                                       "add_self_loops": "add_self_loops"})
 
     def __init__(self, requires_grad: bool = True, add_self_loops: bool = True) -> None:
         super().__init__(None)
@@ -54,23 +59,9 @@ class AGNNConv(GraphLayer):
         src, dst = graph.edge_index
         scores = self.beta * (unit.index_select(0, dst) * unit.index_select(0, src)).sum(-1, keepdim=True)
         value = x.unsqueeze(1)  # one head
-        want = self.wants_weights(return_attention_weights)
-        out = ops.score_attention(scores, value, graph, return_weights=want,
-                                  edge_mask=self.explain_edge_mask(graph))
-        out, alpha = out if want else (out, None)
-        weights = self.attention_result(graph, alpha, value, adjacency, return_attention_weights)
-        out = out.squeeze(1)
-        return out if weights is None else (out, weights)
-
-    @classmethod
-    def from_pyg(cls, conv: nn.Module) -> "AGNNConv":
-        """An AGNNConv with the arguments and :math:`\\beta` of a ``torch_geometric.nn.AGNNConv``."""
-        from torch_geometric.nn import AGNNConv as PyGAGNNConv
-
-        if not isinstance(conv, PyGAGNNConv):
-            raise TypeError(f"expected torch_geometric.nn.AGNNConv, got {type(conv).__name__}")
-        layer = cls(requires_grad=conv.requires_grad, add_self_loops=conv.add_self_loops)
-        return copy_from(layer, conv)
+        out, weights = self.attend(partial(ops.score_attention, scores, value, graph), graph, adjacency,
+                                   return_attention_weights, value=value)
+        return self.with_weights(out.squeeze(1), weights)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}()"

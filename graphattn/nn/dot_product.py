@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Optional, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import ops
-from ._base import GraphLayer, GraphLike, copy_from, make_linear, reset_linear, split_pair
+from ._base import GraphLayer, GraphLike, PyGSpec, has, make_linear, reset_linear, split_pair
 
 
 class TransformerConv(GraphLayer):
@@ -41,6 +42,12 @@ class TransformerConv(GraphLayer):
     Forward: ``forward(x, edge_index, edge_attr=None, return_attention_weights=None, *,
     size=None)``, graph inputs as :class:`GATConv`'s.
     """
+
+    pyg_spec = PyGSpec("torch_geometric.nn.TransformerConv", {
+        **{arg: arg for arg in ("in_channels", "out_channels", "heads", "concat", "beta", "dropout", "edge_dim",
+                                "root_weight")},
+        "bias": has("lin_key.bias"),
+    })
 
     def __init__(
         self,
@@ -75,6 +82,10 @@ class TransformerConv(GraphLayer):
         self.lin_skip = make_linear(in_dst, skip_out, bias=bias)
         self.lin_beta = make_linear(3 * skip_out, 1, bias=False) if self.beta else None
 
+    def has_edge_features(self) -> bool:
+        """Built with ``edge_dim``: edges add ``lin_edge(e)`` to keys and values."""
+        return self.lin_edge is not None
+
     def reset_parameters(self) -> None:
         for lin in (self.lin_key, self.lin_query, self.lin_value, self.lin_edge, self.lin_skip, self.lin_beta):
             if lin is not None:
@@ -99,14 +110,9 @@ class TransformerConv(GraphLayer):
         graph, edge_attr, adjacency = self.prepare_graph(x_src, x_dst, edge_index, edge_attr, size,
                                                          add_self_loops=False)
         edge = None if edge_attr is None else self.lin_edge(edge_attr.to(key.dtype)).view(-1, H, C)
-        want = self.wants_weights(return_attention_weights)
-        out = ops.dot_product_attention(
-            query, key, value, graph,
-            scale=1.0 / math.sqrt(C), edge_key=edge, edge_value=edge, edge_mask=self.explain_edge_mask(graph),
-            dropout=self.dropout, training=self.training, return_weights=want,
-        )
-        out, alpha = out if want else (out, None)
-        weights = self.attention_result(graph, alpha, value, adjacency, return_attention_weights, edge_value=edge)
+        op = partial(ops.dot_product_attention, query, key, value, graph, scale=1.0 / math.sqrt(C), edge_key=edge,
+                     edge_value=edge, dropout=self.dropout, training=self.training)
+        out, weights = self.attend(op, graph, adjacency, return_attention_weights, value=value, edge_value=edge)
         out = out.reshape(-1, H * C) if self.concat else out.mean(dim=1)
         if self.root_weight:
             x_r = self.lin_skip(x_dst)
@@ -115,21 +121,7 @@ class TransformerConv(GraphLayer):
                 out = beta * x_r + (1 - beta) * out
             else:
                 out = out + x_r
-        return out if weights is None else (out, weights)
-
-    @classmethod
-    def from_pyg(cls, conv: nn.Module) -> "TransformerConv":
-        """A TransformerConv with the arguments and weights of a ``torch_geometric.nn.TransformerConv``."""
-        from torch_geometric.nn import TransformerConv
-
-        if not isinstance(conv, TransformerConv):
-            raise TypeError(f"expected torch_geometric.nn.TransformerConv, got {type(conv).__name__}")
-        layer = cls(
-            conv.in_channels, conv.out_channels, heads=conv.heads, concat=conv.concat, beta=conv.beta,
-            dropout=conv.dropout, edge_dim=conv.edge_dim, bias=conv.lin_key.bias is not None,
-            root_weight=conv.root_weight,
-        )
-        return copy_from(layer, conv)
+        return self.with_weights(out, weights)
 
 
 DotProductConv = TransformerConv  # the descriptive name: one class, two names

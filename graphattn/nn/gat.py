@@ -1,6 +1,7 @@
 """GAT and GATv2 layers with PyG's constructor arguments and conventions."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional, Tuple, Union
 
 import torch
@@ -8,7 +9,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..graph import FillValue
-from ._base import GraphLayer, GraphLike, copy_from, glorot_, make_linear, reset_linear, split_pair
+from ._base import GraphLayer, GraphLike, PyGSpec, glorot_, has, make_linear, reset_linear, split_pair
 
 Channels = Union[int, Tuple[int, int]]
 
@@ -52,6 +53,16 @@ def _heads_out(layer, out: Tensor, res: Optional[Tensor]) -> Tensor:
     return out
 
 
+def _pyg_spec(name: str, *extra: str) -> PyGSpec:
+    """The arguments GATConv and GATv2Conv read from their PyG counterparts (``extra``: the layer's own)."""
+    same = ("in_channels", "out_channels", "heads", "concat", "negative_slope", "dropout", "add_self_loops",
+            "edge_dim", "fill_value") + extra
+    return PyGSpec(f"torch_geometric.nn.{name}", {
+        **{arg: arg for arg in same}, "bias": has("bias"),
+        "residual": lambda conv: getattr(conv, "residual", False),  # older PyG has none
+    })
+
+
 class _AdditiveAttentionConv(GraphLayer):
     """What GATConv and GATv2Conv share: PyG's common arguments, stored under PyG's
     names, and the output parameters (residual projection, bias) built after each
@@ -84,6 +95,10 @@ class _AdditiveAttentionConv(GraphLayer):
             self.bias = nn.Parameter(torch.empty(total))
         else:
             self.register_parameter("bias", None)
+
+    def has_edge_features(self) -> bool:
+        """Built with ``edge_dim``: the score has an edge term (``lin_edge``)."""
+        return self.lin_edge is not None
 
 
 class GATConv(_AdditiveAttentionConv):
@@ -123,6 +138,8 @@ class GATConv(_AdditiveAttentionConv):
     ``(out, (edge_index, alpha))`` (``edge_index`` including added self-loops, ``alpha``
     ``[E', H]`` before dropout), or for a sparse ``adj_t`` the weights in its form.
     """
+
+    pyg_spec = _pyg_spec("GATConv")
 
     def __init__(
         self,
@@ -193,31 +210,11 @@ class GATConv(_AdditiveAttentionConv):
         # the [E, H, C] edge embedding is never built
         edge_score = None if edge_attr is None else _folded_scores(
             edge_attr.to(self.att_edge.dtype), self.lin_edge, self.att_edge)
-        want = self.wants_weights(return_attention_weights)
-        out = ops.gat_attention(
-            score_src, score_dst, x_src, graph,
-            negative_slope=self.negative_slope, edge_score=edge_score, edge_mask=self.explain_edge_mask(graph),
-            dropout=self.dropout, training=self.training, return_weights=want,
-        )
-        out, alpha = out if want else (out, None)
-        weights = self.attention_result(graph, alpha, x_src, adjacency, return_attention_weights)
-        out = _heads_out(self, out, res)
-        return out if weights is None else (out, weights)
+        op = partial(ops.gat_attention, score_src, score_dst, x_src, graph, negative_slope=self.negative_slope,
+                     edge_score=edge_score, dropout=self.dropout, training=self.training)
+        out, weights = self.attend(op, graph, adjacency, return_attention_weights, value=x_src)
+        return self.with_weights(_heads_out(self, out, res), weights)
 
-    @classmethod
-    def from_pyg(cls, conv: nn.Module) -> "GATConv":
-        """A GATConv with the arguments and weights of a ``torch_geometric.nn.GATConv``."""
-        from torch_geometric.nn import GATConv as PyGGATConv
-
-        if not isinstance(conv, PyGGATConv):
-            raise TypeError(f"expected torch_geometric.nn.GATConv, got {type(conv).__name__}")
-        layer = cls(
-            conv.in_channels, conv.out_channels, heads=conv.heads, concat=conv.concat,
-            negative_slope=conv.negative_slope, dropout=conv.dropout, add_self_loops=conv.add_self_loops,
-            edge_dim=conv.edge_dim, fill_value=conv.fill_value, bias=conv.bias is not None,
-            residual=getattr(conv, "residual", False),
-        )
-        return copy_from(layer, conv)
 
 
 class GATv2Conv(_AdditiveAttentionConv):
@@ -234,6 +231,8 @@ class GATv2Conv(_AdditiveAttentionConv):
     :math:`\Theta_s` and :math:`\Theta_t`). ``bias`` also controls the biases of
     ``lin_l`` / ``lin_r``, as in PyG.
     """
+
+    pyg_spec = _pyg_spec("GATv2Conv", "share_weights")
 
     def __init__(
         self,
@@ -290,28 +289,7 @@ class GATv2Conv(_AdditiveAttentionConv):
         graph, edge_attr, adjacency = self.prepare_graph(
             x_src_in, x_dst_in, edge_index, edge_attr, size, self.add_self_loops, self.fill_value)
         edge_feat = None if edge_attr is None else self.lin_edge(edge_attr.to(x_l.dtype)).view(-1, H, C)
-        want = self.wants_weights(return_attention_weights)
-        out = ops.gatv2_attention(
-            x_l, x_r, self.att, graph,
-            negative_slope=self.negative_slope, edge_feat=edge_feat, edge_mask=self.explain_edge_mask(graph),
-            dropout=self.dropout, training=self.training, return_weights=want,
-        )
-        out, alpha = out if want else (out, None)
-        weights = self.attention_result(graph, alpha, x_l, adjacency, return_attention_weights)
-        out = _heads_out(self, out, res)
-        return out if weights is None else (out, weights)
-
-    @classmethod
-    def from_pyg(cls, conv: nn.Module) -> "GATv2Conv":
-        """A GATv2Conv with the arguments and weights of a ``torch_geometric.nn.GATv2Conv``."""
-        from torch_geometric.nn import GATv2Conv as PyGGATv2Conv
-
-        if not isinstance(conv, PyGGATv2Conv):
-            raise TypeError(f"expected torch_geometric.nn.GATv2Conv, got {type(conv).__name__}")
-        layer = cls(
-            conv.in_channels, conv.out_channels, heads=conv.heads, concat=conv.concat,
-            negative_slope=conv.negative_slope, dropout=conv.dropout, add_self_loops=conv.add_self_loops,
-            edge_dim=conv.edge_dim, fill_value=conv.fill_value, bias=conv.bias is not None,
-            share_weights=conv.share_weights, residual=getattr(conv, "residual", False),
-        )
-        return copy_from(layer, conv)
+        op = partial(ops.gatv2_attention, x_l, x_r, self.att, graph, negative_slope=self.negative_slope,
+                     edge_feat=edge_feat, dropout=self.dropout, training=self.training)
+        out, weights = self.attend(op, graph, adjacency, return_attention_weights, value=x_l)
+        return self.with_weights(_heads_out(self, out, res), weights)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.linear import linear_attention
-from ._base import check_hyperparameters, check_positive_int, copy_from
+from ._base import FromPyG, PyGSpec, check_hyperparameters, check_positive_int, has
 
 # FAVOR+'s features are at least ``_FAVOR_EPS`` (PyG's), so its normaliser is positive
 # and PyG adds nothing to it; the engine's eps then only keeps a query without keys at 0.
@@ -94,14 +94,20 @@ class PerformerProjection(nn.Module):
         return linear_attention(q, k, v, key_padding_mask=key_padding_mask, feature_map=self.features, eps=_NO_EPS)
 
 
-class PerformerAttention(nn.Module):
+class PerformerAttention(FromPyG, nn.Module):
     r"""Performer's linear attention (FAVOR+, "Rethinking Attention with Performers",
     Choromanski et al., 2021) with PyG ``PerformerAttention``'s arguments and
     parameters: queries, keys and values projected to ``heads * head_channels``, the
     attention ``phi(Q) (phi(K)^T V)`` normalised by ``phi(Q) phi(K)^T 1`` (random
     orthogonal features ``phi``) and an output projection. ``forward(x, mask)`` takes
-    PyG's dense batch ``[B, N, channels]`` and ``[B, N]`` bool mask.
+    PyG's dense batch ``[B, N, channels]`` and ``[B, N]`` bool mask. :meth:`from_pyg`
+    copies PyG's, random projection included.
     """
+
+    pyg_spec = PyGSpec("torch_geometric.nn.attention.PerformerAttention", {
+        "channels": "q.in_features", "heads": "heads", "head_channels": "head_channels", "kernel": "kernel",
+        "qkv_bias": has("q.bias"), "attn_out_bias": has("attn_out.bias"), "dropout": "dropout.p",
+    })
 
     def __init__(self, channels: int, heads: int, head_channels: Optional[int] = 64,
                  kernel: Callable[[Tensor], Tensor] = nn.ReLU(), qkv_bias: bool = False, attn_out_bias: bool = True,
@@ -139,24 +145,11 @@ class PerformerAttention(nn.Module):
 
     reset_parameters = _reset_parameters
 
-    @classmethod
-    def from_pyg(cls, attn: nn.Module) -> "PerformerAttention":
-        """A copy of a ``torch_geometric.nn.attention.PerformerAttention``: its arguments,
-        weights and random projection."""
-        from torch_geometric.nn.attention import PerformerAttention as PyGPerformer
-
-        if not isinstance(attn, PyGPerformer):
-            raise TypeError(f"expected torch_geometric.nn.attention.PerformerAttention, got {type(attn).__name__}")
-        ours = cls(attn.q.in_features, attn.heads, attn.head_channels, kernel=attn.kernel,
-                   qkv_bias=attn.q.bias is not None, attn_out_bias=attn.attn_out.bias is not None,
-                   dropout=attn.dropout.p)
-        return copy_from(ours, attn)
-
     def __repr__(self) -> str:  # PyG's, missing comma included
         return f"{type(self).__name__}(heads={self.heads}, head_channels={self.head_channels} kernel={self.kernel})"
 
 
-class PolynormerAttention(nn.Module):
+class PolynormerAttention(FromPyG, nn.Module):
     r"""Polynormer's global attention ("Polynormer: Polynomial-Expressive Graph
     Transformer in Linear Time", Deng et al., 2024) with PyG
     ``PolynormerAttention``'s arguments, parameters and repr: linear attention with
@@ -165,6 +158,11 @@ class PolynormerAttention(nn.Module):
     as PyG lays them (channel-major: ``[..., head_channels, heads]``), so weights
     interchange.
     """
+
+    pyg_spec = PyGSpec("torch_geometric.nn.attention.PolynormerAttention", {
+        "channels": "h_lins.in_features", "heads": "heads", "head_channels": "head_channels", "beta": "beta",
+        "qkv_bias": has("k.bias"), "qk_shared": "qk_shared", "dropout": "dropout.p",
+    })
 
     def __init__(self, channels: int, heads: int, head_channels: int = 64, beta: float = 0.9,
                  qkv_bias: bool = False, qk_shared: bool = True, dropout: float = 0.0) -> None:
@@ -202,17 +200,6 @@ class PolynormerAttention(nn.Module):
             if module is not None:
                 module.reset_parameters()
 
-    @classmethod
-    def from_pyg(cls, attn: nn.Module) -> "PolynormerAttention":
-        """A copy of a ``torch_geometric.nn.attention.PolynormerAttention`` (arguments and weights)."""
-        from torch_geometric.nn.attention import PolynormerAttention as PyGPolynormer
-
-        if not isinstance(attn, PyGPolynormer):
-            raise TypeError(f"expected torch_geometric.nn.attention.PolynormerAttention, got {type(attn).__name__}")
-        ours = cls(attn.h_lins.in_features, attn.heads, attn.head_channels, beta=attn.beta,
-                   qkv_bias=attn.k.bias is not None, qk_shared=attn.qk_shared, dropout=attn.dropout.p)
-        return copy_from(ours, attn)
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}(heads={self.heads}, head_channels={self.head_channels})"
 
@@ -230,10 +217,16 @@ class _Encoder(nn.Module):
         return x
 
 
-class QFormer(nn.Module):
+class QFormer(FromPyG, nn.Module):
     """PyG's simplified Q-Former (BLIP-2): LayerNorm, ``num_layers`` transformer encoder
     layers (softmax attention through :class:`MultiheadGraphAttention`, complete over each
     sequence) and a projection, with PyG ``QFormer``'s arguments, parameters and repr."""
+
+    pyg_spec = PyGSpec("torch_geometric.nn.attention.QFormer", {
+        "input_dim": "encoder_layer.self_attn.embed_dim", "hidden_dim": "encoder_layer.linear1.out_features",
+        "output_dim": "project.out_features", "num_heads": "num_heads", "num_layers": "num_layers",
+        "dropout": "encoder_layer.dropout.p", "activation": "encoder_layer.activation",
+    })
 
     def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_heads: int, num_layers: int,
                  dropout: float = 0.0, activation: Callable[[Tensor], Tensor] = nn.ReLU()) -> None:
@@ -253,18 +246,6 @@ class QFormer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x``: ``[batch, length, input_dim]``."""
         return self.project(self.encoder(self.layer_norm(x)))
-
-    @classmethod
-    def from_pyg(cls, qformer: nn.Module) -> "QFormer":
-        """A copy of a ``torch_geometric.nn.attention.QFormer`` (arguments and weights)."""
-        from torch_geometric.nn.attention import QFormer as PyGQFormer
-
-        if not isinstance(qformer, PyGQFormer):
-            raise TypeError(f"expected torch_geometric.nn.attention.QFormer, got {type(qformer).__name__}")
-        layer = qformer.encoder_layer
-        ours = cls(layer.self_attn.embed_dim, layer.linear1.out_features, qformer.project.out_features,
-                   qformer.num_heads, qformer.num_layers, dropout=layer.dropout.p, activation=layer.activation)
-        return copy_from(ours, qformer)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_heads={self.num_heads}, num_layers={self.num_layers})"

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .. import patterns
 from ..graph import Graph
-from ._base import GraphCache, check_hyperparameters, check_positive_int
+from ._base import GraphCache, check_hyperparameters, check_positive_int, check_pyg_type, pyg_class
 from .dot_product import TransformerConv
 from .gat import GATConv, GATv2Conv
 from .global_attention import PerformerAttention
@@ -137,16 +137,10 @@ class GPSConv(nn.Module):
         Its local ``conv`` becomes graphattn's layer when it is PyG's ``GATConv``,
         ``GATv2Conv`` or ``TransformerConv`` (weights copied), and is kept as given
         otherwise; the MLP and norms are copies."""
-        from torch_geometric.nn import GATConv as PyGGAT
-        from torch_geometric.nn import GATv2Conv as PyGGATv2
-        from torch_geometric.nn import GPSConv as PyGGPS
-        from torch_geometric.nn import TransformerConv as PyGTransformer
-
-        if not isinstance(gps, PyGGPS):
-            raise TypeError(f"expected torch_geometric.nn.GPSConv, got {type(gps).__name__}")
+        check_pyg_type(gps, "torch_geometric.nn.GPSConv")
         if gps.attn_type not in ATTN_TYPES:
             raise ValueError(f"attn_type={gps.attn_type!r} does not convert; {ATTN_TYPES} do")
-        ours = {PyGGAT: GATConv, PyGGATv2: GATv2Conv, PyGTransformer: TransformerConv}
+        ours = {pyg_class(c.pyg_spec.pyg_class): c for c in (GATConv, GATv2Conv, TransformerConv)}
         conv = gps.conv
         if conv is not None and type(conv) in ours:
             conv = ours[type(conv)].from_pyg(conv)
