@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..graph import Graph
+from . import _fused
 from ._dtypes import compute_dtype
 from .softmax import segment_softmax
 
@@ -78,6 +79,28 @@ def dot_scores(query: Tensor, key: Tensor, graph: Graph, *, scale: float, edge_k
         k = k + edge_key.to(dtype)
     s = (query.to(dtype).index_select(0, graph.row) * k).sum(-1) * scale
     return s + edge_bias.to(dtype) if edge_bias is not None else s
+
+
+# A fused kind's score formula in the kernels' calling convention (ops/_fused.py):
+# what a backend that returns weights from its saved statistics recomputes them with.
+_KIND_SCORES = {
+    _fused.GAT: lambda g, dst, src, edge, bias, att, slope, scale, dtype: gat_scores(
+        src, dst, g, negative_slope=slope, edge_score=edge, dtype=dtype),
+    _fused.GATV2: lambda g, dst, src, edge, bias, att, slope, scale, dtype: gatv2_scores(
+        src, dst, att, g, negative_slope=slope, edge_feat=edge, dtype=dtype),
+    _fused.DOT: lambda g, dst, src, edge, bias, att, slope, scale, dtype: dot_scores(
+        dst, src, g, scale=scale, edge_key=edge, edge_bias=bias, dtype=dtype),
+}
+
+
+def kind_scores(kind: int, graph: Graph, dst_term: Optional[Tensor], src_term: Tensor,
+                edge_score_term: Optional[Tensor], edge_bias: Optional[Tensor], att: Optional[Tensor], slope: float,
+                scale: float, dtype: torch.dtype) -> Tensor:
+    """The scores ``[E, H]`` (CSR order) of fused kind ``kind`` from its kernel terms,
+    by the reference's formula for it. A new kind adds its formula to ``_KIND_SCORES``."""
+    if kind not in _KIND_SCORES:
+        raise ValueError(f"no reference score formula for score kind {_fused.score_kind(kind).name}")
+    return _KIND_SCORES[kind](graph, dst_term, src_term, edge_score_term, edge_bias, att, slope, scale, dtype)
 
 
 def gat(

@@ -228,21 +228,10 @@ def _exact_nonfinite_delta(delta, d_out, ctx, code, graph):
 
 
 def _weights(graph, lse, kind, dst_term, src_term, edge_score_term, edge_bias, att, slope, scale):
-    """alpha in CSR order, recomputed from lse with the reference's score formulas
-    (an E x H tensor, only when the caller asks for the weights). A new kind adds its
-    reference formula here (docs/adding-a-score-kind.md)."""
-    acc = lse.dtype
-    if kind == GAT:
-        s = reference.gat_scores(src_term, dst_term, graph, negative_slope=slope, edge_score=edge_score_term,
-                                 dtype=acc)
-    elif kind == GATV2:
-        s = reference.gatv2_scores(src_term, dst_term, att, graph, negative_slope=slope, edge_feat=edge_score_term,
-                                   dtype=acc)
-    elif kind == DOT:
-        s = reference.dot_scores(dst_term, src_term, graph, scale=scale, edge_key=edge_score_term,
-                                 edge_bias=edge_bias, dtype=acc)
-    else:
-        raise ValueError(f"no reference score formula for score kind {score_kind(kind).name}")
+    """alpha in CSR order, recomputed from lse with the reference's score formula for the
+    kind (an E x H tensor, only when the caller asks for the weights)."""
+    s = reference.kind_scores(kind, graph, dst_term, src_term, edge_score_term, edge_bias, att, slope, scale,
+                              dtype=lse.dtype)
     L = lse[graph.row]
     alpha = torch.where((L == float("-inf")) | (s == float("-inf")), torch.zeros_like(s), torch.exp(s - L))
     return torch.where(torch.isnan(L), L, alpha)  # a NaN normaliser: the whole row is NaN
