@@ -32,13 +32,12 @@ A :class:`NodeOrder` is used in one of two ways:
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Union
+from typing import Union
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .graph import Graph
+from .graph import Graph, register_order_resolver
 
 __all__ = ["NodeOrder", "node_order", "METHODS"]
 
@@ -101,12 +100,10 @@ class NodeOrder:
         self._check_rows(y, "NodeOrder.undo")
         return _PermuteRows.apply(y, self.inverse.to(y.device), self.perm.to(y.device))
 
-    def relabel(self, graph: "Graph") -> "Graph":
+    def relabel(self, graph: Graph) -> Graph:
         """``graph`` with node ``v`` renamed ``inverse[v]``: the same edges in the same
         (user) order, so per-edge tensors need no change. A plain graph (it holds no
         node order and no record of added self-loops: its loops are ordinary edges)."""
-        from .graph import Graph
-
         if graph.is_bipartite or graph.num_src != self.num_nodes:
             raise ValueError(f"this node order is over {self.num_nodes} nodes; the graph has "
                              f"{graph.num_src} source and {graph.num_dst} destination nodes")
@@ -114,7 +111,7 @@ class NodeOrder:
         inverse = self.inverse.to(graph.device)
         user_order = slice(None) if graph.perm is None else graph.inv_perm  # from the checked CSR arrays
         src, dst = graph.col[user_order], graph.row[user_order]
-        return Graph._build(inverse[src], inverse[dst], graph.num_src, graph.num_dst)
+        return Graph.from_trusted_edges(inverse[src], inverse[dst], graph.num_src, graph.num_dst)
 
     def to(self, device: Union[str, torch.device]) -> "NodeOrder":
         moved = NodeOrder.__new__(NodeOrder)
@@ -125,7 +122,7 @@ class NodeOrder:
         return f"NodeOrder(num_nodes={self.num_nodes}, method={self.method!r})"
 
 
-def node_order(graph: "Graph", method: str = "locality", *, dims: int = 3, steps: int = 10, leaf: int = 64,
+def node_order(graph: Graph, method: str = "locality", *, dims: int = 3, steps: int = 10, leaf: int = 64,
                seed: int = 0) -> NodeOrder:
     """A locality order for a square graph's nodes (see the module docstring).
 
@@ -153,7 +150,12 @@ def node_order(graph: "Graph", method: str = "locality", *, dims: int = 3, steps
     raise ValueError(f"unknown node order method {method!r}; choose one of {METHODS}")
 
 
-def _smoothed_coordinates(graph: "Graph", dims: int, steps: int, seed: int) -> Tensor:
+# Graph.reorder_nodes("locality") resolves a method name through this: the graph never
+# imports this module (ordering depends on graph, not back).
+register_order_resolver(node_order)
+
+
+def _smoothed_coordinates(graph: Graph, dims: int, steps: int, seed: int) -> Tensor:
     """``dims`` random coordinates per node, averaged ``steps`` times over each node's
     in- and out-neighbours and itself, standardised after each step (so they do not
     shrink to the mean): nodes that are linked end with nearby coordinates."""
@@ -200,7 +202,7 @@ def _by_group_then(group: Tensor, coord: Tensor) -> Tensor:
     return order[torch.argsort(group[order], stable=True)]
 
 
-def _rcm(graph: "Graph") -> Tensor:
+def _rcm(graph: Graph) -> Tensor:
     try:
         import numpy as np
         import scipy.sparse as sp

@@ -25,7 +25,8 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .graph import Graph, Pattern, _check_count
+from ._csr import check_count as _check_count
+from .graph import Graph, Pattern
 
 __all__ = [
     "complete",
@@ -51,7 +52,7 @@ __all__ = [
 
 
 def _check_len(name: str, L) -> int:
-    """One count (a length, window or size): graph.py's rule, an int, numpy integer or
+    """One count (a length, window or size): the graphs' count rule, an int, numpy integer or
     one-element integer tensor, never a float or bool truncated."""
     return _check_count(name, L)
 
@@ -93,7 +94,7 @@ def _from_mask_rows(query: Tensor, key: Tensor, Lq: int, Lk: int, pattern: Patte
     """Edges key[e] -> query[e]; ``query`` must be non-decreasing."""
     q = query.to(device=device, dtype=torch.long)
     k = key.to(device=device, dtype=torch.long)
-    return Graph._build(k, q, Lk, Lq, pattern=pattern)
+    return Graph.from_trusted_edges(k, q, Lk, Lq, pattern=pattern)
 
 
 def _offset_pattern(L: int, offsets: Tensor, pattern: Pattern, device=None) -> Graph:
@@ -169,7 +170,7 @@ def global_local(L: int, window: int, global_tokens: Union[int, Sequence[int], T
     allq = torch.arange(L, device=band.device)
     extra_k = torch.cat([ids.repeat(L), allq.repeat(ids.numel())])  # global keys for all; all keys for globals
     extra_q = torch.cat([allq.repeat_interleave(ids.numel()), ids.repeat_interleave(L)])
-    g = union(band, Graph._build(extra_k, extra_q, L, L))
+    g = union(band, Graph.from_trusted_edges(extra_k, extra_q, L, L))
     g.pattern = Pattern("global_local", (("window", window), ("global", tuple(ids.tolist()))))
     return g
 
@@ -208,7 +209,7 @@ def union(*graphs: Graph) -> Graph:
     key = torch.cat([g.row * ns + g.col for g in graphs]).unique()  # sorted: by query, then key
     q, k = key // max(ns, 1), key % max(ns, 1)
     kinds = tuple(g.pattern.kind if g.pattern is not None else "graph" for g in graphs)
-    return Graph._build(k, q, ns, nd, pattern=Pattern("union", (("of", kinds),)))
+    return Graph.from_trusted_edges(k, q, ns, nd, pattern=Pattern("union", (("of", kinds),)))
 
 
 def batch(lengths: Sequence[int], pattern: Callable[..., Graph] = complete,
@@ -238,7 +239,8 @@ def batch(lengths: Sequence[int], pattern: Callable[..., Graph] = complete,
     row = torch.cat(rows) if rows else torch.empty(0, dtype=torch.long)
     col = torch.cat(cols) if cols else torch.empty(0, dtype=torch.long)
     params = tuple(block_params) + ((("key_lengths", tuple(klens)),) if key_lengths is not None else ())
-    return Graph._build(col, row, k_off, q_off, pattern=Pattern(kind or "complete", params, tuple(lengths)))
+    return Graph.from_trusted_edges(col, row, k_off, q_off,
+                                    pattern=Pattern(kind or "complete", params, tuple(lengths)))
 
 
 def lengths_from_padding_mask(key_padding_mask: Tensor) -> Tensor:
@@ -349,7 +351,8 @@ def complete_per_graph(batch: Optional[Tensor], num_nodes: int, *, max_edges: in
                                                                                output_size=num_edges)
         return rowptr, col
 
-    return Graph._lazy(num_nodes, num_edges, device, build, pattern=Pattern("complete", (), lengths))
+    return Graph.from_csr_builder(num_nodes, num_edges, build, device=device,
+                                  pattern=Pattern("complete", (), lengths))
 
 
 def _within_graph_permutation(sizes: Tensor, gen: torch.Generator) -> Tensor:
@@ -384,7 +387,7 @@ def expander_per_graph(batch: Optional[Tensor], num_nodes: int, degree: int = 4,
 def _unique_edges(src: Tensor, dst: Tensor, num_nodes: int, pattern: Pattern, device) -> Graph:
     key = (dst.long() * max(num_nodes, 1) + src.long()).unique()  # sorted by destination, then source
     dst, src = key // max(num_nodes, 1), key % max(num_nodes, 1)
-    return Graph._build(src.to(device), dst.to(device), num_nodes, num_nodes, pattern=pattern)
+    return Graph.from_trusted_edges(src.to(device), dst.to(device), num_nodes, num_nodes, pattern=pattern)
 
 
 def virtual_nodes(batch: Optional[Tensor], num_nodes: int, per_graph: int = 1) -> Graph:

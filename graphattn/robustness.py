@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .graph import _check_count, both_directions, undirected_pairs
+from ._csr import check_count as _check_count
+from ._graph_build import both_directions, undirected_pairs
 
 __all__ = [
     "insert_random_edges",

@@ -18,7 +18,8 @@ from torch.utils.hooks import RemovableHandle
 
 from torch_geometric.nn.conv import MessagePassing
 
-from ..graph import Graph, _is_sparse_tensor_class
+from .._graph_build import is_sparse_tensor_class as _is_sparse_tensor_class
+from ..graph import Graph
 from ..ops._inputs import check_scalar
 
 GraphLike = Union[Graph, Tensor]

@@ -465,7 +465,7 @@ class MultiheadGraphAttention(TorchAttentionBase):
         if same_blocks and base.pattern is not None and not extra:
             meta = () if Lq == S else (("key_lengths", (S,) * N),)
             pattern_meta = Pattern(base.pattern.kind, base.pattern.params + meta, (Lq,) * N)
-        return Graph._build(b * Sx + c, b * Lq + r, N * Sx, N * Lq, pattern=pattern_meta)
+        return Graph.from_trusted_edges(b * Sx + c, b * Lq + r, N * Sx, N * Lq, pattern=pattern_meta)
 
     # ---------------------------------------------------------------- NestedTensor inputs
     def _nested_refusal(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor],
