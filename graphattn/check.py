@@ -26,6 +26,8 @@ from torch import Tensor
 from . import ops, patterns
 from .graph import Graph
 from .ops import BackendDeclined
+from .ops._dispatch import OPS
+from .ops.functional import DOT_PRODUCT, PUBLIC_OPS, RECORDS
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 2e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 HEADS, CHANNELS = 4, 16
@@ -46,25 +48,30 @@ def pattern_graph(device) -> Graph:
 
 
 def op_inputs(op: str, graph: Graph, dtype, device, gen: torch.Generator) -> Tuple[Callable, List[Tensor]]:
-    """``(call(backend, *tensors) -> outputs, tensors)`` for one op on ``graph``."""
+    """``(call(backend, *tensors) -> outputs, tensors)`` for one op on ``graph``: random
+    tensors for every node-indexed and graph-free input the op's record declares (its
+    optional per-node inputs too; per-edge terms left out), called through the op's
+    public function. Weights are asked for except from dot-product attention on a
+    pattern graph, whose dense path (SDPA) returns none."""
     def rand(*shape):
         return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device, dtype).requires_grad_()
 
-    ns, nd, E = graph.num_src, graph.num_dst, graph.num_edges
     if op == "edge_softmax":
-        return (lambda b, s: (ops.edge_softmax(s, graph, backend=b),)), [rand(E, HEADS)]
-    if op == "gat":
-        return (lambda b, s, d, v: ops.gat_attention(s, d, v, graph, backend=b, return_weights=True),
-                [rand(ns, HEADS), rand(nd, HEADS), rand(ns, HEADS, CHANNELS)])
-    if op == "gatv2":
-        return (lambda b, xs, xd, att: ops.gatv2_attention(xs, xd, att, graph, backend=b, return_weights=True),
-                [rand(ns, HEADS, CHANNELS), rand(nd, HEADS, CHANNELS), rand(HEADS, CHANNELS)])
-    weights = graph.pattern is None  # SDPA (the pattern graph's dense path) returns no weights
+        return (lambda b, s: (ops.edge_softmax(s, graph, backend=b),)), [rand(graph.num_edges, HEADS)]
+    record = RECORDS.get(op)
+    if record is None:
+        raise ValueError(f"unknown op {op!r}; ops are {OPS}")
+    rows = {"src": (graph.num_src,), "dst": (graph.num_dst,), None: ()}
+    args = [arg for arg in record.spec.tensors if arg.rows != "edge"]
+    tensors = [rand(*rows[arg.rows], *(HEADS if dim == "heads" else CHANNELS for dim in arg.dims)) for arg in args]
+    weights = graph.pattern is None or op != DOT_PRODUCT.name
+    public = PUBLIC_OPS[op]
 
-    def dot(b, q, k, v):
-        out = ops.dot_product_attention(q, k, v, graph, backend=b, return_weights=weights)
+    def call(backend, *given):
+        out = public(graph=graph, backend=backend, return_weights=weights,
+                     **{arg.name: t for arg, t in zip(args, given)})
         return out if isinstance(out, tuple) else (out,)
-    return dot, [rand(nd, HEADS, CHANNELS), rand(ns, HEADS, CHANNELS), rand(ns, HEADS, CHANNELS)]
+    return call, tensors
 
 
 def _max_diff(a: Tensor, b: Tensor) -> float:

@@ -74,3 +74,19 @@ def test_returned_weights_have_the_reference_gradient_on_every_backend(op):
     with torch.no_grad():  # no gradient wanted: the kernel's own weights, nothing recomputed
         _, alpha = call(None, *tensors)
         assert not alpha.requires_grad
+
+
+def test_every_op_has_check_inputs_from_its_record_and_an_unknown_op_is_refused():
+    from graphattn.ops import _dispatch, _inputs, functional
+    assert tuple(functional.RECORDS) == tuple(spec.op for spec in _inputs.FUSED)
+    assert _dispatch.OPS == ("edge_softmax",) + tuple(functional.RECORDS)
+    graph = check.random_graph(20, 60, torch.device("cpu"), torch.Generator().manual_seed(0))
+    for op in _dispatch.OPS:
+        call, tensors = check.op_inputs(op, graph, torch.float64, torch.device("cpu"), torch.Generator().manual_seed(1))
+        outs = call("reference", *tensors)
+        assert outs[0].shape[0] in (graph.num_edges, graph.num_dst)
+        if op in functional.RECORDS:  # every node input of the record is given, weights returned
+            declared = [a for a in functional.RECORDS[op].spec.tensors if a.rows != "edge"]
+            assert len(tensors) == len(declared) and outs[1].shape == (graph.num_edges, check.HEADS)
+    with pytest.raises(ValueError, match="unknown op 'nope'"):
+        check.op_inputs("nope", graph, torch.float64, torch.device("cpu"), torch.Generator())

@@ -25,10 +25,13 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 
+from ._inputs import FUSED as _FUSED_SPECS
+
 __all__ = ["register_backend", "available_backends", "use_backend", "last_backend", "why_not", "explain_dispatch",
            "select_backend", "BackendDeclined", "NoBackendAccepts"]
 
-OPS = ("edge_softmax", "gat", "gatv2", "dot_product")
+# edge_softmax, then the fused ops as _inputs declares them
+OPS = ("edge_softmax",) + tuple(spec.op for spec in _FUSED_SPECS)
 
 # ``decline(**ctx)`` returns None when the backend can run the call, else a reason.
 Decline = Callable[..., Optional[str]]

@@ -83,6 +83,10 @@ DOT_PRODUCT = OpSpec("dot_product", (
     _EDGE_MASK,
 ), (ScalarArg("scale", "finite"), _DROPOUT))
 
+# The fused ops, each a score kind of the fused kernels; the dispatcher's op names and the
+# pipeline's records (functional.RECORDS) follow this tuple.
+FUSED = (GAT, GATV2, DOT_PRODUCT)
+
 # score_attention runs on the dot-product kernels (its scores become their edge_bias);
 # its own inputs are checked under its own names first
 SCORE = OpSpec("score", (

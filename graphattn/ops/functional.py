@@ -316,3 +316,7 @@ def score_attention(
     tensors = dict(query=value.new_zeros(g.num_dst, heads, 0), key=value.new_zeros(g.num_src, heads, 0), value=value,
                    edge_key=None, edge_value=None, edge_bias=scores, edge_mask=edge_mask)
     return run_checked(DOT_PRODUCT, g, dims, dict(checked, scale=1.0), tensors, training, return_weights, backend)
+
+
+# The public function of each record, by op name (what tools that call every op use).
+PUBLIC_OPS = {GAT.name: gat_attention, GATV2.name: gatv2_attention, DOT_PRODUCT.name: dot_product_attention}
