@@ -7,7 +7,7 @@ COMPAT_VENV ?= .venv-compat
 COMPAT_PY := $(COMPAT_VENV)/bin/python
 COMPAT_STAMP := $(COMPAT_VENV)/.installed
 
-.PHONY: run test test-all test-compat venv clean bench-cpu
+.PHONY: run lint test test-all test-compat venv clean bench-cpu
 
 $(STAMP): pyproject.toml requirements-dev.txt requirements-common.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,12 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(PY) examples/node_classification.py
 
-## The test suite CI runs (slow tests excluded; `make test-all` includes them).
-test: $(STAMP)
+## Lint (ruff, configured in pyproject.toml): a second or two, before the suite.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+## The test suite CI runs (slow tests excluded; `make test-all` includes them), after the lint.
+test: lint
 	$(PY) -m pytest -q -m "not slow"
 
 ## The suite on the oldest supported versions (requirements-compat.txt: torch 2.11, Triton 3.6,

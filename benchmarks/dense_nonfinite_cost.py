@@ -70,7 +70,8 @@ def main(argv=None) -> dict:
     ms = {name: statistics.median(t) for name, t in times.items()}
     result = {"L": L, "window": w, "heads": H, "head_dim": D, "threads": args.threads, "reps": args.reps,
               "torch": torch.__version__, "median_ms": ms,
-              "overhead": {m: ms[f"{m}, checked"] / ms[f"{m}, route alone"] - 1 for m in ("forward", "forward+backward")}}
+              "overhead": {m: ms[f"{m}, checked"] / ms[f"{m}, route alone"] - 1
+                           for m in ("forward", "forward+backward")}}
     for name, t in ms.items():
         print(f"{name:32s} {t:9.3f} ms")
     for m, o in result["overhead"].items():

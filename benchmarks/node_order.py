@@ -107,9 +107,11 @@ def main(argv=None) -> dict:
                          "runs_ms": [1000 * t for t in times[name]]} for name, m in medians.items()},
     }
     print(f"graph: {n:,} nodes, {args.edges:,} edges; edges within {NEAR} ids: "
-          f"shuffled {report['graph']['near_share_shuffled']:.1%}, original {report['graph']['near_share_original']:.1%}")
+          f"shuffled {report['graph']['near_share_shuffled']:.1%}, "
+          f"original {report['graph']['near_share_original']:.1%}")
     for method, info in orders.items():
-        print(f"order {method:9s} computed in {info['seconds']:.2f} s; edges within {NEAR} ids: {info['near_share']:.1%}")
+        print(f"order {method:9s} computed in {info['seconds']:.2f} s; "
+              f"edges within {NEAR} ids: {info['near_share']:.1%}")
     for name, info in report["cases"].items():
         print(f"{name:20s} {info['median_ms']:8.1f} ms  {info['speedup_vs_shuffled']:.2f}x")
     if args.out:  # folders made as needed

@@ -69,7 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the folder holding <name with _>/ in OGB's layout, e.g. ogbg_molbbbp/raw/ "
                         "(default ../shared/data/ogb)")
     p.add_argument("--model", default="gat", choices=GRAPH_MODELS)
-    p.add_argument("--hidden", type=positive_int, default=None, help=f"atom embedding width (default {DEFAULTS['hidden']})")
+    p.add_argument("--hidden", type=positive_int, default=None,
+                   help=f"atom embedding width (default {DEFAULTS['hidden']})")
     p.add_argument("--layers", type=positive_int, default=None, help=f"attention layers (default {DEFAULTS['layers']})")
     p.add_argument("--heads", type=positive_int, default=None,
                    help=f"heads per layer, hidden/heads channels each (default {DEFAULTS['heads']})")

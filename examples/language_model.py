@@ -182,7 +182,8 @@ def parse_args(argv=None):
     p.add_argument("--main", default=None, choices=VARIANTS,
                    help="variant reported in the results' common keys (default: window if run, else the first)")
     p.add_argument("--context", type=positive_int, default=256)
-    p.add_argument("--window", type=positive_int, default=32, help="edges per query of the sparse patterns (minus self)")
+    p.add_argument("--window", type=positive_int, default=32,
+                   help="edges per query of the sparse patterns (minus self)")
     p.add_argument("--dilation", type=positive_int, default=4)
     p.add_argument("--dim", type=positive_int, default=128)
     p.add_argument("--heads", type=positive_int, default=4)
@@ -232,7 +233,8 @@ def train_one(args, variant, run, data, vocab_size, device, progress, ckpt, save
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     warm = max(1, args.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, args.steps - warm))))
+        opt, lambda s: (s + 1) / warm if s < warm
+                       else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, args.steps - warm))))
     gen = torch.Generator().manual_seed(seed)
     st = {"step": 0, "seconds": 0.0, "curve": {"step": [], "val_nll": [], "train_loss": []}, "loss_acc": [0.0, 0]}
     if ckpt is not None:
@@ -326,7 +328,8 @@ def main(argv=None):
               "per_run": main_v["per_run"], "variants": variants, "details": done, "config": config_of(args),
               "seconds": time.perf_counter() - t0, "machine": machine_info(), "device": str(device)}
     atomic_write_json(result, args.out)
-    plot_curves({"val_nll": [r["curve"]["val_nll"] for r in done], "train_loss": [r["curve"]["train_loss"] for r in done]},
+    plot_curves({"val_nll": [r["curve"]["val_nll"] for r in done],
+                 "train_loss": [r["curve"]["train_loss"] for r in done]},
                 Path(args.out).with_suffix(".png"), title=f"{args.dataset}: attention variants",
                 xlabel=f"evaluation (every {args.eval_every} steps)",
                 labels=[f"{r['variant']} (seed {r['seed']})" for r in done])

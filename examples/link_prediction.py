@@ -85,12 +85,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="width of the MLP decoder (0 = the encoder's width; default 0; 64 for ogbl-ddi, which scores "
                         "two million pairs per epoch)")
     p.add_argument("--hidden", type=positive_int, default=None, help="channels per head (default 16; 256 for ogbl-ddi)")
-    p.add_argument("--heads", type=positive_int, default=None, help="heads per layer, concatenated (default 8; 1 for ogbl-ddi)")
+    p.add_argument("--heads", type=positive_int, default=None,
+                   help="heads per layer, concatenated (default 8; 1 for ogbl-ddi)")
     p.add_argument("--layers", type=positive_int, default=None, help="attention layers (default 2)")
     p.add_argument("--no-residual", action="store_true", help="drop the per-layer linear skip of a node's own input")
-    p.add_argument("--dropout", type=probability, default=None, help="dropout between layers and in the MLP (default 0.5)")
+    p.add_argument("--dropout", type=probability, default=None,
+                   help="dropout between layers and in the MLP (default 0.5)")
     p.add_argument("--attn-dropout", type=probability, default=0.0, help="dropout on attention weights")
-    p.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default 0.01; 0.005 for ogbl-ddi)")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="Adam learning rate (default 0.01; 0.005 for ogbl-ddi)")
     p.add_argument("--weight-decay", type=nonnegative_float, default=None)
     p.add_argument("--epochs", type=positive_int, default=None, help="maximum epochs (default 300; 200 for ogbl-ddi)")
     p.add_argument("--batch-size", type=nonnegative_int, default=None,

@@ -58,7 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dataset", default="synthetic", help=f"one of {', '.join(DATASETS)} (default: synthetic)")
     p.add_argument("--root", default="data/planetoid", help="PyG Planetoid root: the folder holding <Name>/raw/")
     p.add_argument("--model", default="gat", choices=MODELS)
-    p.add_argument("--runs", type=positive_int, default=3, help="number of seeds (default 3; the GAT paper reports 100)")
+    p.add_argument("--runs", type=positive_int, default=3,
+                   help="number of seeds (default 3; the GAT paper reports 100)")
     p.add_argument("--epochs", type=positive_int, default=1000, help="maximum epochs per run")
     p.add_argument("--patience", type=positive_int, default=100)
     p.add_argument("--lr", type=positive_float, default=0.005)

@@ -68,7 +68,8 @@ def build_parser(doc: str, name: str, defaults: dict) -> argparse.ArgumentParser
                    help="sampled mode: PyG's NeighborLoader (needs pyg-lib or torch-sparse) or graphattn's "
                         "plain-PyTorch sampler")
     p.add_argument("--num-neighbors", default=None, help=f"fan-out per layer (default {d['num_neighbors']})")
-    p.add_argument("--batch-size", type=positive_int, default=None, help=f"seed nodes per batch (default {d['batch_size']})")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help=f"seed nodes per batch (default {d['batch_size']})")
     p.add_argument("--eval-mode", default="full", choices=("full", "sampled"),
                    help="evaluate with full neighbourhoods on the whole graph, or on sampled ones (less memory)")
     p.add_argument("--hidden", type=positive_int, default=None, help=f"channels per head (default {d['hidden']})")
@@ -81,7 +82,8 @@ def build_parser(doc: str, name: str, defaults: dict) -> argparse.ArgumentParser
     p.add_argument("--lr", type=positive_float, default=d["lr"])
     p.add_argument("--weight-decay", type=nonnegative_float, default=0.0)
     p.add_argument("--epochs", type=positive_int, default=None, help=f"maximum epochs (default {d['epochs']})")
-    p.add_argument("--eval-every", type=positive_int, default=None, help=f"epochs between evaluations (default {d['eval_every']})")
+    p.add_argument("--eval-every", type=positive_int, default=None,
+                   help=f"epochs between evaluations (default {d['eval_every']})")
     p.add_argument("--patience", type=positive_int, default=None,
                    help=f"evaluations without better validation accuracy before stopping (default {d['patience']})")
     add_run_arguments(p, f"runs/{name}/<model>.json", "a few epochs of a small model (for tests)")

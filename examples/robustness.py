@@ -88,8 +88,8 @@ def parse_args(argv=None):
 
 
 def config_of(args):
-    keys = ("dataset", "models", "attacks", "budgets", "noise_levels", "prune_threshold", "runs", "epochs", "patience", "seed",
-            "text_model", "text_rates", "smoke")
+    keys = ("dataset", "models", "attacks", "budgets", "noise_levels", "prune_threshold", "runs", "epochs", "patience",
+            "seed", "text_model", "text_rates", "smoke")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -174,7 +174,8 @@ def text_curves(args, device, progress):
                 ents.append(ent_sum / max(ent_n, 1))
             s = summarize_runs(accs)
             out[name][str(rate)] = {"acc": s["mean"], "acc_std": s["std"], "entropy": sum(ents) / len(ents)}
-            print(f"{name} {rate:.2f}: dev accuracy {s['mean']:.4f}, attention entropy {out[name][str(rate)]['entropy']:.3f}")
+            print(f"{name} {rate:.2f}: dev accuracy {s['mean']:.4f}, "
+                  f"attention entropy {out[name][str(rate)]['entropy']:.3f}")
     return out
 
 

@@ -301,7 +301,8 @@ def parse_args(argv=None):
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=positive_int, default=None,
                         help="optimiser-step budget (default: 4 epochs' worth, at least --min-steps)")
-    budget.add_argument("--epochs", type=positive_int, default=None, help="budget of this many epochs instead of --steps")
+    budget.add_argument("--epochs", type=positive_int, default=None,
+                        help="budget of this many epochs instead of --steps")
     p.add_argument("--min-steps", type=positive_int, default=1500, help="smallest automatic step budget (small data)")
     p.add_argument("--warmup", type=probability, default=0.1, help="share of the budget spent warming up the rate")
     p.add_argument("--eval-every", type=positive_int, default=None,

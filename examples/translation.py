@@ -293,7 +293,8 @@ def parse_args(argv=None):
     p.add_argument("--label-smoothing", type=probability, default=0.1)
     p.add_argument("--max-len", type=bounded(int, 2), default=100, help="tokens kept per sentence (with </s>)")
     p.add_argument("--epochs", type=positive_int, default=8)
-    p.add_argument("--max-tokens", type=positive_int, default=6000, help="source+target tokens per batch (with padding)")
+    p.add_argument("--max-tokens", type=positive_int, default=6000,
+                   help="source+target tokens per batch (with padding)")
     p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--warmup", type=probability, default=0.08, help="fraction of the steps spent warming up")
     p.add_argument("--weight-decay", type=nonnegative_float, default=0.01)

@@ -7,11 +7,12 @@ For each op (``edge_softmax``, ``gat``, ``gatv2``, ``dot_product``) and each
 registered backend, the same inputs run forced onto that backend and onto
 ``reference``; outputs, returned weights and the gradients of every input are
 compared (the largest difference relative to the reference's magnitude; "first
-ms" is the first call, so it includes building a kernel). Two graphs are tried: a random graph (duplicate edges, self-loops,
-nodes without in-edges) and a pattern graph (complete attention within each graph
-of a batch, which the dense backend takes). A backend that cannot run a case says
-why (``declined: ...``), as the dispatcher would. Prints one table and exits 1 if
-any backend disagrees with the reference or fails.
+ms" is the first call, so it includes building a kernel). Two graphs are tried: a
+random graph (duplicate edges, self-loops, nodes without in-edges) and a pattern
+graph (complete attention within each graph of a batch, which the dense backend
+takes). A backend that cannot run a case says why (``declined: ...``), as the
+dispatcher would. Prints one table and exits 1 if any backend disagrees with the
+reference or fails.
 """
 from __future__ import annotations
 
@@ -132,7 +133,8 @@ def run_checks(device, dtype, seed: int = 0, backends: Optional[List[str]] = Non
 
 
 def format_table(rows: List[Dict[str, object]], device, dtype) -> str:
-    lines = [f"graphattn self-check on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}),"
+    lines = [f"graphattn self-check on {device} "
+             f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}),"
              f" {str(dtype).replace('torch.', '')}, torch {torch.__version__}",
              f"{'op':<13}{'graph':<9}{'backend':<10}{'edges':>8}{'first ms':>9}{'max diff':>14}  status"]
     for r in rows:

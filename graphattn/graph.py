@@ -631,7 +631,8 @@ class Graph:
             )
 
     def __repr__(self) -> str:
-        nodes = f"num_nodes={self.num_src}" if not self.is_bipartite else f"num_src={self.num_src}, num_dst={self.num_dst}"
+        nodes = (f"num_nodes={self.num_src}" if not self.is_bipartite
+                 else f"num_src={self.num_src}, num_dst={self.num_dst}")
         extra = ", self_loops=added" if self.has_added_self_loops else ""
         pat = f", pattern={self.pattern.kind}" if self.pattern is not None else ""
         order = f", node_order={self.node_order.method}" if self.node_order is not None else ""

@@ -67,7 +67,8 @@ class NodeOrder:
     def __init__(self, perm: Tensor, *, method: str = "given") -> None:
         if not isinstance(perm, Tensor) or perm.dim() != 1 or perm.is_floating_point() or perm.dtype == torch.bool:
             raise ValueError(f"a node order must be a 1-D integer tensor (a permutation of 0..num_nodes-1), got "
-                             f"{getattr(perm, 'dtype', type(perm).__name__)} of shape {list(getattr(perm, 'shape', []))}")
+                             f"{getattr(perm, 'dtype', type(perm).__name__)} "
+                             f"of shape {list(getattr(perm, 'shape', []))}")
         perm = perm.to(torch.long, copy=True)
         n = perm.numel()
         inverse = torch.full_like(perm, -1)

@@ -307,7 +307,8 @@ def graph_sizes(batch: Optional[Tensor], num_nodes: int) -> Tensor:
         return torch.tensor([num_nodes], dtype=torch.long)
     if not isinstance(batch, Tensor) or batch.dim() != 1 or batch.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"batch must be a 1-D int64 tensor (node -> graph), got "
-                         f"{getattr(batch, 'dtype', type(batch).__name__)} of shape {tuple(getattr(batch, 'shape', ()))}")
+                         f"{getattr(batch, 'dtype', type(batch).__name__)} "
+                         f"of shape {tuple(getattr(batch, 'shape', ()))}")
     if batch.numel() != num_nodes:
         raise ValueError(f"batch has {batch.numel()} entries for {num_nodes} nodes")
     if num_nodes == 0:

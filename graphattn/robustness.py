@@ -77,7 +77,8 @@ def _check_edges(edge_index: Tensor, num_nodes: int) -> None:
     if not isinstance(edge_index, Tensor):
         raise TypeError(f"edge_index must be an integer [2, E] tensor, got {type(edge_index).__name__}")
     if edge_index.dim() != 2 or edge_index.size(0) != 2 or edge_index.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"edge_index must be an integer [2, E] tensor, got {edge_index.dtype} {tuple(edge_index.shape)}")
+        raise ValueError(f"edge_index must be an integer [2, E] tensor, got "
+                         f"{edge_index.dtype} {tuple(edge_index.shape)}")
     if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
         raise ValueError(f"edge_index has node ids outside [0, {num_nodes})")
 
@@ -181,8 +182,9 @@ def gradient_attack(x: Tensor, edge_index: Tensor, y: Tensor, train_mask: Tensor
     classification margin on the ``target_mask`` nodes it still classifies correctly (true
     labels on training nodes, the surrogate's own predictions elsewhere: no test labels are
     used; a margin rather than cross-entropy, so flips are not spent on nodes already lost)
-    with respect to the dense adjacency scores every flip ``(i, j)`` by :math:`g_{ij}(1 - 2A_{ij})`, and the best ``budget / steps``
-    flips (insertions or deletions, symmetric, no self-loops, no pair flipped twice) are made.
+    with respect to the dense adjacency scores every flip ``(i, j)`` by :math:`g_{ij}(1 - 2A_{ij})`,
+    and the best ``budget / steps`` flips (insertions or deletions, symmetric, no self-loops, no
+    pair flipped twice) are made.
     The perturbed graph transfers to the attention models being evaluated (a grey-box attack).
     Dense ``N x N``: for graphs up to a few tens of thousands of nodes.
 
@@ -246,10 +248,12 @@ def gradient_attack(x: Tensor, edge_index: Tensor, y: Tensor, train_mask: Tensor
 
     def as_index(keys):
         keys = torch.tensor(sorted(keys), dtype=torch.long)
-        return both_directions(torch.stack([keys // N, keys % N])) if keys.numel() else torch.empty(2, 0, dtype=torch.long)
+        return (both_directions(torch.stack([keys // N, keys % N])) if keys.numel()
+                else torch.empty(2, 0, dtype=torch.long))
 
     dev = edge_index.device
-    return both_directions(new_pairs).to(dev), {"inserted": as_index(new - old).to(dev), "removed": as_index(old - new).to(dev)}
+    return both_directions(new_pairs).to(dev), {"inserted": as_index(new - old).to(dev),
+                                                "removed": as_index(old - new).to(dev)}
 
 
 def _check_attack_inputs(x: Tensor, y: Tensor, train_mask: Tensor, target_mask: Tensor) -> int:

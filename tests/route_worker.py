@@ -38,7 +38,6 @@ import torch
 
 from graphattn import Graph, ops, patterns
 from graphattn.ops import _dispatch, _inputs, dense, flex
-from graphattn.ops._fused import OP_KINDS
 from graphattn.ops._inputs import OpSpec, TensorArg
 
 from conftest import random_graph

@@ -69,7 +69,8 @@ def test_sinusoidal_positions_and_learned_option(tmp_path):
     import torch
 
     pe = lm.sinusoidal(10, 8)
-    assert pe.shape == (10, 8) and torch.allclose(pe[0, 1::2], torch.ones(4)) and torch.allclose(pe[0, 0::2], torch.zeros(4))
+    assert (pe.shape == (10, 8) and torch.allclose(pe[0, 1::2], torch.ones(4))
+            and torch.allclose(pe[0, 0::2], torch.zeros(4)))
     res = lm.main(_args(tmp_path, "--variants", "window", "--positions", "learned"))
     assert res["config"]["positions"] == "learned" and math.isfinite(res["mean"])
     with pytest.raises(SystemExit):

@@ -26,7 +26,8 @@ def _corpus(folder: Path, gz: bool = True):
     for split, n in (("train", 300), ("val", 40), ("test_2016_flickr", 30)):
         src, tgt = [], []
         for _ in range(n):
-            s = ["a", rng.choice(["red", "big"]), rng.choice(["dog", "man", "cat"]), rng.choice(["runs", "sleeps", "sits"])]
+            s = ["a", rng.choice(["red", "big"]), rng.choice(["dog", "man", "cat"]),
+                 rng.choice(["runs", "sleeps", "sits"])]
             src.append(" ".join(s) + ".")
             tgt.append(" ".join(LEX[w] for w in s) + ".")
         for lang, lines in (("en", src), ("de", tgt)):

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = ROOT / "examples"
 sys.path.insert(0, str(EXAMPLES_DIR))
 
-EXAMPLES = ["node_classification", "graph_classification", "text_classification", "translation", "language_model", "robustness",
-            "visualize_attention", "link_prediction", "ogbn_arxiv", "ogbn_products"]
+EXAMPLES = ["node_classification", "graph_classification", "text_classification", "translation", "language_model",
+            "robustness", "visualize_attention", "link_prediction", "ogbn_arxiv", "ogbn_products"]
 
 FLAG = re.compile(r"(?<![\w-])--[a-z][\w-]*")
 OPTION_LINE = re.compile(r"^  (?:-\w(?: \S+)?, )?(--[a-z][\w-]*)")  # how argparse lists an option

@@ -264,7 +264,8 @@ def test_hetero_conv_matches_pyg():
         ("paper", "rev_writes", "author"): pygnn.TransformerConv((8, 8), 4, heads=2),
     }
     pyg_convs = make()
-    conv_of = {pygnn.GATConv: ours.GATConv, pygnn.GATv2Conv: ours.GATv2Conv, pygnn.TransformerConv: ours.TransformerConv}
+    conv_of = {pygnn.GATConv: ours.GATConv, pygnn.GATv2Conv: ours.GATv2Conv,
+               pygnn.TransformerConv: ours.TransformerConv}
     our_convs = {k: conv_of[type(v)].from_pyg(v) for k, v in pyg_convs.items()}
     ref = pygnn.HeteroConv(pyg_convs, aggr="sum").eval()(data.x_dict, data.edge_index_dict)
     got = pygnn.HeteroConv(our_convs, aggr="sum").eval()(data.x_dict, data.edge_index_dict)

@@ -270,7 +270,8 @@ def test_shape_errors_are_torchs(case, batch_first):
 
 
 def test_query_and_key_of_different_batch_sizes_say_so():
-    """torch fails inside a reshape (RuntimeError: "shape ... is invalid"); ours says what is wrong, as a RuntimeError."""
+    """torch fails inside a reshape (RuntimeError: "shape ... is invalid"); ours says what is wrong, as a
+    RuntimeError."""
     mha = nn.MultiheadAttention(8, 2)
     ours = MultiheadGraphAttention.from_torch(mha)
     q, k = torch.randn(5, 3, 8), torch.randn(5, 2, 8)

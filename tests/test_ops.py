@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from graphattn import Graph, dot_product_attention, gat_attention, gatv2_attention
 from graphattn import ops
 import graphattn.ops.reference  # noqa: F401
+from graphattn.ops import cpu as cpu_backend
 from graphattn.ops._fused import ACTIVATIONS
 
 from conftest import backend_params, default_cpu_backend, needs_backend, random_graph
@@ -21,9 +22,6 @@ def _inputs(ns, nd, E, H, C, seed, dtype=torch.float64):
     ei = torch.stack([src, dst])
     r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
     return ei, r
-
-
-from graphattn.ops import cpu as cpu_backend
 
 
 @pytest.fixture(params=backend_params("reference", "cpu"))  # a backend that cannot run here skips, saying why
@@ -105,9 +103,12 @@ def test_gradcheck_all_ops_float64(backend):
     E, H, C = g.num_edges, 2, 3
     d = dict(dtype=torch.float64, requires_grad=True)
     ss, sd, v, es = torch.randn(6, H, **d), torch.randn(6, H, **d), torch.randn(6, H, C, **d), torch.randn(E, H, **d)
-    assert torch.autograd.gradcheck(lambda a, b, c, e: gat_attention(a, b, c, g, edge_score=e, backend=backend), (ss, sd, v, es))
-    xs, xd, att, ef = torch.randn(6, H, C, **d), torch.randn(6, H, C, **d), torch.randn(H, C, **d), torch.randn(E, H, C, **d)
-    assert torch.autograd.gradcheck(lambda a, b, c, e: gatv2_attention(a, b, c, g, edge_feat=e, backend=backend), (xs, xd, att, ef))
+    assert torch.autograd.gradcheck(lambda a, b, c, e: gat_attention(a, b, c, g, edge_score=e, backend=backend),
+                                    (ss, sd, v, es))
+    xs, xd, att, ef = (torch.randn(6, H, C, **d), torch.randn(6, H, C, **d), torch.randn(H, C, **d),
+                       torch.randn(E, H, C, **d))
+    assert torch.autograd.gradcheck(lambda a, b, c, e: gatv2_attention(a, b, c, g, edge_feat=e, backend=backend),
+                                    (xs, xd, att, ef))
     q, k, eb = torch.randn(6, H, C, **d), torch.randn(6, H, C, **d), torch.randn(E, H, **d)
     ek, ev = torch.randn(E, H, C, **d), torch.randn(E, H, C, **d)
     assert torch.autograd.gradcheck(
@@ -236,15 +237,23 @@ def test_half_precision_close_to_fp32(dtype, backend):
 @pytest.mark.parametrize(
     "call, exc, match",
     [
-        (lambda g: gat_attention(torch.randn(5, 2), None, torch.randn(5, 3, 4), g), ValueError, r"score_src must have shape \[5, 3\]"),
-        (lambda g: gat_attention(torch.randn(5, 2), torch.randn(4, 2), torch.randn(5, 2, 4), g), ValueError, "destination-node rows"),
-        (lambda g: gat_attention(torch.randn(5, 2).double(), None, torch.randn(5, 2, 4), g), TypeError, "dtype torch.float64"),
+        (lambda g: gat_attention(torch.randn(5, 2), None, torch.randn(5, 3, 4), g),
+         ValueError, r"score_src must have shape \[5, 3\]"),
+        (lambda g: gat_attention(torch.randn(5, 2), torch.randn(4, 2), torch.randn(5, 2, 4), g),
+         ValueError, "destination-node rows"),
+        (lambda g: gat_attention(torch.randn(5, 2).double(), None, torch.randn(5, 2, 4), g),
+         TypeError, "dtype torch.float64"),
         (lambda g: gat_attention(torch.randn(5, 2), None, torch.randn(5, 2), g), ValueError, "value must have shape"),
-        (lambda g: gat_attention(torch.randn(5, 2), None, torch.randn(5, 2, 3), g, edge_score=torch.randn(2, 2)), ValueError, "edge_score"),
-        (lambda g: dot_product_attention(torch.randn(5, 2, 3), torch.randn(5, 2, 4), torch.randn(5, 2, 3), g), ValueError, "key must have shape"),
-        (lambda g: dot_product_attention(torch.randn(5, 2, 3), torch.randn(5, 2, 3), torch.randn(5, 2, 3).long(), g), TypeError, "floating-point"),
-        (lambda g: gatv2_attention(torch.randn(5, 2, 3), torch.randn(5, 2, 3), torch.randn(3, 3), g), ValueError, r"att must have shape \[2, 3\]"),
-        (lambda g: gat_attention(torch.randn(5, 2), None, torch.randn(5, 2, 3), "edges"), TypeError, "Graph or an edge_index"),
+        (lambda g: gat_attention(torch.randn(5, 2), None, torch.randn(5, 2, 3), g, edge_score=torch.randn(2, 2)),
+         ValueError, "edge_score"),
+        (lambda g: dot_product_attention(torch.randn(5, 2, 3), torch.randn(5, 2, 4), torch.randn(5, 2, 3), g),
+         ValueError, "key must have shape"),
+        (lambda g: dot_product_attention(torch.randn(5, 2, 3), torch.randn(5, 2, 3), torch.randn(5, 2, 3).long(), g),
+         TypeError, "floating-point"),
+        (lambda g: gatv2_attention(torch.randn(5, 2, 3), torch.randn(5, 2, 3), torch.randn(3, 3), g),
+         ValueError, r"att must have shape \[2, 3\]"),
+        (lambda g: gat_attention(torch.randn(5, 2), None, torch.randn(5, 2, 3), "edges"),
+         TypeError, "Graph or an edge_index"),
     ],
 )
 def test_bad_input(call, exc, match):
@@ -320,7 +329,8 @@ def test_each_activations_derivative_is_the_derivative_of_its_value(activation):
     z = torch.cat([torch.linspace(-3, 3, 61, dtype=torch.float64), torch.tensor([-1e-3, 1e-3, 7.5])])
     z = z[z != 0].requires_grad_()  # a kink's derivative is a convention
     slope = torch.tensor(0.2, dtype=torch.float64)
-    env = {"where": lambda c, a, b: torch.where(c, torch.as_tensor(a, dtype=z.dtype), torch.as_tensor(b, dtype=z.dtype)),
+    env = {"where": lambda c, a, b: torch.where(c, torch.as_tensor(a, dtype=z.dtype),
+                                                torch.as_tensor(b, dtype=z.dtype)),
            "max": lambda a, b: torch.maximum(torch.as_tensor(a, dtype=z.dtype), torch.as_tensor(b, dtype=z.dtype)),
            "min": lambda a, b: torch.minimum(torch.as_tensor(a, dtype=z.dtype), torch.as_tensor(b, dtype=z.dtype))}
     value = eval(act.value, env, {"z": z, "slope": slope}) + torch.zeros_like(z)

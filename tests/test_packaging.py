@@ -32,7 +32,8 @@ def _run(cmd, **kw):
     env.update(kw.pop("env", {}))
     res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, **kw)
     if res.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, cmd))} exited {res.returncode}\n--- stdout\n{res.stdout[-4000:]}\n--- stderr\n{res.stderr[-4000:]}")
+        pytest.fail(f"{' '.join(map(str, cmd))} exited {res.returncode}\n--- stdout\n{res.stdout[-4000:]}"
+                    f"\n--- stderr\n{res.stderr[-4000:]}")
     return res
 
 
@@ -46,7 +47,8 @@ def _package_files(src: Path) -> set:
 
 
 def _build_wheel(src: Path, out: Path) -> Path:
-    _run([sys.executable, "-m", "pip", "wheel", src, "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", out])
+    _run([sys.executable, "-m", "pip", "wheel", src, "--no-deps", "--no-build-isolation",
+          "--no-index", "-q", "-w", out])
     (wheel,) = out.glob(f"{PKG}-*.whl")
     return wheel
 
@@ -65,7 +67,8 @@ def built(tmp_path_factory):
             shutil.copytree(ROOT / d, src / d, ignore=JUNK)
     wheel = _build_wheel(src, tmp / "wheel")
     sdist_dir = tmp / "sdist"
-    _run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(sdist_dir)!r})"], cwd=src)
+    _run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(sdist_dir)!r})"],
+         cwd=src)
     (sdist,) = sdist_dir.glob(f"{PKG}-*.tar.gz")
     return {"tmp": tmp, "src": src, "wheel": wheel, "sdist": sdist}
 

@@ -303,7 +303,8 @@ def test_robustness_parameters_outside_their_domain_are_named(call, message):
 def test_gradient_attack_checks_its_parameters():
     x, y = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
     m = torch.tensor([True, True, False, False])
-    for kwargs, message in [(dict(steps=0), "steps"), (dict(lr=math.nan), "lr"), (dict(weight_decay=-1.0), "weight_decay"),
+    for kwargs, message in [(dict(steps=0), "steps"), (dict(lr=math.nan), "lr"),
+                            (dict(weight_decay=-1.0), "weight_decay"),
                             (dict(surrogate_epochs=-1), "surrogate_epochs"), (dict(budget=7), "node pairs")]:
         kwargs = {"budget": 1, **kwargs}
         with pytest.raises(ValueError, match=message):

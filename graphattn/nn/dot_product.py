@@ -20,11 +20,13 @@ class TransformerConv(GraphLayer):
         \mathbf{x}'_i = \mathbf{W}_1 \mathbf{x}_i + \sum_{j \in \mathcal{N}(i)}
         \alpha_{i,j} \left(\mathbf{W}_2 \mathbf{x}_j + \mathbf{W}_6 \mathbf{e}_{ij}\right),\qquad
         \alpha_{i,j} = \operatorname{softmax}_i\!\left(
-        \frac{(\mathbf{W}_3\mathbf{x}_i)^{\top} (\mathbf{W}_4\mathbf{x}_j + \mathbf{W}_6 \mathbf{e}_{ij})}{\sqrt{d}}\right)
+        \frac{(\mathbf{W}_3\mathbf{x}_i)^{\top}
+        (\mathbf{W}_4\mathbf{x}_j + \mathbf{W}_6 \mathbf{e}_{ij})}{\sqrt{d}}\right)
 
     With ``beta=True`` the skip connection is gated:
     :math:`\mathbf{x}'_i = \beta_i \mathbf{W}_1 \mathbf{x}_i + (1-\beta_i)\,\mathbf{m}_i`,
-    :math:`\beta_i = \sigma(\mathbf{w}_5^\top [\mathbf{W}_1\mathbf{x}_i, \mathbf{m}_i, \mathbf{W}_1\mathbf{x}_i - \mathbf{m}_i])`.
+    :math:`\beta_i = \sigma(\mathbf{w}_5^\top [\mathbf{W}_1\mathbf{x}_i, \mathbf{m}_i,
+    \mathbf{W}_1\mathbf{x}_i - \mathbf{m}_i])`.
 
     Args:
         in_channels: input size, ``-1`` for lazy, or ``(in_src, in_dst)``.

@@ -86,7 +86,8 @@ def cpp_header() -> str:
     lines.append("inline int kind_activation(int64_t kind) { return " +
                  " : ".join(f"kind == {k.name} ? kAct_{k.activation}" for k in KINDS) + " : -1; }")
     for fn, field in (("activate", "value"), ("activate_grad", "derivative")):
-        lines += ["", "template <int ACT, typename T>", f"inline T {fn}(T z, T slope) {{", "  (void)z;", "  (void)slope;"]
+        lines += ["", "template <int ACT, typename T>", f"inline T {fn}(T z, T slope) {{", "  (void)z;",
+                  "  (void)slope;"]
         for n, a in enumerate(ACTIVATIONS):
             lines.append(f"  {'if' if n == 0 else 'else if'} constexpr (ACT == kAct_{a.name}) "
                          f"return {emit(getattr(a, field), 'cpp')};")

@@ -123,7 +123,8 @@ MASK_REASON = "a per-edge message mask is set (edge_mask, e.g. by an explainer);
 
 def score_kind(code: int) -> ScoreKind:
     if code not in _BY_CODE:
-        raise ValueError(f"unknown score kind {code!r}; the kinds are " + ", ".join(f"{k.name}={k.code}" for k in KINDS))
+        raise ValueError(f"unknown score kind {code!r}; the kinds are " +
+                         ", ".join(f"{k.name}={k.code}" for k in KINDS))
     return _BY_CODE[code]
 
 

@@ -185,6 +185,7 @@ def check_call(spec: OpSpec, graph: GraphLike, tensors: Mapping[str, Optional[Te
     return g, dims, checked
 
 
-def edge_rows(names: Sequence[str], graph: Graph, tensors: Mapping[str, Optional[Tensor]]) -> Dict[str, Optional[Tensor]]:
+def edge_rows(names: Sequence[str], graph: Graph,
+              tensors: Mapping[str, Optional[Tensor]]) -> Dict[str, Optional[Tensor]]:
     """The named per-edge tensors (user order) in the graph's CSR order."""
     return {n: (None if tensors.get(n) is None else graph.to_csr_order(tensors[n])) for n in names}

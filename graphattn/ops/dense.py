@@ -83,7 +83,8 @@ def size_groups(graph: Graph) -> Optional[List[Tuple[int, Tensor]]]:
     if pat is None or pat.kind != "complete" or pat.batch is None or pat.get("key_lengths") is not None:
         return None
     sizes = torch.tensor(pat.batch, dtype=torch.long)
-    if graph.num_dst != graph.num_src or graph.num_dst != int(sizes.sum()) or graph.num_edges != int((sizes * sizes).sum()):
+    if (graph.num_dst != graph.num_src or graph.num_dst != int(sizes.sum())
+            or graph.num_edges != int((sizes * sizes).sum())):
         return None
     if _grouping_refusal(sizes) is not None:
         return None

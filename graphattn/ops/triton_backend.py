@@ -188,8 +188,9 @@ class _Fused(torch.autograd.Function):
             datt_rows = torch.zeros(Nd, H, F, device=value.device, dtype=lse.dtype) if has_att else dummy
             if Nd and H:
                 _launch(
-                    "fused_backward_dst_kernel", (Nd, H), graph.rowptr, graph.col, dst_term, src_term, _or(edge_score_term, dummy),
-                    _or(att, dummy), g, d_dst_term, datt_rows, H, F, _params(slope, scale, value),
+                    "fused_backward_dst_kernel", (Nd, H), graph.rowptr, graph.col, dst_term, src_term,
+                    _or(edge_score_term, dummy), _or(att, dummy), g, d_dst_term, datt_rows,
+                    H, F, _params(slope, scale, value),
                     HAS_EDGE_SCORE_TERM=edge_score_term is not None, BLOCK_F=_pow2(F),
                     ACC=_acc(value.dtype), degree=degree_bucket(E, Nd), **traits,
                 )

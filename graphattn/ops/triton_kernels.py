@@ -133,7 +133,7 @@ def fused_forward_kernel(
     offs_c = tl.arange(0, BLOCK_C)
     c_mask = offs_c < Cv
     m = tl.full((), float("-inf"), ACC)
-    l = tl.zeros((), ACC)
+    denom = tl.zeros((), ACC)
     acc = tl.zeros((BLOCK_C,), ACC)
     for e0 in range(start, end, BLOCK_E):
         e = e0 + tl.arange(0, BLOCK_E)
@@ -148,7 +148,7 @@ def fused_forward_kernel(
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         r = tl.exp(m - m_safe)
         pr = tl.exp(s - m_safe)
-        l = l * r + tl.sum(pr, axis=0)
+        denom = denom * r + tl.sum(pr, axis=0)
         w = pr
         if DROPOUT:
             w = pr * _keep_scale(seed, e, h, H, p, ACC)
@@ -158,15 +158,15 @@ def fused_forward_kernel(
             v += tl.load(edge_value + (e * H + h)[:, None] * Cv + offs_c[None, :], mask=vm, other=0.0).to(ACC)
         acc = acc * r + tl.sum(w[:, None] * v, axis=0)
         m = m_new
-    # l == 0 (no edge, or all -inf): output 0, lse -inf. A NaN l (a NaN or +inf score)
+    # denom == 0 (no edge, or all -inf): output 0, lse -inf. A NaN denom (a NaN or +inf score)
     # propagates into the output and lse, as in the reference. Both branches of
     # tl.where are evaluated, hence the safe divisor.
-    empty = l == 0
-    l_safe = tl.where(empty, 1.0, l)
-    inv = tl.where(empty, 0.0, 1.0 / l_safe)
+    empty = denom == 0
+    denom_safe = tl.where(empty, 1.0, denom)
+    inv = tl.where(empty, 0.0, 1.0 / denom_safe)
     tl.store(out + (i * H + h) * Cv + offs_c, (acc * inv).to(out.dtype.element_ty), mask=c_mask)
     m_fin = tl.where(m == float("-inf"), 0.0, m)
-    tl.store(lse + i * H + h, tl.where(empty, float("-inf"), m_fin + tl.log(l_safe)).to(lse.dtype.element_ty))
+    tl.store(lse + i * H + h, tl.where(empty, float("-inf"), m_fin + tl.log(denom_safe)).to(lse.dtype.element_ty))
 
 
 @triton.jit

@@ -82,7 +82,8 @@ def bounded(kind: type, low=None, high=None, low_open: bool = False, high_open: 
     if low is not None and high is not None:
         where = f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     elif low is not None or high is not None:
-        where = f" {'>' if low is not None else '<'}{'' if (low_open or high_open) else '='} {low if high is None else high}"
+        where = (f" {'>' if low is not None else '<'}{'' if (low_open or high_open) else '='}"
+                 f" {low if high is None else high}")
     else:
         where = ""
     need = ("an integer" if kind is int else "a finite number") + where
@@ -187,7 +188,8 @@ def add_run_arguments(parser, default_out: str, smoke_help: str, runs: int = 1) 
                         help=f"number of seeds (default {runs}); run r uses --seed + r")
     parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--device", default="auto", type=device_argument, help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--out", default=None, help=f"results JSON (default {default_out}); checkpoint and plots beside it")
+    parser.add_argument("--out", default=None,
+                        help=f"results JSON (default {default_out}); checkpoint and plots beside it")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
     parser.add_argument("--smoke", action="store_true", help=smoke_help)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -213,7 +215,8 @@ def resume_from(path: os.PathLike, config: Dict[str, Any], resume: bool,
 def training_state(model, opt, sched: Optional[Any], gen: torch.Generator) -> Dict[str, Any]:
     """What a checkpoint needs to continue training exactly: weights, optimiser and
     schedule state, the data generator's and torch's RNG states."""
-    return {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict() if sched is not None else None,
+    return {"model": model.state_dict(), "opt": opt.state_dict(),
+            "sched": sched.state_dict() if sched is not None else None,
             "gen": gen.get_state(), "rng": torch.get_rng_state()}
 
 
