@@ -11,8 +11,8 @@ from torch_geometric.nn import global_add_pool, global_mean_pool
 from ..nn import DotProductConv, GATConv, GATv2Conv, GPSConv, TransformerConv
 
 __all__ = ["NodeClassifier", "DeepNodeClassifier", "LinkPredictor", "GraphPredictor", "MODELS", "DECODERS",
-           "GRAPH_MODELS", "POOLS", "EarlyStopping", "evaluate_node_classifier", "node_classifier_step",
-           "fit_node_classifier"]
+           "GRAPH_MODELS", "POOLS", "NODE_METRICS", "EarlyStopping", "node_metric", "evaluate_node_classifier",
+           "node_classifier_step", "fit_node_classifier"]
 
 MODELS = ("gat", "gatv2", "dot")
 DECODERS = ("dot", "mlp")
@@ -151,16 +151,36 @@ class EarlyStopping:
             setattr(self, key, state[key])
 
 
+NODE_METRICS = ("accuracy", "rocauc")
+
+
+def node_metric(out: Tensor, y: Tensor, metric: str = "accuracy") -> float:
+    """``"accuracy"`` of the argmax, or ``"rocauc"`` of class 1 against class 0 (two classes:
+    the logit difference ranks nodes, ties counted one half; :func:`metrics.roc_auc`)."""
+    if metric == "accuracy":
+        return float((out.argmax(dim=-1) == y).float().mean())
+    if metric == "rocauc":
+        if out.size(-1) != 2:
+            raise ValueError(f"rocauc needs two classes, got {out.size(-1)}")
+        from .metrics import roc_auc
+
+        score = out[:, 1] - out[:, 0]
+        return roc_auc(score[y == 1], score[y == 0])
+    raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(NODE_METRICS)}")
+
+
 @torch.no_grad()
-def evaluate_node_classifier(model: nn.Module, data, graph) -> dict:
-    """Accuracy and cross-entropy of ``model`` on the train, val and test masks (eval mode)."""
+def evaluate_node_classifier(model: nn.Module, data, graph, metric: str = "accuracy") -> dict:
+    """Accuracy, cross-entropy and ``metric`` (as ``<split>_score``) of ``model`` on the
+    train, val and test masks (eval mode)."""
     model.eval()
     out = model(data.x, graph)
-    pred = out.argmax(dim=-1)
     result = {}
     for split in ("train", "val", "test"):
         mask = getattr(data, f"{split}_mask")
-        result[f"{split}_acc"] = float((pred[mask] == data.y[mask]).float().mean())
+        result[f"{split}_acc"] = node_metric(out[mask], data.y[mask], "accuracy")
+        result[f"{split}_score"] = (result[f"{split}_acc"] if metric == "accuracy"
+                                    else node_metric(out[mask], data.y[mask], metric))
         result[f"{split}_loss"] = float(F.cross_entropy(out[mask], data.y[mask]))
     return result
 
