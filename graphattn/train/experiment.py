@@ -9,6 +9,7 @@ import os
 import pickle
 import platform
 import stat
+import sys
 import tempfile
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -19,6 +20,8 @@ import torch
 
 __all__ = [
     "add_run_arguments",
+    "add_config_argument",
+    "parse_with_config",
     "bounded",
     "positive_int",
     "nonnegative_int",
@@ -193,6 +196,66 @@ def add_run_arguments(parser, default_out: str, smoke_help: str, runs: int = 1) 
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
     parser.add_argument("--smoke", action="store_true", help=smoke_help)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE``: a JSON object of flags, read by :func:`parse_with_config`."""
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help='JSON object of flags keyed by their long options, e.g. {"dataset": "Cora", '
+                             '"weight-decay": 0.001}; flags on the command line override it')
+
+
+def _long_options(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
+    """``{"weight-decay": action, ...}``: the parser's long options, less --help and --config."""
+    return {opt[2:]: action for action in parser._actions for opt in action.option_strings
+            if opt.startswith("--") and opt not in ("--help", "--config")}
+
+
+def _config_tokens(parser: argparse.ArgumentParser, key: str, value: Any, where: str) -> List[str]:
+    """The command-line tokens that the config entry ``key: value`` stands for, its value
+    checked by the option's own argparse type and choices (errors name the file and key)."""
+    options = _long_options(parser)
+    action = options.get(key.replace("_", "-"))
+    if action is None:
+        parser.error(f"{where}: unknown key {key!r}; keys are the long options: {', '.join(sorted(options))}")
+    flag = action.option_strings[-1]
+    if action.nargs == 0:  # store_true and the like
+        if not isinstance(value, bool):
+            parser.error(f"{where}: {key!r} is a switch: give true or false, got {value!r}")
+        return [flag] if value else []
+    if value is None:
+        return []
+    if isinstance(value, (bool, list, dict)):
+        parser.error(f"{where}: {key!r} takes a number or a string, got {value!r}")
+    text = str(value)
+    try:
+        parsed = action.type(text) if action.type else text
+    except (argparse.ArgumentTypeError, TypeError, ValueError) as e:
+        parser.error(f"{where}: {key!r}: {e}")
+    if action.choices is not None and parsed not in action.choices:
+        parser.error(f"{where}: {key!r}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+    return [f"{flag}={text}"]
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, with the flags of ``--config FILE`` (if given) read first,
+    so that the command line overrides them."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    path = pre.parse_known_args(argv)[0].config
+    tokens: List[str] = []
+    if path is not None:
+        where = f"--config {path}"
+        try:
+            config = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            parser.error(f"{where}: cannot be read as JSON: {e}")
+        if not isinstance(config, dict):
+            parser.error(f"{where}: must hold a JSON object of flags, got {type(config).__name__}")
+        for key, value in config.items():
+            tokens += _config_tokens(parser, key, value, where)
+    return parser.parse_args(tokens + argv)
 
 
 def resume_from(path: os.PathLike, config: Dict[str, Any], resume: bool,
