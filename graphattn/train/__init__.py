@@ -9,6 +9,8 @@ Kept apart from the library's core (``graphattn.graph``, ``patterns``, ``ops``,
   examples train, and the one early-stopping rule they share.
 * :mod:`~graphattn.train.datasets` -- Planetoid and OGB loading (offline, with
   the narrow ``torch.load`` handling), synthetic graphs.
+* :mod:`~graphattn.train.pyg_datasets` -- any ``torch_geometric.datasets`` node
+  class read offline by PyG's own class, and the per-run split rule.
 * :mod:`~graphattn.train.sampling` -- neighbour sampling for mini-batches.
 * :mod:`~graphattn.train.distributed` -- torchrun helpers.
 * :mod:`~graphattn.train.metrics` -- ROC-AUC, average precision, Hits@K.
