@@ -12,7 +12,7 @@ weighted sum of source values. See :class:`Graph`, :mod:`graphattn.ops` and
 import importlib
 
 from . import ops, ordering, patterns
-from .graph import Graph, Pattern
+from .graph import Graph, Pattern, PatternKind
 from .ordering import NodeOrder
 from .ops import dot_product_attention, edge_softmax, gat_attention, gatv2_attention
 
@@ -24,6 +24,7 @@ __all__ = [
     "Graph",
     "NodeOrder",
     "Pattern",
+    "PatternKind",
     "explain",
     "nn",
     "ops",

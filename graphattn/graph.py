@@ -15,6 +15,7 @@ neither is imported back from here.
 """
 from __future__ import annotations
 
+import enum
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
@@ -26,23 +27,63 @@ from . import _graph_build as build
 from ._csr import check_count, check_offsets, check_range, dense, offsets, stamp_of
 from ._graph_build import FillValue, GraphArrays, both_directions, undirected_pairs
 
-__all__ = ["Graph", "Pattern", "FillValue", "NodeRenumbering", "register_order_resolver", "undirected_pairs",
-           "both_directions"]
+__all__ = ["Graph", "Pattern", "PatternKind", "FillValue", "NodeRenumbering", "register_order_resolver",
+           "undirected_pairs", "both_directions"]
+
+
+class PatternKind(str, enum.Enum):
+    """The shapes a :class:`Pattern` can record, one member per builder of
+    :mod:`graphattn.patterns`.
+
+    The dispatcher acts on four: ``COMPLETE`` (every query attends to every key of its
+    block), ``CAUSAL`` (token ``i`` to tokens ``0..i``), ``BAND`` (``left``/``right``
+    neighbours, clipped at the ends) and ``CROSS`` (complete bipartite); the others only
+    describe the graph. ``GRAPH`` is a block built without a recorded pattern (in
+    :func:`~graphattn.patterns.batch` and :func:`~graphattn.patterns.union`).
+
+    Members are strings (``PatternKind.CAUSAL == "causal"``, ``str()`` and f-strings give
+    the value), and a name outside this list is a ``ValueError``.
+    """
+
+    COMPLETE = "complete"
+    CAUSAL = "causal"
+    BAND = "band"
+    CROSS = "cross"
+    DILATED = "dilated"
+    GLOBAL_LOCAL = "global_local"
+    RANDOM = "random"
+    BIGBIRD = "bigbird"
+    UNION = "union"
+    EXPANDER = "expander"
+    VIRTUAL = "virtual"
+    SPARSE_GLOBAL = "sparse_global"
+    GRAPH = "graph"
+
+    __str__ = str.__str__  # the value, as the plain strings these replaced printed
+    __format__ = str.__format__
+
+    @classmethod
+    def _missing_(cls, value: object) -> "PatternKind":
+        allowed = ", ".join(repr(k.value) for k in cls)
+        raise ValueError(f"unknown pattern kind {value!r}; the kinds are {allowed}")
 
 
 @dataclass(frozen=True)
 class Pattern:
     """What is known about a graph's shape, so the dispatcher may use a dense kernel.
 
-    ``kind`` is one of ``"complete"``, ``"causal"``, ``"band"`` (``left``/``right``
-    neighbours, clipped at the ends), ``"cross"`` (complete bipartite) or any other
-    name a pattern builder records (``"dilated"``, ``"random"``, ...). ``batch`` is
-    the per-sequence lengths when the graph is a block-diagonal batch of sequences.
+    ``kind`` is a :class:`PatternKind` (its string value is accepted and converted; any
+    other name is a ``ValueError``). ``params`` are the builder's arguments (e.g. a
+    band's ``left``/``right``). ``batch`` is the per-sequence lengths when the graph is a
+    block-diagonal batch of sequences.
     """
 
-    kind: str
+    kind: PatternKind
     params: Tuple[Tuple[str, Any], ...] = ()
     batch: Optional[Tuple[int, ...]] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", PatternKind(self.kind))
 
     def get(self, key: str, default: Any = None) -> Any:
         return dict(self.params).get(key, default)
