@@ -3,8 +3,8 @@
 Token ``i`` of the query sequence attends to token ``j`` of the key sequence
 when the graph has the edge ``j -> i``. Each builder returns a :class:`Graph`
 whose edges are already sorted by query (no sort needed) and that records its
-:class:`~graphattn.graph.Pattern`, so the dispatcher can route known shapes
-(complete, causal) to dense kernels.
+:class:`~graphattn.graph.Pattern` (a :class:`PatternKind` and the builder's arguments),
+so the dispatcher can route known shapes (complete, causal, band, cross) to dense kernels.
 
 Batches of variable-length sequences become one block-diagonal graph
 (:func:`batch`): packed, with no padding tokens as nodes. :func:`pack` and
@@ -26,9 +26,10 @@ import torch
 from torch import Tensor
 
 from ._csr import check_count as _check_count
-from .graph import Graph, Pattern
+from .graph import Graph, Pattern, PatternKind
 
 __all__ = [
+    "PatternKind",
     "complete",
     "causal",
     "sliding_window",
@@ -112,31 +113,35 @@ def complete(Lq: int, Lk: Optional[int] = None, *, device=None) -> Graph:
     Lk = Lq if Lk is None else _check_len("Lk", Lk)
     q = torch.arange(Lq, device=device).repeat_interleave(Lk)
     k = torch.arange(Lk, device=device).repeat(Lq)
-    kind = "complete" if Lk == Lq else "cross"
+    kind = PatternKind.COMPLETE if Lk == Lq else PatternKind.CROSS
     return _from_mask_rows(q, k, Lq, Lk, Pattern(kind), device)
 
 
 def cross(Lq: int, Lk: int, *, device=None) -> Graph:
     """Complete bipartite graph: ``Lq`` queries attend to all ``Lk`` keys of another sequence."""
     g = complete(Lq, Lk, device=device)
-    g.pattern = Pattern("cross")
+    g.pattern = Pattern(PatternKind.CROSS)
     return g
 
 
 def causal(L: int, *, device=None) -> Graph:
     """Token ``i`` attends to tokens ``0..i`` (lower-triangular)."""
     L = _check_len("L", L)
-    return sliding_window(L, L - 1 if L else 0, 0, device=device, _kind="causal")
+    return _band(L, L - 1 if L else 0, 0, Pattern(PatternKind.CAUSAL), device)
 
 
-def sliding_window(L: int, left: int, right: int = 0, *, device=None, _kind: str = "band") -> Graph:
+def sliding_window(L: int, left: int, right: int = 0, *, device=None) -> Graph:
     """Token ``i`` attends to tokens ``i-left .. i+right`` (a band, clipped at the ends).
     ``right=0`` is causal sliding-window attention (Longformer / Mistral style)."""
     L = _check_len("L", L)
     left, right = _check_len("left", left), _check_len("right", right)
-    offsets = torch.arange(-left, right + 1)
-    params = () if _kind == "causal" else (("left", left), ("right", right))
-    return _offset_pattern(L, offsets, Pattern(_kind, params), device)
+    return _band(L, left, right, Pattern(PatternKind.BAND, (("left", left), ("right", right))), device)
+
+
+def _band(L: int, left: int, right: int, pattern: Pattern, device=None) -> Graph:
+    """Edges ``j -> i`` for ``i-left <= j <= i+right`` (checked counts), recorded as ``pattern``:
+    the edges of both :func:`sliding_window` and :func:`causal` (the band ``left=L-1, right=0``)."""
+    return _offset_pattern(L, torch.arange(-left, right + 1), pattern, device)
 
 
 def dilated(L: int, window: int, dilation: int, *, causal_only: bool = False, device=None) -> Graph:
@@ -146,7 +151,8 @@ def dilated(L: int, window: int, dilation: int, *, causal_only: bool = False, de
     window = _check_len("window", window)
     dilation = _check_count("dilation", dilation, minimum=1)
     ks = torch.arange(-window, 1 if causal_only else window + 1)
-    return _offset_pattern(L, ks * dilation, Pattern("dilated", (("window", window), ("dilation", dilation))), device)
+    pattern = Pattern(PatternKind.DILATED, (("window", window), ("dilation", dilation)))
+    return _offset_pattern(L, ks * dilation, pattern, device)
 
 
 def _global_ids(L: int, global_tokens: Union[int, Sequence[int], Tensor]) -> Tensor:
@@ -171,7 +177,7 @@ def global_local(L: int, window: int, global_tokens: Union[int, Sequence[int], T
     extra_k = torch.cat([ids.repeat(L), allq.repeat(ids.numel())])  # global keys for all; all keys for globals
     extra_q = torch.cat([allq.repeat_interleave(ids.numel()), ids.repeat_interleave(L)])
     g = union(band, Graph.from_trusted_edges(extra_k, extra_q, L, L))
-    g.pattern = Pattern("global_local", (("window", window), ("global", tuple(ids.tolist()))))
+    g.pattern = Pattern(PatternKind.GLOBAL_LOCAL, (("window", window), ("global", tuple(ids.tolist()))))
     return g
 
 
@@ -184,9 +190,8 @@ def random(L: int, per_query: int, seed: int = 0, *, Lk: Optional[int] = None, d
     gen = torch.Generator().manual_seed(seed)
     keys = torch.rand(L, Lk, generator=gen).argsort(dim=1)[:, :per_query].sort(dim=1).values
     q = torch.arange(L).repeat_interleave(per_query)
-    g = _from_mask_rows(q, keys.reshape(-1), L, Lk, Pattern("random", (("per_query", per_query), ("seed", seed))),
-                        device)
-    return g
+    pattern = Pattern(PatternKind.RANDOM, (("per_query", per_query), ("seed", seed)))
+    return _from_mask_rows(q, keys.reshape(-1), L, Lk, pattern, device)
 
 
 def bigbird(L: int, window: int, global_tokens: Union[int, Sequence[int]] = 2, random_per_query: int = 3,
@@ -194,7 +199,7 @@ def bigbird(L: int, window: int, global_tokens: Union[int, Sequence[int]] = 2, r
     """BigBird's union of a sliding window, global tokens and random keys."""
     g = union(global_local(L, window, global_tokens, device=device),
               random(L, random_per_query, seed, device=device))
-    g.pattern = Pattern("bigbird", (("window", window), ("random", random_per_query), ("seed", seed)))
+    g.pattern = Pattern(PatternKind.BIGBIRD, (("window", window), ("random", random_per_query), ("seed", seed)))
     return g
 
 
@@ -208,8 +213,13 @@ def union(*graphs: Graph) -> Graph:
             raise ValueError(f"cannot unite graphs of sizes {(ns, nd)} and {(g.num_src, g.num_dst)}")
     key = torch.cat([g.row * ns + g.col for g in graphs]).unique()  # sorted: by query, then key
     q, k = key // max(ns, 1), key % max(ns, 1)
-    kinds = tuple(g.pattern.kind if g.pattern is not None else "graph" for g in graphs)
-    return Graph.from_trusted_edges(k, q, ns, nd, pattern=Pattern("union", (("of", kinds),)))
+    kinds = tuple(_kind_of(g) for g in graphs)
+    return Graph.from_trusted_edges(k, q, ns, nd, pattern=Pattern(PatternKind.UNION, (("of", kinds),)))
+
+
+def _kind_of(graph: Graph) -> PatternKind:
+    """The kind ``graph`` records, ``GRAPH`` when it records none."""
+    return graph.pattern.kind if graph.pattern is not None else PatternKind.GRAPH
 
 
 def batch(lengths: Sequence[int], pattern: Callable[..., Graph] = complete,
@@ -230,7 +240,7 @@ def batch(lengths: Sequence[int], pattern: Callable[..., Graph] = complete,
     for Lq, Lk in zip(lengths, klens):
         g = pattern(Lq, **kwargs) if key_lengths is None else pattern(Lq, Lk, **kwargs)
         check_block(g, Lq, Lk, f"pattern for the block of length {Lq}")
-        kind = g.pattern.kind if g.pattern is not None else "graph"
+        kind = _kind_of(g)
         block_params = g.pattern.params if g.pattern is not None else ()
         rows.append(g.row + q_off)
         cols.append(g.col + k_off)
@@ -240,7 +250,7 @@ def batch(lengths: Sequence[int], pattern: Callable[..., Graph] = complete,
     col = torch.cat(cols) if cols else torch.empty(0, dtype=torch.long)
     params = tuple(block_params) + ((("key_lengths", tuple(klens)),) if key_lengths is not None else ())
     return Graph.from_trusted_edges(col, row, k_off, q_off,
-                                    pattern=Pattern(kind or "complete", params, tuple(lengths)))
+                                    pattern=Pattern(kind or PatternKind.COMPLETE, params, tuple(lengths)))
 
 
 def lengths_from_padding_mask(key_padding_mask: Tensor) -> Tensor:
@@ -353,7 +363,7 @@ def complete_per_graph(batch: Optional[Tensor], num_nodes: int, *, max_edges: in
         return rowptr, col
 
     return Graph.from_csr_builder(num_nodes, num_edges, build, device=device,
-                                  pattern=Pattern("complete", (), lengths))
+                                  pattern=Pattern(PatternKind.COMPLETE, (), lengths))
 
 
 def _within_graph_permutation(sizes: Tensor, gen: torch.Generator) -> Tensor:
@@ -381,8 +391,8 @@ def expander_per_graph(batch: Optional[Tensor], num_nodes: int, degree: int = 4,
         dst += [perm, nodes]
     src, dst = torch.cat(src), torch.cat(dst)
     keep = src != dst
-    return _unique_edges(src[keep], dst[keep], num_nodes, Pattern("expander", (("degree", degree), ("seed", seed)),
-                                                                  tuple(sizes.tolist())), device)
+    pattern = Pattern(PatternKind.EXPANDER, (("degree", degree), ("seed", seed)), tuple(sizes.tolist()))
+    return _unique_edges(src[keep], dst[keep], num_nodes, pattern, device)
 
 
 def _unique_edges(src: Tensor, dst: Tensor, num_nodes: int, pattern: Pattern, device) -> Graph:
@@ -410,8 +420,8 @@ def virtual_nodes(batch: Optional[Tensor], num_nodes: int, per_graph: int = 1) -
     v_dst = vv.view(num_graphs, 1, per_graph).expand(-1, per_graph, -1).reshape(-1)
     src = torch.cat([real, virtual, v_src])
     dst = torch.cat([virtual, real, v_dst])
-    return _unique_edges(src, dst, total, Pattern("virtual", (("per_graph", per_graph),), tuple(sizes.tolist())),
-                         device)
+    pattern = Pattern(PatternKind.VIRTUAL, (("per_graph", per_graph),), tuple(sizes.tolist()))
+    return _unique_edges(src, dst, total, pattern, device)
 
 
 def sparse_global(batch: Optional[Tensor], num_nodes: int, edge_index: Optional[Tensor] = None, *,
@@ -433,4 +443,4 @@ def sparse_global(batch: Optional[Tensor], num_nodes: int, edge_index: Optional[
     device = batch.device if isinstance(batch, Tensor) else (edge_index.device if edge_index is not None else None)
     params = (("degree", degree), ("virtual_per_graph", virtual_per_graph), ("seed", seed),
               ("local", edge_index is not None))
-    return _unique_edges(src, dst, total, Pattern("sparse_global", params, tuple(sizes.tolist())), device)
+    return _unique_edges(src, dst, total, Pattern(PatternKind.SPARSE_GLOBAL, params, tuple(sizes.tolist())), device)

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from graphattn import Graph, patterns
+from graphattn import Graph, Pattern, patterns
+from graphattn.patterns import PatternKind
 
 
 def dense(g: Graph) -> torch.Tensor:
@@ -18,6 +19,31 @@ def test_complete_causal_cross():
     assert (c.num_dst, c.num_src) == (3, 7) and torch.equal(dense(c), torch.ones(3, 7, dtype=torch.long))
     assert patterns.causal(4).pattern.kind == "causal" and c.pattern.kind == "cross"
     assert patterns.causal(0).num_edges == 0
+
+
+def test_builders_record_pattern_kind_members_that_still_compare_and_print_as_strings():
+    edge = Graph.from_edge_index(torch.zeros(2, 1, dtype=torch.long), 3)  # records no pattern
+    built = {PatternKind.COMPLETE: patterns.complete(3), PatternKind.CROSS: patterns.cross(2, 3),
+             PatternKind.CAUSAL: patterns.causal(3), PatternKind.BAND: patterns.sliding_window(5, 1, 1),
+             PatternKind.DILATED: patterns.dilated(6, 1, 2), PatternKind.GLOBAL_LOCAL: patterns.global_local(6, 1),
+             PatternKind.RANDOM: patterns.random(4, 2), PatternKind.BIGBIRD: patterns.bigbird(8, 1),
+             PatternKind.GRAPH: patterns.batch([3], lambda L: edge)}
+    for kind, g in built.items():
+        assert g.pattern.kind is kind, kind
+        assert g.pattern.kind == kind.value and str(g.pattern.kind) == f"{g.pattern.kind}" == kind.value
+    assert repr(patterns.causal(2)).endswith("pattern=causal)")
+    united = patterns.union(patterns.causal(3), edge).pattern
+    assert united == Pattern(PatternKind.UNION, (("of", (PatternKind.CAUSAL, PatternKind.GRAPH)),))
+
+
+def test_pattern_kind_is_one_of_the_enum_and_a_string_value_converts():
+    assert Pattern("band", (("left", 1),)).kind is PatternKind.BAND
+    assert Pattern("causal") == Pattern(PatternKind.CAUSAL) and {"causal": 1}[PatternKind.CAUSAL] == 1
+    for bad in ("diagonal", "Causal", "", 3, None):
+        with pytest.raises(ValueError, match="unknown pattern kind .*'complete', 'causal', 'band', 'cross'"):
+            Pattern(bad)
+    with pytest.raises(TypeError):
+        patterns.sliding_window(4, 1, 1, _kind="causal")  # the private string argument is gone
 
 
 @pytest.mark.parametrize("left,right", [(0, 0), (2, 0), (1, 3), (10, 10)])
