@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..graph import Graph
+from ..graph import Graph, PatternKind
 from ._dispatch import first_accepting
 from ._dtypes import compute_dtype
 
-DENSE_KINDS = ("complete", "causal", "cross")
+DENSE_KINDS = (PatternKind.COMPLETE, PatternKind.CAUSAL, PatternKind.CROSS)
 
 
-def blocks(graph: Graph, kinds: Tuple[str, ...] = DENSE_KINDS) -> Optional[Tuple[int, int, int]]:
+def blocks(graph: Graph, kinds: Tuple[PatternKind, ...] = DENSE_KINDS) -> Optional[Tuple[int, int, int]]:
     """``(batch, Lq, Lk)`` when the graph is a batch of identical blocks of one of
     ``kinds``, else None."""
     pat = graph.pattern
@@ -45,7 +45,7 @@ def blocks(graph: Graph, kinds: Tuple[str, ...] = DENSE_KINDS) -> Optional[Tuple
         return None
     B = len(pat.batch)
     Lq, Lk = next(iter(qs)), next(iter(ks))
-    if pat.kind in ("causal", "band") and Lq != Lk:
+    if pat.kind in (PatternKind.CAUSAL, PatternKind.BAND) and Lq != Lk:
         return None
     if not _counts_agree(graph, pat, B, Lq, Lk):
         return None
@@ -80,7 +80,7 @@ def size_groups(graph: Graph) -> Optional[List[Tuple[int, Tensor]]]:
     SDPA should take: for each distinct block size ``L``, the first node of every
     block of that size."""
     pat = graph.pattern
-    if pat is None or pat.kind != "complete" or pat.batch is None or pat.get("key_lengths") is not None:
+    if pat is None or pat.kind != PatternKind.COMPLETE or pat.batch is None or pat.get("key_lengths") is not None:
         return None
     sizes = torch.tensor(pat.batch, dtype=torch.long)
     if (graph.num_dst != graph.num_src or graph.num_dst != int(sizes.sum())
@@ -101,11 +101,11 @@ def _band_edges(L: int, left: int, right: int) -> int:
 def _counts_agree(graph: Graph, pat, B: int, Lq: int, Lk: int) -> bool:
     """A recorded pattern is a claim; the node and edge counts must bear it out before
     a dense kernel replaces the edges (a mislabelled graph takes the sparse path)."""
-    if pat.kind in ("complete", "cross"):
+    if pat.kind in (PatternKind.COMPLETE, PatternKind.CROSS):
         per_block = Lq * Lk
-    elif pat.kind == "causal":
+    elif pat.kind == PatternKind.CAUSAL:
         per_block = _band_edges(Lq, Lq, 0)
-    elif pat.kind == "band":
+    elif pat.kind == PatternKind.BAND:
         per_block = _band_edges(Lq, int(pat.get("left", 0)), int(pat.get("right", 0)))
     else:
         return False
@@ -133,7 +133,7 @@ def _band_refusal(graph: Graph, L: int, left: int, right: int) -> Optional[str]:
 
 def _band_shape(graph: Graph) -> Optional[Tuple[int, int, int, int]]:
     """``(batch, L, left, right)`` when the graph is a batch of identical sliding windows."""
-    shape = blocks(graph, ("band",))
+    shape = blocks(graph, (PatternKind.BAND,))
     if shape is None:
         return None
     return shape[0], shape[1], int(graph.pattern.get("left", 0)), int(graph.pattern.get("right", 0))
@@ -179,7 +179,7 @@ def decline(graph=None, need_weights=False, has_edge_terms=False, has_edge_mask=
         return "the call has per-edge terms (edge_key / edge_value / edge_bias)"
     if route(graph) is None:
         pat = graph.pattern
-        if pat is not None and pat.kind == "complete" and pat.batch is not None:
+        if pat is not None and pat.kind == PatternKind.COMPLETE and pat.batch is not None:
             reason = _grouping_refusal(torch.tensor(pat.batch, dtype=torch.long))
             if reason is not None:
                 return reason
@@ -215,7 +215,7 @@ def _dense_route(query: Tensor, key: Tensor, value: Tensor, *, graph: Graph, sca
 
     out = F.scaled_dot_product_attention(
         to_dense(query, Lq), to_dense(key, Lk), to_dense(value, Lk),
-        dropout_p=dropout, is_causal=graph.pattern.kind == "causal", scale=scale,
+        dropout_p=dropout, is_causal=graph.pattern.kind == PatternKind.CAUSAL, scale=scale,
     )
     return out.transpose(1, 2).reshape(B * Lq, H, C)
 

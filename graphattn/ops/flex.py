@@ -12,9 +12,10 @@ from typing import Optional
 
 import torch
 
+from ..graph import PatternKind
 from .dense import blocks, exact_where_nonfinite
 
-FLEX_KINDS = ("band", "causal", "complete")
+FLEX_KINDS = (PatternKind.BAND, PatternKind.CAUSAL, PatternKind.COMPLETE)
 
 
 def _available() -> bool:
@@ -31,9 +32,9 @@ def _band(graph):
     if dims is None:
         return None
     _, Lq, Lk = dims
-    if pat.kind == "band":
+    if pat.kind == PatternKind.BAND:
         return dims, pat.get("left"), pat.get("right")
-    if pat.kind == "causal":
+    if pat.kind == PatternKind.CAUSAL:
         return dims, Lq, 0
     return dims, Lk, Lk  # complete
 
