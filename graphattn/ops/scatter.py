@@ -7,11 +7,10 @@ from __future__ import annotations
 import importlib.util
 from typing import Optional
 
-import torch
 from torch import Tensor
 
-from ._dtypes import FLOAT_DTYPES, upcast
-from .softmax import segment_softmax_backward, segment_softmax_forward
+from ._dtypes import FLOAT_DTYPES
+from .softmax import segment_softmax
 
 
 # Looked up once, at import (see triton_backend: no import-system call on the hot path).
@@ -35,24 +34,9 @@ def _scatter_sum(t: Tensor, index: Tensor, n: int) -> Tensor:
     return scatter_add(t, index, dim=0, dim_size=n)
 
 
-class _ScatterSoftmax(torch.autograd.Function):
-    """The segment softmax of :mod:`.softmax` with torch-scatter's fused reductions."""
-
-    @staticmethod
-    def forward(ctx, scores: Tensor, index: Tensor, n: int) -> Tensor:
-        out = segment_softmax_forward(scores, index, n, segment_max=_scatter_max, segment_sum=_scatter_sum)
-        ctx.save_for_backward(out, index)
-        ctx.n = n
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        out, index = ctx.saved_tensors
-        return segment_softmax_backward(out, grad, index, ctx.n), None, None
-
-
 def edge_softmax(scores: Tensor, index: Tensor, num_segments: int, graph=None) -> Tensor:
-    return _ScatterSoftmax.apply(upcast(scores), index, num_segments).to(scores.dtype)
+    """The segment softmax of :mod:`.softmax` with torch-scatter's fused reductions."""
+    return segment_softmax(scores, index, num_segments, segment_max=_scatter_max, segment_sum=_scatter_sum)
 
 
 def decline(device=None, dtype=None, **_) -> Optional[str]:

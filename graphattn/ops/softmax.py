@@ -1,10 +1,15 @@
 """Segment (per-destination) softmax over edges, with a closed-form backward."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
 from ._dtypes import upcast
+
+
+Reduction = Callable[[Tensor, Tensor, int], Tensor]  # (values [E, ...], index [E], num_segments) -> [num_segments, ...]
 
 
 def _expand_index(index: Tensor, like: Tensor) -> Tensor:
@@ -22,7 +27,7 @@ def _segment_sum(t: Tensor, index: Tensor, num_segments: int) -> Tensor:
 
 
 def segment_softmax_forward(scores: Tensor, index: Tensor, num_segments: int,
-                            segment_max=_segment_max, segment_sum=_segment_sum) -> Tensor:
+                            segment_max: Reduction = _segment_max, segment_sum: Reduction = _segment_sum) -> Tensor:
     """Softmax of ``scores`` ([E] or [E, ...]) over the edges sharing ``index``.
 
     Stable for huge logits (the per-segment max is subtracted); a segment whose
@@ -46,9 +51,14 @@ def segment_softmax_backward(weights: Tensor, grad: Tensor, index: Tensor, num_s
 
 
 class SegmentSoftmax(torch.autograd.Function):
+    """:func:`segment_softmax_forward` with the closed-form backward, over the forward's two
+    reductions (torch's scatter ops by default; the torch-scatter backend passes its own).
+    The backward's one segment sum is torch's in every case (the output alone determines it)."""
+
     @staticmethod
-    def forward(ctx, scores: Tensor, index: Tensor, num_segments: int) -> Tensor:
-        out = segment_softmax_forward(scores, index, num_segments)
+    def forward(ctx, scores: Tensor, index: Tensor, num_segments: int,
+                segment_max: Reduction = _segment_max, segment_sum: Reduction = _segment_sum) -> Tensor:
+        out = segment_softmax_forward(scores, index, num_segments, segment_max, segment_sum)
         ctx.save_for_backward(out, index)
         ctx.num_segments = num_segments
         return out
@@ -56,10 +66,12 @@ class SegmentSoftmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         out, index = ctx.saved_tensors
-        return segment_softmax_backward(out, grad, index, ctx.num_segments), None, None
+        return segment_softmax_backward(out, grad, index, ctx.num_segments), None, None, None, None
 
 
-def segment_softmax(scores: Tensor, index: Tensor, num_segments: int) -> Tensor:
-    """Differentiable segment softmax; half-precision inputs are computed in fp32."""
-    out = SegmentSoftmax.apply(upcast(scores), index, num_segments)
+def segment_softmax(scores: Tensor, index: Tensor, num_segments: int,
+                    segment_max: Reduction = _segment_max, segment_sum: Reduction = _segment_sum) -> Tensor:
+    """Differentiable segment softmax; half-precision inputs are computed in fp32.
+    ``segment_max`` / ``segment_sum`` replace the forward's reductions (see :class:`SegmentSoftmax`)."""
+    out = SegmentSoftmax.apply(upcast(scores), index, num_segments, segment_max, segment_sum)
     return out.to(scores.dtype)
