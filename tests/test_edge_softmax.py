@@ -141,6 +141,37 @@ def test_cpu_edge_softmax_saves_only_output_and_handles_empty_and_half():
     torch.testing.assert_close(yh.float(), y.detach(), atol=1e-2, rtol=1e-2)
 
 
+def test_scatter_backend_wiring_with_pure_torch_stand_ins_for_its_reductions(monkeypatch):
+    """torch-scatter is optional (and absent from CI): its two reductions replaced by pure-torch
+    ones with its semantics (an empty segment's max is 0), the backend's path through the
+    shared SegmentSoftmax is the reference's, bit for bit, and its gradient checks."""
+    from graphattn.ops import scatter
+
+    calls = []
+
+    def scatter_max(t, index, n):  # torch_scatter.scatter_max(...)[0]
+        calls.append("max")
+        return t.new_zeros((n,) + t.shape[1:]).scatter_reduce(
+            0, index.view((-1,) + (1,) * (t.dim() - 1)).expand_as(t), t, reduce="amax", include_self=False)
+
+    def scatter_sum(t, index, n):  # torch_scatter.scatter_add
+        calls.append("sum")
+        return t.new_zeros((n,) + t.shape[1:]).index_add_(0, index, t)
+
+    monkeypatch.setattr(scatter, "_SCATTER_INSTALLED", True)
+    monkeypatch.setattr(scatter, "_scatter_max", scatter_max)
+    monkeypatch.setattr(scatter, "_scatter_sum", scatter_sum)
+    dst = torch.tensor([0, 0, 1, 1, 2, 2, 2])
+    s = torch.tensor([1e30, -1e30, float("-inf"), float("-inf"), float("-inf"), 3.0, 3.0], dtype=torch.float64)
+    y = edge_softmax(s, dst, num_nodes=4, backend="scatter")
+    assert ops.last_backend("edge_softmax") == "scatter" and calls == ["max", "sum"]
+    assert torch.equal(y, edge_softmax(s, dst, num_nodes=4, backend="reference"))
+    t = torch.randn(20, 2, dtype=torch.float64, requires_grad=True)
+    idx = torch.randint(0, 5, (20,))
+    assert torch.autograd.gradcheck(lambda x: edge_softmax(x, idx, num_nodes=5, backend="scatter"), (t,))
+    assert edge_softmax(t.half(), idx, num_nodes=5, backend="scatter").dtype == torch.half
+
+
 @needs_backend("scatter")  # torch-scatter is an optional extra
 def test_torch_scatter_backend_matches_reference():
     dst = torch.tensor([0, 0, 1, 1, 2, 2, 2])
