@@ -3,6 +3,7 @@ the forward's ending (:meth:`GraphLayer.attend`), ``from_pyg`` from a declared t
 (:class:`FromPyG`), and the per-thread attention hooks."""
 from __future__ import annotations
 
+import enum
 import functools
 import importlib
 import math
@@ -211,20 +212,30 @@ class GraphCache:
         return None if entry is None else entry[2][0]
 
 
+class AdjacencyForm(str, enum.Enum):
+    """The form a layer's caller passed the graph in (and gets attention weights back in)."""
+
+    GRAPH = "graph"                  # a graphattn.Graph
+    EDGE_INDEX = "edge_index"        # a [2, E] integer tensor
+    TORCH_SPARSE = "torch_sparse"    # a torch sparse adj_t (COO / CSR / CSC)
+    SPARSE_TENSOR = "sparse_tensor"  # a torch_sparse.SparseTensor
+
+
 class Adjacency(NamedTuple):
     """What the caller passed as the graph, so results are returned in the same form."""
-    kind: str                      # "graph", "edge_index", "torch_sparse" or "sparse_tensor"
+    kind: AdjacencyForm
     layout: Optional[torch.layout] = None
 
 
 def _adjacency_kind(edge_index) -> Adjacency:
     if isinstance(edge_index, Graph):
-        return Adjacency("graph")
+        return Adjacency(AdjacencyForm.GRAPH)
     if isinstance(edge_index, Tensor):
-        return Adjacency("edge_index") if edge_index.layout == torch.strided else Adjacency("torch_sparse",
-                                                                                          edge_index.layout)
+        if edge_index.layout == torch.strided:
+            return Adjacency(AdjacencyForm.EDGE_INDEX)
+        return Adjacency(AdjacencyForm.TORCH_SPARSE, edge_index.layout)
     if _is_sparse_tensor_class(edge_index):
-        return Adjacency("sparse_tensor")
+        return Adjacency(AdjacencyForm.SPARSE_TENSOR)
     raise TypeError(
         "edge_index must be a [2, E] integer tensor, a sparse adjacency (torch sparse adj_t or "
         f"torch_sparse.SparseTensor) or a graphattn.Graph, got {type(edge_index).__name__}"
@@ -361,12 +372,13 @@ class GraphLayer(FromPyG, MessagePassing):
                     raise ValueError(f"size gives {name}={given} but the node features have {have} rows")
             num_dst = s_dst if num_dst is None else num_dst
         values = None
-        if adjacency.kind == "graph":
+        if adjacency.kind == AdjacencyForm.GRAPH:
             graph = edge_index
             graph.ensure_valid()
         else:
-            graph, values = self._cached_graph(edge_index, num_src if adjacency.kind == "edge_index" else None,
-                                               num_dst if adjacency.kind == "edge_index" else None)
+            as_edges = adjacency.kind == AdjacencyForm.EDGE_INDEX  # a sparse adjacency carries its own sizes
+            graph, values = self._cached_graph(edge_index, num_src if as_edges else None,
+                                               num_dst if as_edges else None)
         graph.check_nodes(num_src, num_dst)
         if edge_attr is None and values is not None and self.has_edge_features():
             edge_attr = values
@@ -440,9 +452,9 @@ class GraphLayer(FromPyG, MessagePassing):
                 hook(self, inputs, messages)  # observers only: the output is already computed
         if not return_attention_weights:
             return None
-        if adjacency.kind == "torch_sparse":
+        if adjacency.kind == AdjacencyForm.TORCH_SPARSE:
             return graph.to_sparse(alpha, adjacency.layout), alpha
-        if adjacency.kind == "sparse_tensor":
+        if adjacency.kind == AdjacencyForm.SPARSE_TENSOR:
             from torch_sparse import SparseTensor
 
             ei = graph.edge_index
