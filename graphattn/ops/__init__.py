@@ -16,6 +16,7 @@ from . import flex as _flex
 from . import triton_backend as _triton
 from . import reference as _reference
 from . import scatter as _scatter
+from ._fused import OP_KINDS as _FUSED_OPS
 from ._dispatch import (BackendDeclined, NoBackendAccepts, available_backends, explain_dispatch, last_backend,
                         register_backend, use_backend, why_not)
 from .functional import (
@@ -29,20 +30,17 @@ from .functional import (
 from .linear import linear_attention
 
 register_backend("edge_softmax", "reference", _reference.edge_softmax)
-register_backend("gat", "reference", _reference.gat)
-register_backend("gatv2", "reference", _reference.gatv2)
-register_backend("dot_product", "reference", _reference.dot_product)
 # The fused native CPU kernel wins on CPU whenever it can be built (by its prepare, before
 # the first call that runs on it; asking it builds nothing).
 register_backend("edge_softmax", "cpu", _cpu.edge_softmax, decline=_cpu.edge_softmax_decline, prepare=_cpu.prepare,
                  priority=10)
-register_backend("gat", "cpu", _cpu.gat, decline=_cpu.decline, prepare=_cpu.prepare, priority=10)
-register_backend("gatv2", "cpu", _cpu.gatv2, decline=_cpu.decline, prepare=_cpu.prepare, priority=10)
-register_backend("dot_product", "cpu", _cpu.dot_product, decline=_cpu.decline, prepare=_cpu.prepare, priority=10)
-# Triton kernels on CUDA (on CPU only when forced under TRITON_INTERPRET=1).
-register_backend("gat", "triton", _triton.gat, decline=_triton.decline, priority=15)
-register_backend("gatv2", "triton", _triton.gatv2, decline=_triton.decline, priority=15)
-register_backend("dot_product", "triton", _triton.dot_product, decline=_triton.decline, priority=15)
+# Every fused op (_inputs.FUSED) on the three backends that run any score kind; Triton on
+# CUDA (on CPU only when forced under TRITON_INTERPRET=1).
+for _op in _FUSED_OPS:
+    register_backend(_op, "reference", _reference.FUNCTIONS[_op])
+    register_backend(_op, "cpu", _cpu.FUNCTIONS[_op], decline=_cpu.decline, prepare=_cpu.prepare, priority=10)
+    register_backend(_op, "triton", _triton.FUNCTIONS[_op], decline=_triton.decline, priority=15)
+del _op
 # Banded / causal graphs on CUDA: flex attention with a block mask skips blocks
 # outside the band (on CPU only when forced; the sparse kernel wins there).
 register_backend("dot_product", "flex", _flex.dot_product, decline=_flex.decline, priority=18)

@@ -36,12 +36,16 @@ kind's traits; the traits and the activations are *generated* from the tables he
     python -m graphattn.ops._codegen --check  # exit 1 if either is stale (a test runs this)
 
 :func:`backend_functions` maps the public ops' arguments onto the calling convention
-for a backend's ``run`` function. ``docs/adding-a-score-kind.md`` is the checklist.
+for a backend's ``run`` function, for every fused op from its declaration
+(``_inputs.FUSED``: each op names its kind and which argument fills which term).
+``docs/adding-a-score-kind.md`` is the checklist.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Callable, Dict, Tuple
+
+from ._inputs import FUSED, OpSpec
 
 
 @dataclass(frozen=True)
@@ -112,8 +116,8 @@ for _kind in KINDS:
     check_kind(_kind)
 if sorted(k.code for k in KINDS) != list(range(len(KINDS))):
     raise ValueError("score kind codes must be 0..len(KINDS)-1, each once")
-GAT, GATV2, DOT = (k.code for k in KINDS)
 _BY_CODE: Dict[int, ScoreKind] = {k.code: k for k in KINDS}
+_BY_NAME: Dict[str, ScoreKind] = {k.name: k for k in KINDS}
 _ACTIVATION_CODE = {a.name: n for n, a in enumerate(ACTIVATIONS)}
 
 # Why the fused kernels decline a call with a per-edge message mask (explainers):
@@ -128,8 +132,41 @@ def score_kind(code: int) -> ScoreKind:
     return _BY_CODE[code]
 
 
+def kind_code(name: str) -> int:
+    """The code of the kind named ``name`` (a row of :data:`KINDS`)."""
+    if name not in _BY_NAME:
+        raise ValueError(f"unknown score kind {name!r}; the kinds are {', '.join(_BY_NAME)}")
+    return _BY_NAME[name].code
+
+
+GAT, GATV2, DOT = (kind_code(name) for name in ("GAT", "GATV2", "DOT"))
+
+# The kernels' calling convention: ``run(kind, graph, <CONVENTION slots, by keyword>, dropout,
+# training, need_weights)``; each slot's value when an op's call leaves it unfilled.
+CONVENTION: Dict[str, object] = dict(dst_term=None, src_term=None, value=None, edge_score_term=None,
+                                     edge_bias=None, edge_value=None, att=None, slope=0.0, scale=1.0)
+
+
+def check_fused_op(spec: OpSpec) -> OpSpec:
+    """Raise ``ValueError`` if a fused op's declaration names no kind, an unknown slot or
+    an argument it does not have; return it otherwise."""
+    call = spec.fused
+    names = {t.name for t in spec.tensors} | {s.name for s in spec.scalars}
+    problems = [f"slot {slot!r} is not one of {tuple(CONVENTION)}" for slot, _ in call.terms if slot not in CONVENTION]
+    problems += [f"{arg!r} is not an argument of the op" for arg in call.args + tuple(a for _, a in call.terms)
+                 if arg not in names]
+    if call.kind not in _BY_NAME:
+        problems.append(f"kind {call.kind!r} is not a row of KINDS")
+    if problems:
+        raise ValueError(f"fused op {spec.op}: " + "; ".join(problems))
+    return spec
+
+
+for _spec in FUSED:
+    check_fused_op(_spec)
+
 # The public ops' names for the kinds they run (the dispatcher's call descriptions name ops).
-OP_KINDS: Dict[str, int] = {"gat": GAT, "gatv2": GATV2, "dot_product": DOT}
+OP_KINDS: Dict[str, int] = {spec.op: kind_code(spec.fused.kind) for spec in FUSED}
 
 
 # Channels per head of the CPU kernel's stack buffer for one head's pre-activations
@@ -144,23 +181,38 @@ def triton_traits(code: int) -> dict:
                 ACT=_ACTIVATION_CODE[k.activation])
 
 
-def backend_functions(run):
-    """``(gat, gatv2, dot_product)`` backend functions calling
-    ``run(kind, graph, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, slope, scale,
-    dropout, training, need_weights)``."""
+def kernel_terms(spec: OpSpec, given: Dict[str, object]) -> Dict[str, object]:
+    """Every slot of :data:`CONVENTION` for a call of ``spec``'s op whose arguments, by
+    name, are ``given``: the argument that fills it, else its default."""
+    return dict(CONVENTION, **{slot: given[arg] for slot, arg in spec.fused.terms})
 
-    def gat(score_src, score_dst, value, graph, *, negative_slope, edge_score, dropout, training,
-            need_weights=True):
-        return run(GAT, graph, score_dst, score_src, value, edge_score, None, None, None,
-                   negative_slope, 1.0, dropout, training, need_weights)
 
-    def gatv2(x_src, x_dst, att, value, graph, *, negative_slope, edge_feat, dropout, training, need_weights=True):
-        return run(GATV2, graph, x_dst, x_src, value, edge_feat, None, None, att,
-                   negative_slope, 1.0, dropout, training, need_weights)
+def backend_keywords(spec: OpSpec) -> Tuple[str, ...]:
+    """The keyword arguments of a fused op's backend function besides ``dropout``,
+    ``training``, ``need_weights`` and ``edge_mask``: its edge terms, then its scalars."""
+    edge_terms = tuple(t.name for t in spec.tensors if t.rows == "edge" and t.name != "edge_mask")
+    return edge_terms + tuple(s.name for s in spec.scalars if s.name != "dropout")
 
-    def dot_product(query, key, value, graph, *, scale, edge_key, edge_value, edge_bias, dropout, training,
-                    need_weights=True):
-        return run(DOT, graph, query, key, value, edge_key, edge_bias, edge_value, None,
-                   0.0, scale, dropout, training, need_weights)
 
-    return gat, gatv2, dot_product
+def backend_functions(run) -> Dict[str, Callable]:
+    """One backend function per fused op, by op name, calling ``run(kind, graph, **slots,
+    dropout=, training=, need_weights=)`` (``edge_mask=`` too, only when one is given)."""
+    return {spec.op: _backend_function(spec, run) for spec in FUSED}
+
+
+def _backend_function(spec: OpSpec, run) -> Callable:
+    """``fn(*args, graph, <backend_keywords>, dropout, training, need_weights=True)`` for
+    ``spec``'s op (its public backend signature) over ``run``."""
+    kind, keywords = kind_code(spec.fused.kind), set(backend_keywords(spec))
+
+    def fn(*args, dropout, training, need_weights=True, edge_mask=None, **named):
+        *tensors, graph = args
+        if len(tensors) != len(spec.fused.args) or set(named) != keywords:
+            raise TypeError(f"{spec.op} takes ({', '.join(spec.fused.args)}, graph) and the keywords "
+                            f"{sorted(keywords)}; got {len(args)} positional and {sorted(named)}")
+        terms = kernel_terms(spec, dict(zip(spec.fused.args, tensors), **named))
+        mask = {} if edge_mask is None else {"edge_mask": edge_mask}
+        return run(kind, graph, dropout=dropout, training=training, need_weights=need_weights, **terms, **mask)
+
+    fn.__name__ = fn.__qualname__ = spec.op
+    return fn

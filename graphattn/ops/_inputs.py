@@ -45,10 +45,29 @@ class ScalarArg:
 
 
 @dataclass(frozen=True)
+class FusedCall:
+    """How a fused op runs on the kernels: its score kind (a row of ``_fused.KINDS``, by
+    name), its backend function's positional tensors (before the graph; the rest are
+    keywords), and which argument fills each slot of the kernels' calling convention
+    (``_fused.CONVENTION``: ``dst_term``, ..., ``slope``, ``scale``), as ``(slot, argument)``
+    pairs; a slot no argument fills gets its default there."""
+
+    kind: str
+    args: Tuple[str, ...]
+    terms: Tuple[Tuple[str, str], ...]
+
+
+def fused_call(kind: str, args: Sequence[str], **terms: str) -> FusedCall:
+    """A :class:`FusedCall` with its terms given as ``slot=argument`` keywords."""
+    return FusedCall(kind, tuple(args), tuple(terms.items()))
+
+
+@dataclass(frozen=True)
 class OpSpec:
     op: str
     tensors: Tuple[TensorArg, ...]
     scalars: Tuple[ScalarArg, ...] = ()
+    fused: Optional[FusedCall] = None    # the fused ops' kernel call (None: not a fused op)
 
 
 # a per-edge factor on each message after the softmax (PyG's explainer edge masks)
@@ -62,7 +81,9 @@ GAT = OpSpec("gat", (
     TensorArg("score_dst", "dst", ("heads",), optional=True),
     TensorArg("edge_score", "edge", ("heads",), optional=True),
     _EDGE_MASK,
-), (_FINITE, _DROPOUT))
+), (_FINITE, _DROPOUT), fused_call("GAT", ("score_src", "score_dst", "value"), dst_term="score_dst",
+                                   src_term="score_src", value="value", edge_score_term="edge_score",
+                                   slope="negative_slope"))
 
 GATV2 = OpSpec("gatv2", (
     TensorArg("x_src", "src", ("heads", "channels")),
@@ -71,7 +92,8 @@ GATV2 = OpSpec("gatv2", (
     TensorArg("value", "src", ("heads", "value_channels"), optional=True),
     TensorArg("edge_feat", "edge", ("heads", "channels"), optional=True),
     _EDGE_MASK,
-), (_FINITE, _DROPOUT))
+), (_FINITE, _DROPOUT), fused_call("GATV2", ("x_src", "x_dst", "att", "value"), dst_term="x_dst", src_term="x_src",
+                                   value="value", edge_score_term="edge_feat", att="att", slope="negative_slope"))
 
 DOT_PRODUCT = OpSpec("dot_product", (
     TensorArg("query", "dst", ("heads", "head_dim")),
@@ -81,10 +103,13 @@ DOT_PRODUCT = OpSpec("dot_product", (
     TensorArg("edge_value", "edge", ("heads", "value_dim"), optional=True),
     TensorArg("edge_bias", "edge", ("heads",), optional=True),
     _EDGE_MASK,
-), (ScalarArg("scale", "finite"), _DROPOUT))
+), (ScalarArg("scale", "finite"), _DROPOUT), fused_call(
+    "DOT", ("query", "key", "value"), dst_term="query", src_term="key", value="value", edge_score_term="edge_key",
+    edge_bias="edge_bias", edge_value="edge_value", scale="scale"))
 
-# The fused ops, each a score kind of the fused kernels; the dispatcher's op names and the
-# pipeline's records (functional.RECORDS) follow this tuple.
+# The fused ops, each naming its score kind of the fused kernels; the dispatcher's op names,
+# the fused backends' functions and registrations (_fused.backend_functions, ops/__init__)
+# and the pipeline's records (functional.RECORDS) follow this tuple.
 FUSED = (GAT, GATV2, DOT_PRODUCT)
 
 # score_attention runs on the dot-product kernels (its scores become their edge_bias);

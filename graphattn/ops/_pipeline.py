@@ -1,9 +1,10 @@
 """The one path every attention op runs, driven by the op's record.
 
-An op is declared once, as an :class:`OpRecord`: its input description (``_inputs``),
-which of its inputs are per-node (moved by a node order), which are per-edge terms,
-how a backend is called, and the reference's score formula (for weights that must be
-differentiable). :func:`run` then does for every op, in this order:
+An op is declared once, as an :class:`OpRecord`: its input description (``_inputs``,
+which also says how its arguments fill the fused kernels' terms and names its score
+kind), which of its inputs are per-node (moved by a node order), which are per-edge
+terms. How a backend is called and the reference's score formula (for weights that must
+be differentiable) follow from the description. :func:`run` then does for every op, in this order:
 
 1. check the inputs once against the description (and resolve the graph);
 2. apply the graph's node order, if it has one (run on the relabelled graph);
@@ -24,7 +25,9 @@ from torch import Tensor
 
 from ..graph import Graph
 from ._dispatch import select_backend
+from . import reference as _reference
 from ._dtypes import compute_dtype
+from ._fused import backend_keywords, kernel_terms, kind_code
 from ._inputs import OpSpec, check_call, edge_rows
 from .softmax import segment_softmax
 
@@ -36,18 +39,16 @@ Tensors = Dict[str, Optional[Tensor]]
 class OpRecord:
     """Everything the pipeline needs to know about one attention op.
 
-    ``call(fn, graph, tensors, edges, scalars, training, need_weights)`` calls a backend's
-    function with the op's arguments (``edges``: the per-edge inputs in CSR order) and
-    returns ``(out, alpha)``; ``scores(graph, tensors, edges, scalars, dtype)`` is the
-    reference's score formula, used only to make returned weights differentiable."""
+    A backend's function is called with the spec's ``fused.args`` positionally, the
+    graph, then its edge terms and scalars by keyword (:meth:`call`); the reference's
+    formula for the spec's score kind gives differentiable weights (:meth:`scores`)."""
 
     spec: OpSpec
     lead: str                                # the input whose device and dtype describe the call
     node_inputs: Tuple[str, ...]             # permuted into a graph's node order
     edge_terms: Tuple[str, ...]              # per-edge terms (``has_edge_terms``)
     score_inputs: Tuple[str, ...]            # inputs the weights depend on
-    call: Callable[..., Tuple[Tensor, Optional[Tensor]]]
-    scores: Callable[..., Tensor]
+    defaults: Tuple[Tuple[str, str], ...] = ()   # (input, input whose tensor it takes when absent)
 
     @property
     def name(self) -> str:
@@ -56,6 +57,33 @@ class OpRecord:
     @property
     def edge_inputs(self) -> Tuple[str, ...]:
         return self.edge_terms + ("edge_mask",)
+
+    def arguments(self, tensors: Tensors, edges: Tensors, scalars: Mapping[str, object]) -> Dict[str, object]:
+        """The backend function's arguments by name: its positional tensors from ``tensors``
+        (an absent one by its default), its edge terms from ``edges`` (CSR order), the scalars."""
+        given = {name: tensors.get(name) for name in self.spec.fused.args}
+        for name, fallback in self.defaults:
+            if given.get(name) is None:
+                given[name] = tensors[fallback]
+        given.update({name: edges[name] for name in self.edge_terms})
+        given.update({s.name: scalars[s.name] for s in self.spec.scalars})
+        return given
+
+    def call(self, fn: Callable, g: Graph, tensors: Tensors, edges: Tensors, scalars: Mapping[str, object],
+             training: bool, need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        """``fn`` (a backend's function of this op) on the call's inputs: ``(out, alpha)``."""
+        given = self.arguments(tensors, edges, scalars)
+        keywords = {name: given[name] for name in backend_keywords(self.spec)}
+        return fn(*[given[name] for name in self.spec.fused.args], g, dropout=given["dropout"], training=training,
+                  need_weights=need_weights, **keywords, **mask_kwarg(edges))
+
+    def scores(self, g: Graph, tensors: Tensors, edges: Tensors, scalars: Mapping[str, object],
+               dtype: torch.dtype) -> Tensor:
+        """The reference's scores ``[E, H]`` (CSR order) for the call, by its kind's formula."""
+        terms = kernel_terms(self.spec, self.arguments(tensors, edges, scalars))
+        return _reference.kind_scores(kind_code(self.spec.fused.kind), g, terms["dst_term"], terms["src_term"],
+                                      terms["edge_score_term"], terms["edge_bias"], terms["att"], terms["slope"],
+                                      terms["scale"], dtype)
 
 
 def describe_call(value: Tensor, graph: Graph, dims: dict, scalars: dict, training: bool, return_weights: bool,

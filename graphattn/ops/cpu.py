@@ -405,7 +405,8 @@ def _run(kind, graph, dst_term, src_term, value, edge_score_term, edge_bias, edg
     return out.to(dtype), alpha
 
 
-gat, gatv2, dot_product = backend_functions(_run)
+# The backend's function of every fused op, by op name (ops/__init__ registers them).
+FUNCTIONS = backend_functions(_run)
 
 
 def decline(device=None, dtype=None, op=None, channels=None, has_edge_mask=False, **_) -> Optional[str]:

@@ -19,10 +19,9 @@ from torch import Tensor
 
 from ..graph import Graph
 from . import _inputs
-from . import reference as _reference
 from ._dispatch import select_backend
 from ._inputs import check_call
-from ._pipeline import OpRecord, describe_call, mask_kwarg, run, run_checked  # noqa: F401  (describe_call's keys)
+from ._pipeline import OpRecord, describe_call, run, run_checked  # noqa: F401  (describe_call's keys)
 
 GraphLike = Union[Graph, Tensor]
 
@@ -37,51 +36,16 @@ def as_graph(graph: GraphLike, num_src: Optional[int] = None, num_dst: Optional[
     return _inputs.resolve_graph(graph, num_src, num_dst)
 
 
-def _call_gat(fn, g, t, edges, sc, training, need_weights):
-    return fn(t["score_src"], t["score_dst"], t["value"], g, negative_slope=sc["negative_slope"],
-              edge_score=edges["edge_score"], dropout=sc["dropout"], training=training, need_weights=need_weights,
-              **mask_kwarg(edges))
-
-
-def _gat_scores(g, t, edges, sc, dtype):
-    return _reference.gat_scores(t["score_src"], t["score_dst"], g, negative_slope=sc["negative_slope"],
-                                 edge_score=edges["edge_score"], dtype=dtype)
-
-
-def _call_gatv2(fn, g, t, edges, sc, training, need_weights):
-    value = t["x_src"] if t["value"] is None else t["value"]
-    return fn(t["x_src"], t["x_dst"], t["att"], value, g, negative_slope=sc["negative_slope"],
-              edge_feat=edges["edge_feat"], dropout=sc["dropout"], training=training, need_weights=need_weights,
-              **mask_kwarg(edges))
-
-
-def _gatv2_scores(g, t, edges, sc, dtype):
-    return _reference.gatv2_scores(t["x_src"], t["x_dst"], t["att"], g, negative_slope=sc["negative_slope"],
-                                   edge_feat=edges["edge_feat"], dtype=dtype)
-
-
-def _call_dot(fn, g, t, edges, sc, training, need_weights):
-    return fn(t["query"], t["key"], t["value"], g, scale=sc["scale"], edge_key=edges["edge_key"],
-              edge_value=edges["edge_value"], edge_bias=edges["edge_bias"], dropout=sc["dropout"], training=training,
-              need_weights=need_weights, **mask_kwarg(edges))
-
-
-def _dot_scores(g, t, edges, sc, dtype):
-    return _reference.dot_scores(t["query"], t["key"], g, scale=sc["scale"], edge_key=edges["edge_key"],
-                                 edge_bias=edges["edge_bias"], dtype=dtype)
-
-
 # One record per op: what the pipeline (._pipeline.run) needs to check, describe,
-# dispatch, call and finish it.
+# dispatch, call and finish it (how it is called and scored follows from its spec).
 GAT = OpRecord(_inputs.GAT, lead="value", node_inputs=("score_src", "score_dst", "value"),
-               edge_terms=("edge_score",), score_inputs=("score_src", "score_dst", "edge_score"),
-               call=_call_gat, scores=_gat_scores)
+               edge_terms=("edge_score",), score_inputs=("score_src", "score_dst", "edge_score"))
 GATV2 = OpRecord(_inputs.GATV2, lead="x_src", node_inputs=("x_src", "x_dst", "value"),
                  edge_terms=("edge_feat",), score_inputs=("x_src", "x_dst", "att", "edge_feat"),
-                 call=_call_gatv2, scores=_gatv2_scores)
+                 defaults=(("value", "x_src"),))
 DOT_PRODUCT = OpRecord(_inputs.DOT_PRODUCT, lead="query", node_inputs=("query", "key", "value"),
                        edge_terms=("edge_key", "edge_value", "edge_bias"),
-                       score_inputs=("query", "key", "edge_key", "edge_bias"), call=_call_dot, scores=_dot_scores)
+                       score_inputs=("query", "key", "edge_key", "edge_bias"))
 RECORDS = {r.name: r for r in (GAT, GATV2, DOT_PRODUCT)}
 
 

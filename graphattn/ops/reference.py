@@ -49,118 +49,71 @@ def _softmax_and_aggregate(
 
 
 # ------------------------------------------------------------------ scores
-# Per-edge scores [E, H] in CSR order, in ``dtype``: the formulas in their plainest
-# form (each op's reference and the differentiable weights after a fused backend).
-def gat_scores(score_src: Tensor, score_dst: Optional[Tensor], graph: Graph, *, negative_slope: float,
-               edge_score: Optional[Tensor], dtype: torch.dtype) -> Tensor:
+# Per-edge scores [E, H] in CSR order, in ``dtype``, of each fused kind from its kernel
+# terms (ops/_fused.py's calling convention): the formulas in their plainest form (the
+# reference backend, the differentiable weights after a fused backend, and the weights
+# the Triton backend returns all use them).
+def gat_scores(graph: Graph, dst_term: Optional[Tensor], src_term: Tensor, edge_score_term: Optional[Tensor],
+               edge_bias: Optional[Tensor], att: Optional[Tensor], slope: float, scale: float,
+               dtype: torch.dtype) -> Tensor:
     """``leaky(s_src[j] + s_dst[i] + s_edge[e])``."""
-    s = score_src.to(dtype).index_select(0, graph.col)
-    if score_dst is not None:
-        s = s + score_dst.to(dtype).index_select(0, graph.row)
-    if edge_score is not None:
-        s = s + edge_score.to(dtype)
-    return F.leaky_relu(s, negative_slope)
+    s = src_term.to(dtype).index_select(0, graph.col)
+    if dst_term is not None:
+        s = s + dst_term.to(dtype).index_select(0, graph.row)
+    if edge_score_term is not None:
+        s = s + edge_score_term.to(dtype)
+    return F.leaky_relu(s, slope)
 
 
-def gatv2_scores(x_src: Tensor, x_dst: Tensor, att: Tensor, graph: Graph, *, negative_slope: float,
-                 edge_feat: Optional[Tensor], dtype: torch.dtype) -> Tensor:
+def gatv2_scores(graph: Graph, dst_term: Tensor, src_term: Tensor, edge_score_term: Optional[Tensor],
+                 edge_bias: Optional[Tensor], att: Tensor, slope: float, scale: float, dtype: torch.dtype) -> Tensor:
     """``att . leaky(x_src[j] + x_dst[i] + edge_feat[e])``."""
-    z = x_src.to(dtype).index_select(0, graph.col) + x_dst.to(dtype).index_select(0, graph.row)
-    if edge_feat is not None:
-        z = z + edge_feat.to(dtype)
-    return (F.leaky_relu(z, negative_slope) * att.to(dtype)).sum(-1)
+    z = src_term.to(dtype).index_select(0, graph.col) + dst_term.to(dtype).index_select(0, graph.row)
+    if edge_score_term is not None:
+        z = z + edge_score_term.to(dtype)
+    return (F.leaky_relu(z, slope) * att.to(dtype)).sum(-1)
 
 
-def dot_scores(query: Tensor, key: Tensor, graph: Graph, *, scale: float, edge_key: Optional[Tensor],
-               edge_bias: Optional[Tensor], dtype: torch.dtype) -> Tensor:
+def dot_scores(graph: Graph, dst_term: Tensor, src_term: Tensor, edge_score_term: Optional[Tensor],
+               edge_bias: Optional[Tensor], att: Optional[Tensor], slope: float, scale: float,
+               dtype: torch.dtype) -> Tensor:
     """``scale * q[i] . (k[j] + edge_key[e]) + edge_bias[e]``."""
-    k = key.to(dtype).index_select(0, graph.col)
-    if edge_key is not None:
-        k = k + edge_key.to(dtype)
-    s = (query.to(dtype).index_select(0, graph.row) * k).sum(-1) * scale
+    k = src_term.to(dtype).index_select(0, graph.col)
+    if edge_score_term is not None:
+        k = k + edge_score_term.to(dtype)
+    s = (dst_term.to(dtype).index_select(0, graph.row) * k).sum(-1) * scale
     return s + edge_bias.to(dtype) if edge_bias is not None else s
 
 
-# A fused kind's score formula in the kernels' calling convention (ops/_fused.py):
-# what a backend that returns weights from its saved statistics recomputes them with.
-_KIND_SCORES = {
-    _fused.GAT: lambda g, dst, src, edge, bias, att, slope, scale, dtype: gat_scores(
-        src, dst, g, negative_slope=slope, edge_score=edge, dtype=dtype),
-    _fused.GATV2: lambda g, dst, src, edge, bias, att, slope, scale, dtype: gatv2_scores(
-        src, dst, att, g, negative_slope=slope, edge_feat=edge, dtype=dtype),
-    _fused.DOT: lambda g, dst, src, edge, bias, att, slope, scale, dtype: dot_scores(
-        dst, src, g, scale=scale, edge_key=edge, edge_bias=bias, dtype=dtype),
-}
+# Each fused kind's formula, by the kind's name (a row of _fused.KINDS).
+KIND_SCORES = {"GAT": gat_scores, "GATV2": gatv2_scores, "DOT": dot_scores}
 
 
 def kind_scores(kind: int, graph: Graph, dst_term: Optional[Tensor], src_term: Tensor,
                 edge_score_term: Optional[Tensor], edge_bias: Optional[Tensor], att: Optional[Tensor], slope: float,
                 scale: float, dtype: torch.dtype) -> Tensor:
     """The scores ``[E, H]`` (CSR order) of fused kind ``kind`` from its kernel terms,
-    by the reference's formula for it. A new kind adds its formula to ``_KIND_SCORES``."""
-    if kind not in _KIND_SCORES:
-        raise ValueError(f"no reference score formula for score kind {_fused.score_kind(kind).name}")
-    return _KIND_SCORES[kind](graph, dst_term, src_term, edge_score_term, edge_bias, att, slope, scale, dtype)
+    by the reference's formula for it. A new kind adds its formula to ``KIND_SCORES``."""
+    name = _fused.score_kind(kind).name
+    if name not in KIND_SCORES:
+        raise ValueError(f"no reference score formula for score kind {name}")
+    return KIND_SCORES[name](graph, dst_term, src_term, edge_score_term, edge_bias, att, slope, scale, dtype)
 
 
-def gat(
-    score_src: Tensor,
-    score_dst: Optional[Tensor],
-    value: Tensor,
-    graph: Graph,
-    *,
-    negative_slope: float,
-    edge_score: Optional[Tensor],
-    dropout: float,
-    training: bool,
-    need_weights: bool = True,
-    edge_mask: Optional[Tensor] = None,
-) -> Out:
+def run(kind: int, graph: Graph, dst_term: Optional[Tensor], src_term: Tensor, value: Tensor,
+        edge_score_term: Optional[Tensor], edge_bias: Optional[Tensor], edge_value: Optional[Tensor],
+        att: Optional[Tensor], slope: float, scale: float, dropout: float, training: bool, need_weights: bool = True,
+        edge_mask: Optional[Tensor] = None) -> Out:
+    """A fused op on the reference: its kind's formula, then the softmax and the weighted
+    sum, in the fused kernels' calling convention (ops/_fused.py)."""
     dt = compute_dtype(value.dtype)
-    s = gat_scores(score_src, score_dst, graph, negative_slope=negative_slope, edge_score=edge_score, dtype=dt)
-    out, alpha = _softmax_and_aggregate(s, value.to(dt), graph, dropout, training, edge_mask=edge_mask)
-    return out.to(value.dtype), alpha.to(value.dtype)
-
-
-def gatv2(
-    x_src: Tensor,
-    x_dst: Tensor,
-    att: Tensor,
-    value: Tensor,
-    graph: Graph,
-    *,
-    negative_slope: float,
-    edge_feat: Optional[Tensor],
-    dropout: float,
-    training: bool,
-    need_weights: bool = True,
-    edge_mask: Optional[Tensor] = None,
-) -> Out:
-    dt = compute_dtype(value.dtype)
-    s = gatv2_scores(x_src, x_dst, att, graph, negative_slope=negative_slope, edge_feat=edge_feat, dtype=dt)
-    out, alpha = _softmax_and_aggregate(s, value.to(dt), graph, dropout, training, edge_mask=edge_mask)
-    return out.to(value.dtype), alpha.to(value.dtype)
-
-
-def dot_product(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    graph: Graph,
-    *,
-    scale: float,
-    edge_key: Optional[Tensor],
-    edge_value: Optional[Tensor],
-    edge_bias: Optional[Tensor],
-    dropout: float,
-    training: bool,
-    need_weights: bool = True,
-    edge_mask: Optional[Tensor] = None,
-) -> Out:
-    dt = compute_dtype(value.dtype)
-    s = dot_scores(query, key, graph, scale=scale, edge_key=edge_key, edge_bias=edge_bias, dtype=dt)
+    s = kind_scores(kind, graph, dst_term, src_term, edge_score_term, edge_bias, att, slope, scale, dt)
     out, alpha = _softmax_and_aggregate(s, value.to(dt), graph, dropout, training, _up(edge_value, dt), edge_mask)
     return out.to(value.dtype), alpha.to(value.dtype)
+
+
+# The reference backend's function of every fused op, by op name (ops/__init__ registers them).
+FUNCTIONS = _fused.backend_functions(run)
 
 
 def edge_softmax(scores: Tensor, index: Tensor, num_segments: int, graph: Optional[Graph] = None) -> Tensor:

@@ -254,4 +254,4 @@ def _run(kind, graph, dst_term, src_term, value, edge_score_term, edge_bias, edg
     return out, alpha
 
 
-gat, gatv2, dot_product = backend_functions(_run)
+FUNCTIONS = backend_functions(_run)  # by op name
