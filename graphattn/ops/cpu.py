@@ -8,7 +8,7 @@ logits). Backward recomputes the weights from them: a pass over the transposed g
 results are deterministic) and a pass over rows. No ``E x H x C`` tensor is ever
 built; the only per-edge buffer is one ``E x H`` score gradient in backward.
 
-The kernels are registered as ``torch.library`` custom ops (``graphattn::cpu_*``)
+The kernels are registered as ``torch.library`` custom ops (``graphattn::cpu_*_<source hash>``)
 with shape functions and an autograd formula, so ``torch.compile`` traces through
 them without a graph break. The extension is compiled with
 ``torch.utils.cpp_extension`` the first time a call is about to run on it (the
@@ -86,6 +86,11 @@ def _missing_tools() -> Optional[str]:
 _MISSING_TOOLS = _missing_tools()
 
 
+def _kernel_source() -> bytes:
+    """The native kernel's source: the C++ file and the generated header it includes."""
+    return _SOURCE.read_bytes() + _HEADER.read_bytes()
+
+
 def _cpu_signature() -> bytes:
     import platform
 
@@ -125,8 +130,7 @@ def load_extension(verbose: bool = False):
 
                 # The name covers source and flags, so a change of either rebuilds.
                 cflags = _cflags()
-                key = (_SOURCE.read_bytes() + _HEADER.read_bytes() + " ".join(cflags + _LDFLAGS).encode()
-                       + _cpu_signature())
+                key = _kernel_source() + " ".join(cflags + _LDFLAGS).encode() + _cpu_signature()
                 name = "graphattn_cpu_" + hashlib.sha1(key).hexdigest()[:10]
                 with warnings.catch_warnings(), _build_path():
                     warnings.simplefilter("ignore")
@@ -212,17 +216,25 @@ def _summary(error: str) -> str:
 
 
 # ----------------------------------------------------------------- custom ops
-# The version in the fused ops' names is bumped whenever their outputs or their autograd
-# formula change (v2: per-row (max, log normaliser) instead of a log-sum-exp; v3: the
-# backward takes the output, not the delta): torch.compile's on-disk cache keys graphs by
-# op name, and would otherwise replay a graph built for the old ones.
+# Every op's name ends in a hash of the kernel's source and of this file (the ops'
+# schemas, shape functions and autograd formula), so any change of either renames them:
+# torch.compile's on-disk cache keys graphs by op name, and would otherwise replay a graph
+# built for the old ones; nothing has to be bumped by hand.
+_OPS_VERSION = hashlib.sha1(_kernel_source() + Path(__file__).read_bytes()).hexdigest()[:12]
+
+
+def _op_name(op: str) -> str:
+    """The ``torch.library`` name of custom op ``op`` of this kernel version."""
+    return f"graphattn::cpu_{op}_{_OPS_VERSION}"
+
+
 # Absent optional inputs are passed as empty tensors (numel 0).
 
 # The forward op also takes the graph's transposed CSR (colptr, row_by_src, eid):
 # unused by the forward itself, it is what the backward traverses. The tensor arguments
 # follow ._fused's calling convention (dst_term, src_term, value, edge_score_term,
 # edge_bias, edge_value, att).
-@torch.library.custom_op("graphattn::cpu_fused_forward_v3", mutates_args=())
+@torch.library.custom_op(_op_name("fused_forward"), mutates_args=())
 def _forward_op(
     kind: int, rowptr: Tensor, col: Tensor, colptr: Tensor, row_by_src: Tensor, eid: Tensor, num_dst: int,
     dst_term: Tensor, src_term: Tensor, value: Tensor, edge_score_term: Tensor, edge_bias: Tensor,
@@ -241,8 +253,8 @@ def _(kind, rowptr, col, colptr, row_by_src, eid, num_dst, dst_term, src_term, v
 
 
 # The backward takes the forward's output for dout_dot_out[i, h] = sum_c d_out[i, h, c] *
-# out[i, h, c] (FlashAttention's "delta"), which it computes itself (v3; v2 took the delta).
-@torch.library.custom_op("graphattn::cpu_fused_backward_v3", mutates_args=())
+# out[i, h, c] (FlashAttention's "delta"), which it computes itself.
+@torch.library.custom_op(_op_name("fused_backward"), mutates_args=())
 def _backward_op(
     kind: int, rowptr: Tensor, col: Tensor, colptr: Tensor, row_by_src: Tensor, eid: Tensor, dst_term: Tensor,
     src_term: Tensor, value: Tensor, edge_score_term: Tensor, edge_bias: Tensor, edge_value: Tensor, att: Tensor,
@@ -262,7 +274,7 @@ def _(kind, rowptr, col, colptr, row_by_src, eid, dst_term, src_term, value, edg
             edge_value.new_empty(edge_value.shape), datt]
 
 
-@torch.library.custom_op("graphattn::cpu_fused_weights_v2", mutates_args=())
+@torch.library.custom_op(_op_name("fused_weights"), mutates_args=())
 def _weights_op(
     kind: int, rowptr: Tensor, col: Tensor, stats: Tensor, dst_term: Tensor, src_term: Tensor, value: Tensor,
     edge_score_term: Tensor, edge_bias: Tensor, edge_value: Tensor, att: Tensor, slope: float, scale: float,
@@ -303,7 +315,7 @@ def _backward(ctx, d_out, _d_stats):
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-@torch.library.custom_op("graphattn::cpu_edge_softmax", mutates_args=())
+@torch.library.custom_op(_op_name("edge_softmax"), mutates_args=())
 def _edge_softmax_op(rowptr: Tensor, perm: Tensor, scores: Tensor) -> Tensor:
     return load_extension().edge_softmax_forward(rowptr, perm, scores)
 
@@ -313,7 +325,7 @@ def _(rowptr, perm, scores):
     return torch.empty_like(scores)
 
 
-@torch.library.custom_op("graphattn::cpu_edge_softmax_backward", mutates_args=())
+@torch.library.custom_op(_op_name("edge_softmax_backward"), mutates_args=())
 def _edge_softmax_backward_op(rowptr: Tensor, perm: Tensor, y: Tensor, grad: Tensor) -> Tensor:
     return load_extension().edge_softmax_backward(rowptr, perm, y, grad)
 
