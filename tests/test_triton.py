@@ -108,6 +108,19 @@ def test_empty_rows_masked_edges_and_empty_graph():
     assert torch.equal(out, torch.zeros(3, 2, 4))
 
 
+def test_tied_huge_logits_give_the_reference_weights():
+    """The saved statistics keep the row max and the log normaliser apart (the CPU kernel's
+    convention): summed into one log-sum-exp, 1e30 + log(4) rounds to 1e30 in fp32 and four
+    tied weights would come back as 1 each instead of 1/4."""
+    g = Graph.from_edge_index(torch.tensor([[0, 1, 2, 3], [1, 1, 1, 1]]), 4)
+    inputs = (torch.full((4, 1), 1e30), torch.zeros(4, 1), torch.randn(4, 1, 2))
+    out, alpha = ops.gat_attention(*inputs, g, return_weights=True, backend="triton")
+    ref, ref_alpha = ops.gat_attention(*inputs, g, return_weights=True, backend="reference")
+    assert torch.equal(alpha, torch.full((4, 1), 0.25))
+    torch.testing.assert_close(alpha, ref_alpha)
+    torch.testing.assert_close(out, ref)
+
+
 def test_dropout_is_seeded_unbiased_and_keeps_weights():
     g = _graph(3)
     ss, sd, v = torch.randn(N, H), torch.randn(N, H), torch.randn(N, H, C)

@@ -28,7 +28,7 @@ from graphattn.ops._fused import KINDS, triton_traits  # noqa: E402
 # Pointer arguments by role. CSR index arrays: the forward CSR is int64; the transposed
 # CSR is int32 where counts allow (Graph.transpose_csr), so both widths are compiled.
 INDEX = {"rowptr", "col", "colptr", "row_by_src", "eid"}
-STATS = {"lse", "dout_dot_out", "g", "datt_rows", "params", "keep"}  # held in the accumulation dtype
+STATS = {"stats", "dout_dot_out", "g", "datt_rows", "params", "keep"}  # held in the accumulation dtype
 DATA = {"dst_term", "src_term", "value", "edge_score_term", "edge_bias", "edge_value", "att", "out", "dO",
         "d_src_term", "d_value", "d_edge_score_term", "d_edge_bias", "d_edge_value", "d_dst_term"}
 SCALARS = {"EH": "i64", "H": "i32", "F": "i32", "Cv": "i32", "p": "fp32", "seed": "i32", "degree_bucket": "i32"}

@@ -43,6 +43,25 @@ def segment_softmax_forward(scores: Tensor, index: Tensor, num_segments: int,
     return exp / denom.index_select(0, index)
 
 
+def weights_from_stats(scores: Tensor, stats: Tensor) -> Tensor:
+    """The softmax weights of scores from their row's saved statistics: the one definition of
+    what every fused backend saves (per destination and head, ``stats[..., 0]`` the row max
+    ``m`` (0 where no score is above ``-inf``) and ``stats[..., 1]`` the log normaliser
+    ``log l``, ``l = sum_e exp(s_e - m)``; both ``-inf`` for an empty row, ``l = 0``: no edge
+    or all scores ``-inf``)::
+
+        alpha_e = exp((s_e - m) - log l)
+
+    ``m`` and ``log l`` are kept apart: summed into one log-sum-exp they round to ``m`` for
+    logits near 1e7 (fp32) or 1e16 (fp64), and tied weights would come back as 1. An empty
+    row gives 0, a ``-inf`` score exp(-inf) = 0, a NaN statistic NaN. ``stats`` is indexed
+    like ``scores`` plus a last axis of 2 (gathered per edge by the caller). The kernels
+    (csrc ``weights_from_stats``, the Triton backward) write the same expression inline."""
+    row_max, log_normaliser = stats[..., 0], stats[..., 1]
+    alpha = torch.exp((scores - row_max) - log_normaliser)
+    return torch.where(row_max == float("-inf"), torch.zeros_like(alpha), alpha)
+
+
 def segment_softmax_backward(weights: Tensor, grad: Tensor, index: Tensor, num_segments: int) -> Tensor:
     """d(softmax)/d(scores) applied to ``grad``: ``y * (g - sum_seg(g * y))``.
     Needs only the forward's output (DGL's closed form)."""

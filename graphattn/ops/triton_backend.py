@@ -16,6 +16,7 @@ from .. import _env
 from . import reference
 from ._dtypes import FLOAT_DTYPES, compute_dtype
 from ._fused import DOT, GAT, GATV2, MASK_REASON, backend_functions, score_kind, triton_traits  # noqa: F401
+from .softmax import weights_from_stats
 
 
 # Decided once, at import: dispatch runs inside compiled layers, and dynamo refuses to
@@ -125,13 +126,13 @@ class _Fused(torch.autograd.Function):
         Cv = value.size(2)
         acc_dtype = compute_dtype(value.dtype)
         out = torch.empty(Nd, H, Cv, device=value.device, dtype=value.dtype)
-        lse = torch.empty(Nd, H, device=value.device, dtype=acc_dtype)
+        stats = torch.empty(Nd, H, 2, device=value.device, dtype=acc_dtype)  # (max, log normaliser)
         dummy = value
         degree = degree_bucket(graph.num_edges, Nd)
         if Nd and H:
             _launch(
                 "fused_forward_kernel", (Nd, H), graph.rowptr, graph.col, _or(dst_term, dummy), src_term, value,
-                _or(edge_score_term, dummy), _or(edge_bias, dummy), _or(edge_value, dummy), _or(att, dummy), out, lse,
+                _or(edge_score_term, dummy), _or(edge_bias, dummy), _or(edge_value, dummy), _or(att, dummy), out, stats,
                 H, F, Cv, _params(slope, scale, value), p, seed,
                 HAS_DST_TERM=dst_term is not None, HAS_EDGE_SCORE_TERM=edge_score_term is not None,
                 HAS_EDGE_BIAS=edge_bias is not None, HAS_EDGE_VALUE=edge_value is not None,
@@ -141,14 +142,14 @@ class _Fused(torch.autograd.Function):
         ctx.kind, ctx.graph, ctx.params = code, graph, (slope, scale, p, seed)
         inputs = (dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att)
         ctx.present = [t is not None for t in inputs]
-        ctx.save_for_backward(*inputs, out, lse)
+        ctx.save_for_backward(*inputs, out, stats)
         if any(ctx.needs_input_grad):
             graph.transpose_csr()  # cached on the graph; built outside the backward
-        return out, lse
+        return out, stats
 
     @staticmethod
-    def backward(ctx, d_out, _d_lse):
-        dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, out, lse = ctx.saved_tensors
+    def backward(ctx, d_out, _d_stats):
+        dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, out, stats = ctx.saved_tensors
         graph = ctx.graph
         code = ctx.kind
         traits = triton_traits(code)
@@ -159,7 +160,7 @@ class _Fused(torch.autograd.Function):
         Cv = value.size(2)
         d_out = d_out.contiguous()
         # FlashAttention's "delta": sum over channels of d_out * out, per destination and head
-        dout_dot_out = (d_out.to(lse.dtype) * out.to(lse.dtype)).sum(-1).contiguous()
+        dout_dot_out = (d_out.to(stats.dtype) * out.to(stats.dtype)).sum(-1).contiguous()
         if not torch.compiler.is_compiling() and not bool(torch.isfinite(dout_dot_out).all()):
             dout_dot_out = _exact_nonfinite_delta(dout_dot_out, d_out, ctx, code, graph)
         d_src_term = torch.empty_like(src_term)
@@ -167,7 +168,7 @@ class _Fused(torch.autograd.Function):
         d_edge_score_term = torch.empty_like(edge_score_term) if edge_score_term is not None else None
         d_edge_bias = torch.empty_like(edge_bias) if edge_bias is not None else None
         d_edge_value = torch.empty_like(edge_value) if edge_value is not None else None
-        g = torch.empty(E, H, device=value.device, dtype=lse.dtype)
+        g = torch.empty(E, H, device=value.device, dtype=stats.dtype)
         dummy = value
         common = dict(HAS_DST_TERM=dst_term is not None, HAS_EDGE_SCORE_TERM=edge_score_term is not None,
                       HAS_EDGE_BIAS=edge_bias is not None, HAS_EDGE_VALUE=edge_value is not None,
@@ -177,7 +178,7 @@ class _Fused(torch.autograd.Function):
             _launch(
                 "fused_backward_src_kernel", (Ns, H), colptr, row_by_src, eid, _or(dst_term, dummy), src_term, value,
                 _or(edge_score_term, dummy), _or(edge_bias, dummy), _or(edge_value, dummy), _or(att, dummy),
-                lse, d_out, dout_dot_out,
+                stats, d_out, dout_dot_out,
                 d_src_term, d_value, _or(d_edge_score_term, dummy), _or(d_edge_bias, dummy), _or(d_edge_value, dummy),
                 g, H, F, Cv, _params(slope, scale, value), p, seed, **common,
             )
@@ -185,7 +186,7 @@ class _Fused(torch.autograd.Function):
         if dst_term is not None:
             d_dst_term = torch.empty_like(dst_term)
             has_att = score_kind(code).weight == "att"
-            datt_rows = torch.zeros(Nd, H, F, device=value.device, dtype=lse.dtype) if has_att else dummy
+            datt_rows = torch.zeros(Nd, H, F, device=value.device, dtype=stats.dtype) if has_att else dummy
             if Nd and H:
                 _launch(
                     "fused_backward_dst_kernel", (Nd, H), graph.rowptr, graph.col, dst_term, src_term,
@@ -215,10 +216,10 @@ def _exact_nonfinite_delta(delta, d_out, ctx, code, graph):
     inf or NaN in d_out or out) the row sum the reference forms,
     ``sum_e alpha_e keep_e <d_out[i, h], message e>``: with an inf in d_out the two differ
     (+-inf against NaN) and every score gradient of the row inherits the difference."""
-    dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, _, lse = ctx.saved_tensors
+    dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, _, stats = ctx.saved_tensors
     slope, scale, p, seed = ctx.params
-    acc = lse.dtype
-    alpha = _weights(graph, lse, code, dst_term, src_term, edge_score_term, edge_bias, att, slope, scale)
+    acc = stats.dtype
+    alpha = _weights(graph, stats, code, dst_term, src_term, edge_score_term, edge_bias, att, slope, scale)
     message = value[graph.col].to(acc)
     if edge_value is not None:
         message = message + edge_value.to(acc)
@@ -228,14 +229,12 @@ def _exact_nonfinite_delta(delta, d_out, ctx, code, graph):
     return torch.where(torch.isfinite(delta), delta, exact).contiguous()
 
 
-def _weights(graph, lse, kind, dst_term, src_term, edge_score_term, edge_bias, att, slope, scale):
-    """alpha in CSR order, recomputed from lse with the reference's score formula for the
-    kind (an E x H tensor, only when the caller asks for the weights)."""
+def _weights(graph, stats, kind, dst_term, src_term, edge_score_term, edge_bias, att, slope, scale):
+    """alpha in CSR order, recomputed from the saved stats with the reference's score formula
+    for the kind (an E x H tensor, for the returned weights and the non-finite delta)."""
     s = reference.kind_scores(kind, graph, dst_term, src_term, edge_score_term, edge_bias, att, slope, scale,
-                              dtype=lse.dtype)
-    L = lse[graph.row]
-    alpha = torch.where((L == float("-inf")) | (s == float("-inf")), torch.zeros_like(s), torch.exp(s - L))
-    return torch.where(torch.isnan(L), L, alpha)  # a NaN normaliser: the whole row is NaN
+                              dtype=stats.dtype)
+    return weights_from_stats(s, stats.index_select(0, graph.row))
 
 
 def _run(kind, graph, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, slope, scale, dropout,
@@ -244,12 +243,12 @@ def _run(kind, graph, dst_term, src_term, value, edge_score_term, edge_bias, edg
          for x in (dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att)]
     p = float(dropout) if (training and dropout > 0) else 0.0
     seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if p > 0 else 0
-    out, lse = _Fused.apply(kind, graph, float(slope), float(scale), p, seed, *t)
+    out, stats = _Fused.apply(kind, graph, float(slope), float(scale), p, seed, *t)
     alpha: Optional[torch.Tensor] = None
     if need_weights:
         with torch.no_grad():
             dst_term, src_term, _, edge_score_term, edge_bias, _, att = t
-            alpha = _weights(graph, lse, kind, dst_term, src_term, edge_score_term, edge_bias, att, float(slope),
+            alpha = _weights(graph, stats, kind, dst_term, src_term, edge_score_term, edge_bias, att, float(slope),
                              float(scale)).to(value.dtype)
     return out, alpha
 

@@ -2,14 +2,14 @@
 
 The same scores, outputs and gradients as the native CPU kernel
 (``csrc/fused_attention.cpp``), by a different forward: the CPU kernel makes two passes
-over a row through a per-row score buffer and saves (max, log-normaliser); here
+over a row through a per-row score buffer; here
 
 * forward: one program per (destination ``i``, head ``h``) walks ``i``'s CSR row in
   blocks of ``BLOCK_E`` edges with an online softmax, and stores ``out[i, h]`` and the
-  log-sum-exp ``lse[i, h]`` only (for logits near 1e30 a log-sum-exp rounds to its max,
-  which the CPU kernel's split statistics avoid: a known gap, see the README);
+  CPU kernel's statistics ``stats[i, h] = (row max m, log normaliser log l)`` only
+  (their meaning and the weights they give: :func:`graphattn.ops.softmax.weights_from_stats`);
 * backward: one program per (source ``j``, head ``h``) walks the transposed graph and
-  recomputes each weight from ``lse`` (source-side and per-edge gradients, no float
+  recomputes each weight from ``stats`` (source-side and per-edge gradients, no float
   atomics), then one program per (destination, head) sums the destination-side
   gradients from the per-edge score gradient.
 
@@ -115,7 +115,7 @@ def _scores(SCALAR: tl.constexpr, ADDS_DST: tl.constexpr, WEIGHT: tl.constexpr, 
 
 @triton.jit
 def fused_forward_kernel(
-    rowptr, col, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, out, lse,
+    rowptr, col, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, out, stats,
     H, F, Cv, params, p, seed, degree_bucket,
     HAS_DST_TERM: tl.constexpr, HAS_EDGE_SCORE_TERM: tl.constexpr, HAS_EDGE_BIAS: tl.constexpr,
     HAS_EDGE_VALUE: tl.constexpr,
@@ -158,21 +158,24 @@ def fused_forward_kernel(
             v += tl.load(edge_value + (e * H + h)[:, None] * Cv + offs_c[None, :], mask=vm, other=0.0).to(ACC)
         acc = acc * r + tl.sum(w[:, None] * v, axis=0)
         m = m_new
-    # denom == 0 (no edge, or all -inf): output 0, lse -inf. A NaN denom (a NaN or +inf score)
-    # propagates into the output and lse, as in the reference. Both branches of
-    # tl.where are evaluated, hence the safe divisor.
+    # denom == 0 (no edge, or all -inf): output 0, stats (-inf, -inf). A NaN denom (a NaN or
+    # +inf score) propagates into the output and the log normaliser, as in the reference.
+    # Both branches of tl.where are evaluated, hence the safe divisor.
     empty = denom == 0
     denom_safe = tl.where(empty, 1.0, denom)
     inv = tl.where(empty, 0.0, 1.0 / denom_safe)
     tl.store(out + (i * H + h) * Cv + offs_c, (acc * inv).to(out.dtype.element_ty), mask=c_mask)
+    # as the CPU kernel: a max of -inf (no score above it, e.g. one NaN) is stored as 0 unless the row is empty
     m_fin = tl.where(m == float("-inf"), 0.0, m)
-    tl.store(lse + i * H + h, tl.where(empty, float("-inf"), m_fin + tl.log(denom_safe)).to(lse.dtype.element_ty))
+    st = stats + (i * H + h) * 2
+    tl.store(st, tl.where(empty, float("-inf"), m_fin).to(stats.dtype.element_ty))
+    tl.store(st + 1, tl.where(empty, float("-inf"), tl.log(denom_safe)).to(stats.dtype.element_ty))
 
 
 @triton.jit
 def fused_backward_src_kernel(
     colptr, row_by_src, eid, dst_term, src_term, value, edge_score_term, edge_bias, edge_value,
-    att, lse, dO, dout_dot_out,
+    att, stats, dO, dout_dot_out,
     d_src_term, d_value, d_edge_score_term, d_edge_bias, d_edge_value, g,
     H, F, Cv, params, p, seed, degree_bucket,
     HAS_DST_TERM: tl.constexpr, HAS_EDGE_SCORE_TERM: tl.constexpr, HAS_EDGE_BIAS: tl.constexpr,
@@ -202,10 +205,10 @@ def fused_backward_src_kernel(
         s = _scores(SCALAR, ADDS_DST, WEIGHT, ACT, dst_term, src_term, edge_score_term, edge_bias, att, i, jj, e, h,
                     e_mask, H, F, offs_f,
                     f_mask, slope, scale, HAS_DST_TERM, HAS_EDGE_SCORE_TERM, HAS_EDGE_BIAS, ACC)
-        L = tl.load(lse + i * H + h, mask=e_mask, other=float("-inf")).to(ACC)
-        # a NaN lse (the row's normaliser is NaN) makes every weight of the row NaN
-        alpha = tl.where((L == float("-inf")) | (s == float("-inf")), 0.0, tl.exp(s - L))
-        alpha = tl.where(L != L, L, alpha)
+        m_i = tl.load(stats + (i * H + h) * 2, mask=e_mask, other=float("-inf")).to(ACC)
+        log_l = tl.load(stats + (i * H + h) * 2 + 1, mask=e_mask, other=0.0).to(ACC)
+        # graphattn.ops.softmax.weights_from_stats, inline because it runs in the kernel
+        alpha = tl.where(m_i == float("-inf"), 0.0, tl.exp((s - m_i) - log_l))
         alpha = tl.where(e_mask, alpha, 0.0)
         keep_scale = tl.full((BLOCK_E,), 1.0, ACC)
         if DROPOUT:

@@ -429,7 +429,8 @@ void forward_impl(const Args<T>& a, const int64_t* rowptr, const int64_t* col, i
 
 // The normalised weights of a row's scores s[0..H) from its stats st[2h], st[2h+1] =
 // (max, log normaliser), in place. A NaN stat gives NaN; an empty row (max -inf)
-// gives 0; a -inf score gives exp(-inf) = 0.
+// gives 0; a -inf score gives exp(-inf) = 0. The formula's one definition is
+// graphattn/ops/softmax.py's weights_from_stats; this is it inline, in the kernel.
 template <typename T>
 inline void weights_from_stats(T* __restrict__ s, const T* __restrict__ st, int64_t H) {
   constexpr T NEG_INF = -std::numeric_limits<T>::infinity();
