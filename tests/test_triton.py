@@ -134,14 +134,19 @@ def test_dropout_is_seeded_unbiased_and_keeps_weights():
     assert not torch.allclose(d1, clean)
 
 
+def _fused_dot(g, p, seed, q, k, v):
+    """The Triton custom op's output for dot-product attention (scale 0.5) with dropout ``p`` seeded by ``seed``."""
+    return triton_backend.fused(triton_backend.DOT, g, 0.0, 0.5, p, torch.tensor(seed), q, k, v, None, None, None,
+                                None)[0]
+
+
 def test_gradcheck_float64_with_dropout_mask_fixed_by_seed():
     g = Graph.from_edge_index(random_graph(6, 6, 16, seed=4), 6)
     d = dict(dtype=torch.float64, requires_grad=True)
     q, k, v = torch.randn(6, 2, 3, **d), torch.randn(6, 2, 3, **d), torch.randn(6, 2, 3, **d)
 
     def f(q, k, v):
-        return triton_backend._Fused.apply(triton_backend.DOT, g, 0.0, 0.5, 0.3, 1234, q, k, v, None, None, None,
-                                           None)[0]
+        return _fused_dot(g, 0.3, 1234, q, k, v)
 
     assert torch.autograd.gradcheck(f, (q, k, v), fast_mode=True)
 
@@ -152,7 +157,7 @@ def test_exact_row_sums_redraw_the_forward_dropout_mask():
     output rebuilt from them and the weights is the kernel's output."""
     g = _graph(5)
     q, k, v = (torch.randn(N, H, C, dtype=torch.float64) for _ in range(3))
-    out = triton_backend._Fused.apply(triton_backend.DOT, g, 0.0, 0.5, 0.4, 77, q, k, v, None, None, None, None)[0]
+    out = _fused_dot(g, 0.4, 77, q, k, v)
     alpha = g.to_csr_order(ops.dot_product_attention(q, k, v, g, scale=0.5, return_weights=True,
                                                      backend="reference")[1])
     keep = triton_backend._dropout_scale(g.num_edges, H, 0.4, 77, v)
@@ -167,7 +172,7 @@ def test_a_nonfinite_upstream_gradient_with_dropout_gives_the_exact_row_sums():
     g = _graph(6)
     d = dict(dtype=torch.float64, requires_grad=True)
     q, k, v = torch.randn(N, H, C, **d), torch.randn(N, H, C, **d), torch.randn(N, H, C, **d)
-    out = triton_backend._Fused.apply(triton_backend.DOT, g, 0.0, 0.5, 0.4, 77, q, k, v, None, None, None, None)[0]
+    out = _fused_dot(g, 0.4, 77, q, k, v)
     grad = torch.randn_like(out)
     row = int(g.row[0])
     grad[row, 0, 0] = float("inf")
