@@ -284,3 +284,21 @@ def test_every_autotuned_block_size_gives_the_reference_results(monkeypatch):
                 _compare(results, torch.float32)
             except AssertionError as exc:
                 raise AssertionError(f"BLOCK_E={block}, {fn.__name__}: {exc}") from None
+
+
+def test_compiles_fullgraph_through_the_custom_ops():
+    """The kernels are torch.library custom ops: torch.compile(fullgraph=True) traces the forward,
+    the returned weights and the backward (with dropout, whose seed is a tensor) without a graph break."""
+    g = _graph(7)
+    inputs = [torch.randn(N, H, C, requires_grad=True) for _ in range(3)]
+
+    def f(q, k, v):
+        return ops.dot_product_attention(q, k, v, g, dropout=0.3, return_weights=True, backend="triton")
+
+    results = []
+    for fn in (f, torch.compile(f, fullgraph=True, backend="aot_eager")):
+        torch.manual_seed(3)
+        out, alpha = fn(*inputs)
+        results.append((out, alpha, *torch.autograd.grad(out.sum(), inputs)))
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager)
