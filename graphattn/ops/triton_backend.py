@@ -146,12 +146,13 @@ class _Edges(NamedTuple):
 
 # ----------------------------------------------------------------- custom ops
 # The kernels as torch.library custom ops, as the CPU backend's (ops/cpu.py), so torch.compile
-# traces through them; they take the graph's tensors, not a Graph. The forward also takes the
-# transposed CSR (colptr, row_by_src, eid; empty when no gradient is wanted): unused by the
-# forward, it is what the backward walks. The tensor arguments follow ._fused's calling
-# convention (dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att), None
-# where absent. ``stats`` is [Nd, H, 2] in the accumulation dtype: the CPU kernel's (row max,
-# log normaliser), whose weights ops/softmax.py's weights_from_stats defines.
+# traces through them; they take the graph's tensors, not a Graph. The forward also takes each
+# edge's destination ``row`` and the transposed CSR (colptr, row_by_src, eid; empty when no
+# gradient is wanted): unused by the forward, they are what the backward reads and walks.
+# The tensor arguments follow ._fused's calling convention (dst_term, src_term, value,
+# edge_score_term, edge_bias, edge_value, att), None where absent. ``stats`` is [Nd, H, 2] in
+# the accumulation dtype: the CPU kernel's (row max, log normaliser), whose weights
+# ops/softmax.py's weights_from_stats defines.
 @torch.library.custom_op("graphattn::triton_fused_forward", mutates_args=())
 def _forward_op(
     kind: int, rowptr: Tensor, row: Tensor, col: Tensor, colptr: Tensor, row_by_src: Tensor, eid: Tensor,
