@@ -20,6 +20,7 @@ WORKER = Path(__file__).with_name("triton_aot_worker.py")
 def _compile(*flags: str):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = str(WORKER.parents[1])  # this checkout's graphattn, not an installed one
     proc = subprocess.run([sys.executable, str(WORKER), *flags], capture_output=True, text=True, env=env,
                           timeout=900)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
