@@ -22,9 +22,11 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(PY) examples/node_classification.py
 
-## Lint (ruff, configured in pyproject.toml): a second or two, before the suite.
+## Lint and format check (ruff, configured in pyproject.toml): a second or two, before the suite.
+## `ruff format .` applies the format the check asks for.
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 ## The test suite CI runs (slow tests excluded; `make test-all` includes them), after the lint.
 test: lint

@@ -12,6 +12,7 @@ benchmark (one sequence, window +-128, 8 heads x 64), the user's call with the c
 against the route alone, forward (inference) and forward+backward, round-robin, medians;
 and the check alone. Writes benchmarks/results/<device>-dense-nonfinite-<date>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,7 @@ def main(argv=None) -> dict:
     gen = torch.Generator().manual_seed(0)
     q, k, v, grad = (torch.randn(L, H, D, generator=gen) for _ in range(4))
     leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-    kw = dict(scale=D ** -0.5, edge_key=None, edge_value=None, edge_bias=None, dropout=0.0)
+    kw = dict(scale=D**-0.5, edge_key=None, edge_value=None, edge_bias=None, dropout=0.0)
 
     def checked(training):
         xs = leaves if training else (q, k, v)
@@ -56,9 +57,13 @@ def main(argv=None) -> dict:
         if training:
             out.backward(grad)
 
-    cases = {"forward, checked": lambda: checked(False), "forward, route alone": lambda: alone(False),
-             "forward+backward, checked": lambda: checked(True), "forward+backward, route alone": lambda: alone(True),
-             "the check alone (3 sums)": lambda: dense._all_finite(q, k, v)}
+    cases = {
+        "forward, checked": lambda: checked(False),
+        "forward, route alone": lambda: alone(False),
+        "forward+backward, checked": lambda: checked(True),
+        "forward+backward, route alone": lambda: alone(True),
+        "the check alone (3 sums)": lambda: dense._all_finite(q, k, v),
+    }
     times = {name: [] for name in cases}
     for fn in cases.values():
         fn()  # warm-up
@@ -68,10 +73,17 @@ def main(argv=None) -> dict:
             fn()
             times[name].append(1e3 * (time.perf_counter() - start))
     ms = {name: statistics.median(t) for name, t in times.items()}
-    result = {"L": L, "window": w, "heads": H, "head_dim": D, "threads": args.threads, "reps": args.reps,
-              "torch": torch.__version__, "median_ms": ms,
-              "overhead": {m: ms[f"{m}, checked"] / ms[f"{m}, route alone"] - 1
-                           for m in ("forward", "forward+backward")}}
+    result = {
+        "L": L,
+        "window": w,
+        "heads": H,
+        "head_dim": D,
+        "threads": args.threads,
+        "reps": args.reps,
+        "torch": torch.__version__,
+        "median_ms": ms,
+        "overhead": {m: ms[f"{m}, checked"] / ms[f"{m}, route alone"] - 1 for m in ("forward", "forward+backward")},
+    }
     for name, t in ms.items():
         print(f"{name:32s} {t:9.3f} ms")
     for m, o in result["overhead"].items():

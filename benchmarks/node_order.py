@@ -20,6 +20,7 @@ machine spreads over every case); speed-ups are against ``shuffled`` from the sa
 Also reported: the time to compute each order, and the share of edges whose two ends
 lie within 2,048 ids of each other (how local the numbering is).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,14 +74,16 @@ def main(argv=None) -> dict:
     n = args.nodes
     shuffled = Graph.from_edge_index(shuffled_ei, n, add_self_loops=True)
     x = torch.randn(n, 128, generator=torch.Generator().manual_seed(1))
-    cases = {"shuffled": (shuffled, x), "transparent": None,
-             "original": (Graph.from_edge_index(original_ei, n, add_self_loops=True), x[shuffle])}
+    cases = {
+        "shuffled": (shuffled, x),
+        "transparent": None,
+        "original": (Graph.from_edge_index(original_ei, n, add_self_loops=True), x[shuffle]),
+    }
     orders = {}
     for method in METHODS:
         t = time.perf_counter()
         order = node_order(shuffled, method)
-        orders[method] = {"seconds": time.perf_counter() - t,
-                          "near_share": near_share(order.inverse[shuffled_ei])}
+        orders[method] = {"seconds": time.perf_counter() - t, "near_share": near_share(order.inverse[shuffled_ei])}
         cases[f"{method} relabeled"] = (order.relabel(shuffled), order.apply(x))
         if method == "locality":
             cases["transparent"] = (shuffled.reorder_nodes(order), x)
@@ -97,21 +100,37 @@ def main(argv=None) -> dict:
             conv.zero_grad(set_to_none=True)
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     report = {
-        "date": time.strftime("%Y-%m-%d"), "machine": machine_info(),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine_info(),
         "command": "python benchmarks/node_order.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "graph": dict(nodes=n, edges=args.edges, block=args.block, local=args.local,
-                      near_share_shuffled=near_share(shuffled_ei), near_share_original=near_share(original_ei)),
+        "graph": dict(
+            nodes=n,
+            edges=args.edges,
+            block=args.block,
+            local=args.local,
+            near_share_shuffled=near_share(shuffled_ei),
+            near_share_original=near_share(original_ei),
+        ),
         "layer": "graphattn GATConv 128 -> 8 x 16, self-loops added, forward+backward",
         "orders": orders,
-        "cases": {name: {"median_ms": 1000 * m, "speedup_vs_shuffled": medians["shuffled"] / m,
-                         "runs_ms": [1000 * t for t in times[name]]} for name, m in medians.items()},
+        "cases": {
+            name: {
+                "median_ms": 1000 * m,
+                "speedup_vs_shuffled": medians["shuffled"] / m,
+                "runs_ms": [1000 * t for t in times[name]],
+            }
+            for name, m in medians.items()
+        },
     }
-    print(f"graph: {n:,} nodes, {args.edges:,} edges; edges within {NEAR} ids: "
-          f"shuffled {report['graph']['near_share_shuffled']:.1%}, "
-          f"original {report['graph']['near_share_original']:.1%}")
+    print(
+        f"graph: {n:,} nodes, {args.edges:,} edges; edges within {NEAR} ids: "
+        f"shuffled {report['graph']['near_share_shuffled']:.1%}, "
+        f"original {report['graph']['near_share_original']:.1%}"
+    )
     for method, info in orders.items():
-        print(f"order {method:9s} computed in {info['seconds']:.2f} s; "
-              f"edges within {NEAR} ids: {info['near_share']:.1%}")
+        print(
+            f"order {method:9s} computed in {info['seconds']:.2f} s; edges within {NEAR} ids: {info['near_share']:.1%}"
+        )
     for name, info in report["cases"].items():
         print(f"{name:20s} {info['median_ms']:8.1f} ms  {info['speedup_vs_shuffled']:.2f}x")
     if args.out:  # folders made as needed

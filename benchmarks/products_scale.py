@@ -16,6 +16,7 @@ step (and of building the graph, measured apart), and PyG's peak estimated from 
 ``GATConv`` must hold for the same step: per layer the gathered source rows and the
 messages, each ``E x H x C`` floats, kept for backward.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,11 +69,13 @@ class GAT(torch.nn.Module):
         super().__init__()
         from graphattn.nn import GATConv
 
-        self.convs = torch.nn.ModuleList([
-            GATConv(in_channels, hidden, heads=heads, add_self_loops=False),
-            GATConv(heads * hidden, hidden, heads=heads, add_self_loops=False),
-            GATConv(heads * hidden, classes, heads=out_heads, concat=False, add_self_loops=False),
-        ])
+        self.convs = torch.nn.ModuleList(
+            [
+                GATConv(in_channels, hidden, heads=heads, add_self_loops=False),
+                GATConv(heads * hidden, hidden, heads=heads, add_self_loops=False),
+                GATConv(heads * hidden, classes, heads=out_heads, concat=False, add_self_loops=False),
+            ]
+        )
 
     def forward(self, x, graph):
         for i, conv in enumerate(self.convs):
@@ -97,8 +100,12 @@ def main(argv=None) -> dict:
     p.add_argument("--hidden", type=int, default=32, help="channels per head in the hidden layers (default 32)")
     p.add_argument("--heads", type=int, default=4, help="attention heads in the hidden layers (default 4)")
     p.add_argument("--out-heads", type=int, default=1, help="attention heads of the output layer (default 1)")
-    p.add_argument("--train-fraction", type=float, default=0.08, help="share of nodes with a training label "
-                   "(ogbn-products trains on 8%%)")
+    p.add_argument(
+        "--train-fraction",
+        type=float,
+        default=0.08,
+        help="share of nodes with a training label (ogbn-products trains on 8%%)",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -108,11 +115,18 @@ def main(argv=None) -> dict:
     from graphattn.train.experiment import atomic_write_json
 
     n, m = int(NODES * args.scale), int(UNDIRECTED_EDGES * args.scale)
-    result = {"nodes": n, "undirected_edges": m, "features": FEATURES, "classes": CLASSES,
-              "model": f"3 x GATConv, {args.heads} heads x {args.hidden} channels (concat) hidden, "
-                       f"{args.out_heads} head(s) out, ELU, Adam",
-              "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
-              "date": time.strftime("%Y-%m-%d")}
+    result = {
+        "nodes": n,
+        "undirected_edges": m,
+        "features": FEATURES,
+        "classes": CLASSES,
+        "model": f"3 x GATConv, {args.heads} heads x {args.hidden} channels (concat) hidden, "
+        f"{args.out_heads} head(s) out, ELU, Adam",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
     reset_peak()
     t = time.perf_counter()
@@ -142,11 +156,18 @@ def main(argv=None) -> dict:
     opt.step()
     opt.zero_grad(set_to_none=True)
     t3 = time.perf_counter()
-    result.update(forward_s=t1 - t0, backward_s=t2 - t1, optimizer_s=t3 - t2, step_s=t3 - t0,
-                  step_peak_gib=peak_gib(), loss=float(loss.detach()))
+    result.update(
+        forward_s=t1 - t0,
+        backward_s=t2 - t1,
+        optimizer_s=t3 - t2,
+        step_s=t3 - t0,
+        step_peak_gib=peak_gib(),
+        loss=float(loss.detach()),
+    )
     E = graph.num_edges
     result["pyg_estimated_peak_gib"] = pyg_estimate_gib(
-        E, [(args.heads, args.hidden), (args.heads, args.hidden), (args.out_heads, CLASSES)])
+        E, [(args.heads, args.hidden), (args.heads, args.hidden), (args.out_heads, CLASSES)]
+    )
     for k, v in result.items():
         print(f"{k:32s} {v:,.3f}" if isinstance(v, float) else f"{k:32s} {v}")
     if args.out:  # folders made as needed

@@ -13,6 +13,7 @@ benchmarked): every edge reads its source's rows from memory, once in the forwar
 and once more in the backward (which recomputes scores instead of storing them).
 Indices are int64, values float32.
 """
+
 from __future__ import annotations
 
 import time
@@ -68,8 +69,11 @@ def layer_model(kind: str, mode: str, N: int, E: int, c_in: int, C: int, H: int)
             ("backward: transposed CSR (row, edge id)", (N + 1) * IDX + 2 * E * IDX, 0.0),
             ("backward: per-edge rows gathered again (recompute)", E * (gathered + HC * F32), 0.0),
             ("backward: per-edge score gradient written and read", 2 * E * H * F32, 0.0),
-            ("backward: linear layers (grad input and weight)", n_linear * 2 * (x_bytes + h_bytes),
-             n_linear * 4 * N * c_in * HC),
+            (
+                "backward: linear layers (grad input and weight)",
+                n_linear * 2 * (x_bytes + h_bytes),
+                n_linear * 4 * N * c_in * HC,
+            ),
         ]
     return terms
 
@@ -82,6 +86,7 @@ def floor_ms(terms: List[Tuple[str, float, float]], machine: Dict[str, float]) -
 
 def describe(terms: List[Tuple[str, float, float]]) -> str:
     lines = [f"  {name:<52} {b / 1e6:>10,.1f} MB {f / 1e9:>8,.2f} GFLOP" for name, b, f in terms]
-    lines.append(f"  {'total':<52} {sum(t[1] for t in terms) / 1e6:>10,.1f} MB "
-                 f"{sum(t[2] for t in terms) / 1e9:>8,.2f} GFLOP")
+    lines.append(
+        f"  {'total':<52} {sum(t[1] for t in terms) / 1e6:>10,.1f} MB {sum(t[2] for t in terms) / 1e9:>8,.2f} GFLOP"
+    )
     return "\n".join(lines)

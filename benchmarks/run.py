@@ -14,6 +14,7 @@ Results go to benchmarks/results/<suite>-<date>.json and .md (machine, versions,
 command, and for each case graphattn's and the peer's numbers with their ratios),
 plus a log-log scaling plot of time and memory against the edge count.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,9 +93,11 @@ def _build(spec):
     else:
         layer = peer if impl == "pyg" else ours_cls.from_pyg(peer)
     if spec["mode"] == "forward":
+
         def run():
             with torch.no_grad():
                 return layer(x, edge_index)
+
         return run, False
     xg = x.clone().requires_grad_(True)
 
@@ -103,6 +106,7 @@ def _build(spec):
         out.sum().backward()
         layer.zero_grad(set_to_none=True)
         xg.grad = None
+
     return run, True
 
 
@@ -130,6 +134,7 @@ def _build_seq(spec, device, dtype):
         mha = torch.nn.MultiheadAttention(H * D, H, batch_first=True).to(device, dtype).eval()
         x = torch.randn(1, L, H * D, device=device, dtype=dtype)
         if impl == "torch":
+
             def run():
                 with torch.no_grad():
                     return mha(x, x, x, attn_mask=band_mask, need_weights=False)[0]
@@ -143,6 +148,7 @@ def _build_seq(spec, device, dtype):
             def reference():
                 with torch.no_grad():
                     return mha(x, x, x, attn_mask=blocked(), need_weights=False)[0]
+
             run.reference = reference
         return run, False
     q, k, v = (torch.randn(L, H, D, device=device, dtype=dtype) for _ in range(3))
@@ -151,8 +157,9 @@ def _build_seq(spec, device, dtype):
 
         def attend():
             if impl == "sdpa":
-                return F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-                                                      attn_mask=~band_mask)
+                return F.scaled_dot_product_attention(
+                    q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=~band_mask
+                )
             return ops.dot_product_attention(q, k, v, g)
 
         g = make_graph() if impl == "graphattn" else None
@@ -162,25 +169,29 @@ def _build_seq(spec, device, dtype):
             grads = (q.grad, k.grad, v.grad)
             q.grad = k.grad = v.grad = None
             return grads
+
         return run, True
     if impl == "sdpa":
+
         def run():
             with torch.no_grad():
-                return F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-                                                      attn_mask=~band_mask)
+                return F.scaled_dot_product_attention(
+                    q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=~band_mask
+                )
+
         return run, False
     if impl == "flex":  # compiled flex attention with a block mask (GPU peer)
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
         lo, hi = (L, 0) if causal else (w, w)
-        bm = create_block_mask(lambda b, h, qi, ki: (ki >= qi - lo) & (ki <= qi + hi), None, None, L, L,
-                               device=device)
+        bm = create_block_mask(lambda b, h, qi, ki: (ki >= qi - lo) & (ki <= qi + hi), None, None, L, L, device=device)
         flex = torch.compile(flex_attention)
         qd, kd, vd = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
 
         def run():
             with torch.no_grad():
                 return flex(qd, kd, vd, block_mask=bm)
+
         return run, False
     g = make_graph()
 
@@ -191,9 +202,11 @@ def _build_seq(spec, device, dtype):
     def reference():
         with torch.no_grad():
             if causal:
-                return F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-                                                      attn_mask=~blocked()).transpose(0, 1)
+                return F.scaled_dot_product_attention(
+                    q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=~blocked()
+                ).transpose(0, 1)
             return banded_reference(q, k, v, w)
+
     run.reference = reference
     return run, False
 
@@ -211,8 +224,11 @@ def banded_reference(q, k, v, w, chunk=1024):
         lo, hi = max(0, a - w), min(L, b + w)
         qi, ki = torch.arange(a, b)[:, None], torch.arange(lo, hi)[None, :]
         allowed = (qi - ki).abs() <= w
-        out.append(F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[lo:hi].transpose(0, 1),
-                                                  v[lo:hi].transpose(0, 1), attn_mask=allowed).transpose(0, 1))
+        out.append(
+            F.scaled_dot_product_attention(
+                q[a:b].transpose(0, 1), k[lo:hi].transpose(0, 1), v[lo:hi].transpose(0, 1), attn_mask=allowed
+            ).transpose(0, 1)
+        )
     return torch.cat(out)
 
 
@@ -262,6 +278,7 @@ def _build_gps(spec, device, dtype):
         layer(x, edge_index, batch).sum().backward()
         layer.zero_grad(set_to_none=True)
         x.grad = None
+
     if spec["impl"] == "graphattn":
         run.setup = lambda: layer.global_graph(batch.numel(), edge_index, batch.clone(), device)
     return run, True
@@ -289,8 +306,9 @@ def child(spec) -> dict:
         peak = (_rss_kib("VmHWM") - base) / 1024 if ok else float("nan")
     times = []
     deadline = time.perf_counter() + spec.get("budget_s", 60)
-    while len(times) < spec.get("repeats", 5) or (time.perf_counter() < deadline and len(times) < 20 and
-                                                  sum(times) < 2.0):
+    while len(times) < spec.get("repeats", 5) or (
+        time.perf_counter() < deadline and len(times) < 20 and sum(times) < 2.0
+    ):
         sync()
         t0 = time.perf_counter()
         run()
@@ -327,21 +345,30 @@ def run_case(spec) -> dict:
 
 
 def layer_cases(device, sizes, kinds, modes):
-    for (N, E) in sizes:
+    for N, E in sizes:
         for kind in kinds:
             for mode in modes:
-                yield {"kind": kind, "mode": mode, "N": N, "E": E, "in": 128, "out": 16, "heads": 8,
-                       "device": device}
+                yield {"kind": kind, "mode": mode, "N": N, "E": E, "in": 128, "out": 16, "heads": 8, "device": device}
 
 
-PEERS = {"gat": "PyG GATConv", "gatv2": "PyG GATv2Conv", "dot": "PyG TransformerConv",
-         "edge_softmax": "torch_geometric.utils.softmax",
-         "seq_layer": "nn.MultiheadAttention + dense band mask",
-         "seq_op": "F.scaled_dot_product_attention + dense band mask",
-         "gps": "PyG GPSConv (padded nn.MultiheadAttention)"}
-NAMES = {"gat": "GATConv", "gatv2": "GATv2Conv", "dot": "DotProductConv", "edge_softmax": "edge_softmax",
-         "seq_layer": "MultiheadGraphAttention, window ±128", "seq_op": "dot_product_attention, window ±128",
-         "gps": "GPSConv"}
+PEERS = {
+    "gat": "PyG GATConv",
+    "gatv2": "PyG GATv2Conv",
+    "dot": "PyG TransformerConv",
+    "edge_softmax": "torch_geometric.utils.softmax",
+    "seq_layer": "nn.MultiheadAttention + dense band mask",
+    "seq_op": "F.scaled_dot_product_attention + dense band mask",
+    "gps": "PyG GPSConv (padded nn.MultiheadAttention)",
+}
+NAMES = {
+    "gat": "GATConv",
+    "gatv2": "GATv2Conv",
+    "dot": "DotProductConv",
+    "edge_softmax": "edge_softmax",
+    "seq_layer": "MultiheadGraphAttention, window ±128",
+    "seq_op": "dot_product_attention, window ±128",
+    "gps": "GPSConv",
+}
 PEER_IMPLS = ("pyg", "pyg_compiled", "torch_scatter", "torch", "sdpa", "flex")
 
 
@@ -357,8 +384,12 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="small sizes only")
     p.add_argument("--out", default=str(RESULTS), help="results folder")
     p.add_argument("--only", default=None, help="comma-separated case filters: kind=gat,mode=forward+backward,N=100000")
-    p.add_argument("--cases", default="all", choices=["all", "graph", "seq", "gps"],
-                   help="graph layers and edge_softmax, sequence attention, GPS layers, or all (default)")
+    p.add_argument(
+        "--cases",
+        default="all",
+        choices=["all", "graph", "seq", "gps"],
+        help="graph layers and edge_softmax, sequence attention, GPS layers, or all (default)",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -383,7 +414,7 @@ def main(argv=None):
     else:
         sizes, scaling = [(100_000, 1_000_000), (1_000_000, 10_000_000)], [10**5, 10**6, 10**7, 3 * 10**7]
     specs = []
-    for E in ([1_000_000] if not args.quick else [20_000]):
+    for E in [1_000_000] if not args.quick else [20_000]:
         base = {"kind": "edge_softmax", "mode": "forward", "N": E // 10, "E": E, "H": 8, "device": device}
         specs.append(("graphattn", base))
         specs.append(("pyg", base))
@@ -392,20 +423,37 @@ def main(argv=None):
     for spec in layer_cases(device, sizes, ["gat", "gatv2", "dot"], ["forward", "forward+backward"]):
         specs += [("graphattn", spec), ("pyg", spec), ("pyg_compiled", spec)]
     seq_lengths = [1024] if args.quick else ([1024, 4096, 8192] if device == "cpu" else [1024, 4096, 16384, 32768])
+
     def seq_spec(kind, pattern, mode, L):  # one sequence, 8 heads x 64, window +-128 (or causal)
-        E = L * (L + 1) // 2 if pattern == "causal" else sum(min(L - 1, t + 128) - max(0, t - 128) + 1
-                                                              for t in range(L))
-        return {"kind": kind, "pattern": pattern, "mode": mode, "N": L, "L": L, "w": 128, "heads": 8,
-                "head_dim": 64, "device": device, "E": E}
+        E = (
+            L * (L + 1) // 2
+            if pattern == "causal"
+            else sum(min(L - 1, t + 128) - max(0, t - 128) + 1 for t in range(L))
+        )
+        return {
+            "kind": kind,
+            "pattern": pattern,
+            "mode": mode,
+            "N": L,
+            "L": L,
+            "w": 128,
+            "heads": 8,
+            "head_dim": 64,
+            "device": device,
+            "E": E,
+        }
 
     for L in seq_lengths:
-        for kind, pattern, peers in (("seq_layer", "band", ["torch"]), ("seq_op", "band", ["sdpa"]),
-                                     ("seq_op", "causal", ["sdpa"])):
+        for kind, pattern, peers in (
+            ("seq_layer", "band", ["torch"]),
+            ("seq_op", "band", ["sdpa"]),
+            ("seq_op", "causal", ["sdpa"]),
+        ):
             if kind == "seq_op":  # compiled flex_attention with a block mask (forward only on CPU)
                 peers = peers + ["flex"]
             spec = seq_spec(kind, pattern, "forward", L)
             specs += [("graphattn", spec)] + [(peer, spec) for peer in peers]
-    for L in ([] if args.quick or device != "cpu" else [4096, 8192]):
+    for L in [] if args.quick or device != "cpu" else [4096, 8192]:
         spec = seq_spec("seq_op", "band", "forward+backward", L)
         specs += [("graphattn", spec), ("sdpa", spec)]
     if device == "cpu" and not args.quick:  # 32k tokens: a dense mask would need 8 GiB per head; flex only
@@ -414,19 +462,38 @@ def main(argv=None):
     if device == "cuda" and not args.quick:
         for dtype in ("float32", "bfloat16"):
             for mode in ("forward", "forward+backward"):
-                spec = {"kind": "gat", "mode": mode, "N": 2_449_029, "E": 123_718_280, "in": 100, "out": 64,
-                        "heads": 4, "device": device, "dtype": dtype, "products": True}
+                spec = {
+                    "kind": "gat",
+                    "mode": mode,
+                    "N": 2_449_029,
+                    "E": 123_718_280,
+                    "in": 100,
+                    "out": 64,
+                    "heads": 4,
+                    "device": device,
+                    "dtype": dtype,
+                    "products": True,
+                }
                 specs += [("graphattn", spec), ("pyg", spec)]
     for E in scaling:
-        spec = {"kind": "gat", "mode": "forward+backward", "N": max(E // 10, 100), "E": E, "in": 128, "out": 16,
-                "heads": 8, "device": device, "scaling": True}
+        spec = {
+            "kind": "gat",
+            "mode": "forward+backward",
+            "N": max(E // 10, 100),
+            "E": E,
+            "in": 128,
+            "out": 16,
+            "heads": 8,
+            "device": device,
+            "scaling": True,
+        }
         specs += [("graphattn", spec), ("pyg", spec)]
 
     specs += gps_cases(device, args.quick)
     if args.cases != "all":
         family = lambda kind: "seq" if kind.startswith("seq") else ("gps" if kind == "gps" else "graph")  # noqa: E731
         specs = [(impl, spec) for impl, spec in specs if family(spec["kind"]) == args.cases]
-    for rule in (args.only.split(",") if args.only else []):
+    for rule in args.only.split(",") if args.only else []:
         key, value = rule.split("=", 1)
         specs = [(impl, spec) for impl, spec in specs if str(spec.get(key)) == value]
     rows = []
@@ -444,10 +511,14 @@ def main(argv=None):
     tag = ("" if args.cases == "all" else f"-{args.cases}") + ("-subset" if args.only else "")
     name = f"{args.suite}{tag}{'-quick' if args.quick else ''}-{stamp:%Y-%m-%d}"
     report = {
-        "suite": args.suite, "date": stamp.isoformat(timespec="seconds"),
+        "suite": args.suite,
+        "date": stamp.isoformat(timespec="seconds"),
         "command": "python benchmarks/run.py " + " ".join(a for a in (argv or sys.argv[1:])),
-        "machine": machine_info(), "peers": {k: PEERS[k] for k in PEERS},
-        "torch_scatter": have("torch_scatter"), "roofline_machine": machine, "cases": cases,
+        "machine": machine_info(),
+        "peers": {k: PEERS[k] for k in PEERS},
+        "torch_scatter": have("torch_scatter"),
+        "roofline_machine": machine,
+        "cases": cases,
     }
     atomic_write_json(report, out_dir / f"{name}.json")
     md = markdown(report)
@@ -473,35 +544,59 @@ def add_floors(cases, machine):
             largest = (c, terms)
     if largest is not None:
         c, terms = largest
-        print(f"roofline: triad {machine['triad_gb_s']:.1f} GB/s, GEMM {machine['gemm_gflop_s']:.1f} GFLOP/s; "
-              f"model of {NAMES[c['kind']]} {c['mode']} N={c['N']:,} E={c['E']:,} "
-              f"(floor {c['floor_ms']:.1f} ms):\n{roofline.describe(terms)}")
+        print(
+            f"roofline: triad {machine['triad_gb_s']:.1f} GB/s, GEMM {machine['gemm_gflop_s']:.1f} GFLOP/s; "
+            f"model of {NAMES[c['kind']]} {c['mode']} N={c['N']:,} E={c['E']:,} "
+            f"(floor {c['floor_ms']:.1f} ms):\n{roofline.describe(terms)}"
+        )
 
 
 def gps_cases(device, quick):
     """GPS layer forward+backward against PyG's GPSConv with the same weights."""
     specs = []
-    for graphs in (("molecules",) if quick else ("molecules", "skewed", "large")):
+    for graphs in ("molecules",) if quick else ("molecules", "skewed", "large"):
         sizes = gps_sizes(graphs)
         pattern = "sparse" if graphs == "large" else "complete"
         N = sum(sizes)
         pairs = sum(n * n for n in sizes)
-        spec = {"kind": "gps", "mode": "forward+backward", "graphs": graphs, "pattern": pattern, "N": N,
-                "E": 2 * N, "pairs": pairs, "channels": 64, "heads": 4, "device": device}  # E: the local ring edges
+        spec = {
+            "kind": "gps",
+            "mode": "forward+backward",
+            "graphs": graphs,
+            "pattern": pattern,
+            "N": N,
+            "E": 2 * N,
+            "pairs": pairs,
+            "channels": 64,
+            "heads": 4,
+            "device": device,
+        }  # E: the local ring edges
         specs.append(("graphattn", dict(spec)))
         peer = dict(spec)
         if pattern == "sparse":
             padded = len(sizes) * spec["heads"] * max(sizes) ** 2 * 4 / 2**30
-            peer["not_run"] = {"error": f"not run: padded dense attention needs {padded:,.0f} GiB for its "
-                                        f"float32 scores alone (B x H x L_max^2)"}
+            peer["not_run"] = {
+                "error": f"not run: padded dense attention needs {padded:,.0f} GiB for its "
+                f"float32 scores alone (B x H x L_max^2)"
+            }
         specs.append(("pyg", peer))
     return specs
 
 
 def compare(rows):
     """Pair each graphattn row with the peers of the same case; ratios are peer / graphattn."""
-    key = lambda r: (r["kind"], r["mode"], r["N"], r["E"], r.get("scaling", False), r.get("pattern"),  # noqa: E731
-                     r.get("dtype", "float32"))
+
+    def key(r):
+        return (
+            r["kind"],
+            r["mode"],
+            r["N"],
+            r["E"],
+            r.get("scaling", False),
+            r.get("pattern"),
+            r.get("dtype", "float32"),
+        )
+
     groups = {}
     for r in rows:
         groups.setdefault(key(r), {})[r["impl"]] = r
@@ -510,13 +605,23 @@ def compare(rows):
         ours = g.get("graphattn", {})
         op = NAMES[k[0]].replace("window ±128", "causal") if k[5] == "causal" else NAMES[k[0]]
         if k[0] == "gps":
-            what = (f"complete global attention, {ours.get('pairs', 0):,} pairs" if k[5] == "complete"
-                    else "sparse global attention (expander + virtual nodes + local edges)")
+            what = (
+                f"complete global attention, {ours.get('pairs', 0):,} pairs"
+                if k[5] == "complete"
+                else "sparse global attention (expander + virtual nodes + local edges)"
+            )
             op = f"{op}, {GPS_BATCHES[ours.get('graphs', 'molecules')]}, {what}"
-        case = {"op": op + ("" if k[6] == "float32" else f" ({k[6]})"), "kind": k[0], "mode": k[1], "N": k[2],
-                "E": k[3], "scaling": k[4], "pattern": k[5], "dtype": k[6],
-                "graphattn": {x: ours.get(x) for x in ("time_ms", "peak_mem_mib", "error", "max_abs_diff",
-                                                       "setup_ms")}}
+        case = {
+            "op": op + ("" if k[6] == "float32" else f" ({k[6]})"),
+            "kind": k[0],
+            "mode": k[1],
+            "N": k[2],
+            "E": k[3],
+            "scaling": k[4],
+            "pattern": k[5],
+            "dtype": k[6],
+            "graphattn": {x: ours.get(x) for x in ("time_ms", "peak_mem_mib", "error", "max_abs_diff", "setup_ms")},
+        }
         for impl, r in g.items():
             if impl == "graphattn":
                 continue
@@ -546,8 +651,10 @@ def markdown(report) -> str:
     ]
     rm = report.get("roofline_machine")
     if rm:
-        lines.append(f"Roofline (benchmarks/roofline.py): triad {rm['triad_gb_s']:.1f} GB/s, float32 GEMM "
-                     f"{rm['gemm_gflop_s']:.1f} GFLOP/s, measured in this run.")
+        lines.append(
+            f"Roofline (benchmarks/roofline.py): triad {rm['triad_gb_s']:.1f} GB/s, float32 GEMM "
+            f"{rm['gemm_gflop_s']:.1f} GFLOP/s, measured in this run."
+        )
     lines += [
         "",
         "| op | mode | N | E | graphattn ms | peer | peer ms | speed-up | graphattn MiB | peer MiB | memory ratio "
@@ -557,9 +664,11 @@ def markdown(report) -> str:
     for c in report["cases"]:
         for impl in [k for k in c if k in PEER_IMPLS]:
             peer = c[impl]
-            peer_name = {"torch_scatter": "torch_scatter.scatter_softmax",
-                         "flex": "flex_attention (compiled, block mask)",
-                         "pyg_compiled": f"torch.compile({PEERS[c['kind']]})"}.get(impl, PEERS[c["kind"]])
+            peer_name = {
+                "torch_scatter": "torch_scatter.scatter_softmax",
+                "flex": "flex_attention (compiled, block mask)",
+                "pyg_compiled": f"torch.compile({PEERS[c['kind']]})",
+            }.get(impl, PEERS[c["kind"]])
             if c.get("pattern") == "causal" and impl == "sdpa":
                 peer_name = "F.scaled_dot_product_attention + dense causal mask"
             d = c["graphattn"].get("max_abs_diff")

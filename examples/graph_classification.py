@@ -20,6 +20,7 @@ probabilities per atom, mapped linearly and added to the atom embedding). Result
 checkpoint is written atomically after every epoch and ``--resume`` continues a killed
 run to the same result.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,28 +66,43 @@ LOWER_IS_BETTER = ("rmse", "mae")  # OGB's error metrics; its other metrics are 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="ogbg-molbbbp", help=f"one of {', '.join(OGB_GRAPH)} (default: ogbg-molbbbp)")
-    p.add_argument("--root", default="../shared/data/ogb",
-                   help="the folder holding <name with _>/ in OGB's layout, e.g. ogbg_molbbbp/raw/ "
-                        "(default ../shared/data/ogb)")
+    p.add_argument(
+        "--root",
+        default="../shared/data/ogb",
+        help="the folder holding <name with _>/ in OGB's layout, e.g. ogbg_molbbbp/raw/ (default ../shared/data/ogb)",
+    )
     p.add_argument("--model", default="gat", choices=GRAPH_MODELS)
-    p.add_argument("--hidden", type=positive_int, default=None,
-                   help=f"atom embedding width (default {DEFAULTS['hidden']})")
+    p.add_argument(
+        "--hidden", type=positive_int, default=None, help=f"atom embedding width (default {DEFAULTS['hidden']})"
+    )
     p.add_argument("--layers", type=positive_int, default=None, help=f"attention layers (default {DEFAULTS['layers']})")
-    p.add_argument("--heads", type=positive_int, default=None,
-                   help=f"heads per layer, hidden/heads channels each (default {DEFAULTS['heads']})")
+    p.add_argument(
+        "--heads",
+        type=positive_int,
+        default=None,
+        help=f"heads per layer, hidden/heads channels each (default {DEFAULTS['heads']})",
+    )
     p.add_argument("--dropout", type=probability, default=0.2, help="dropout after each layer and in the MLP")
     p.add_argument("--attn-dropout", type=probability, default=0.0, help="dropout on attention weights")
     p.add_argument("--pool", default="mean", choices=POOLS, help="readout over each molecule's atoms")
     p.add_argument("--no-edge-features", action="store_true", help="leave bond features out of the attention")
-    p.add_argument("--pe-walk-length", type=nonnegative_int, default=0,
-                   help="random-walk positional encoding of this many steps (PyG's AddRandomWalkPE; 0 = none)")
+    p.add_argument(
+        "--pe-walk-length",
+        type=nonnegative_int,
+        default=0,
+        help="random-walk positional encoding of this many steps (PyG's AddRandomWalkPE; 0 = none)",
+    )
     p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--weight-decay", type=nonnegative_float, default=0.0)
     p.add_argument("--epochs", type=positive_int, default=None, help=f"epochs per run (default {DEFAULTS['epochs']})")
-    p.add_argument("--batch-size", type=positive_int, default=None,
-                   help=f"molecules per step (default {DEFAULTS['batch_size']})")
-    add_run_arguments(p, "runs/graph_classification/<dataset>-<model>.json",
-                      "a few epochs of a small model on the first molecules of each split (for tests)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=None, help=f"molecules per step (default {DEFAULTS['batch_size']})"
+    )
+    add_run_arguments(
+        p,
+        "runs/graph_classification/<dataset>-<model>.json",
+        "a few epochs of a small model on the first molecules of each split (for tests)",
+    )
     args = p.parse_args(argv)
     canonical = {d.lower(): d for d in OGB_GRAPH}.get(args.dataset.lower())
     if canonical is None:
@@ -101,14 +117,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_heads_divide(p, args.hidden, args.heads, "--hidden")
     if args.out is None:
         args.out = f"runs/graph_classification/{args.dataset}-{args.model}.json"
-    check_outputs(p, {"--out": args.out, "checkpoint": Path(args.out).with_suffix(".ckpt.pt"),
-                      "plot": Path(args.out).with_suffix(".png")})
+    check_outputs(
+        p,
+        {
+            "--out": args.out,
+            "checkpoint": Path(args.out).with_suffix(".ckpt.pt"),
+            "plot": Path(args.out).with_suffix(".png"),
+        },
+    )
     return args
 
 
 def config_of(args) -> dict:
-    keys = ("dataset", "model", "hidden", "layers", "heads", "dropout", "attn_dropout", "pool", "no_edge_features",
-            "pe_walk_length", "lr", "weight_decay", "epochs", "batch_size", "runs", "seed", "smoke")
+    keys = (
+        "dataset",
+        "model",
+        "hidden",
+        "layers",
+        "heads",
+        "dropout",
+        "attn_dropout",
+        "pool",
+        "no_edge_features",
+        "pe_walk_length",
+        "lr",
+        "weight_decay",
+        "epochs",
+        "batch_size",
+        "runs",
+        "seed",
+        "smoke",
+    )
     return {k: getattr(args, k) for k in keys}
 
 
@@ -119,21 +158,37 @@ def load_data(args) -> SimpleNamespace:
     transform = AddRandomWalkPE(args.pe_walk_length, attr_name="pe") if args.pe_walk_length else None
     dataset, split_idx = load_ogb_graph(args.root, args.dataset, transform=transform)
     if args.smoke:
-        split_idx = {k: idx[:SMOKE_GRAPHS[k]] for k, idx in split_idx.items()}
-    return SimpleNamespace(name=args.dataset, size=len(dataset), num_tasks=dataset.num_tasks,
-                           task_type=dataset.task_type, metric=dataset.eval_metric,
-                           **{k: dataset[idx] for k, idx in split_idx.items()})
+        split_idx = {k: idx[: SMOKE_GRAPHS[k]] for k, idx in split_idx.items()}
+    return SimpleNamespace(
+        name=args.dataset,
+        size=len(dataset),
+        num_tasks=dataset.num_tasks,
+        task_type=dataset.task_type,
+        metric=dataset.eval_metric,
+        **{k: dataset[idx] for k, idx in split_idx.items()},
+    )
 
 
 def describe(data) -> str:
-    return (f"{data.name}: {data.size} molecules, {data.num_tasks} task(s) ({data.task_type}, scored by "
-            f"{data.metric}), split {len(data.train)}/{len(data.valid)}/{len(data.test)}")
+    return (
+        f"{data.name}: {data.size} molecules, {data.num_tasks} task(s) ({data.task_type}, scored by "
+        f"{data.metric}), split {len(data.train)}/{len(data.valid)}/{len(data.test)}"
+    )
 
 
 def new_model(args, data) -> GraphPredictor:
-    return GraphPredictor(args.model, hidden=args.hidden, layers=args.layers, heads=args.heads,
-                          num_tasks=data.num_tasks, dropout=args.dropout, attn_dropout=args.attn_dropout,
-                          pool=args.pool, edge_features=not args.no_edge_features, pe_dim=args.pe_walk_length)
+    return GraphPredictor(
+        args.model,
+        hidden=args.hidden,
+        layers=args.layers,
+        heads=args.heads,
+        num_tasks=data.num_tasks,
+        dropout=args.dropout,
+        attn_dropout=args.attn_dropout,
+        pool=args.pool,
+        edge_features=not args.no_edge_features,
+        pe_dim=args.pe_walk_length,
+    )
 
 
 def predict(model, batch):
@@ -205,19 +260,26 @@ def train_run(args, run: int, data, device, ckpt_path: Path, saved, done: list, 
     gen = torch.Generator().manual_seed(args.seed + run)  # the training order; travels in checkpoints
     model = new_model(args, data).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    st = {"epoch": 0, "best": None, "seconds": 0.0,
-          "history": {"train_loss": [], f"val_{metric}": [], f"test_{metric}": []}}
+    st = {
+        "epoch": 0,
+        "best": None,
+        "seconds": 0.0,
+        "history": {"train_loss": [], f"val_{metric}": [], f"test_{metric}": []},
+    }
     if saved is not None:
         with restoring(ckpt_path):
             restore_training_state(saved["state"], model, opt, None, gen, ckpt_path)
             st = saved["run_state"]
             print(f"resumed run {run} at epoch {st['epoch']}")
     train_loader = DataLoader(data.train, batch_size=args.batch_size, shuffle=True, generator=gen)
-    eval_loaders = {split: DataLoader(getattr(data, name), batch_size=max(args.batch_size, 256))
-                    for split, name in (("val", "valid"), ("test", "test"))}
+    eval_loaders = {
+        split: DataLoader(getattr(data, name), batch_size=max(args.batch_size, 256))
+        for split, name in (("val", "valid"), ("test", "test"))
+    }
     evaluator = Evaluator(args.dataset)
-    bar = tqdm(total=args.epochs, initial=st["epoch"], desc=f"{args.dataset}/{args.model} run {run}",
-               disable=not progress)
+    bar = tqdm(
+        total=args.epochs, initial=st["epoch"], desc=f"{args.dataset}/{args.model} run {run}", disable=not progress
+    )
     while st["epoch"] < args.epochs:
         start = time.perf_counter()
         loss = train_epoch(model, opt, train_loader, data.task_type, device)
@@ -231,10 +293,19 @@ def train_run(args, run: int, data, device, ckpt_path: Path, saved, done: list, 
         if improves(metric, scores[f"val_{metric}"], best_val):
             st["best"] = {"epoch": st["epoch"], **scores}
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", val=f"{scores[f'val_{metric}']:.4f}",
-                        best=f"{st['best'][f'val_{metric}']:.4f}")
-        atomic_save({"config": config_of(args), "done": done, "run": run, "run_state": st,
-                     "state": training_state(model, opt, None, gen)}, ckpt_path)
+        bar.set_postfix(
+            loss=f"{loss:.4f}", val=f"{scores[f'val_{metric}']:.4f}", best=f"{st['best'][f'val_{metric}']:.4f}"
+        )
+        atomic_save(
+            {
+                "config": config_of(args),
+                "done": done,
+                "run": run,
+                "run_state": st,
+                "state": training_state(model, opt, None, gen),
+            },
+            ckpt_path,
+        )
     bar.close()
     return st
 
@@ -258,27 +329,52 @@ def main(argv=None) -> dict:
         saved = ckpt if ckpt is not None and ckpt.get("run") == run else None
         st = train_run(args, run, data, device, ckpt_path, saved, done, progress)
         best = st["best"]
-        done.append({"seed": args.seed + run, "epochs": st["epoch"], "best_epoch": best["epoch"],
-                     f"val_{metric}": best[f"val_{metric}"], f"test_{metric}": best[f"test_{metric}"],
-                     "seconds_per_epoch": st["seconds"] / st["epoch"], "history": st["history"]})
-        print(f"run {run}: test {metric} {best[f'test_{metric}']:.4f} (val {best[f'val_{metric}']:.4f}, "
-              f"epoch {best['epoch']}; {st['seconds'] / st['epoch']:.2f} s/epoch)")
-        atomic_save({"config": config_of(args), "done": done, "run": None, "run_state": None, "state": None},
-                    ckpt_path)
+        done.append(
+            {
+                "seed": args.seed + run,
+                "epochs": st["epoch"],
+                "best_epoch": best["epoch"],
+                f"val_{metric}": best[f"val_{metric}"],
+                f"test_{metric}": best[f"test_{metric}"],
+                "seconds_per_epoch": st["seconds"] / st["epoch"],
+                "history": st["history"],
+            }
+        )
+        print(
+            f"run {run}: test {metric} {best[f'test_{metric}']:.4f} (val {best[f'val_{metric}']:.4f}, "
+            f"epoch {best['epoch']}; {st['seconds'] / st['epoch']:.2f} s/epoch)"
+        )
+        atomic_save({"config": config_of(args), "done": done, "run": None, "run_state": None, "state": None}, ckpt_path)
 
     per_run = [r[f"test_{metric}"] for r in done]
     summary = summarize_runs(per_run)
     result = {
-        "dataset": args.dataset, "model": args.model, "metric": f"test_{metric}",
+        "dataset": args.dataset,
+        "model": args.model,
+        "metric": f"test_{metric}",
         "higher_is_better": metric not in LOWER_IS_BETTER,
-        "mean": summary["mean"], "std": summary["std"], "runs": len(per_run), "per_run": per_run,
-        f"val_{metric}": [r[f"val_{metric}"] for r in done], "best_epoch": [r["best_epoch"] for r in done],
-        "epochs": [r["epochs"] for r in done], "seconds_per_epoch": [r["seconds_per_epoch"] for r in done],
-        "config": config_of(args), "seconds": time.perf_counter() - t0, "machine": machine_info(),
-        "device": str(device), "history": [r["history"] for r in done],
+        "mean": summary["mean"],
+        "std": summary["std"],
+        "runs": len(per_run),
+        "per_run": per_run,
+        f"val_{metric}": [r[f"val_{metric}"] for r in done],
+        "best_epoch": [r["best_epoch"] for r in done],
+        "epochs": [r["epochs"] for r in done],
+        "seconds_per_epoch": [r["seconds_per_epoch"] for r in done],
+        "config": config_of(args),
+        "seconds": time.perf_counter() - t0,
+        "machine": machine_info(),
+        "device": str(device),
+        "history": [r["history"] for r in done],
     }
-    report(result, args.out, result["history"], list(result["history"][0]),
-           f"{result['model'].upper()} on {result['dataset']}", percent=False)
+    report(
+        result,
+        args.out,
+        result["history"],
+        list(result["history"][0]),
+        f"{result['model'].upper()} on {result['dataset']}",
+        percent=False,
+    )
     return result
 
 

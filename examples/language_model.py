@@ -26,6 +26,7 @@ Results (the ``--main`` variant in the common keys, every variant under
 ``variants``) go to ``--out`` as JSON with validation curves beside it; checkpoints
 are written atomically every ``--eval-every`` steps and ``--resume`` continues.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -121,8 +122,19 @@ class CharLM(nn.Module):
     embeddings train each position separately, which handicaps the longer contexts in a
     short run and would confound the comparison of attention patterns."""
 
-    def __init__(self, vocab: int, dim: int, heads: int, layers: int, ff: int, dropout: float, context: int,
-                 pattern=None, linear: bool = False, positions: str = "sinusoidal"):
+    def __init__(
+        self,
+        vocab: int,
+        dim: int,
+        heads: int,
+        layers: int,
+        ff: int,
+        dropout: float,
+        context: int,
+        pattern=None,
+        linear: bool = False,
+        positions: str = "sinusoidal",
+    ):
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
         if positions == "learned":
@@ -135,8 +147,9 @@ class CharLM(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.layers = nn.ModuleList()
         for _ in range(layers):
-            layer = GraphTransformerEncoderLayer(dim, heads, ff, dropout, activation="gelu", batch_first=True,
-                                                 norm_first=True, pattern=pattern)
+            layer = GraphTransformerEncoderLayer(
+                dim, heads, ff, dropout, activation="gelu", batch_first=True, norm_first=True, pattern=pattern
+            )
             if linear:  # same call signature: the layer does not know the difference
                 layer.self_attn = LinearAttention(dim, heads, batch_first=True)
             self.layers.append(layer)
@@ -163,11 +176,11 @@ def evaluate(model, data: torch.Tensor, context: int, device, rows: int = 64) ->
     model.eval()
     n = (data.numel() - 1) // context
     x = data[: n * context].view(n, context)
-    y = data[1: n * context + 1].view(n, context)
+    y = data[1 : n * context + 1].view(n, context)
     total = 0.0
     for r in range(0, n, rows):
-        logits = model(x[r:r + rows].to(device))
-        total += F.cross_entropy(logits.flatten(0, 1), y[r:r + rows].flatten().to(device), reduction="sum").item()
+        logits = model(x[r : r + rows].to(device))
+        total += F.cross_entropy(logits.flatten(0, 1), y[r : r + rows].flatten().to(device), reduction="sum").item()
     return total / max(n * context, 1)
 
 
@@ -177,13 +190,22 @@ def parse_args(argv=None):
     p.add_argument("--valid", default=str(SHARED / "val.en.gz"))
     p.add_argument("--test", default=str(SHARED / "test_2016_flickr.en.gz"))
     p.add_argument("--dataset", default="multi30k-en-chars")
-    p.add_argument("--variants", default=",".join(VARIANTS), type=choice_list(VARIANTS),
-                   help=f"comma-separated, from {', '.join(VARIANTS)}")
-    p.add_argument("--main", default=None, choices=VARIANTS,
-                   help="variant reported in the results' common keys (default: window if run, else the first)")
+    p.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        type=choice_list(VARIANTS),
+        help=f"comma-separated, from {', '.join(VARIANTS)}",
+    )
+    p.add_argument(
+        "--main",
+        default=None,
+        choices=VARIANTS,
+        help="variant reported in the results' common keys (default: window if run, else the first)",
+    )
     p.add_argument("--context", type=positive_int, default=256)
-    p.add_argument("--window", type=positive_int, default=32,
-                   help="edges per query of the sparse patterns (minus self)")
+    p.add_argument(
+        "--window", type=positive_int, default=32, help="edges per query of the sparse patterns (minus self)"
+    )
     p.add_argument("--dilation", type=positive_int, default=4)
     p.add_argument("--dim", type=positive_int, default=128)
     p.add_argument("--heads", type=positive_int, default=4)
@@ -217,8 +239,29 @@ def parse_args(argv=None):
 
 
 def config_of(args):
-    keys = ("train", "valid", "test", "variants", "context", "window", "dilation", "dim", "heads", "layers", "ff",
-            "dropout", "positions", "steps", "batch_size", "lr", "weight_decay", "eval_every", "runs", "seed", "smoke")
+    keys = (
+        "train",
+        "valid",
+        "test",
+        "variants",
+        "context",
+        "window",
+        "dilation",
+        "dim",
+        "heads",
+        "layers",
+        "ff",
+        "dropout",
+        "positions",
+        "steps",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "eval_every",
+        "runs",
+        "seed",
+        "smoke",
+    )
     return {k: getattr(args, k) for k in keys}
 
 
@@ -228,13 +271,17 @@ def train_one(args, variant, run, data, vocab_size, device, progress, ckpt, save
     rows = args.batch_size * args.context // context  # equal tokens per step for every variant
     seed = args.seed + run
     torch.manual_seed(seed)
-    model = CharLM(vocab_size, args.dim, args.heads, args.layers, args.ff, args.dropout, context, pattern,
-                   linear, args.positions).to(device)
+    model = CharLM(
+        vocab_size, args.dim, args.heads, args.layers, args.ff, args.dropout, context, pattern, linear, args.positions
+    ).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     warm = max(1, args.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm
-                       else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, args.steps - warm))))
+        opt,
+        lambda s: (
+            (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, args.steps - warm)))
+        ),
+    )
     gen = torch.Generator().manual_seed(seed)
     st = {"step": 0, "seconds": 0.0, "curve": {"step": [], "val_nll": [], "train_loss": []}, "loss_acc": [0.0, 0]}
     if ckpt is not None:
@@ -267,11 +314,20 @@ def train_one(args, variant, run, data, vocab_size, device, progress, ckpt, save
     bar.close()
     test = evaluate(model, data["test"], context, device)
     val = st["curve"]["val_nll"][-1]
-    return {"variant": variant, "seed": seed, "context": context, "keys_per_query": edges,
-            "rows_per_step": rows, "params": sum(p.numel() for p in model.parameters()),
-            "train_seconds": st["seconds"], "ms_per_step": 1000 * st["seconds"] / max(st["step"], 1),
-            "val_ppl": math.exp(val), "test_ppl": math.exp(test), "test_bpc": test / math.log(2),
-            "curve": st["curve"]}
+    return {
+        "variant": variant,
+        "seed": seed,
+        "context": context,
+        "keys_per_query": edges,
+        "rows_per_step": rows,
+        "params": sum(p.numel() for p in model.parameters()),
+        "train_seconds": st["seconds"],
+        "ms_per_step": 1000 * st["seconds"] / max(st["step"], 1),
+        "val_ppl": math.exp(val),
+        "test_ppl": math.exp(test),
+        "test_bpc": test / math.log(2),
+        "curve": st["curve"],
+    }
 
 
 @exits_on_checkpoint_error
@@ -289,26 +345,32 @@ def main(argv=None):
     data = {k: vocab.encode(v) for k, v in texts.items()}
     for k, d in data.items():
         if d.numel() <= args.context + 1:
-            raise SystemExit(f"error: --{k} text has {d.numel()} characters; it needs more than --context "
-                             f"({args.context}) + 1")
-    print(f"{args.dataset}: {data['train'].numel():,} train / {data['valid'].numel():,} valid / "
-          f"{data['test'].numel():,} test characters, vocabulary {len(vocab)}; variants {', '.join(args.variants)}")
+            raise SystemExit(
+                f"error: --{k} text has {d.numel()} characters; it needs more than --context ({args.context}) + 1"
+            )
+    print(
+        f"{args.dataset}: {data['train'].numel():,} train / {data['valid'].numel():,} valid / "
+        f"{data['test'].numel():,} test characters, vocabulary {len(vocab)}; variants {', '.join(args.variants)}"
+    )
 
     ckpt = resume_from(args.checkpoint, config_of(args), args.resume, keys=("done",))
     done = ckpt["done"] if ckpt else []
     t0 = time.perf_counter()
     jobs = [(v, r) for r in range(args.runs) for v in args.variants]
-    for variant, run in jobs[len(done):]:
+    for variant, run in jobs[len(done) :]:
         with restoring(args.checkpoint):
             partial = ckpt["partial"] if ckpt is not None and ckpt.get("partial_job") == [variant, run] else None
 
         def save(state, job=(variant, run)):
-            atomic_save({"config": config_of(args), "done": done, "partial_job": list(job), "partial": state},
-                        args.checkpoint)
+            atomic_save(
+                {"config": config_of(args), "done": done, "partial_job": list(job), "partial": state}, args.checkpoint
+            )
 
         rec = train_one(args, variant, run, data, len(vocab), device, progress, partial, save)
-        print(f"{variant:>14} run {run}: test ppl {rec['test_ppl']:.3f} ({rec['test_bpc']:.3f} bpc), val ppl "
-              f"{rec['val_ppl']:.3f}, {rec['keys_per_query']:.0f} keys/query, {rec['ms_per_step']:.0f} ms/step")
+        print(
+            f"{variant:>14} run {run}: test ppl {rec['test_ppl']:.3f} ({rec['test_bpc']:.3f} bpc), val ppl "
+            f"{rec['val_ppl']:.3f}, {rec['keys_per_query']:.0f} keys/query, {rec['ms_per_step']:.0f} ms/step"
+        )
         done.append(rec)
         atomic_save({"config": config_of(args), "done": done, "partial_job": None}, args.checkpoint)
         ckpt = None
@@ -317,26 +379,46 @@ def main(argv=None):
     for v in args.variants:
         recs = [r for r in done if r["variant"] == v]
         s = summarize_runs([r["test_ppl"] for r in recs])
-        variants[v] = {"mean": s["mean"], "std": s["std"], "per_run": [r["test_ppl"] for r in recs],
-                       "bpc": summarize_runs([r["test_bpc"] for r in recs])["mean"],
-                       "context": recs[0]["context"], "keys_per_query": recs[0]["keys_per_query"],
-                       "ms_per_step": summarize_runs([r["ms_per_step"] for r in recs])["mean"],
-                       "params": recs[0]["params"]}
+        variants[v] = {
+            "mean": s["mean"],
+            "std": s["std"],
+            "per_run": [r["test_ppl"] for r in recs],
+            "bpc": summarize_runs([r["test_bpc"] for r in recs])["mean"],
+            "context": recs[0]["context"],
+            "keys_per_query": recs[0]["keys_per_query"],
+            "ms_per_step": summarize_runs([r["ms_per_step"] for r in recs])["mean"],
+            "params": recs[0]["params"],
+        }
     main_v = variants[args.main]
-    result = {"dataset": args.dataset, "model": f"char-transformer-{args.main}", "metric": "test perplexity per char",
-              "mean": main_v["mean"], "std": main_v["std"], "runs": len(main_v["per_run"]),
-              "per_run": main_v["per_run"], "variants": variants, "details": done, "config": config_of(args),
-              "seconds": time.perf_counter() - t0, "machine": machine_info(), "device": str(device)}
+    result = {
+        "dataset": args.dataset,
+        "model": f"char-transformer-{args.main}",
+        "metric": "test perplexity per char",
+        "mean": main_v["mean"],
+        "std": main_v["std"],
+        "runs": len(main_v["per_run"]),
+        "per_run": main_v["per_run"],
+        "variants": variants,
+        "details": done,
+        "config": config_of(args),
+        "seconds": time.perf_counter() - t0,
+        "machine": machine_info(),
+        "device": str(device),
+    }
     atomic_write_json(result, args.out)
-    plot_curves({"val_nll": [r["curve"]["val_nll"] for r in done],
-                 "train_loss": [r["curve"]["train_loss"] for r in done]},
-                Path(args.out).with_suffix(".png"), title=f"{args.dataset}: attention variants",
-                xlabel=f"evaluation (every {args.eval_every} steps)",
-                labels=[f"{r['variant']} (seed {r['seed']})" for r in done])
+    plot_curves(
+        {"val_nll": [r["curve"]["val_nll"] for r in done], "train_loss": [r["curve"]["train_loss"] for r in done]},
+        Path(args.out).with_suffix(".png"),
+        title=f"{args.dataset}: attention variants",
+        xlabel=f"evaluation (every {args.eval_every} steps)",
+        labels=[f"{r['variant']} (seed {r['seed']})" for r in done],
+    )
     print(f"\n{'variant':>14} {'context':>8} {'keys/q':>8} {'test ppl':>9} {'bpc':>6} {'ms/step':>8}")
     for v, s in variants.items():
-        print(f"{v:>14} {s['context']:>8} {s['keys_per_query']:>8.0f} {s['mean']:>9.3f} {s['bpc']:>6.3f} "
-              f"{s['ms_per_step']:>8.0f}")
+        print(
+            f"{v:>14} {s['context']:>8} {s['keys_per_query']:>8.0f} {s['mean']:>9.3f} {s['bpc']:>6.3f} "
+            f"{s['ms_per_step']:>8.0f}"
+        )
     print(f"results: {args.out}")
     return result
 

@@ -28,6 +28,7 @@ with patience 100 on validation loss and accuracy). Results (mean +- std over
 a checkpoint is written atomically so ``--resume`` continues a killed run to the
 same result.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,18 +76,29 @@ DATASETS = ("synthetic",) + PLANETOID
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_argument(p)
-    p.add_argument("--dataset", default="synthetic",
-                   help=f"one of {', '.join(DATASETS)} (default: synthetic), or a torch_geometric.datasets class as "
-                        "ClassName or ClassName:name (WikiCS, Amazon:Computers, HeterophilousGraphDataset:Minesweeper)"
-                        "; run r uses mask column r mod S, or a seeded 20/30-per-class random split without masks")
-    p.add_argument("--root", default="data/planetoid",
-                   help="dataset root: for Planetoid the folder holding <Name>/raw/; for a PyG class the root its "
-                        "constructor takes (a missing file's error names the folder it must be in)")
-    p.add_argument("--metric", default="auto", choices=("auto",) + NODE_METRICS,
-                   help="auto (default): rocauc for two classes, accuracy otherwise")
+    p.add_argument(
+        "--dataset",
+        default="synthetic",
+        help=f"one of {', '.join(DATASETS)} (default: synthetic), or a torch_geometric.datasets class as "
+        "ClassName or ClassName:name (WikiCS, Amazon:Computers, HeterophilousGraphDataset:Minesweeper)"
+        "; run r uses mask column r mod S, or a seeded 20/30-per-class random split without masks",
+    )
+    p.add_argument(
+        "--root",
+        default="data/planetoid",
+        help="dataset root: for Planetoid the folder holding <Name>/raw/; for a PyG class the root its "
+        "constructor takes (a missing file's error names the folder it must be in)",
+    )
+    p.add_argument(
+        "--metric",
+        default="auto",
+        choices=("auto",) + NODE_METRICS,
+        help="auto (default): rocauc for two classes, accuracy otherwise",
+    )
     p.add_argument("--model", default="gat", choices=MODELS)
-    p.add_argument("--runs", type=positive_int, default=3,
-                   help="number of seeds (default 3; the GAT paper reports 100)")
+    p.add_argument(
+        "--runs", type=positive_int, default=3, help="number of seeds (default 3; the GAT paper reports 100)"
+    )
     p.add_argument("--epochs", type=positive_int, default=1000, help="maximum epochs per run")
     p.add_argument("--patience", type=positive_int, default=100)
     p.add_argument("--lr", type=positive_float, default=0.005)
@@ -127,8 +139,10 @@ def canonical_dataset(parser, name: str) -> str:
     try:
         cls, sub = parse_dataset_spec(name)
     except ValueError as e:
-        parser.error(f"unknown dataset {name!r} ({e}); choose one of {', '.join(DATASETS)} "
-                     f"or a torch_geometric.datasets class as ClassName or ClassName:name")
+        parser.error(
+            f"unknown dataset {name!r} ({e}); choose one of {', '.join(DATASETS)} "
+            f"or a torch_geometric.datasets class as ClassName or ClassName:name"
+        )
     return f"{cls.__name__}:{sub}" if sub else cls.__name__
 
 
@@ -157,18 +171,37 @@ def short_name(metric: str) -> str:
 
 
 def config_of(args) -> dict:
-    keys = ("dataset", "model", "runs", "epochs", "patience", "lr", "weight_decay", "hidden", "heads", "out_heads",
-            "dropout", "seed", "smoke", "metric")
+    keys = (
+        "dataset",
+        "model",
+        "runs",
+        "epochs",
+        "patience",
+        "lr",
+        "weight_decay",
+        "hidden",
+        "heads",
+        "out_heads",
+        "dropout",
+        "seed",
+        "smoke",
+        "metric",
+    )
     return {k: getattr(args, k) for k in keys}
 
 
 def new_run_state(args, run, data, device, metric="accuracy"):
     torch.manual_seed(args.seed + run)
-    model = NodeClassifier(args.model, data.x.size(1), data.num_classes, args.hidden, args.heads, args.out_heads,
-                           args.dropout).to(device)
+    model = NodeClassifier(
+        args.model, data.x.size(1), data.num_classes, args.hidden, args.heads, args.out_heads, args.dropout
+    ).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     return {
-        "run": run, "epoch": 0, "model": model, "opt": opt, "stopper": EarlyStopping(args.patience),
+        "run": run,
+        "epoch": 0,
+        "model": model,
+        "opt": opt,
+        "stopper": EarlyStopping(args.patience),
         "history": {"train_loss": [], "val_loss": [], f"val_{short_name(metric)}": []},
     }
 
@@ -178,22 +211,31 @@ RUN_FIELDS = ("run", "epoch", "history")
 
 
 def save(args, state, done):
-    atomic_save({
-        "config": config_of(args),
-        "done": done,
-        **{k: state[k] if state else None for k in RUN_FIELDS},
-        "model": state["model"].state_dict() if state else None,
-        "opt": state["opt"].state_dict() if state else None,
-        "stopper": state["stopper"].state_dict() if state else None,
-        "rng": torch.get_rng_state(),
-    }, args.checkpoint)
+    atomic_save(
+        {
+            "config": config_of(args),
+            "done": done,
+            **{k: state[k] if state else None for k in RUN_FIELDS},
+            "model": state["model"].state_dict() if state else None,
+            "opt": state["opt"].state_dict() if state else None,
+            "stopper": state["stopper"].state_dict() if state else None,
+            "rng": torch.get_rng_state(),
+        },
+        args.checkpoint,
+    )
 
 
 def train_run(args, state, data, graph, done, progress, metric="accuracy"):
     model, opt, stopper = state["model"], state["opt"], state["stopper"]
     val_key = f"val_{short_name(metric)}"
-    bar = tqdm(range(state["epoch"], args.epochs), desc=f"run {state['run']}", disable=not progress,
-               initial=state["epoch"], total=args.epochs, leave=False)
+    bar = tqdm(
+        range(state["epoch"], args.epochs),
+        desc=f"run {state['run']}",
+        disable=not progress,
+        initial=state["epoch"],
+        total=args.epochs,
+        leave=False,
+    )
     for epoch in bar:
         loss = node_classifier_step(model, data, graph, opt)
         ev = evaluate_node_classifier(model, data, graph, metric=metric)
@@ -218,8 +260,10 @@ def resume_state(args, data, device, metric):
     if ckpt is None:
         return [], None
     if ckpt.get("config") != config_of(args):
-        raise SystemExit(f"error: checkpoint {args.checkpoint} was written with a different configuration:"
-                         f" {ckpt.get('config')}; remove it or rerun with those arguments")
+        raise SystemExit(
+            f"error: checkpoint {args.checkpoint} was written with a different configuration:"
+            f" {ckpt.get('config')}; remove it or rerun with those arguments"
+        )
     state = None
     with restoring(args.checkpoint):
         done = ckpt["done"]
@@ -231,8 +275,10 @@ def resume_state(args, data, device, metric):
             for k in RUN_FIELDS:
                 state[k] = ckpt[k]
             torch.set_rng_state(ckpt["rng"])
-    print(f"resumed from {args.checkpoint}: {len(done)} run(s) done"
-          + (f", run {state['run']} at epoch {state['epoch']}" if state else ""))
+    print(
+        f"resumed from {args.checkpoint}: {len(done)} run(s) done"
+        + (f", run {state['run']} at epoch {state['epoch']}" if state else "")
+    )
     return done, state
 
 
@@ -241,11 +287,21 @@ def summarize(args, done, metric, split, device, seconds) -> dict:
     per_run = [r[f"test_{short}"] for r in done]
     summary = summarize_runs(per_run)
     return {
-        "dataset": args.dataset, "model": args.model, "metric": f"test_{metric}",
-        "mean": summary["mean"], "std": summary["std"], "runs": len(per_run), "per_run": per_run,
-        f"val_{short}": [r[f"val_{short}"] for r in done], "epochs": [r["epochs"] for r in done],
-        "split": split, "split_columns": [r["split"] for r in done],
-        "config": config_of(args), "seconds": seconds, "machine": machine_info(), "device": str(device),
+        "dataset": args.dataset,
+        "model": args.model,
+        "metric": f"test_{metric}",
+        "mean": summary["mean"],
+        "std": summary["std"],
+        "runs": len(per_run),
+        "per_run": per_run,
+        f"val_{short}": [r[f"val_{short}"] for r in done],
+        "epochs": [r["epochs"] for r in done],
+        "split": split,
+        "split_columns": [r["split"] for r in done],
+        "config": config_of(args),
+        "seconds": seconds,
+        "machine": machine_info(),
+        "device": str(device),
     }
 
 
@@ -273,19 +329,34 @@ def main(argv=None) -> dict:
         if state is None or state["run"] != run:
             state = new_run_state(args, run, run_data, device, metric)
         early = train_run(args, state, run_data, graph, done, progress, metric)
-        done.append({"seed": args.seed + run, "epochs": state["epoch"], "best_epoch": early["epoch"],
-                     f"val_{short}": early["val_acc"], f"test_{short}": early["test_score"], "split": columns,
-                     "history": state["history"]})
-        print(f"run {run}: test {metric} {early['test_score']:.4f} (val {early['val_acc']:.4f}, "
-              f"epoch {early['epoch']}, stopped after {state['epoch']})")
+        done.append(
+            {
+                "seed": args.seed + run,
+                "epochs": state["epoch"],
+                "best_epoch": early["epoch"],
+                f"val_{short}": early["val_acc"],
+                f"test_{short}": early["test_score"],
+                "split": columns,
+                "history": state["history"],
+            }
+        )
+        print(
+            f"run {run}: test {metric} {early['test_score']:.4f} (val {early['val_acc']:.4f}, "
+            f"epoch {early['epoch']}, stopped after {state['epoch']})"
+        )
         state = None
         save(args, None, done)
         runs_bar.update(1)
     runs_bar.close()
 
     result = summarize(args, done, metric, split, device, time.perf_counter() - t0)
-    report(result, args.out, [r["history"] for r in done], ("train_loss", "val_loss", f"val_{short}"),
-           f"{args.model.upper()} on {args.dataset}")
+    report(
+        result,
+        args.out,
+        [r["history"] for r in done],
+        ("train_loss", "val_loss", f"val_{short}"),
+        f"{args.model.upper()} on {args.dataset}",
+    )
     return result
 
 

@@ -15,13 +15,27 @@ process runs it and takes the loss of its shard of training nodes, which makes t
 multi-process gradient equal the single-process one. ``--mode sampled`` trains on
 neighbour-sampled mini-batches instead.
 """
+
 from __future__ import annotations
 
 from ogbn_common import entry_points
 
 NAME = "ogbn-arxiv"
-DEFAULTS = dict(mode="full", num_neighbors="15,10,5", batch_size=1024, hidden=250, heads=3, layers=3, dropout=0.75,
-                input_dropout=0.1, attn_dropout=0.05, lr=0.002, epochs=500, eval_every=1, patience=100)
+DEFAULTS = dict(
+    mode="full",
+    num_neighbors="15,10,5",
+    batch_size=1024,
+    hidden=250,
+    heads=3,
+    layers=3,
+    dropout=0.75,
+    input_dropout=0.1,
+    attn_dropout=0.05,
+    lr=0.002,
+    epochs=500,
+    eval_every=1,
+    patience=100,
+)
 
 
 parse_args, main = entry_points(__doc__, NAME, DEFAULTS)

@@ -6,6 +6,7 @@ seeds, early stopping on validation accuracy, atomic checkpoints with ``--resume
 results JSON and curves; data-parallel under ``torchrun`` (see
 :mod:`graphattn.train.distributed`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,16 +63,28 @@ def build_parser(doc: str, name: str, defaults: dict) -> argparse.ArgumentParser
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default="data/ogb", help=f"the folder holding {name.replace('-', '_')}/ in OGB's layout")
     p.add_argument("--model", default="gat", choices=MODELS)
-    p.add_argument("--mode", default=d["mode"], choices=("full", "sampled"),
-                   help=f"full-graph steps or neighbour-sampled mini-batches (default {d['mode']})")
-    p.add_argument("--sampler", default="pyg", choices=("pyg", "graphattn"),
-                   help="sampled mode: PyG's NeighborLoader (needs pyg-lib or torch-sparse) or graphattn's "
-                        "plain-PyTorch sampler")
+    p.add_argument(
+        "--mode",
+        default=d["mode"],
+        choices=("full", "sampled"),
+        help=f"full-graph steps or neighbour-sampled mini-batches (default {d['mode']})",
+    )
+    p.add_argument(
+        "--sampler",
+        default="pyg",
+        choices=("pyg", "graphattn"),
+        help="sampled mode: PyG's NeighborLoader (needs pyg-lib or torch-sparse) or graphattn's plain-PyTorch sampler",
+    )
     p.add_argument("--num-neighbors", default=None, help=f"fan-out per layer (default {d['num_neighbors']})")
-    p.add_argument("--batch-size", type=positive_int, default=None,
-                   help=f"seed nodes per batch (default {d['batch_size']})")
-    p.add_argument("--eval-mode", default="full", choices=("full", "sampled"),
-                   help="evaluate with full neighbourhoods on the whole graph, or on sampled ones (less memory)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=None, help=f"seed nodes per batch (default {d['batch_size']})"
+    )
+    p.add_argument(
+        "--eval-mode",
+        default="full",
+        choices=("full", "sampled"),
+        help="evaluate with full neighbourhoods on the whole graph, or on sampled ones (less memory)",
+    )
     p.add_argument("--hidden", type=positive_int, default=None, help=f"channels per head (default {d['hidden']})")
     p.add_argument("--heads", type=positive_int, default=None, help=f"heads per layer (default {d['heads']})")
     p.add_argument("--layers", type=positive_int, default=None, help=f"attention layers (default {d['layers']})")
@@ -82,10 +95,15 @@ def build_parser(doc: str, name: str, defaults: dict) -> argparse.ArgumentParser
     p.add_argument("--lr", type=positive_float, default=d["lr"])
     p.add_argument("--weight-decay", type=nonnegative_float, default=0.0)
     p.add_argument("--epochs", type=positive_int, default=None, help=f"maximum epochs (default {d['epochs']})")
-    p.add_argument("--eval-every", type=positive_int, default=None,
-                   help=f"epochs between evaluations (default {d['eval_every']})")
-    p.add_argument("--patience", type=positive_int, default=None,
-                   help=f"evaluations without better validation accuracy before stopping (default {d['patience']})")
+    p.add_argument(
+        "--eval-every", type=positive_int, default=None, help=f"epochs between evaluations (default {d['eval_every']})"
+    )
+    p.add_argument(
+        "--patience",
+        type=positive_int,
+        default=None,
+        help=f"evaluations without better validation accuracy before stopping (default {d['patience']})",
+    )
     add_run_arguments(p, f"runs/{name}/<model>.json", "a few epochs of a small model (for tests)")
     return p
 
@@ -105,16 +123,41 @@ def finish_args(p: argparse.ArgumentParser, args: argparse.Namespace, name: str,
         p.error(f"--num-neighbors: each fan-out is a positive count or -1 (all neighbours), got {args.num_neighbors}")
     if args.out is None:
         args.out = f"runs/{name}/{args.model}-{args.mode}.json"
-    check_outputs(p, {"--out": args.out, "checkpoint": Path(args.out).with_suffix(".ckpt.pt"),
-                      "plot": Path(args.out).with_suffix(".png")})
+    check_outputs(
+        p,
+        {
+            "--out": args.out,
+            "checkpoint": Path(args.out).with_suffix(".ckpt.pt"),
+            "plot": Path(args.out).with_suffix(".png"),
+        },
+    )
     args.name = name
     return args
 
 
 def config_of(args) -> dict:
-    keys = ("name", "model", "mode", "num_neighbors", "batch_size", "hidden", "heads", "layers", "dropout",
-            "input_dropout", "attn_dropout", "no_norm", "lr", "weight_decay", "epochs", "eval_every", "patience",
-            "runs", "seed", "smoke")
+    keys = (
+        "name",
+        "model",
+        "mode",
+        "num_neighbors",
+        "batch_size",
+        "hidden",
+        "heads",
+        "layers",
+        "dropout",
+        "input_dropout",
+        "attn_dropout",
+        "no_norm",
+        "lr",
+        "weight_decay",
+        "epochs",
+        "eval_every",
+        "patience",
+        "runs",
+        "seed",
+        "smoke",
+    )
     return {k: getattr(args, k) for k in keys}
 
 
@@ -122,18 +165,32 @@ def make_batches(args, data, nodes, gen, shuffle):
     """Mini-batches ``(n_id, local edge_index, batch_size)`` over ``nodes``."""
     if args.sampler == "pyg":
         if not neighbor_loader_available():
-            raise SystemExit("error: --mode sampled with --sampler pyg needs PyG's compiled sampler: install pyg-lib "
-                             "(pip install pyg-lib -f https://data.pyg.org/whl/torch-<version>+<cpu|cu1xx>.html) "
-                             "or torch-sparse, or pass --sampler graphattn for the plain-PyTorch sampler")
+            raise SystemExit(
+                "error: --mode sampled with --sampler pyg needs PyG's compiled sampler: install pyg-lib "
+                "(pip install pyg-lib -f https://data.pyg.org/whl/torch-<version>+<cpu|cu1xx>.html) "
+                "or torch-sparse, or pass --sampler graphattn for the plain-PyTorch sampler"
+            )
         from torch_geometric.data import Data
         from torch_geometric.loader import NeighborLoader
 
-        loader = NeighborLoader(Data(edge_index=data.edge_index, num_nodes=data.num_nodes),
-                                num_neighbors=args.num_neighbors, input_nodes=nodes, batch_size=args.batch_size,
-                                shuffle=shuffle, generator=gen)
+        loader = NeighborLoader(
+            Data(edge_index=data.edge_index, num_nodes=data.num_nodes),
+            num_neighbors=args.num_neighbors,
+            input_nodes=nodes,
+            batch_size=args.batch_size,
+            shuffle=shuffle,
+            generator=gen,
+        )
         return ((b.n_id, b.edge_index, b.batch_size) for b in loader)
-    sampler = NeighborSampler(data.edge_index, data.num_nodes, args.num_neighbors, input_nodes=nodes,
-                              batch_size=args.batch_size, shuffle=shuffle, generator=gen)
+    sampler = NeighborSampler(
+        data.edge_index,
+        data.num_nodes,
+        args.num_neighbors,
+        input_nodes=nodes,
+        batch_size=args.batch_size,
+        shuffle=shuffle,
+        generator=gen,
+    )
     return ((b.n_id, b.edge_index, b.batch_size) for b in sampler)
 
 
@@ -184,10 +241,14 @@ def evaluate(args, model, data, graph, gen) -> dict:
 
     pred = predict(args, model, data, graph, gen).cpu()
     evaluator, y = Evaluator(name=args.name), data.y.cpu()
-    return {f"{split}_acc": float(evaluator.eval({"y_true": y[idx].view(-1, 1),
-                                                  "y_pred": pred[idx].view(-1, 1)})["acc"])
-            for split, idx in (("train", data.split_idx["train"]), ("val", data.split_idx["valid"]),
-                               ("test", data.split_idx["test"]))}
+    return {
+        f"{split}_acc": float(evaluator.eval({"y_true": y[idx].view(-1, 1), "y_pred": pred[idx].view(-1, 1)})["acc"])
+        for split, idx in (
+            ("train", data.split_idx["train"]),
+            ("val", data.split_idx["valid"]),
+            ("test", data.split_idx["test"]),
+        )
+    }
 
 
 def run(args, doc_name: str) -> dict:
@@ -208,20 +269,37 @@ def run(args, doc_name: str) -> dict:
     # the samplers work on the CPU copy of the structure (features stay where training runs)
     data.cpu_graph = SimpleNamespace(edge_index=data.edge_index, num_nodes=data.num_nodes)
     data.x, data.y = data.x.to(device), data.y.to(device)
-    graph = Graph.from_edge_index(data.edge_index.to(device), data.num_nodes) \
-        if "full" in (args.mode, args.eval_mode) else None
+    graph = (
+        Graph.from_edge_index(data.edge_index.to(device), data.num_nodes)
+        if "full" in (args.mode, args.eval_mode)
+        else None
+    )
     ckpt_path = Path(args.out).with_suffix(".ckpt.pt")
     ckpt = resume_from(ckpt_path, config_of(args), args.resume, keys=("done",))
     done = ckpt["done"] if ckpt else []
     t0 = time.perf_counter()
     for r in range(len(done), args.runs):
         torch.manual_seed(args.seed + r)
-        model = DeepNodeClassifier(args.model, data.x.size(1), data.num_classes, args.hidden, args.heads, args.layers,
-                                   args.dropout, args.input_dropout, args.attn_dropout, not args.no_norm).to(device)
+        model = DeepNodeClassifier(
+            args.model,
+            data.x.size(1),
+            data.num_classes,
+            args.hidden,
+            args.heads,
+            args.layers,
+            args.dropout,
+            args.input_dropout,
+            args.attn_dropout,
+            not args.no_norm,
+        ).to(device)
         ddp = torch.nn.parallel.DistributedDataParallel(model) if info.enabled else model
         opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-        st = {"epoch": 0, "best": None, "bad": 0, "history": {"train_loss": [], "train_acc": [], "val_acc": [],
-                                                             "test_acc": []}}
+        st = {
+            "epoch": 0,
+            "best": None,
+            "bad": 0,
+            "history": {"train_loss": [], "train_acc": [], "val_acc": [], "test_acc": []},
+        }
         if ckpt is not None and ckpt.get("run") == r:
             with restoring(ckpt_path):
                 model.load_state_dict(ckpt["model"])
@@ -229,8 +307,9 @@ def run(args, doc_name: str) -> dict:
                 st = ckpt["run_state"]
                 if info.is_main:
                     print(f"resumed run {r} at epoch {st['epoch']}")
-        bar = tqdm(total=args.epochs, initial=st["epoch"], desc=f"{args.name}/{args.model} run {r}",
-                   disable=not progress)
+        bar = tqdm(
+            total=args.epochs, initial=st["epoch"], desc=f"{args.name}/{args.model} run {r}", disable=not progress
+        )
         while st["epoch"] < args.epochs and st["bad"] < args.patience:
             # Each epoch's randomness comes from its own seed, so a resumed run draws what it would have.
             epoch_seed = (args.seed + r) * 1_000_003 + st["epoch"]
@@ -250,12 +329,29 @@ def run(args, doc_name: str) -> dict:
                 st["bad"] += 1
             bar.set_postfix(loss=f"{loss:.3f}", val=f"{ev['val_acc']:.4f}", best=f"{st['best']['val_acc']:.4f}")
             if info.is_main:
-                atomic_save({"config": config_of(args), "done": done, "run": r, "run_state": st,
-                             "model": model.state_dict(), "opt": opt.state_dict()}, ckpt_path)
+                atomic_save(
+                    {
+                        "config": config_of(args),
+                        "done": done,
+                        "run": r,
+                        "run_state": st,
+                        "model": model.state_dict(),
+                        "opt": opt.state_dict(),
+                    },
+                    ckpt_path,
+                )
         bar.close()
         best = st["best"]
-        done.append({"seed": args.seed + r, "epochs": st["epoch"], "best_epoch": best["epoch"],
-                     "val_acc": best["val_acc"], "test_acc": best["test_acc"], "history": st["history"]})
+        done.append(
+            {
+                "seed": args.seed + r,
+                "epochs": st["epoch"],
+                "best_epoch": best["epoch"],
+                "val_acc": best["val_acc"],
+                "test_acc": best["test_acc"],
+                "history": st["history"],
+            }
+        )
         if info.is_main:
             print(f"run {r}: test accuracy {best['test_acc']:.4f} (val {best['val_acc']:.4f}, epoch {best['epoch']})")
             atomic_save({"config": config_of(args), "done": done, "run": None}, ckpt_path)
@@ -263,14 +359,31 @@ def run(args, doc_name: str) -> dict:
     per_run = [d["test_acc"] for d in done]
     summary = summarize_runs(per_run)
     result = {
-        "dataset": args.name, "model": args.model, "metric": "test_accuracy", "mean": summary["mean"],
-        "std": summary["std"], "runs": len(per_run), "per_run": per_run, "val_acc": [d["val_acc"] for d in done],
-        "best_epoch": [d["best_epoch"] for d in done], "mode": args.mode, "world_size": info.world_size,
-        "history": [d["history"] for d in done], "config": config_of(args),
-        "seconds": time.perf_counter() - t0, "machine": machine_info(), "device": str(device),
+        "dataset": args.name,
+        "model": args.model,
+        "metric": "test_accuracy",
+        "mean": summary["mean"],
+        "std": summary["std"],
+        "runs": len(per_run),
+        "per_run": per_run,
+        "val_acc": [d["val_acc"] for d in done],
+        "best_epoch": [d["best_epoch"] for d in done],
+        "mode": args.mode,
+        "world_size": info.world_size,
+        "history": [d["history"] for d in done],
+        "config": config_of(args),
+        "seconds": time.perf_counter() - t0,
+        "machine": machine_info(),
+        "device": str(device),
     }
     if info.is_main:
-        report(result, args.out, result["history"], ("train_loss", "val_acc", "test_acc"),
-               f"{args.model.upper()} on {args.name} ({args.mode})", "epoch (loss) / evaluation (accuracy)")
+        report(
+            result,
+            args.out,
+            result["history"],
+            ("train_loss", "val_acc", "test_acc"),
+            f"{args.model.upper()} on {args.name} ({args.mode})",
+            "epoch (loss) / evaluation (accuracy)",
+        )
     cleanup(info)
     return result

@@ -12,13 +12,27 @@ plain-PyTorch sampler. Evaluation runs on the whole graph (``--eval-mode sampled
 samples it too, for small memories). Published: GAT 79.45 with neighbour sampling.
 Under ``torchrun`` each process trains on its shard of every epoch's seed nodes.
 """
+
 from __future__ import annotations
 
 from ogbn_common import entry_points
 
 NAME = "ogbn-products"
-DEFAULTS = dict(mode="sampled", num_neighbors="10,10,10", batch_size=512, hidden=128, heads=4, layers=3,
-                dropout=0.5, input_dropout=0.0, attn_dropout=0.0, lr=0.001, epochs=100, eval_every=5, patience=10)
+DEFAULTS = dict(
+    mode="sampled",
+    num_neighbors="10,10,10",
+    batch_size=512,
+    hidden=128,
+    heads=4,
+    layers=3,
+    dropout=0.5,
+    input_dropout=0.0,
+    attn_dropout=0.0,
+    lr=0.001,
+    epochs=100,
+    eval_every=5,
+    patience=10,
+)
 
 
 parse_args, main = entry_points(__doc__, NAME, DEFAULTS)

@@ -17,6 +17,7 @@ same curves are drawn for token dropout and substitution on its dev set. Results
 ``--out`` as JSON with the plot beside it; finished models and budgets are checkpointed
 atomically and ``--resume`` skips them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,22 +59,38 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="Cora", help="Cora (Planetoid) or synthetic")
     p.add_argument("--root", default=str(SHARED / "planetoid"))
-    p.add_argument("--models", default=",".join(MODELS), type=choice_list(MODELS),
-                   help=f"comma-separated from {', '.join(MODELS)}")
-    p.add_argument("--attacks", default=",".join(ATTACKS), type=choice_list(ATTACKS),
-                   help=f"comma-separated from {', '.join(ATTACKS)}")
-    p.add_argument("--budgets", default="0,0.05,0.1,0.2,0.3", type=number_list(nonnegative_float),
-                   help="structure attacks: fractions of the edges")
-    p.add_argument("--noise-levels", default="0,0.5,1,2,4", type=number_list(nonnegative_float),
-                   help="feature noise: noise std / feature std")
-    p.add_argument("--prune-threshold", type=bounded(float, -1, 1), default=0.1,
-                   help="cosine similarity for gat-prune")
+    p.add_argument(
+        "--models", default=",".join(MODELS), type=choice_list(MODELS), help=f"comma-separated from {', '.join(MODELS)}"
+    )
+    p.add_argument(
+        "--attacks",
+        default=",".join(ATTACKS),
+        type=choice_list(ATTACKS),
+        help=f"comma-separated from {', '.join(ATTACKS)}",
+    )
+    p.add_argument(
+        "--budgets",
+        default="0,0.05,0.1,0.2,0.3",
+        type=number_list(nonnegative_float),
+        help="structure attacks: fractions of the edges",
+    )
+    p.add_argument(
+        "--noise-levels",
+        default="0,0.5,1,2,4",
+        type=number_list(nonnegative_float),
+        help="feature noise: noise std / feature std",
+    )
+    p.add_argument("--prune-threshold", type=bounded(float, -1, 1), default=0.1, help="cosine similarity for gat-prune")
     p.add_argument("--epochs", type=positive_int, default=300)
     p.add_argument("--patience", type=positive_int, default=100)
     p.add_argument("--text-model", default=None, help="a .model.pt from examples/text_classification.py")
     p.add_argument("--text-dev", default=str(SHARED / "text" / "sst2" / "dev.tsv"))
-    p.add_argument("--text-rates", default="0,0.1,0.2,0.3,0.5", type=number_list(unit_interval),
-                   help="token dropout and substitution: shares of the tokens")
+    p.add_argument(
+        "--text-rates",
+        default="0,0.1,0.2,0.3,0.5",
+        type=number_list(unit_interval),
+        help="token dropout and substitution: shares of the tokens",
+    )
     add_run_arguments(p, "runs/robustness/<dataset>.json", "small synthetic graph, few epochs, two budgets", runs=2)
     args = p.parse_args(argv)
     if args.smoke:
@@ -88,8 +105,21 @@ def parse_args(argv=None):
 
 
 def config_of(args):
-    keys = ("dataset", "models", "attacks", "budgets", "noise_levels", "prune_threshold", "runs", "epochs", "patience",
-            "seed", "text_model", "text_rates", "smoke")
+    keys = (
+        "dataset",
+        "models",
+        "attacks",
+        "budgets",
+        "noise_levels",
+        "prune_threshold",
+        "runs",
+        "epochs",
+        "patience",
+        "seed",
+        "text_model",
+        "text_rates",
+        "smoke",
+    )
     return {k: getattr(args, k) for k in keys}
 
 
@@ -122,8 +152,9 @@ def perturb(attack: str, budget: float, data, seed: int, cache: dict):
         return rb.feature_noise(data.x, budget, seed), data.edge_index, none
     key = ("gradient", budget, seed)
     if key not in cache:  # the attack does not depend on the model being evaluated
-        cache[key] = rb.gradient_attack(data.x, data.edge_index, data.y, data.train_mask, data.test_mask, budget,
-                                        seed=seed)
+        cache[key] = rb.gradient_attack(
+            data.x, data.edge_index, data.y, data.train_mask, data.test_mask, budget, seed=seed
+        )
     ei, info = cache[key]
     return data.x, ei, info["inserted"]
 
@@ -137,8 +168,12 @@ def evaluate(model, x, ei, data, inserted):
     ent = explain.entropy(rec)
     multi = ent["degree"] > 1
     on = rb.attention_on_edges(rec.edge_index, rec.weights, inserted, data.num_nodes)
-    return {"acc": acc, "entropy": float(ent["normalized"][multi].mean()), "mass_inserted": on["mass"],
-            "uniform_inserted": on["uniform"]}
+    return {
+        "acc": acc,
+        "entropy": float(ent["normalized"][multi].mean()),
+        "mass_inserted": on["mass"],
+        "uniform_inserted": on["uniform"],
+    }
 
 
 def text_curves(args, device, progress):
@@ -161,8 +196,9 @@ def text_curves(args, device, progress):
                     if name == "token-dropout":
                         ids = rb.token_dropout(ids, rate, seed, pad_id=vocab.PAD, unk_id=vocab.UNK, protect=[vocab.CLS])
                     else:
-                        ids = rb.token_substitution(ids, rate, len(vocab), seed, pad_id=vocab.PAD,
-                                                    protect=[vocab.CLS], low=3)
+                        ids = rb.token_substitution(
+                            ids, rate, len(vocab), seed, pad_id=vocab.PAD, protect=[vocab.CLS], low=3
+                        )
                     with explain.capture(model) as cap, torch.no_grad():
                         logits = model(ids.to(device), (ids == vocab.PAD).to(device))
                     correct += int((logits.argmax(-1).cpu() == y).sum())
@@ -174,8 +210,10 @@ def text_curves(args, device, progress):
                 ents.append(ent_sum / max(ent_n, 1))
             s = summarize_runs(accs)
             out[name][str(rate)] = {"acc": s["mean"], "acc_std": s["std"], "entropy": sum(ents) / len(ents)}
-            print(f"{name} {rate:.2f}: dev accuracy {s['mean']:.4f}, "
-                  f"attention entropy {out[name][str(rate)]['entropy']:.3f}")
+            print(
+                f"{name} {rate:.2f}: dev accuracy {s['mean']:.4f}, "
+                f"attention entropy {out[name][str(rate)]['entropy']:.3f}"
+            )
     return out
 
 
@@ -193,11 +231,20 @@ def plot(result, path):
         for model, per_attack in curves.items():
             pts = per_attack[attack]
             b = [float(k) for k in pts]
-            axes[0][c].errorbar(b, [v["acc"] for v in pts.values()], yerr=[v["acc_std"] for v in pts.values()],
-                                marker="o", ms=3, capsize=2, label=model)
+            axes[0][c].errorbar(
+                b,
+                [v["acc"] for v in pts.values()],
+                yerr=[v["acc_std"] for v in pts.values()],
+                marker="o",
+                ms=3,
+                capsize=2,
+                label=model,
+            )
             if attack in ("gradient", "random-insert"):  # share of attention relative to uniform attention's
-                ratio = [v["mass_inserted"] / v["uniform_inserted"] if v["uniform_inserted"] else float("nan")
-                         for v in pts.values()]
+                ratio = [
+                    v["mass_inserted"] / v["uniform_inserted"] if v["uniform_inserted"] else float("nan")
+                    for v in pts.values()
+                ]
                 axes[1][c].plot(b, ratio, marker="o", ms=3, label=model)
             else:
                 axes[1][c].plot(b, [v["entropy"] for v in pts.values()], marker="o", ms=3, label=model)
@@ -209,8 +256,9 @@ def plot(result, path):
         axes[0][c].set_title(attack)
         axes[0][c].set_ylabel("test accuracy")
         for r in range(2):
-            axes[r][c].set_xlabel("budget" + (" (noise std / feature std)" if attack == "feature-noise" else
-                                              " (fraction of edges)"))
+            axes[r][c].set_xlabel(
+                "budget" + (" (noise std / feature std)" if attack == "feature-noise" else " (fraction of edges)")
+            )
             axes[r][c].grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     axes[1][0].legend(fontsize=8)
@@ -261,19 +309,29 @@ def main(argv=None):
                 rs = [rows[f"{kind}|{run}|{attack}|{b}"] for run in range(args.runs)]
                 s = summarize_runs([r["acc"] for r in rs])
                 curves[kind][attack][str(b)] = {
-                    "acc": s["mean"], "acc_std": s["std"],
+                    "acc": s["mean"],
+                    "acc_std": s["std"],
                     **{k: sum(r[k] for r in rs) / len(rs) for k in ("entropy", "mass_inserted", "uniform_inserted")},
                 }
     main_attack = "gradient" if "gradient" in args.attacks else args.attacks[0]
     top = str(max(levels(args, main_attack)))
     per_run = [rows[f"{args.models[0]}|{run}|{main_attack}|{float(top)}"]["acc"] for run in range(args.runs)]
     s = summarize_runs(per_run)
-    result = {"dataset": args.dataset, "model": args.models[0],
-              "metric": f"test accuracy under {main_attack} attack, budget {top}",
-              "mean": s["mean"], "std": s["std"], "runs": args.runs, "per_run": per_run,
-              "clean": {k: summarize_runs([clean[f"{k}|{r}"] for r in range(args.runs)]) for k in args.models},
-              "curves": curves, "config": config_of(args), "seconds": time.perf_counter() - t0,
-              "machine": machine_info(), "device": str(device)}
+    result = {
+        "dataset": args.dataset,
+        "model": args.models[0],
+        "metric": f"test accuracy under {main_attack} attack, budget {top}",
+        "mean": s["mean"],
+        "std": s["std"],
+        "runs": args.runs,
+        "per_run": per_run,
+        "clean": {k: summarize_runs([clean[f"{k}|{r}"] for r in range(args.runs)]) for k in args.models},
+        "curves": curves,
+        "config": config_of(args),
+        "seconds": time.perf_counter() - t0,
+        "machine": machine_info(),
+        "device": str(device),
+    }
     if args.text_model:
         try:
             result["text"] = text_curves(args, device, progress)
@@ -286,8 +344,10 @@ def main(argv=None):
     for attack in args.attacks:
         print(f"  {attack}: " + "  ".join(f"{b:>5}" for b in levels(args, attack)))
         for kind in args.models:
-            print(f"    {kind:>10} " + "  ".join(f"{curves[kind][attack][str(b)]['acc']:.3f}"
-                                             for b in levels(args, attack)))
+            print(
+                f"    {kind:>10} "
+                + "  ".join(f"{curves[kind][attack][str(b)]['acc']:.3f}" for b in levels(args, attack))
+            )
     print(f"results: {args.out}, plot: {png}")
     return result
 

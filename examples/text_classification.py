@@ -27,6 +27,7 @@ for a sliding window. Results (best dev accuracy, mean +- std over ``--runs``
 seeds) go to ``--out`` as JSON with curves beside it; a checkpoint is written
 atomically after every evaluation and ``--resume`` continues from it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -107,8 +108,9 @@ def encode_labels(raw, labels, where: str):
         key = str(y) if textual else y
         if key not in index:
             shown = ", ".join(repr(v) for v in labels[:20]) + (", ..." if len(labels) > 20 else "")
-            raise ValueError(f"{where}: label {y!r} (row {n + 1}) was not seen in the training data, whose "
-                             f"labels are {shown}")
+            raise ValueError(
+                f"{where}: label {y!r} (row {n + 1}) was not seen in the training data, whose labels are {shown}"
+            )
         ids.append(index[key])
     return ids
 
@@ -171,8 +173,9 @@ class Classifier(nn.Module):
         self.pos = nn.Embedding(max_len, dim)
         self.drop = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
-            GraphTransformerEncoderLayer(dim, heads, ff, dropout, activation="gelu", batch_first=True,
-                                         norm_first=True, pattern=pattern)
+            GraphTransformerEncoderLayer(
+                dim, heads, ff, dropout, activation="gelu", batch_first=True, norm_first=True, pattern=pattern
+            )
             for _ in range(layers)
         )
         self.norm = nn.LayerNorm(dim)
@@ -202,23 +205,39 @@ def load_classifier(path: str, device="cpu"):
     hint = "pass the <out>.model.pt that examples/text_classification.py writes (train one with it)"
     saved = load_checkpoint(path, hint=hint)  # weights_only=True: a crafted file cannot run code
     if saved is None:
-        raise FileNotFoundError(f"{path} not found: train one with examples/text_classification.py (it writes "
-                                f"<out>.model.pt)")
+        raise FileNotFoundError(
+            f"{path} not found: train one with examples/text_classification.py (it writes <out>.model.pt)"
+        )
     missing = [k for k in ("model", "vocab", "num_classes", "config") if k not in saved]
     if missing:
-        raise CheckpointError(f"{path} is not a model file written by examples/text_classification.py (it lacks "
-                              f"{', '.join(missing)}); {hint}")
+        raise CheckpointError(
+            f"{path} is not a model file written by examples/text_classification.py (it lacks "
+            f"{', '.join(missing)}); {hint}"
+        )
     with restoring(path, hint):  # a config that disagrees with the weights, or parts that disagree
         c = dict(saved["config"])
         labels = list(saved.get("labels") or range(saved["num_classes"]))
         if len(labels) != saved["num_classes"]:
             raise CheckpointError(f"{path}: {len(labels)} labels saved for {saved['num_classes']} classes; {hint}")
         c["labels"] = labels
-        pattern = None if c["pattern"] == "complete" else (
-            lambda Lq, Lk: patterns.sliding_window(Lq, c["window"], c["window"]))
+        pattern = (
+            None
+            if c["pattern"] == "complete"
+            else (lambda Lq, Lk: patterns.sliding_window(Lq, c["window"], c["window"]))
+        )
         vocab = Vocab.from_itos(saved["vocab"])
-        model = Classifier(len(vocab), saved["num_classes"], c["dim"], c["heads"], c["layers"], c["ff"],
-                           c["dropout"], c["max_len"], pattern, c.get("pool", "mean"))
+        model = Classifier(
+            len(vocab),
+            saved["num_classes"],
+            c["dim"],
+            c["heads"],
+            c["layers"],
+            c["ff"],
+            c["dropout"],
+            c["max_len"],
+            pattern,
+            c.get("pool", "mean"),
+        )
         model.load_state_dict(saved["model"])
     return model.to(device).eval(), vocab, c
 
@@ -238,13 +257,12 @@ def predict(model, vocab, config, sentences, device="cpu", batch_size=256):
 
 def groups_of(encoded, batch_size, generator=None):
     """Index groups of length-bucketed batches (shuffled when a generator is given)."""
-    order = torch.randperm(len(encoded), generator=generator) if generator is not None \
-        else torch.arange(len(encoded))
+    order = torch.randperm(len(encoded), generator=generator) if generator is not None else torch.arange(len(encoded))
     chunk = batch_size * 50  # sort within chunks so batches hold similar lengths
     out = []
     for c0 in range(0, len(order), chunk):
-        idx = sorted(order[c0:c0 + chunk].tolist(), key=lambda i: len(encoded[i]))
-        groups = [idx[b:b + batch_size] for b in range(0, len(idx), batch_size)]
+        idx = sorted(order[c0 : c0 + chunk].tolist(), key=lambda i: len(encoded[i]))
+        groups = [idx[b : b + batch_size] for b in range(0, len(idx), batch_size)]
         if generator is not None:
             groups = [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
         out.extend(groups)
@@ -255,14 +273,14 @@ def _pad(seqs):
     L = max(len(s) for s in seqs)
     ids = torch.zeros(len(seqs), L, dtype=torch.long)
     for r, s in enumerate(seqs):
-        ids[r, :len(s)] = torch.tensor(s)
+        ids[r, : len(s)] = torch.tensor(s)
     return ids, ids == Vocab.PAD
 
 
 def batches(encoded, labels, batch_size, shuffle, generator=None):
     """Length-bucketed batches: padded ids (B, L), padding mask, labels."""
     if shuffle and generator is None:
-        generator = torch.Generator().manual_seed(int(torch.randint(2 ** 62, (1,))))
+        generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
     for g in groups_of(encoded, batch_size, generator if shuffle else None):
         ids, mask = _pad([encoded[i] for i in g])
         yield ids, mask, torch.tensor([labels[i] for i in g])
@@ -280,12 +298,19 @@ def accuracy(model, encoded, labels, batch_size, device):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", default=str(SHARED / "train.tsv"))
-    p.add_argument("--dev", default=str(SHARED / "dev.tsv"),
-                   help="labelled TSV for early stopping and model selection (the reported dev accuracy)")
+    p.add_argument(
+        "--dev",
+        default=str(SHARED / "dev.tsv"),
+        help="labelled TSV for early stopping and model selection (the reported dev accuracy)",
+    )
     p.add_argument("--test", default=None, help="optional labelled TSV scored once with the kept (best dev) model")
     p.add_argument("--dataset", default=None, help="name for the results file (default: the train file's folder)")
-    p.add_argument("--pattern", default="complete", choices=["complete", "window"],
-                   help="full attention, or a sliding window of --window tokens each side")
+    p.add_argument(
+        "--pattern",
+        default="complete",
+        choices=["complete", "window"],
+        help="full attention, or a sliding window of --window tokens each side",
+    )
     p.add_argument("--window", type=positive_int, default=8)
     p.add_argument("--dim", type=positive_int, default=128)
     p.add_argument("--heads", type=positive_int, default=4)
@@ -293,27 +318,47 @@ def parse_args(argv=None):
     p.add_argument("--ff", type=positive_int, default=256)
     p.add_argument("--dropout", type=probability, default=0.2)
     p.add_argument("--max-len", type=positive_int, default=64)
-    p.add_argument("--pool", default="mean-max", choices=["mean", "cls", "mean-max"],
-                   help="sentence readout: mean of the tokens, the <cls> token, or mean and max concatenated")
+    p.add_argument(
+        "--pool",
+        default="mean-max",
+        choices=["mean", "cls", "mean-max"],
+        help="sentence readout: mean of the tokens, the <cls> token, or mean and max concatenated",
+    )
     p.add_argument("--word-dropout", type=probability, default=0.1, help="training tokens replaced by <unk>")
     p.add_argument("--label-smoothing", type=probability, default=0.1)
     p.add_argument("--vocab-size", type=positive_int, default=20000)
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=positive_int, default=None,
-                        help="optimiser-step budget (default: 4 epochs' worth, at least --min-steps)")
-    budget.add_argument("--epochs", type=positive_int, default=None,
-                        help="budget of this many epochs instead of --steps")
+    budget.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="optimiser-step budget (default: 4 epochs' worth, at least --min-steps)",
+    )
+    budget.add_argument(
+        "--epochs", type=positive_int, default=None, help="budget of this many epochs instead of --steps"
+    )
     p.add_argument("--min-steps", type=positive_int, default=1500, help="smallest automatic step budget (small data)")
     p.add_argument("--warmup", type=probability, default=0.1, help="share of the budget spent warming up the rate")
-    p.add_argument("--eval-every", type=positive_int, default=None,
-                   help="steps between dev evaluations (default: budget / 20, at least 1)")
-    p.add_argument("--patience", type=nonnegative_int, default=5,
-                   help="stop after this many evaluations without a better dev accuracy (0: never stop early)")
+    p.add_argument(
+        "--eval-every",
+        type=positive_int,
+        default=None,
+        help="steps between dev evaluations (default: budget / 20, at least 1)",
+    )
+    p.add_argument(
+        "--patience",
+        type=nonnegative_int,
+        default=5,
+        help="stop after this many evaluations without a better dev accuracy (0: never stop early)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--weight-decay", type=nonnegative_float, default=0.01)
-    add_run_arguments(p, "runs/text_classification/<dataset>-<pattern>.json",
-                      "tiny model, first 300 training rows, 1 epoch unless --steps/--epochs say otherwise")
+    add_run_arguments(
+        p,
+        "runs/text_classification/<dataset>-<pattern>.json",
+        "tiny model, first 300 training rows, 1 epoch unless --steps/--epochs say otherwise",
+    )
     args = p.parse_args(argv)
     if args.smoke:
         args.dim, args.heads, args.ff, args.layers = 32, 2, 64, 1
@@ -327,15 +372,48 @@ def parse_args(argv=None):
     args.checkpoint = str(Path(args.out).with_suffix(".ckpt.pt"))
     args.model_path = str(Path(args.out).with_suffix(".model.pt"))  # the last run's trained model
     check_heads_divide(p, args.dim, args.heads)
-    check_outputs(p, {"--out": args.out, "checkpoint": args.checkpoint, "model": args.model_path,
-                      "plot": Path(args.out).with_suffix(".png")})
+    check_outputs(
+        p,
+        {
+            "--out": args.out,
+            "checkpoint": args.checkpoint,
+            "model": args.model_path,
+            "plot": Path(args.out).with_suffix(".png"),
+        },
+    )
     return args
 
 
 def config_of(args):
-    keys = ("train", "dev", "test", "pattern", "window", "dim", "heads", "layers", "ff", "dropout", "max_len", "pool",
-            "word_dropout", "label_smoothing", "vocab_size", "steps", "epochs", "min_steps", "warmup", "eval_every",
-            "patience", "batch_size", "lr", "weight_decay", "runs", "seed", "smoke")
+    keys = (
+        "train",
+        "dev",
+        "test",
+        "pattern",
+        "window",
+        "dim",
+        "heads",
+        "layers",
+        "ff",
+        "dropout",
+        "max_len",
+        "pool",
+        "word_dropout",
+        "label_smoothing",
+        "vocab_size",
+        "steps",
+        "epochs",
+        "min_steps",
+        "warmup",
+        "eval_every",
+        "patience",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "runs",
+        "seed",
+        "smoke",
+    )
     return {k: getattr(args, k) for k in keys}
 
 
@@ -379,12 +457,16 @@ def main(argv=None):
     y_dev = [y for _, y in dev]
     num_classes = len(labels)
     per_epoch, budget, every = schedule(args, len(enc_train))
-    pattern = None if args.pattern == "complete" else (
-        lambda Lq, Lk: patterns.sliding_window(Lq, args.window, args.window))
+    pattern = (
+        None if args.pattern == "complete" else (lambda Lq, Lk: patterns.sliding_window(Lq, args.window, args.window))
+    )
     shown = ", ".join(map(str, labels[:10])) + (", ..." if len(labels) > 10 else "")
-    print(f"{args.dataset}: {len(train)} train / {len(dev)} dev" + (f" / {len(test)} test" if test else "") +
-          f" sentences, vocabulary {len(vocab)}, {num_classes} classes ({shown}), pattern {args.pattern}; "
-          f"{budget} steps ({budget / per_epoch:.1f} epochs), dev every {every}, patience {args.patience}")
+    print(
+        f"{args.dataset}: {len(train)} train / {len(dev)} dev"
+        + (f" / {len(test)} test" if test else "")
+        + f" sentences, vocabulary {len(vocab)}, {num_classes} classes ({shown}), pattern {args.pattern}; "
+        f"{budget} steps ({budget / per_epoch:.1f} epochs), dev every {every}, patience {args.patience}"
+    )
 
     ckpt = resume_from(args.checkpoint, config_of(args), args.resume, keys=("done",))
     done = ckpt["done"] if ckpt else []
@@ -393,14 +475,33 @@ def main(argv=None):
         run = len(done)
         seed = args.seed + run
         torch.manual_seed(seed)
-        model = Classifier(len(vocab), num_classes, args.dim, args.heads, args.layers, args.ff, args.dropout,
-                           args.max_len, pattern, args.pool).to(device)
+        model = Classifier(
+            len(vocab),
+            num_classes,
+            args.dim,
+            args.heads,
+            args.layers,
+            args.ff,
+            args.dropout,
+            args.max_len,
+            pattern,
+            args.pool,
+        ).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=budget,
-                                                    pct_start=max(args.warmup, 1e-6))
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=args.lr, total_steps=budget, pct_start=max(args.warmup, 1e-6)
+        )
         gen = torch.Generator().manual_seed(seed)  # word dropout
-        state = {"step": 0, "history": {"step": [], "train_loss": [], "dev_acc": []}, "best": -1.0,
-                 "best_step": 0, "bad": 0, "stopped": False, "best_model": None, "seconds": 0.0}
+        state = {
+            "step": 0,
+            "history": {"step": [], "train_loss": [], "dev_acc": []},
+            "best": -1.0,
+            "best_step": 0,
+            "bad": 0,
+            "stopped": False,
+            "best_model": None,
+            "seconds": 0.0,
+        }
         if ckpt is not None and ckpt.get("run") == run:
             with restoring(args.checkpoint):
                 state = ckpt["state"]
@@ -443,49 +544,94 @@ def main(argv=None):
                     else:
                         state["bad"] += 1
                         state["stopped"] = 0 < args.patience <= state["bad"]
-                    print(f"run {run} step {state['step']}/{budget} (epoch {state['step'] / per_epoch:.1f}): "
-                          f"train loss {h['train_loss'][-1]:.4f}, dev accuracy {acc:.4f}, best {state['best']:.4f} "
-                          f"at step {state['best_step']}" + (", stopping early" if state["stopped"] else ""))
+                    print(
+                        f"run {run} step {state['step']}/{budget} (epoch {state['step'] / per_epoch:.1f}): "
+                        f"train loss {h['train_loss'][-1]:.4f}, dev accuracy {acc:.4f}, best {state['best']:.4f} "
+                        f"at step {state['best_step']}" + (", stopping early" if state["stopped"] else "")
+                    )
                     state["seconds"] = time.perf_counter() - t_run
-                    atomic_save({"config": config_of(args), "done": done, "run": run, "state": state,
-                                 **training_state(model, opt, sched, gen)}, args.checkpoint)
+                    atomic_save(
+                        {
+                            "config": config_of(args),
+                            "done": done,
+                            "run": run,
+                            "state": state,
+                            **training_state(model, opt, sched, gen),
+                        },
+                        args.checkpoint,
+                    )
                     if state["stopped"]:
                         break
                 if state["step"] >= budget:
                     break
         bar.close()
         model.load_state_dict(state["best_model"])  # the kept model: the best dev evaluation
-        record = {"seed": seed, "dev_acc": state["best"], "best_step": state["best_step"], "steps": state["step"],
-                  "stopped_early": state["stopped"], "seconds": state["seconds"], "history": state["history"]}
+        record = {
+            "seed": seed,
+            "dev_acc": state["best"],
+            "best_step": state["best_step"],
+            "steps": state["step"],
+            "stopped_early": state["stopped"],
+            "seconds": state["seconds"],
+            "history": state["history"],
+        }
         if test is not None:
-            record["test_acc"] = accuracy(model, [vocab.encode(s, args.max_len) for s, _ in test],
-                                          [y for _, y in test], 256, device)
+            record["test_acc"] = accuracy(
+                model, [vocab.encode(s, args.max_len) for s, _ in test], [y for _, y in test], 256, device
+            )
             print(f"run {run}: test accuracy {record['test_acc']:.4f} (model of step {state['best_step']})")
-        atomic_save({"model": model.state_dict(), "vocab": vocab.itos, "num_classes": num_classes,
-                     "labels": list(labels), "config": config_of(args)}, args.model_path)
+        atomic_save(
+            {
+                "model": model.state_dict(),
+                "vocab": vocab.itos,
+                "num_classes": num_classes,
+                "labels": list(labels),
+                "config": config_of(args),
+            },
+            args.model_path,
+        )
         done.append(record)
         atomic_save({"config": config_of(args), "done": done, "run": None}, args.checkpoint)
         ckpt = None
 
     per_run = [r["dev_acc"] for r in done]
     summary = summarize_runs(per_run)
-    result = {"dataset": args.dataset, "model": f"transformer-{args.pattern}", "metric": "dev_accuracy",
-              "mean": summary["mean"], "std": summary["std"], "runs": len(per_run), "per_run": per_run,
-              "selection": "best dev evaluation (early stopping)", "labels": list(labels),
-              "train_size": len(train), "dev_size": len(dev), "budget_steps": budget, "eval_every": every,
-              "best_step": [r["best_step"] for r in done], "steps_run": [r["steps"] for r in done],
-              "config": config_of(args), "seconds": time.perf_counter() - t0, "machine": machine_info(),
-              "device": str(device)}
+    result = {
+        "dataset": args.dataset,
+        "model": f"transformer-{args.pattern}",
+        "metric": "dev_accuracy",
+        "mean": summary["mean"],
+        "std": summary["std"],
+        "runs": len(per_run),
+        "per_run": per_run,
+        "selection": "best dev evaluation (early stopping)",
+        "labels": list(labels),
+        "train_size": len(train),
+        "dev_size": len(dev),
+        "budget_steps": budget,
+        "eval_every": every,
+        "best_step": [r["best_step"] for r in done],
+        "steps_run": [r["steps"] for r in done],
+        "config": config_of(args),
+        "seconds": time.perf_counter() - t0,
+        "machine": machine_info(),
+        "device": str(device),
+    }
     if test is not None:
         t = [r["test_acc"] for r in done]
         ts = summarize_runs(t)
         result.update({"test_mean": ts["mean"], "test_std": ts["std"], "test_per_run": t, "test_size": len(test)})
     atomic_write_json(result, args.out)
-    plot_curves({k: [r["history"][k] for r in done] for k in ("train_loss", "dev_acc")},
-                Path(args.out).with_suffix(".png"), title=f"{args.dataset}, transformer ({args.pattern})",
-                xlabel=f"evaluation (every {every} steps)")
-    line = (f"{args.dataset}: dev accuracy {100 * summary['mean']:.2f} +- {100 * summary['std']:.2f} over "
-            f"{len(per_run)} run(s)")
+    plot_curves(
+        {k: [r["history"][k] for r in done] for k in ("train_loss", "dev_acc")},
+        Path(args.out).with_suffix(".png"),
+        title=f"{args.dataset}, transformer ({args.pattern})",
+        xlabel=f"evaluation (every {every} steps)",
+    )
+    line = (
+        f"{args.dataset}: dev accuracy {100 * summary['mean']:.2f} +- {100 * summary['std']:.2f} over "
+        f"{len(per_run)} run(s)"
+    )
     if test is not None:
         line += f", test accuracy {100 * result['test_mean']:.2f} +- {100 * result['test_std']:.2f}"
     print(f"{line}; results: {args.out}")

@@ -17,6 +17,7 @@ files. Results go to ``--out`` as JSON (greedy and beam scores, sample
 translations) with loss curves beside it; a checkpoint is written atomically
 after every epoch and ``--resume`` continues from it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,10 @@ def read_lines(folder: Path, split: str, lang: str):
             opener = gzip.open if p.suffix == ".gz" else open
             with opener(p, "rt", encoding="utf-8") as fh:
                 return [line.rstrip("\n") for line in fh]
-    raise FileNotFoundError(f"{folder}/{split}.{lang}[.gz] not found: --data must hold line-aligned "
-                            f"{{train,val,test}}.{{src,tgt}} files (Multi30k's raw/ layout)")
+    raise FileNotFoundError(
+        f"{folder}/{split}.{lang}[.gz] not found: --data must hold line-aligned "
+        f"{{train,val,test}}.{{src,tgt}} files (Multi30k's raw/ layout)"
+    )
 
 
 def read_pairs(folder: Path, split: str, src: str, tgt: str):
@@ -86,8 +89,7 @@ def train_tokenizer(lines, vocab_size: int):
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()])
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, min_frequency=2,
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, min_frequency=2, show_progress=False)
     tok.train_from_iterator(lines, trainer)
     return tok
 
@@ -99,12 +101,13 @@ def encode(tok, lines, max_len: int):
 class Translator(nn.Module):
     """Pre-norm transformer; source, target and output embeddings are one matrix."""
 
-    def __init__(self, vocab: int, dim: int, heads: int, enc_layers: int, dec_layers: int, ff: int,
-                 dropout: float, max_len: int):
+    def __init__(
+        self, vocab: int, dim: int, heads: int, enc_layers: int, dec_layers: int, ff: int, dropout: float, max_len: int
+    ):
         super().__init__()
         self.dim = dim
         self.embed = nn.Embedding(vocab, dim, padding_idx=PAD)
-        nn.init.normal_(self.embed.weight, std=dim ** -0.5)
+        nn.init.normal_(self.embed.weight, std=dim**-0.5)
         self.pos = nn.Embedding(max_len + 1, dim)
         nn.init.normal_(self.pos.weight, std=0.02)
         self.drop = nn.Dropout(dropout)
@@ -142,8 +145,9 @@ class Translator(nn.Module):
         """Cross-entropy over the real target tokens only (no logits for padding)."""
         h = self.features(tgt_in, self.encode(src, src_pad), src_pad, tgt_pad)
         real = tgt_out != PAD
-        return F.cross_entropy(self.logits(h[real]), tgt_out[real], label_smoothing=label_smoothing,
-                               reduction=reduction)
+        return F.cross_entropy(
+            self.logits(h[real]), tgt_out[real], label_smoothing=label_smoothing, reduction=reduction
+        )
 
 
 def pad_batch(seqs, prefix=(), suffix=()):
@@ -151,7 +155,7 @@ def pad_batch(seqs, prefix=(), suffix=()):
     out = torch.full((len(seqs), L), PAD, dtype=torch.long)
     for r, s in enumerate(seqs):
         row = list(prefix) + list(s) + list(suffix)
-        out[r, :len(row)] = torch.tensor(row)
+        out[r, : len(row)] = torch.tensor(row)
     return out
 
 
@@ -161,7 +165,7 @@ def batches(src, tgt, max_tokens: int, shuffle: bool, generator=None):
     chunk = 4096
     groups = []
     for c0 in range(0, len(order), chunk):
-        idx = sorted(order[c0:c0 + chunk], key=lambda i: (len(src[i]), len(tgt[i])))
+        idx = sorted(order[c0 : c0 + chunk], key=lambda i: (len(src[i]), len(tgt[i])))
         cur, longest = [], 0
         for i in idx:
             longest = max(longest, len(src[i]) + len(tgt[i]) + 2)
@@ -256,7 +260,7 @@ def translate(model, tok, src_ids, mode: str, beam: int, batch_size: int, device
     model.eval()
     order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
     out = [None] * len(src_ids)
-    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for ch in tqdm(chunks, disable=not progress, desc=f"decode ({mode})"):
         ids = [src_ids[i] for i in ch]
         hyp = greedy(model, ids, 10, device) if mode == "greedy" else beam_search(model, ids, beam, 10, device)
@@ -293,15 +297,17 @@ def parse_args(argv=None):
     p.add_argument("--label-smoothing", type=probability, default=0.1)
     p.add_argument("--max-len", type=bounded(int, 2), default=100, help="tokens kept per sentence (with </s>)")
     p.add_argument("--epochs", type=positive_int, default=8)
-    p.add_argument("--max-tokens", type=positive_int, default=6000,
-                   help="source+target tokens per batch (with padding)")
+    p.add_argument(
+        "--max-tokens", type=positive_int, default=6000, help="source+target tokens per batch (with padding)"
+    )
     p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--warmup", type=probability, default=0.08, help="fraction of the steps spent warming up")
     p.add_argument("--weight-decay", type=nonnegative_float, default=0.01)
     p.add_argument("--beam", type=positive_int, default=5)
     p.add_argument("--decode-batch", type=positive_int, default=128)
-    add_run_arguments(p, "runs/translation/<dataset>-<src>-<tgt>.json",
-                      "tiny model, 200 training pairs, 1 epoch, 20 test sentences")
+    add_run_arguments(
+        p, "runs/translation/<dataset>-<src>-<tgt>.json", "tiny model, 200 training pairs, 1 epoch, 20 test sentences"
+    )
     if p.parse_known_args(argv)[0].smoke:  # smoke sizes, unless given explicitly
         p.set_defaults(dim=32, heads=2, ff=64, enc_layers=1, dec_layers=1, epochs=1, vocab_size=300, beam=2)
     args = p.parse_args(argv)
@@ -316,9 +322,30 @@ def parse_args(argv=None):
 
 
 def config_of(args):
-    keys = ("data", "src", "tgt", "test_split", "vocab_size", "dim", "heads", "enc_layers", "dec_layers", "ff",
-            "dropout", "label_smoothing", "max_len", "epochs", "max_tokens", "lr", "warmup", "weight_decay", "beam",
-            "runs", "seed", "smoke")
+    keys = (
+        "data",
+        "src",
+        "tgt",
+        "test_split",
+        "vocab_size",
+        "dim",
+        "heads",
+        "enc_layers",
+        "dec_layers",
+        "ff",
+        "dropout",
+        "label_smoothing",
+        "max_len",
+        "epochs",
+        "max_tokens",
+        "lr",
+        "warmup",
+        "weight_decay",
+        "beam",
+        "runs",
+        "seed",
+        "smoke",
+    )
     return {k: getattr(args, k) for k in keys}
 
 
@@ -342,22 +369,40 @@ def main(argv=None):
     if args.smoke:
         train_s, train_t, val_s, val_t = train_s[:200], train_t[:200], val_s[:50], val_t[:50]
         test_s, test_t = test_s[:20], test_t[:20]
-    print(f"{args.dataset} {args.src}->{args.tgt}: {len(train_s)} train / {len(val_s)} val / {len(test_s)} "
-          f"{args.test_split} pairs")
+    print(
+        f"{args.dataset} {args.src}->{args.tgt}: {len(train_s)} train / {len(val_s)} val / {len(test_s)} "
+        f"{args.test_split} pairs"
+    )
 
     ckpt = resume_from(args.checkpoint, config_of(args), args.resume, keys=("done", "tokenizer"))
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_str(ckpt["tokenizer"]) if ckpt else train_tokenizer(train_s + train_t, args.vocab_size)
-    enc = {name: encode(tok, lines, args.max_len) for name, lines in
-           (("train_s", train_s), ("train_t", train_t), ("val_s", val_s), ("val_t", val_t), ("test_s", test_s))}
+    enc = {
+        name: encode(tok, lines, args.max_len)
+        for name, lines in (
+            ("train_s", train_s),
+            ("train_t", train_t),
+            ("val_s", val_s),
+            ("val_t", val_t),
+            ("test_s", test_s),
+        )
+    }
     done = ckpt["done"] if ckpt else []
     t0 = time.perf_counter()
     while len(done) < args.runs:
         run = len(done)
         torch.manual_seed(args.seed + run)
-        model = Translator(tok.get_vocab_size(), args.dim, args.heads, args.enc_layers, args.dec_layers, args.ff,
-                           args.dropout, args.max_len).to(device)
+        model = Translator(
+            tok.get_vocab_size(),
+            args.dim,
+            args.heads,
+            args.enc_layers,
+            args.dec_layers,
+            args.ff,
+            args.dropout,
+            args.max_len,
+        ).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
         gen = torch.Generator().manual_seed(args.seed + run)
         steps_per_epoch = len(batches(enc["train_s"], enc["train_t"], args.max_tokens, False))
@@ -390,41 +435,68 @@ def main(argv=None):
             state["history"]["train_loss"].append(tot / max(n, 1))
             state["history"]["val_loss"].append(vl)
             state["seconds"] += time.perf_counter() - te
-            print(f"run {run} epoch {epoch}: train loss {tot / max(n, 1):.3f} (smoothed), val loss {vl:.3f} "
-                  f"(ppl {math.exp(vl):.2f}), {state['seconds'] / 60:.1f} min")
-            atomic_save({"config": config_of(args), "tokenizer": tok.to_str(), "done": done, "run": run,
-                         "state": state, **training_state(model, opt, sched, gen)}, args.checkpoint)
+            print(
+                f"run {run} epoch {epoch}: train loss {tot / max(n, 1):.3f} (smoothed), val loss {vl:.3f} "
+                f"(ppl {math.exp(vl):.2f}), {state['seconds'] / 60:.1f} min"
+            )
+            atomic_save(
+                {
+                    "config": config_of(args),
+                    "tokenizer": tok.to_str(),
+                    "done": done,
+                    "run": run,
+                    "state": state,
+                    **training_state(model, opt, sched, gen),
+                },
+                args.checkpoint,
+            )
         result = {"seed": args.seed + run, "train_seconds": state["seconds"], "history": state["history"]}
         for mode in ("greedy", "beam"):
             td = time.perf_counter()
             hyps = translate(model, tok, enc["test_s"], mode, args.beam, args.decode_batch, device, progress)
             result[mode] = score(hyps, test_t)
             result[mode]["seconds"] = time.perf_counter() - td
-            result[mode]["samples"] = [{"src": s, "ref": r, "hyp": h} for s, r, h in
-                                       zip(test_s[:5], test_t[:5], hyps[:5])]
-            print(f"run {run} {args.test_split} {mode}: BLEU {result[mode]['bleu']:.2f}, chrF "
-                  f"{result[mode]['chrf']:.2f}, ROUGE-L {result[mode]['rougeL']:.2f}")
+            result[mode]["samples"] = [
+                {"src": s, "ref": r, "hyp": h} for s, r, h in zip(test_s[:5], test_t[:5], hyps[:5])
+            ]
+            print(
+                f"run {run} {args.test_split} {mode}: BLEU {result[mode]['bleu']:.2f}, chrF "
+                f"{result[mode]['chrf']:.2f}, ROUGE-L {result[mode]['rougeL']:.2f}"
+            )
         done.append(result)
-        atomic_save({"config": config_of(args), "tokenizer": tok.to_str(), "done": done, "run": None},
-                    args.checkpoint)
+        atomic_save({"config": config_of(args), "tokenizer": tok.to_str(), "done": done, "run": None}, args.checkpoint)
         ckpt = None
 
     per_run = [r["beam"]["bleu"] for r in done]
     summary = summarize_runs(per_run)
-    out = {"dataset": f"{args.dataset}-{args.src}-{args.tgt}/{args.test_split}", "model": "transformer-graphattn",
-           "metric": f"BLEU (beam {args.beam})", "mean": summary["mean"], "std": summary["std"],
-           "runs": len(per_run), "per_run": per_run,
-           "greedy_bleu": summarize_runs([r["greedy"]["bleu"] for r in done]),
-           "chrf": summarize_runs([r["beam"]["chrf"] for r in done]),
-           "rougeL": summarize_runs([r["beam"]["rougeL"] for r in done]),
-           "details": done, "config": config_of(args), "seconds": time.perf_counter() - t0,
-           "machine": machine_info(), "device": str(device)}
+    out = {
+        "dataset": f"{args.dataset}-{args.src}-{args.tgt}/{args.test_split}",
+        "model": "transformer-graphattn",
+        "metric": f"BLEU (beam {args.beam})",
+        "mean": summary["mean"],
+        "std": summary["std"],
+        "runs": len(per_run),
+        "per_run": per_run,
+        "greedy_bleu": summarize_runs([r["greedy"]["bleu"] for r in done]),
+        "chrf": summarize_runs([r["beam"]["chrf"] for r in done]),
+        "rougeL": summarize_runs([r["beam"]["rougeL"] for r in done]),
+        "details": done,
+        "config": config_of(args),
+        "seconds": time.perf_counter() - t0,
+        "machine": machine_info(),
+        "device": str(device),
+    }
     atomic_write_json(out, args.out)
-    plot_curves({k: [r["history"][k] for r in done] for k in ("train_loss", "val_loss")},
-                Path(args.out).with_suffix(".png"), title=f"{args.dataset} {args.src}->{args.tgt}")
-    print(f"{out['dataset']}: BLEU {summary['mean']:.2f} +- {summary['std']:.2f} (beam {args.beam}), greedy "
-          f"{out['greedy_bleu']['mean']:.2f}, chrF {out['chrf']['mean']:.2f}, ROUGE-L {out['rougeL']['mean']:.2f} "
-          f"over {len(per_run)} run(s); results: {args.out}")
+    plot_curves(
+        {k: [r["history"][k] for r in done] for k in ("train_loss", "val_loss")},
+        Path(args.out).with_suffix(".png"),
+        title=f"{args.dataset} {args.src}->{args.tgt}",
+    )
+    print(
+        f"{out['dataset']}: BLEU {summary['mean']:.2f} +- {summary['std']:.2f} (beam {args.beam}), greedy "
+        f"{out['greedy_bleu']['mean']:.2f}, chrF {out['chrf']['mean']:.2f}, ROUGE-L {out['rougeL']['mean']:.2f} "
+        f"over {len(per_run)} run(s); results: {args.out}"
+    )
     return out
 
 

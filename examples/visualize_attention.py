@@ -17,6 +17,7 @@ Writes, under ``--out-dir``:
 
 Without ``--text-model`` a small SST-2 classifier is trained first (``--text-epochs``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,12 @@ def parse_args(argv=None):
     p.add_argument("--dataset", default="Cora", help="Cora (Planetoid) or synthetic")
     p.add_argument("--root", default=str(SHARED / "planetoid"))
     p.add_argument("--model", default="gat", choices=["gat", "gatv2", "dot"])
-    p.add_argument("--node", type=nonnegative_int, default=None,
-                   help="node to draw (default: a test node with 4-8 neighbours and at most 40 edges two hops away)")
+    p.add_argument(
+        "--node",
+        type=nonnegative_int,
+        default=None,
+        help="node to draw (default: a test node with 4-8 neighbours and at most 40 edges two hops away)",
+    )
     p.add_argument("--text-model", default=None, help="a .model.pt from examples/text_classification.py")
     p.add_argument("--text-train", default=str(SHARED / "text" / "sst2" / "train.tsv"))
     p.add_argument("--text-dev", default=str(SHARED / "text" / "sst2" / "dev.tsv"))
@@ -89,9 +94,14 @@ def graph_pictures(args, out: Path, device) -> dict:
         two_hop = torch.zeros(data.num_nodes, dtype=torch.long, device=deg.device).index_add_(0, dst, deg[src])
         cand = torch.nonzero(data.test_mask & (deg >= 4) & (deg <= 8) & (two_hop <= 40)).flatten()
         node = int(cand[0]) if cand.numel() else int(torch.nonzero(data.test_mask).flatten()[0])
-    explain.plot_neighbourhood(conv1, node, hops=2, labels=data.y.cpu(), path=out / f"cora_neighbourhood_{node}.png",
-                               title=f"{args.dataset} {args.model.upper()} layer 1: attention into node {node} "
-                                     f"(class {int(data.y[node])})")
+    explain.plot_neighbourhood(
+        conv1,
+        node,
+        hops=2,
+        labels=data.y.cpu(),
+        path=out / f"cora_neighbourhood_{node}.png",
+        title=f"{args.dataset} {args.model.upper()} layer 1: attention into node {node} (class {int(data.y[node])})",
+    )
     explain.plot_entropy_histograms(cap.records, path=out / "cora_entropy.png")
     conv1.to_csv(out / "cora_conv1.csv")
     import networkx as nx
@@ -102,9 +112,10 @@ def graph_pictures(args, out: Path, device) -> dict:
         e = explain.entropy(rec)
         multi = e["degree"] > 1
         agree = explain.head_agreement(rec)
-        summary[rec.name] = {"mean_normalized_entropy": float(e["normalized"][multi].mean()),
-                             "mean_head_agreement": float(agree[~agree.isnan()].mean()) if rec.num_heads > 1
-                             else None}
+        summary[rec.name] = {
+            "mean_normalized_entropy": float(e["normalized"][multi].mean()),
+            "mean_head_agreement": float(agree[~agree.isnan()].mean()) if rec.num_heads > 1 else None,
+        }
     return summary
 
 
@@ -114,8 +125,17 @@ def text_pictures(args, out: Path, device) -> dict:
 
     path = args.text_model
     if path is None:
-        argv = ["--train", args.text_train, "--dev", args.text_dev, "--epochs", str(args.text_epochs),
-                "--out", str(out / "sst2_model.json"), "--no-progress"]
+        argv = [
+            "--train",
+            args.text_train,
+            "--dev",
+            args.text_dev,
+            "--epochs",
+            str(args.text_epochs),
+            "--out",
+            str(out / "sst2_model.json"),
+            "--no-progress",
+        ]
         tc.main(argv + (["--smoke"] if args.smoke else []))
         path = str(out / "sst2_model.model.pt")
     model, vocab, cfg = tc.load_classifier(path, device)
@@ -127,17 +147,27 @@ def text_pictures(args, out: Path, device) -> dict:
             pred = int(model(ids, ids == vocab.PAD).argmax(-1))
         tokens = [vocab.itos[i] for i in ids[0].tolist()]
         last = cap.records[-1]
-        explain.plot_sequence_heatmap(last, tokens, path=out / f"sst2_heatmap_{k}.png",
-                                      title=f"last layer, mean of heads; label {label}, predicted {pred}")
+        explain.plot_sequence_heatmap(
+            last,
+            tokens,
+            path=out / f"sst2_heatmap_{k}.png",
+            title=f"last layer, mean of heads; label {label}, predicted {pred}",
+        )
         explain.plot_sequence_heatmap(last, tokens, head="all", path=out / f"sst2_heads_{k}.png")
         roll = explain.rollout(cap.records)
-        rrec = explain.AttentionRecord("rollout", "rollout", *_dense_to_edges(roll), len(tokens), len(tokens),
-                                       (1, len(tokens), len(tokens)))
-        explain.plot_sequence_heatmap(rrec, tokens, path=out / f"sst2_rollout_{k}.png",
-                                      title="attention rollout through all layers")
+        rrec = explain.AttentionRecord(
+            "rollout", "rollout", *_dense_to_edges(roll), len(tokens), len(tokens), (1, len(tokens), len(tokens))
+        )
+        explain.plot_sequence_heatmap(
+            rrec, tokens, path=out / f"sst2_rollout_{k}.png", title="attention rollout through all layers"
+        )
         cls_row = roll[0]
-        summary[f"sentence_{k}"] = {"text": sentence, "label": label, "predicted": pred,
-                                    "cls_rollout_top": sorted(zip(tokens, cls_row.tolist()), key=lambda t: -t[1])[:5]}
+        summary[f"sentence_{k}"] = {
+            "text": sentence,
+            "label": label,
+            "predicted": pred,
+            "cls_rollout_top": sorted(zip(tokens, cls_row.tolist()), key=lambda t: -t[1])[:5],
+        }
     return summary
 
 

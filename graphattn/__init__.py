@@ -9,6 +9,7 @@ weighted sum of source values. See :class:`Graph`, :mod:`graphattn.ops` and
 (:mod:`graphattn.explain`, :mod:`graphattn.robustness`) import PyG, which imports
 ``torch._dynamo`` and takes seconds; they load on first access.
 """
+
 import importlib
 
 from . import ops, ordering, patterns

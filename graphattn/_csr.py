@@ -4,6 +4,7 @@ The lowest layer under :class:`~graphattn.graph.Graph` and its builders
 (:mod:`graphattn._graph_build`): plain functions of tensors and ints, with errors
 that name the problem. It imports nothing of graphattn.
 """
+
 from __future__ import annotations
 
 import operator
@@ -12,8 +13,16 @@ from typing import Any, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["check_index_tensor", "check_count", "check_range", "check_offsets", "dense", "offsets",
-           "by_destination", "stamp_of"]
+__all__ = [
+    "check_index_tensor",
+    "check_count",
+    "check_range",
+    "check_offsets",
+    "dense",
+    "offsets",
+    "by_destination",
+    "stamp_of",
+]
 
 _INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
@@ -21,13 +30,9 @@ _INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 def check_index_tensor(edge_index: Any) -> Tensor:
     """``edge_index`` checked as an integer tensor of shape ``[2, num_edges]``."""
     if not isinstance(edge_index, Tensor):
-        raise TypeError(
-            f"edge_index must be a torch.Tensor of shape [2, num_edges], got {type(edge_index).__name__}"
-        )
+        raise TypeError(f"edge_index must be a torch.Tensor of shape [2, num_edges], got {type(edge_index).__name__}")
     if edge_index.is_floating_point() or edge_index.is_complex() or edge_index.dtype == torch.bool:
-        raise TypeError(
-            f"edge_index must have an integer dtype (torch.long or torch.int32), got {edge_index.dtype}"
-        )
+        raise TypeError(f"edge_index must have an integer dtype (torch.long or torch.int32), got {edge_index.dtype}")
     if edge_index.dtype not in _INDEX_DTYPES:
         raise TypeError(f"edge_index has unsupported integer dtype {edge_index.dtype}")
     if edge_index.dim() != 2 or edge_index.size(0) != 2:
@@ -42,8 +47,11 @@ def check_count(name: str, value: Any, minimum: int = 0) -> int:
     """``value`` as an ``int >= minimum``: the one rule for every count, size and length.
     An int, a numpy integer or a one-element integer tensor; a bool, a float (even an
     integral one) or a float tensor is refused, never truncated."""
-    is_bool = isinstance(value, bool) or type(value).__name__ == "bool_" or (
-        isinstance(value, Tensor) and value.dtype == torch.bool)
+    is_bool = (
+        isinstance(value, bool)
+        or type(value).__name__ == "bool_"
+        or (isinstance(value, Tensor) and value.dtype == torch.bool)
+    )
     try:
         n = None if is_bool or (isinstance(value, Tensor) and value.numel() != 1) else operator.index(value)
     except TypeError:
@@ -66,8 +74,7 @@ def check_range(idx: Tensor, bound: int, what: str, count_name: str, name: str =
     hi = int(idx.max())
     if hi >= bound:
         raise ValueError(
-            f"{name} has {what} index {hi}, out of range for {bound} {count_name} "
-            f"(valid indices are 0..{bound - 1})"
+            f"{name} has {what} index {hi}, out of range for {bound} {count_name} (valid indices are 0..{bound - 1})"
         )
 
 

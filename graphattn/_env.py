@@ -7,6 +7,7 @@ process that has not built it yet.
 Plain functions over ``os.environ`` (no caching): the dispatcher reads them inside
 layers that ``torch.compile`` traces, which guards on the values it reads.
 """
+
 from __future__ import annotations
 
 import os

@@ -9,6 +9,7 @@ attributes) and the export to torch sparse tensors live here too.
 This module never imports :mod:`graphattn.graph`: the graph depends on its builders,
 not the other way round.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
@@ -18,9 +19,21 @@ from torch import Tensor
 
 from ._csr import by_destination, check_count, check_index_tensor, check_offsets, check_range, offsets
 
-__all__ = ["GraphArrays", "trusted_edges", "edge_index_arrays", "sparse_arrays", "networkx_edge_index",
-           "pyg_edge_index", "self_looped", "edge_attr_for_edges", "to_sparse", "is_sparse_tensor_class",
-           "undirected_pairs", "both_directions", "FillValue"]
+__all__ = [
+    "GraphArrays",
+    "trusted_edges",
+    "edge_index_arrays",
+    "sparse_arrays",
+    "networkx_edge_index",
+    "pyg_edge_index",
+    "self_looped",
+    "edge_attr_for_edges",
+    "to_sparse",
+    "is_sparse_tensor_class",
+    "undirected_pairs",
+    "both_directions",
+    "FillValue",
+]
 
 FillValue = Union[float, int, Tensor, str]
 
@@ -48,9 +61,18 @@ class GraphArrays(NamedTuple):
     checked: bool = True
 
 
-def trusted_edges(src: Tensor, dst: Tensor, num_src: int, num_dst: int, *, base_edge_ids: Optional[Tensor] = None,
-                  num_base_edges: Optional[int] = None, loop_nodes: Optional[Tensor] = None,
-                  edge_index: Optional[Tensor] = None, checked: bool = True) -> GraphArrays:
+def trusted_edges(
+    src: Tensor,
+    dst: Tensor,
+    num_src: int,
+    num_dst: int,
+    *,
+    base_edge_ids: Optional[Tensor] = None,
+    num_base_edges: Optional[int] = None,
+    loop_nodes: Optional[Tensor] = None,
+    edge_index: Optional[Tensor] = None,
+    checked: bool = True,
+) -> GraphArrays:
     """The arrays of the edges ``src[e] -> dst[e]`` (in-range int64, not checked), sorted
     by destination. They are stacked into the graph's own ``edge_index`` unless
     ``edge_index`` is given, a ``[2, E]`` tensor no caller holds whose rows they are."""
@@ -58,12 +80,14 @@ def trusted_edges(src: Tensor, dst: Tensor, num_src: int, num_dst: int, *, base_
         edge_index = torch.stack([src, dst], dim=0)
     src, dst = edge_index[0], edge_index[1]  # views of a tensor no caller holds
     rowptr, col, row, perm = by_destination(src, dst, num_dst)
-    return GraphArrays(rowptr, col, row, perm, num_src, num_dst, edge_index, base_edge_ids, num_base_edges,
-                       loop_nodes, checked)
+    return GraphArrays(
+        rowptr, col, row, perm, num_src, num_dst, edge_index, base_edge_ids, num_base_edges, loop_nodes, checked
+    )
 
 
-def _node_counts(edge_index: Tensor, num_nodes: Optional[Union[int, Tuple[int, int]]], num_src: Optional[int],
-                 num_dst: Optional[int]) -> Tuple[int, int]:
+def _node_counts(
+    edge_index: Tensor, num_nodes: Optional[Union[int, Tuple[int, int]]], num_src: Optional[int], num_dst: Optional[int]
+) -> Tuple[int, int]:
     """``(num_src, num_dst)`` from the arguments of :func:`edge_index_arrays`, inferred as
     ``max index + 1`` where none is given, checked as counts that fit the index dtype."""
     if isinstance(num_nodes, (tuple, list)):
@@ -91,9 +115,14 @@ def _node_counts(edge_index: Tensor, num_nodes: Optional[Union[int, Tuple[int, i
     return ns, nd
 
 
-def edge_index_arrays(edge_index: Tensor, num_nodes: Optional[Union[int, Tuple[int, int]]] = None, *,
-                      num_src: Optional[int] = None, num_dst: Optional[int] = None,
-                      validate: bool = True) -> GraphArrays:
+def edge_index_arrays(
+    edge_index: Tensor,
+    num_nodes: Optional[Union[int, Tuple[int, int]]] = None,
+    *,
+    num_src: Optional[int] = None,
+    num_dst: Optional[int] = None,
+    validate: bool = True,
+) -> GraphArrays:
     """The arrays of a PyG-style ``edge_index`` (see :meth:`Graph.from_edge_index
     <graphattn.graph.Graph.from_edge_index>`); ``checked`` is ``validate``."""
     edge_index = check_index_tensor(edge_index)
@@ -135,8 +164,9 @@ def _compressed(adj_t: Tensor, ptr: Tensor, idx: Tensor, n_major: int, n_minor: 
     them before."""
     csr = adj_t.layout == torch.sparse_csr
     names = ("adj_t.crow_indices()", "adj_t.col_indices()") if csr else ("adj_t.ccol_indices()", "adj_t.row_indices()")
-    line, what = ("row", ("column (source)", "source nodes")) if csr else ("column", ("row (destination)",
-                                                                                        "destination nodes"))
+    line, what = (
+        ("row", ("column (source)", "source nodes")) if csr else ("column", ("row (destination)", "destination nodes"))
+    )
     nnz = adj_t.values().size(0)
     for name, t in zip(names, (ptr, idx)):
         if t.dtype not in (torch.int32, torch.int64) or t.dim() != 1:
@@ -148,21 +178,27 @@ def _compressed(adj_t: Tensor, ptr: Tensor, idx: Tensor, n_major: int, n_minor: 
     check_range(idx, n_minor, *what, name=names[1])
     major = torch.repeat_interleave(torch.arange(n_major, device=idx.device), ptr.diff(), output_size=nnz)
     if nnz > 1 and bool(((idx[1:] <= idx[:-1]) & (major[1:] == major[:-1])).any()):
-        raise ValueError(f"{names[1]} must be strictly increasing within each {line} (torch's invariant: sorted, "
-                         f"no repeated entry); build the adjacency with .coalesce() before converting it")
+        raise ValueError(
+            f"{names[1]} must be strictly increasing within each {line} (torch's invariant: sorted, "
+            f"no repeated entry); build the adjacency with .coalesce() before converting it"
+        )
     return ptr, idx, major
 
 
 def _check_sparse_layout(adj_t: Any) -> None:
     if not isinstance(adj_t, Tensor) or adj_t.layout == torch.strided:
-        raise TypeError(f"expected a sparse adjacency (torch sparse tensor or torch_sparse.SparseTensor), "
-                        f"got {type(adj_t).__name__}")
+        raise TypeError(
+            f"expected a sparse adjacency (torch sparse tensor or torch_sparse.SparseTensor), "
+            f"got {type(adj_t).__name__}"
+        )
     if adj_t.layout not in (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc):
         raise TypeError(f"unsupported sparse layout {adj_t.layout}; pass a COO, CSR or CSC adjacency")
     if adj_t.dim() - adj_t.dense_dim() != 2:
-        raise ValueError(f"a sparse adjacency must have two sparse dimensions (num_dst, num_src) and no batch "
-                         f"dimensions, got shape {list(adj_t.shape)} with {adj_t.dense_dim()} dense dimension(s); "
-                         f"pass one matrix at a time")
+        raise ValueError(
+            f"a sparse adjacency must have two sparse dimensions (num_dst, num_src) and no batch "
+            f"dimensions, got shape {list(adj_t.shape)} with {adj_t.dense_dim()} dense dimension(s); "
+            f"pass one matrix at a time"
+        )
 
 
 def sparse_arrays(adj_t: Any) -> Tuple[GraphArrays, Optional[Tensor]]:
@@ -210,8 +246,15 @@ def pyg_edge_index(data: Any) -> Tuple[Tensor, Any]:
     return data.edge_index, data.num_nodes
 
 
-def self_looped(edge_index: Tensor, num_src: int, num_dst: int, base_edge_ids: Optional[Tensor],
-                num_base_edges: Optional[int], *, checked: bool) -> GraphArrays:
+def self_looped(
+    edge_index: Tensor,
+    num_src: int,
+    num_dst: int,
+    base_edge_ids: Optional[Tensor],
+    num_base_edges: Optional[int],
+    *,
+    checked: bool,
+) -> GraphArrays:
     """PyG's rule for attention layers: the user-order edges ``edge_index`` with their
     self-loops removed and one self-loop per node ``i < min(num_src, num_dst)`` appended,
     recording for each kept edge its base edge (``base_edge_ids``) and the looped nodes
@@ -220,8 +263,16 @@ def self_looped(edge_index: Tensor, num_src: int, num_dst: int, base_edge_ids: O
     keep = (src != dst).nonzero().view(-1)
     loops = torch.arange(min(num_src, num_dst), device=edge_index.device)
     base = keep if base_edge_ids is None else base_edge_ids[keep]
-    return trusted_edges(torch.cat([src[keep], loops]), torch.cat([dst[keep], loops]), num_src, num_dst,
-                         base_edge_ids=base, num_base_edges=num_base_edges, loop_nodes=loops, checked=checked)
+    return trusted_edges(
+        torch.cat([src[keep], loops]),
+        torch.cat([dst[keep], loops]),
+        num_src,
+        num_dst,
+        base_edge_ids=base,
+        num_base_edges=num_base_edges,
+        loop_nodes=loops,
+        checked=checked,
+    )
 
 
 def _loop_attr(kept: Tensor, fill_value: FillValue, n: int, dst: Callable[[], Tensor], num_dst: int) -> Tensor:
@@ -244,9 +295,16 @@ def _loop_attr(kept: Tensor, fill_value: FillValue, n: int, dst: Callable[[], Te
     raise TypeError(f"fill_value must be a number, a tensor or a string, got {type(fill_value).__name__}")
 
 
-def edge_attr_for_edges(edge_attr: Tensor, fill_value: FillValue, *, num_base_edges: Optional[int],
-                        base_edge_ids: Optional[Tensor], loop_nodes: Optional[Tensor], dst: Callable[[], Tensor],
-                        num_dst: int) -> Tensor:
+def edge_attr_for_edges(
+    edge_attr: Tensor,
+    fill_value: FillValue,
+    *,
+    num_base_edges: Optional[int],
+    base_edge_ids: Optional[Tensor],
+    loop_nodes: Optional[Tensor],
+    dst: Callable[[], Tensor],
+    num_dst: int,
+) -> Tensor:
     """``edge_attr``, given for the ``num_base_edges`` edges a graph was built from, on
     the graph's user-order edges (see :meth:`Graph.edge_attr_for_edges
     <graphattn.graph.Graph.edge_attr_for_edges>`); ``dst()`` gives the destination of
@@ -266,8 +324,9 @@ def edge_attr_for_edges(edge_attr: Tensor, fill_value: FillValue, *, num_base_ed
     return torch.cat([kept, _loop_attr(kept, fill_value, loop_nodes.numel(), dst, num_dst)], dim=0)
 
 
-def to_sparse(edge_index: Tensor, values: Tensor, num_src: int, num_dst: int,
-              layout: torch.layout = torch.sparse_coo) -> Tensor:
+def to_sparse(
+    edge_index: Tensor, values: Tensor, num_src: int, num_dst: int, layout: torch.layout = torch.sparse_coo
+) -> Tensor:
     """A torch sparse tensor in the ``adj_t`` convention (``(num_dst, num_src, ...)``)
     holding per-edge ``values`` of the user-order edges ``edge_index``, in ``layout``
     (COO, CSR or CSC)."""

@@ -14,6 +14,7 @@ takes). A backend that cannot run a case says why (``declined: ...``), as the
 dispatcher would. Prints one table and exits 1 if any backend disagrees with the
 reference or fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,6 +55,7 @@ def op_inputs(op: str, graph: Graph, dtype, device, gen: torch.Generator) -> Tup
     optional per-node inputs too; per-edge terms left out), called through the op's
     public function. Weights are asked for except from dot-product attention on a
     pattern graph, whose dense path (SDPA) returns none."""
+
     def rand(*shape):
         return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device, dtype).requires_grad_()
 
@@ -69,9 +71,11 @@ def op_inputs(op: str, graph: Graph, dtype, device, gen: torch.Generator) -> Tup
     public = PUBLIC_OPS[op]
 
     def call(backend, *given):
-        out = public(graph=graph, backend=backend, return_weights=weights,
-                     **{arg.name: t for arg, t in zip(args, given)})
+        out = public(
+            graph=graph, backend=backend, return_weights=weights, **{arg.name: t for arg, t in zip(args, given)}
+        )
         return out if isinstance(out, tuple) else (out,)
+
     return call, tensors
 
 
@@ -133,19 +137,25 @@ def run_checks(device, dtype, seed: int = 0, backends: Optional[List[str]] = Non
 
 
 def format_table(rows: List[Dict[str, object]], device, dtype) -> str:
-    lines = [f"graphattn self-check on {device} "
-             f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}),"
-             f" {str(dtype).replace('torch.', '')}, torch {torch.__version__}",
-             f"{'op':<13}{'graph':<9}{'backend':<10}{'edges':>8}{'first ms':>9}{'max diff':>14}  status"]
+    lines = [
+        f"graphattn self-check on {device} "
+        f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}),"
+        f" {str(dtype).replace('torch.', '')}, torch {torch.__version__}",
+        f"{'op':<13}{'graph':<9}{'backend':<10}{'edges':>8}{'first ms':>9}{'max diff':>14}  status",
+    ]
     for r in rows:
         ms = f"{r['ms']:.1f}" if "ms" in r else "—"
         diff = f"{r['max_abs_diff']:.1e}" if "max_abs_diff" in r else "—"
-        lines.append(f"{r['op']:<13}{r['graph']:<9}{r['backend']:<10}{r['edges']:>8}{ms:>9}{diff:>14}  {r['status']}"
-                     + (f" ({r['detail']})" if "detail" in r else ""))
+        lines.append(
+            f"{r['op']:<13}{r['graph']:<9}{r['backend']:<10}{r['edges']:>8}{ms:>9}{diff:>14}  {r['status']}"
+            + (f" ({r['detail']})" if "detail" in r else "")
+        )
     ran = sum(1 for r in rows if r["status"] == "ok")
     bad = sum(1 for r in rows if r["status"] in ("MISMATCH", "FAILED"))
-    lines.append(f"{ran} case(s) agree with reference, {bad} disagree or fail, "
-                 f"{len(rows) - ran - bad} declined (see the reasons)")
+    lines.append(
+        f"{ran} case(s) agree with reference, {bad} disagree or fail, "
+        f"{len(rows) - ran - bad} declined (see the reasons)"
+    )
     return "\n".join(lines)
 
 
@@ -158,14 +168,23 @@ def checkable_backends() -> List[str]:
 def main(argv: Optional[List[str]] = None) -> int:
     from .train.experiment import choice_list, device_argument, seed_int  # the scripts' argument rules
 
-    p = argparse.ArgumentParser(prog="python -m graphattn.check", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto", type=device_argument,
-                   help="cpu, cuda, cuda:N or auto (default: cuda when available)")
+    p = argparse.ArgumentParser(
+        prog="python -m graphattn.check", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        type=device_argument,
+        help="cpu, cuda, cuda:N or auto (default: cuda when available)",
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
     p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--backends", default=None, type=choice_list(checkable_backends()),
-                   help=f"comma-separated backends to check (default: all of {', '.join(checkable_backends())})")
+    p.add_argument(
+        "--backends",
+        default=None,
+        type=choice_list(checkable_backends()),
+        help=f"comma-separated backends to check (default: all of {', '.join(checkable_backends())})",
+    )
     args = p.parse_args(argv)
     device, dtype = args.device, getattr(torch, args.dtype)
     rows = run_checks(device, dtype, args.seed, args.backends)

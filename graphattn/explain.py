@@ -22,6 +22,7 @@ calls; a model run in a worker thread is captured by opening the capture in that
 thread. ``capture(model)`` keeps, of this thread's calls, those of ``model``'s modules.
 (PyG's per-module ``register_message_forward_hook`` is PyG's, and per module.)
 """
+
 from __future__ import annotations
 
 import csv
@@ -82,8 +83,9 @@ class AttentionRecord:
 
     def to_sparse(self, head: Optional[int] = None) -> Tensor:
         """``(num_dst, num_src)`` sparse COO matrix, ``A[i, j]`` = weight of ``j -> i``."""
-        return torch.sparse_coo_tensor(self.edge_index.flip(0), self.head_weights(head), (self.num_dst, self.num_src),
-                                       check_invariants=True).coalesce()
+        return torch.sparse_coo_tensor(
+            self.edge_index.flip(0), self.head_weights(head), (self.num_dst, self.num_src), check_invariants=True
+        ).coalesce()
 
     def to_dense(self, head: Optional[int] = None) -> Tensor:
         """Sequences: ``(batch, Lq, Lk)`` maps (per head, or head-averaged). Graphs:
@@ -150,8 +152,17 @@ class capture:
         if self.model is not None and id(module) not in self._names:
             return
         name = self._names.get(id(module), type(module).__name__)
-        self.records.append(AttentionRecord(name, type(module).__name__, edge_index.detach(),
-                                            weights.detach().float(), int(num_src), int(num_dst), seq_shape))
+        self.records.append(
+            AttentionRecord(
+                name,
+                type(module).__name__,
+                edge_index.detach(),
+                weights.detach().float(),
+                int(num_src),
+                int(num_dst),
+                seq_shape,
+            )
+        )
 
     def __getitem__(self, key: Union[int, str]) -> AttentionRecord:
         if isinstance(key, int):
@@ -184,8 +195,9 @@ def entropy(rec: AttentionRecord) -> Dict[str, Tensor]:
     ent = -_dst_sum(rec, plogp)
     deg = _dst_sum(rec, torch.ones_like(w[:, 0]))
     uniform = torch.log(deg.clamp_min(1))
-    normalized = torch.where(uniform.unsqueeze(1) > 0, ent / uniform.clamp_min(1e-30).unsqueeze(1),
-                             torch.ones_like(ent))
+    normalized = torch.where(
+        uniform.unsqueeze(1) > 0, ent / uniform.clamp_min(1e-30).unsqueeze(1), torch.ones_like(ent)
+    )
     normalized = torch.where(deg.unsqueeze(1) > 0, normalized, torch.full_like(ent, float("nan")))
     return {"entropy": ent, "uniform": uniform, "normalized": normalized, "degree": deg}
 
@@ -215,8 +227,9 @@ def head_agreement(rec: AttentionRecord) -> Tensor:
     return torch.where(deg > 0, agree, out)
 
 
-def rollout(records: Sequence[AttentionRecord], rows: Optional[Tensor] = None, residual: float = 0.5,
-            head: Optional[int] = None) -> Tensor:
+def rollout(
+    records: Sequence[AttentionRecord], rows: Optional[Tensor] = None, residual: float = 0.5, head: Optional[int] = None
+) -> Tensor:
     """Attention rollout (Abnar & Zuidema, 2020) through stacked self-attention layers:
     :math:`R = \\hat A_L \\cdots \\hat A_1` with :math:`\\hat A = \\text{residual}\\, I + (1 - \\text{residual})\\, A`
     (head-averaged, or one head). ``records`` in forward order; returns the dense rows
@@ -228,8 +241,10 @@ def rollout(records: Sequence[AttentionRecord], rows: Optional[Tensor] = None, r
     n = records[0].num_src
     for r in records:
         if r.num_src != r.num_dst or r.num_src != n:
-            raise ValueError(f"rollout needs self-attention layers over the same {n} nodes; {r.name} maps "
-                             f"{r.num_src} sources to {r.num_dst} destinations")
+            raise ValueError(
+                f"rollout needs self-attention layers over the same {n} nodes; {r.name} maps "
+                f"{r.num_src} sources to {r.num_dst} destinations"
+            )
     if not 0.0 <= residual <= 1.0:
         raise ValueError(f"residual must be in [0, 1], got {residual}")
     rows = torch.arange(n) if rows is None else torch.as_tensor(rows).view(-1)
@@ -271,8 +286,15 @@ def _save(fig, path):
     return fig
 
 
-def plot_sequence_heatmap(rec: AttentionRecord, tokens: Sequence[str], key_tokens: Optional[Sequence[str]] = None,
-                          index: int = 0, head: Optional[int] = None, path=None, title: Optional[str] = None):
+def plot_sequence_heatmap(
+    rec: AttentionRecord,
+    tokens: Sequence[str],
+    key_tokens: Optional[Sequence[str]] = None,
+    index: int = 0,
+    head: Optional[int] = None,
+    path=None,
+    title: Optional[str] = None,
+):
     """Heatmap of sequence ``index``'s attention, queries down, keys across, tokens on
     the axes; ``head=None`` averages heads, ``head="all"`` draws one panel per head."""
     if rec.seq_shape is None:
@@ -294,9 +316,16 @@ def plot_sequence_heatmap(rec: AttentionRecord, tokens: Sequence[str], key_token
     return _save(fig, path)
 
 
-def plot_neighbourhood(rec: AttentionRecord, node: int, hops: int = 1, head: Optional[int] = None,
-                       labels: Optional[Tensor] = None, injected: Optional[Tensor] = None, path=None,
-                       title: Optional[str] = None):
+def plot_neighbourhood(
+    rec: AttentionRecord,
+    node: int,
+    hops: int = 1,
+    head: Optional[int] = None,
+    labels: Optional[Tensor] = None,
+    injected: Optional[Tensor] = None,
+    path=None,
+    title: Optional[str] = None,
+):
     """``node``'s ``hops``-hop in-neighbourhood (the edges its output depends on) drawn with
     networkx; edge width and colour follow attention. ``labels`` colours nodes by class; ``injected`` (``[2, M]``) draws
     those edges dashed red (e.g. an attack's insertions)."""
@@ -325,18 +354,32 @@ def plot_neighbourhood(rec: AttentionRecord, node: int, hops: int = 1, head: Opt
     colours = None
     if labels is not None:
         colours = [int(labels[n]) for n in g.nodes]
-    nx.draw_networkx_nodes(g, pos, ax=ax, node_size=[320 if n == node else 90 for n in g.nodes],
-                           node_color=colours if colours is not None else "#888", cmap="tab10", alpha=0.9)
+    nx.draw_networkx_nodes(
+        g,
+        pos,
+        ax=ax,
+        node_size=[320 if n == node else 90 for n in g.nodes],
+        node_color=colours if colours is not None else "#888",
+        cmap="tab10",
+        alpha=0.9,
+    )
     edges = list(g.edges(data=True))
     if edges:
         att = [d["attention"] for _, _, d in edges]
         top = max(att) or 1.0
         cmap = plt.get_cmap("plasma")
         for (j, i, d), a in zip(edges, att):
-            nx.draw_networkx_edges(g, pos, edgelist=[(j, i)], ax=ax, width=0.5 + 4.0 * a / top,
-                                   edge_color=["red" if d["injected"] else cmap(a / top)],
-                                   style="dashed" if d["injected"] else "solid", arrowsize=8,
-                                   connectionstyle="arc3,rad=0.08")
+            nx.draw_networkx_edges(
+                g,
+                pos,
+                edgelist=[(j, i)],
+                ax=ax,
+                width=0.5 + 4.0 * a / top,
+                edge_color=["red" if d["injected"] else cmap(a / top)],
+                style="dashed" if d["injected"] else "solid",
+                arrowsize=8,
+                connectionstyle="arc3,rad=0.08",
+            )
         sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, top))
         fig.colorbar(sm, ax=ax, fraction=0.046, pad=0.04, label="attention")
     ax.set_title(title or f"{rec.name}: attention into node {node} ({hops}-hop)", fontsize=10)

@@ -13,6 +13,7 @@ the self-loop rules and the sparse export are functions in
 :mod:`graphattn._graph_build`, node orders are in :mod:`graphattn.ordering`, and
 neither is imported back from here.
 """
+
 from __future__ import annotations
 
 import enum
@@ -27,8 +28,16 @@ from . import _graph_build as build
 from ._csr import check_count, check_offsets, check_range, dense, offsets, stamp_of
 from ._graph_build import FillValue, GraphArrays, both_directions, undirected_pairs
 
-__all__ = ["Graph", "Pattern", "PatternKind", "FillValue", "NodeRenumbering", "register_order_resolver",
-           "undirected_pairs", "both_directions"]
+__all__ = [
+    "Graph",
+    "Pattern",
+    "PatternKind",
+    "FillValue",
+    "NodeRenumbering",
+    "register_order_resolver",
+    "undirected_pairs",
+    "both_directions",
+]
 
 
 class PatternKind(str, enum.Enum):
@@ -243,8 +252,9 @@ class Graph:
         # (for edge_attr): base_edge_ids[k] is the base edge of user edge k, for the
         # first len(base_edge_ids) user edges; the rest are self-loops on loop_nodes.
         self.base_edge_ids = base_edge_ids
-        self.num_base_edges = num_base_edges if num_base_edges is not None else (
-            col.numel() if col is not None else None)
+        self.num_base_edges = (
+            num_base_edges if num_base_edges is not None else (col.numel() if col is not None else None)
+        )
         self.loop_nodes = loop_nodes
         self._lazy: Optional[_LazyEdges] = None  # arrays made on first need (from_csr_builder)
         self._derived = _DerivedCache()
@@ -270,16 +280,27 @@ class Graph:
     def _of(cls, arrays: GraphArrays, pattern: Optional[Pattern] = None) -> "Graph":
         """The graph of a builder's arrays: valid as built when ``arrays.checked``
         (and then holding its ``edge_index``), else checked in full on first use."""
-        graph = cls(arrays.rowptr, arrays.col, arrays.row, arrays.perm, arrays.num_src, arrays.num_dst,
-                    edge_index=arrays.edge_index if arrays.checked else None, base_edge_ids=arrays.base_edge_ids,
-                    num_base_edges=arrays.num_base_edges, loop_nodes=arrays.loop_nodes, pattern=pattern)
+        graph = cls(
+            arrays.rowptr,
+            arrays.col,
+            arrays.row,
+            arrays.perm,
+            arrays.num_src,
+            arrays.num_dst,
+            edge_index=arrays.edge_index if arrays.checked else None,
+            base_edge_ids=arrays.base_edge_ids,
+            num_base_edges=arrays.num_base_edges,
+            loop_nodes=arrays.loop_nodes,
+            pattern=pattern,
+        )
         if arrays.checked:
             graph._derived.put("valid", graph._stamp(), True)
         return graph
 
     @classmethod
-    def from_trusted_edges(cls, src: Tensor, dst: Tensor, num_src: int, num_dst: int, *,
-                           pattern: Optional[Pattern] = None) -> "Graph":
+    def from_trusted_edges(
+        cls, src: Tensor, dst: Tensor, num_src: int, num_dst: int, *, pattern: Optional[Pattern] = None
+    ) -> "Graph":
         """A graph from edges ``src[e] -> dst[e]`` that the caller vouches for: nothing
         is checked. What patterns, node orders and the sequence layers build their
         graphs with; a caller's own edges go through :meth:`from_edge_index`, which
@@ -297,9 +318,15 @@ class Graph:
         return cls._of(build.trusted_edges(src, dst, num_src, num_dst), pattern)
 
     @classmethod
-    def from_csr_builder(cls, num_nodes: int, num_edges: int, make: Callable[[], Tuple[Tensor, Tensor]], *,
-                         device: Optional[Union[str, torch.device]] = None,
-                         pattern: Optional[Pattern] = None) -> "Graph":
+    def from_csr_builder(
+        cls,
+        num_nodes: int,
+        num_edges: int,
+        make: Callable[[], Tuple[Tensor, Tensor]],
+        *,
+        device: Optional[Union[str, torch.device]] = None,
+        pattern: Optional[Pattern] = None,
+    ) -> "Graph":
         """A square graph whose CSR arrays ``make() -> (rowptr, col)`` are made on first
         use, for patterns a dense kernel runs from ``pattern`` alone (complete blocks):
         when the dispatcher picks such a kernel the edges are never materialised.
@@ -400,12 +427,21 @@ class Graph:
             self._materialize()
         return getattr(self, name)
 
-    rowptr = property(lambda self: self._index("_rowptr"), lambda self, v: setattr(self, "_rowptr", dense(v)),
-                      doc="CSR offsets by destination, ``[num_dst + 1]``.")
-    col = property(lambda self: self._index("_col"), lambda self, v: setattr(self, "_col", dense(v)),
-                   doc="Source of each edge, in CSR order.")
-    row = property(lambda self: self._index("_row"), lambda self, v: setattr(self, "_row", dense(v)),
-                   doc="Destination of each edge, in CSR order.")
+    rowptr = property(
+        lambda self: self._index("_rowptr"),
+        lambda self, v: setattr(self, "_rowptr", dense(v)),
+        doc="CSR offsets by destination, ``[num_dst + 1]``.",
+    )
+    col = property(
+        lambda self: self._index("_col"),
+        lambda self, v: setattr(self, "_col", dense(v)),
+        doc="Source of each edge, in CSR order.",
+    )
+    row = property(
+        lambda self: self._index("_row"),
+        lambda self, v: setattr(self, "_row", dense(v)),
+        doc="Destination of each edge, in CSR order.",
+    )
 
     @property
     def is_materialized(self) -> bool:
@@ -485,8 +521,10 @@ class Graph:
         for name in ("rowptr", "col", "row"):
             t = getattr(self, name)
             if not isinstance(t, Tensor) or t.dtype != torch.long or t.dim() != 1:
-                raise ValueError(f"Graph.{name} must be a 1-D torch.long tensor, got "
-                                 f"{getattr(t, 'dtype', type(t).__name__)} of shape {list(getattr(t, 'shape', []))}")
+                raise ValueError(
+                    f"Graph.{name} must be a 1-D torch.long tensor, got "
+                    f"{getattr(t, 'dtype', type(t).__name__)} of shape {list(getattr(t, 'shape', []))}"
+                )
             if t.device != self.rowptr.device:
                 raise ValueError(f"Graph.{name} is on {t.device} but rowptr is on {self.rowptr.device}")
         E = self.col.numel()
@@ -525,6 +563,7 @@ class Graph:
             inv = torch.empty_like(perm)
             inv[perm] = torch.arange(perm.numel(), device=perm.device)
             return inv
+
         return self._cached("inv_perm", invert)
 
     def to_csr_order(self, edge_tensor: Tensor) -> Tensor:
@@ -568,11 +607,15 @@ class Graph:
 
     def _check_orderable(self, order: Optional[NodeRenumbering]) -> None:
         if self.pattern is not None:
-            raise ValueError(f"this graph has a '{self.pattern.kind}' pattern: its numbering is what the dense "
-                             "kernels run on, so it is not reordered")
+            raise ValueError(
+                f"this graph has a '{self.pattern.kind}' pattern: its numbering is what the dense "
+                "kernels run on, so it is not reordered"
+            )
         if order is not None and (self.is_bipartite or order.num_nodes != self.num_src):
-            raise ValueError(f"a node order over {order.num_nodes} nodes does not fit a graph with {self.num_src} "
-                             f"source and {self.num_dst} destination nodes")
+            raise ValueError(
+                f"a node order over {order.num_nodes} nodes does not fit a graph with {self.num_src} "
+                f"source and {self.num_dst} destination nodes"
+            )
 
     @property
     def node_order(self) -> Optional[NodeRenumbering]:
@@ -621,8 +664,16 @@ class Graph:
 
     def _self_looped(self) -> "Graph":
         edge_index = self.edge_index
-        looped = Graph._of(build.self_looped(edge_index, self.num_src, self.num_dst, self.base_edge_ids,
-                                             self.num_base_edges, checked=self._is_checked()))
+        looped = Graph._of(
+            build.self_looped(
+                edge_index,
+                self.num_src,
+                self.num_dst,
+                self.base_edge_ids,
+                self.num_base_edges,
+                checked=self._is_checked(),
+            )
+        )
         looped.node_order = self.node_order  # the loops keep the nodes' numbering
         return looped
 
@@ -632,9 +683,15 @@ class Graph:
         of added self-loops are filled like PyG's ``add_self_loops``: a scalar or a
         tensor, or a reduction (``"mean"``, ``"add"``/``"sum"``, ``"max"``, ``"min"``,
         ``"mul"``) of the attributes of the node's incoming (kept) edges."""
-        return build.edge_attr_for_edges(edge_attr, fill_value, num_base_edges=self.num_base_edges,
-                                         base_edge_ids=self.base_edge_ids, loop_nodes=self.loop_nodes,
-                                         dst=lambda: self.edge_index[1], num_dst=self.num_dst)
+        return build.edge_attr_for_edges(
+            edge_attr,
+            fill_value,
+            num_base_edges=self.num_base_edges,
+            base_edge_ids=self.base_edge_ids,
+            loop_nodes=self.loop_nodes,
+            dst=lambda: self.edge_index[1],
+            num_dst=self.num_dst,
+        )
 
     # -------------------------------------------------------------------- misc
     def to(self, device: Union[str, torch.device]) -> "Graph":
@@ -655,25 +712,36 @@ class Graph:
         checked, with the same pattern and no node order."""
         self.ensure_valid()
         held = self._derived.peek("edge_index", self._stamp())
-        return Graph._of(GraphArrays(move(self.rowptr), move(self.col), move(self.row), move(self.perm), self.num_src,
-                                     self.num_dst, move(held), move(self.base_edge_ids), self.num_base_edges,
-                                     move(self.loop_nodes)), self.pattern)
+        return Graph._of(
+            GraphArrays(
+                move(self.rowptr),
+                move(self.col),
+                move(self.row),
+                move(self.perm),
+                self.num_src,
+                self.num_dst,
+                move(held),
+                move(self.base_edge_ids),
+                self.num_base_edges,
+                move(self.loop_nodes),
+            ),
+            self.pattern,
+        )
 
     def check_nodes(self, num_src: Optional[int], num_dst: Optional[int], what: str = "x") -> None:
         """Raise if node-feature tensors do not match the graph's node counts (``None``:
         that side has no tensor to check)."""
         if num_src is not None and num_src != self.num_src:
-            raise ValueError(
-                f"{what}: {num_src} source-node rows but the graph has {self.num_src} source nodes"
-            )
+            raise ValueError(f"{what}: {num_src} source-node rows but the graph has {self.num_src} source nodes")
         if num_dst is not None and num_dst != self.num_dst:
             raise ValueError(
                 f"{what}: {num_dst} destination-node rows but the graph has {self.num_dst} destination nodes"
             )
 
     def __repr__(self) -> str:
-        nodes = (f"num_nodes={self.num_src}" if not self.is_bipartite
-                 else f"num_src={self.num_src}, num_dst={self.num_dst}")
+        nodes = (
+            f"num_nodes={self.num_src}" if not self.is_bipartite else f"num_src={self.num_src}, num_dst={self.num_dst}"
+        )
         extra = ", self_loops=added" if self.has_added_self_loops else ""
         pat = f", pattern={self.pattern.kind}" if self.pattern is not None else ""
         order = f", node_order={self.node_order.method}" if self.node_order is not None else ""

@@ -29,6 +29,7 @@ A :class:`NodeOrder` is used in one of two ways:
   :meth:`NodeOrder.relabel` to the graph, :meth:`NodeOrder.undo` on predictions):
   no per-op cost; what to do when the whole model runs on one graph.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -66,16 +67,20 @@ class NodeOrder:
 
     def __init__(self, perm: Tensor, *, method: str = "given") -> None:
         if not isinstance(perm, Tensor) or perm.dim() != 1 or perm.is_floating_point() or perm.dtype == torch.bool:
-            raise ValueError(f"a node order must be a 1-D integer tensor (a permutation of 0..num_nodes-1), got "
-                             f"{getattr(perm, 'dtype', type(perm).__name__)} "
-                             f"of shape {list(getattr(perm, 'shape', []))}")
+            raise ValueError(
+                f"a node order must be a 1-D integer tensor (a permutation of 0..num_nodes-1), got "
+                f"{getattr(perm, 'dtype', type(perm).__name__)} "
+                f"of shape {list(getattr(perm, 'shape', []))}"
+            )
         perm = perm.to(torch.long, copy=True)
         n = perm.numel()
         inverse = torch.full_like(perm, -1)
         if n:
             if int(perm.min()) < 0 or int(perm.max()) >= n:
-                raise ValueError(f"a node order over {n} nodes must hold the ids 0..{n - 1}; it holds "
-                                 f"{int(perm.min())}..{int(perm.max())}")
+                raise ValueError(
+                    f"a node order over {n} nodes must hold the ids 0..{n - 1}; it holds "
+                    f"{int(perm.min())}..{int(perm.max())}"
+                )
             inverse[perm] = torch.arange(n, device=perm.device)
             if bool((inverse < 0).any()):
                 raise ValueError("a node order must hold every node id once; some ids repeat")
@@ -87,8 +92,10 @@ class NodeOrder:
 
     def _check_rows(self, t: Tensor, what: str) -> None:
         if not isinstance(t, Tensor) or t.dim() == 0 or t.size(0) != self.num_nodes:
-            raise ValueError(f"{what}: a node tensor needs {self.num_nodes} rows (one per node), got "
-                             f"{list(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+            raise ValueError(
+                f"{what}: a node tensor needs {self.num_nodes} rows (one per node), got "
+                f"{list(t.shape) if isinstance(t, Tensor) else type(t).__name__}"
+            )
 
     def apply(self, x: Tensor) -> Tensor:
         """The rows of node tensor ``x`` (original order) in this order: ``x[perm]``.
@@ -106,8 +113,10 @@ class NodeOrder:
         (user) order, so per-edge tensors need no change. A plain graph (it holds no
         node order and no record of added self-loops: its loops are ordinary edges)."""
         if graph.is_bipartite or graph.num_src != self.num_nodes:
-            raise ValueError(f"this node order is over {self.num_nodes} nodes; the graph has "
-                             f"{graph.num_src} source and {graph.num_dst} destination nodes")
+            raise ValueError(
+                f"this node order is over {self.num_nodes} nodes; the graph has "
+                f"{graph.num_src} source and {graph.num_dst} destination nodes"
+            )
         graph.ensure_valid()
         inverse = self.inverse.to(graph.device)
         user_order = slice(None) if graph.perm is None else graph.inv_perm  # from the checked CSR arrays
@@ -123,8 +132,9 @@ class NodeOrder:
         return f"NodeOrder(num_nodes={self.num_nodes}, method={self.method!r})"
 
 
-def node_order(graph: Graph, method: str = "locality", *, dims: int = 3, steps: int = 10, leaf: int = 64,
-               seed: int = 0) -> NodeOrder:
+def node_order(
+    graph: Graph, method: str = "locality", *, dims: int = 3, steps: int = 10, leaf: int = 64, seed: int = 0
+) -> NodeOrder:
     """A locality order for a square graph's nodes (see the module docstring).
 
     Args:
@@ -134,8 +144,10 @@ def node_order(graph: Graph, method: str = "locality", *, dims: int = 3, steps: 
         leaf: ``"locality"`` stops bisecting groups of at most this many nodes.
     """
     if graph.is_bipartite:
-        raise ValueError("node orders are for graphs with one node set; this graph is bipartite "
-                         f"({graph.num_src} sources, {graph.num_dst} destinations)")
+        raise ValueError(
+            "node orders are for graphs with one node set; this graph is bipartite "
+            f"({graph.num_src} sources, {graph.num_dst} destinations)"
+        )
     if method == "locality":
         for name, v in (("dims", dims), ("steps", steps), ("leaf", leaf)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:

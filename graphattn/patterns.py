@@ -18,6 +18,7 @@ no padding: a graph transformer's global attention), :func:`expander_per_graph`
 (one or more global nodes per graph, Graphormer's graph token / Exphormer's
 virtual nodes), which :func:`sparse_global` unites with the local edges.
 """
+
 from __future__ import annotations
 
 from typing import Callable, List, Optional, Sequence, Tuple, Union
@@ -67,8 +68,10 @@ def _check_lengths(name: str, lengths, total: Optional[int] = None, total_of: st
         lengths = torch.as_tensor(lengths)  # a numpy array
     if isinstance(lengths, Tensor):
         if lengths.dim() != 1 or lengths.dtype == torch.bool or lengths.is_floating_point() or lengths.is_complex():
-            raise TypeError(f"{name} must be a list of ints or a 1-D integer tensor, got a {lengths.dtype} tensor "
-                            f"of shape {tuple(lengths.shape)}")
+            raise TypeError(
+                f"{name} must be a list of ints or a 1-D integer tensor, got a {lengths.dtype} tensor "
+                f"of shape {tuple(lengths.shape)}"
+            )
         lengths = lengths.tolist()
     elif not isinstance(lengths, (list, tuple, range)):
         raise TypeError(f"{name} must be a list of ints or a 1-D integer tensor, got {type(lengths).__name__}")
@@ -86,8 +89,10 @@ def check_block(graph, Lq: int, Lk: int, what: str = "pattern") -> Graph:
     if not isinstance(graph, Graph):
         raise TypeError(f"{what} must return a graphattn.Graph, got {type(graph).__name__}")
     if (graph.num_dst, graph.num_src) != (Lq, Lk):
-        raise ValueError(f"{what} gave a graph over ({graph.num_dst} queries, {graph.num_src} keys) for a block of "
-                         f"({Lq} queries, {Lk} keys)")
+        raise ValueError(
+            f"{what} gave a graph over ({graph.num_dst} queries, {graph.num_src} keys) for a block of "
+            f"({Lq} queries, {Lk} keys)"
+        )
     return graph.ensure_valid()
 
 
@@ -157,7 +162,8 @@ def dilated(L: int, window: int, dilation: int, *, causal_only: bool = False, de
 
 def _global_ids(L: int, global_tokens: Union[int, Sequence[int], Tensor]) -> Tensor:
     if isinstance(global_tokens, (list, tuple, range)) or (
-            isinstance(global_tokens, Tensor) and global_tokens.dim() == 1):
+        isinstance(global_tokens, Tensor) and global_tokens.dim() == 1
+    ):
         ids = torch.tensor(_check_lengths("global_tokens", global_tokens), dtype=torch.long).unique()
     else:
         ids = torch.arange(min(_check_len("global_tokens", global_tokens), L))
@@ -166,8 +172,7 @@ def _global_ids(L: int, global_tokens: Union[int, Sequence[int], Tensor]) -> Ten
     return ids
 
 
-def global_local(L: int, window: int, global_tokens: Union[int, Sequence[int], Tensor] = 1, *,
-                 device=None) -> Graph:
+def global_local(L: int, window: int, global_tokens: Union[int, Sequence[int], Tensor] = 1, *, device=None) -> Graph:
     """Sliding window of ``window`` tokens on each side, plus global tokens that
     attend to everything and are attended to by everything (Longformer).
     ``global_tokens`` is a count (the first tokens) or a list of positions."""
@@ -194,11 +199,17 @@ def random(L: int, per_query: int, seed: int = 0, *, Lk: Optional[int] = None, d
     return _from_mask_rows(q, keys.reshape(-1), L, Lk, pattern, device)
 
 
-def bigbird(L: int, window: int, global_tokens: Union[int, Sequence[int]] = 2, random_per_query: int = 3,
-            seed: int = 0, *, device=None) -> Graph:
+def bigbird(
+    L: int,
+    window: int,
+    global_tokens: Union[int, Sequence[int]] = 2,
+    random_per_query: int = 3,
+    seed: int = 0,
+    *,
+    device=None,
+) -> Graph:
     """BigBird's union of a sliding window, global tokens and random keys."""
-    g = union(global_local(L, window, global_tokens, device=device),
-              random(L, random_per_query, seed, device=device))
+    g = union(global_local(L, window, global_tokens, device=device), random(L, random_per_query, seed, device=device))
     g.pattern = Pattern(PatternKind.BIGBIRD, (("window", window), ("random", random_per_query), ("seed", seed)))
     return g
 
@@ -222,8 +233,12 @@ def _kind_of(graph: Graph) -> PatternKind:
     return graph.pattern.kind if graph.pattern is not None else PatternKind.GRAPH
 
 
-def batch(lengths: Sequence[int], pattern: Callable[..., Graph] = complete,
-          key_lengths: Optional[Sequence[int]] = None, **kwargs) -> Graph:
+def batch(
+    lengths: Sequence[int],
+    pattern: Callable[..., Graph] = complete,
+    key_lengths: Optional[Sequence[int]] = None,
+    **kwargs,
+) -> Graph:
     """One block-diagonal graph for a batch of sequences of the given lengths.
 
     ``pattern(L, **kwargs)`` (or ``pattern(Lq, Lk, **kwargs)`` when ``key_lengths``
@@ -249,8 +264,9 @@ def batch(lengths: Sequence[int], pattern: Callable[..., Graph] = complete,
     row = torch.cat(rows) if rows else torch.empty(0, dtype=torch.long)
     col = torch.cat(cols) if cols else torch.empty(0, dtype=torch.long)
     params = tuple(block_params) + ((("key_lengths", tuple(klens)),) if key_lengths is not None else ())
-    return Graph.from_trusted_edges(col, row, k_off, q_off,
-                                    pattern=Pattern(kind or PatternKind.COMPLETE, params, tuple(lengths)))
+    return Graph.from_trusted_edges(
+        col, row, k_off, q_off, pattern=Pattern(kind or PatternKind.COMPLETE, params, tuple(lengths))
+    )
 
 
 def lengths_from_padding_mask(key_padding_mask: Tensor) -> Tensor:
@@ -266,8 +282,9 @@ def lengths_from_padding_mask(key_padding_mask: Tensor) -> Tensor:
     return lengths
 
 
-def pack(x: Tensor, lengths: Optional[Union[Tensor, Sequence[int]]] = None,
-         key_padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+def pack(
+    x: Tensor, lengths: Optional[Union[Tensor, Sequence[int]]] = None, key_padding_mask: Optional[Tensor] = None
+) -> Tuple[Tensor, Tensor]:
     """``(B, L, ...)`` padded -> ``(sum(lengths), ...)`` packed, with the lengths."""
     if x.dim() < 2:
         raise ValueError(f"x must be a padded (B, L, ...) tensor, got shape {tuple(x.shape)}")
@@ -277,8 +294,9 @@ def pack(x: Tensor, lengths: Optional[Union[Tensor, Sequence[int]]] = None,
             lengths = [L] * B
         else:
             if tuple(key_padding_mask.shape) != (B, L):
-                raise ValueError(f"key_padding_mask has shape {tuple(key_padding_mask.shape)} but x's batch is "
-                                 f"{(B, L)}")
+                raise ValueError(
+                    f"key_padding_mask has shape {tuple(key_padding_mask.shape)} but x's batch is {(B, L)}"
+                )
             lengths = lengths_from_padding_mask(key_padding_mask)
     lengths = _check_lengths("lengths", lengths)
     if len(lengths) != B:
@@ -290,8 +308,9 @@ def pack(x: Tensor, lengths: Optional[Union[Tensor, Sequence[int]]] = None,
     return x[mask], lengths
 
 
-def unpack(packed: Tensor, lengths: Union[Tensor, Sequence[int]], max_len: Optional[int] = None,
-           padding_value: float = 0.0) -> Tensor:
+def unpack(
+    packed: Tensor, lengths: Union[Tensor, Sequence[int]], max_len: Optional[int] = None, padding_value: float = 0.0
+) -> Tensor:
     """``(sum(lengths), ...)`` packed -> ``(B, max_len, ...)`` padded."""
     if packed.dim() < 1:
         raise ValueError("packed must be a (sum(lengths), ...) tensor, got a scalar")
@@ -316,9 +335,11 @@ def graph_sizes(batch: Optional[Tensor], num_nodes: int) -> Tensor:
     if batch is None:
         return torch.tensor([num_nodes], dtype=torch.long)
     if not isinstance(batch, Tensor) or batch.dim() != 1 or batch.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"batch must be a 1-D int64 tensor (node -> graph), got "
-                         f"{getattr(batch, 'dtype', type(batch).__name__)} "
-                         f"of shape {tuple(getattr(batch, 'shape', ()))}")
+        raise ValueError(
+            f"batch must be a 1-D int64 tensor (node -> graph), got "
+            f"{getattr(batch, 'dtype', type(batch).__name__)} "
+            f"of shape {tuple(getattr(batch, 'shape', ()))}"
+        )
     if batch.numel() != num_nodes:
         raise ValueError(f"batch has {batch.numel()} entries for {num_nodes} nodes")
     if num_nodes == 0:
@@ -331,7 +352,7 @@ def graph_sizes(batch: Optional[Tensor], num_nodes: int) -> Tensor:
     return torch.bincount(b)
 
 
-def complete_per_graph(batch: Optional[Tensor], num_nodes: int, *, max_edges: int = 2 ** 31 - 1) -> Graph:
+def complete_per_graph(batch: Optional[Tensor], num_nodes: int, *, max_edges: int = 2**31 - 1) -> Graph:
     """Block-diagonal complete graph: node ``i`` attends to every node of its own
     graph (itself included) and to none of the others, with no padding.
 
@@ -347,9 +368,11 @@ def complete_per_graph(batch: Optional[Tensor], num_nodes: int, *, max_edges: in
     device = batch.device if isinstance(batch, Tensor) else None
     num_edges = int((sizes * sizes).sum())
     if num_edges > max_edges:
-        raise ValueError(f"complete attention over these graphs needs {num_edges:,} edges (largest graph "
-                         f"{int(sizes.max()):,} nodes), more than max_edges={max_edges:,}; use "
-                         f"patterns.sparse_global (expander edges + virtual nodes) for graphs this large")
+        raise ValueError(
+            f"complete attention over these graphs needs {num_edges:,} edges (largest graph "
+            f"{int(sizes.max()):,} nodes), more than max_edges={max_edges:,}; use "
+            f"patterns.sparse_global (expander edges + virtual nodes) for graphs this large"
+        )
     lengths = tuple(int(n) for n in sizes.tolist())
 
     def build() -> Tuple[Tensor, Tensor]:
@@ -358,12 +381,14 @@ def complete_per_graph(batch: Optional[Tensor], num_nodes: int, *, max_edges: in
         degree = n.repeat_interleave(n)  # every node receives from its whole graph
         rowptr = torch.cat([degree.new_zeros(1), degree.cumsum(0)])
         # Row i holds first_node[i], first_node[i] + 1, ...: a running count minus where the row starts.
-        col = torch.arange(num_edges, device=device) + torch.repeat_interleave(first_node - rowptr[:-1], degree,
-                                                                               output_size=num_edges)
+        col = torch.arange(num_edges, device=device) + torch.repeat_interleave(
+            first_node - rowptr[:-1], degree, output_size=num_edges
+        )
         return rowptr, col
 
-    return Graph.from_csr_builder(num_nodes, num_edges, build, device=device,
-                                  pattern=Pattern(PatternKind.COMPLETE, (), lengths))
+    return Graph.from_csr_builder(
+        num_nodes, num_edges, build, device=device, pattern=Pattern(PatternKind.COMPLETE, (), lengths)
+    )
 
 
 def _within_graph_permutation(sizes: Tensor, gen: torch.Generator) -> Tensor:
@@ -413,8 +438,9 @@ def virtual_nodes(batch: Optional[Tensor], num_nodes: int, per_graph: int = 1) -
     num_graphs, total = sizes.numel(), num_nodes + sizes.numel() * per_graph
     graph_of_node = torch.repeat_interleave(torch.arange(num_graphs), sizes)
     real = torch.arange(num_nodes).repeat_interleave(per_graph)
-    virtual = num_nodes + graph_of_node.repeat_interleave(per_graph) * per_graph + torch.arange(per_graph).repeat(
-        num_nodes)
+    virtual = (
+        num_nodes + graph_of_node.repeat_interleave(per_graph) * per_graph + torch.arange(per_graph).repeat(num_nodes)
+    )
     vv = num_nodes + torch.arange(num_graphs * per_graph)
     v_src = vv.view(num_graphs, per_graph, 1).expand(-1, -1, per_graph).reshape(-1)
     v_dst = vv.view(num_graphs, 1, per_graph).expand(-1, per_graph, -1).reshape(-1)
@@ -424,8 +450,15 @@ def virtual_nodes(batch: Optional[Tensor], num_nodes: int, per_graph: int = 1) -
     return _unique_edges(src, dst, total, pattern, device)
 
 
-def sparse_global(batch: Optional[Tensor], num_nodes: int, edge_index: Optional[Tensor] = None, *,
-                  degree: int = 4, virtual_per_graph: int = 1, seed: int = 0) -> Graph:
+def sparse_global(
+    batch: Optional[Tensor],
+    num_nodes: int,
+    edge_index: Optional[Tensor] = None,
+    *,
+    degree: int = 4,
+    virtual_per_graph: int = 1,
+    seed: int = 0,
+) -> Graph:
     """Exphormer's sparse global pattern over ``num_nodes + num_graphs *
     virtual_per_graph`` nodes: the local ``edge_index`` (if given), expander edges
     of ``degree`` inside each graph and ``virtual_per_graph`` virtual nodes per
@@ -441,6 +474,10 @@ def sparse_global(batch: Optional[Tensor], num_nodes: int, edge_index: Optional[
     src = torch.cat([g.col.cpu() for g in parts])
     dst = torch.cat([g.row.cpu() for g in parts])
     device = batch.device if isinstance(batch, Tensor) else (edge_index.device if edge_index is not None else None)
-    params = (("degree", degree), ("virtual_per_graph", virtual_per_graph), ("seed", seed),
-              ("local", edge_index is not None))
+    params = (
+        ("degree", degree),
+        ("virtual_per_graph", virtual_per_graph),
+        ("seed", seed),
+        ("local", edge_index is not None),
+    )
     return _unique_edges(src, dst, total, Pattern(PatternKind.SPARSE_GLOBAL, params, tuple(sizes.tolist())), device)

@@ -6,6 +6,7 @@ absolute count when an ``int``) and a ``seed``; the same arguments give the same
 Graph perturbations treat ``edge_index`` as undirected by default (both directions are
 inserted or removed together), as Planetoid graphs are.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,8 +49,13 @@ def _real(name: str, value, low: float = -math.inf, high: float = math.inf, low_
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     value = float(value)
     if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
-        where = f"in {'(' if low_open else '['}{low}, {high}]" if math.isfinite(high) else \
-            f"{'>' if low_open else '>='} {low}" if math.isfinite(low) else "finite"
+        where = (
+            f"in {'(' if low_open else '['}{low}, {high}]"
+            if math.isfinite(high)
+            else f"{'>' if low_open else '>='} {low}"
+            if math.isfinite(low)
+            else "finite"
+        )
         raise ValueError(f"{name} must be a finite number {where}, got {value}")
     return value
 
@@ -62,7 +68,7 @@ def _positive(name: str, value) -> int:
 
 def _check_seed(seed) -> int:
     """What ``torch.Generator.manual_seed`` takes: an integer in ``[-2**63, 2**64)``."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not -2 ** 63 <= seed < 2 ** 64:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
         raise ValueError(f"seed must be an integer in [-2**63, 2**64), got {seed!r}")
     return seed
 
@@ -77,14 +83,16 @@ def _check_edges(edge_index: Tensor, num_nodes: int) -> None:
     if not isinstance(edge_index, Tensor):
         raise TypeError(f"edge_index must be an integer [2, E] tensor, got {type(edge_index).__name__}")
     if edge_index.dim() != 2 or edge_index.size(0) != 2 or edge_index.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"edge_index must be an integer [2, E] tensor, got "
-                         f"{edge_index.dtype} {tuple(edge_index.shape)}")
+        raise ValueError(
+            f"edge_index must be an integer [2, E] tensor, got {edge_index.dtype} {tuple(edge_index.shape)}"
+        )
     if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
         raise ValueError(f"edge_index has node ids outside [0, {num_nodes})")
 
 
-def insert_random_edges(edge_index: Tensor, num_nodes: int, budget: Budget, seed: int = 0,
-                        undirected: bool = True) -> Tuple[Tensor, Tensor]:
+def insert_random_edges(
+    edge_index: Tensor, num_nodes: int, budget: Budget, seed: int = 0, undirected: bool = True
+) -> Tuple[Tensor, Tensor]:
     """Add ``budget`` random new edges (no self-loops, none already present).
 
     Returns ``(new_edge_index, inserted)``: the original edges followed by the inserted
@@ -123,11 +131,12 @@ def insert_random_edges(edge_index: Tensor, num_nodes: int, budget: Budget, seed
     return torch.cat([edge_index, new], dim=1), new
 
 
-def delete_random_edges(edge_index: Tensor, budget: Budget, seed: int = 0,
-                        undirected: bool = True) -> Tuple[Tensor, Tensor]:
+def delete_random_edges(
+    edge_index: Tensor, budget: Budget, seed: int = 0, undirected: bool = True
+) -> Tuple[Tensor, Tensor]:
     """Remove ``budget`` random edges (undirected: an edge and its reverse together).
     Returns ``(new_edge_index, removed)`` with the kept edges in their original order."""
-    _check_edges(edge_index, 2 ** 62)  # the type and shape first (the count comes from the ids)
+    _check_edges(edge_index, 2**62)  # the type and shape first (the count comes from the ids)
     num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
     _check_edges(edge_index, max(num_nodes, 1))
     _check_seed(seed), _check_flag("undirected", undirected)
@@ -150,18 +159,24 @@ def delete_random_edges(edge_index: Tensor, budget: Budget, seed: int = 0,
 def feature_noise(x: Tensor, scale: float, seed: int = 0, relative: bool = True) -> Tensor:
     """``x + N(0, sigma^2)`` with ``sigma = scale * x.std()`` (``relative``) or ``scale``."""
     if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor (noise on integers would be rounded away), got "
-                        f"{x.dtype if isinstance(x, Tensor) else type(x).__name__}")
+        raise TypeError(
+            f"x must be a floating-point tensor (noise on integers would be rounded away), got "
+            f"{x.dtype if isinstance(x, Tensor) else type(x).__name__}"
+        )
     scale = _real("scale", scale, low=0.0)
     _check_seed(seed), _check_flag("relative", relative)
     if relative and scale and x.numel() < 2:
-        raise ValueError(f"relative noise scales by x.std(), which needs at least 2 elements (x has {x.numel()}); "
-                         f"pass relative=False for an absolute scale")
+        raise ValueError(
+            f"relative noise scales by x.std(), which needs at least 2 elements (x has {x.numel()}); "
+            f"pass relative=False for an absolute scale"
+        )
     g = torch.Generator().manual_seed(seed)
     sigma = scale * float(x.float().std()) if relative and scale else scale
     if not math.isfinite(sigma):
-        raise ValueError("relative noise scales by x.std(), which is not finite (x holds NaN or inf); pass "
-                         "relative=False for an absolute scale")
+        raise ValueError(
+            "relative noise scales by x.std(), which is not finite (x holds NaN or inf); pass "
+            "relative=False for an absolute scale"
+        )
     return x + sigma * torch.randn(x.shape, generator=g).to(x.device, x.dtype)
 
 
@@ -171,9 +186,19 @@ def _norm_adj(A: Tensor) -> Tensor:
     return d.unsqueeze(1) * A * d.unsqueeze(0)
 
 
-def gradient_attack(x: Tensor, edge_index: Tensor, y: Tensor, train_mask: Tensor, target_mask: Tensor,
-                    budget: Budget, seed: int = 0, steps: int = 20, surrogate_epochs: int = 200,
-                    lr: float = 0.01, weight_decay: float = 5e-4) -> Tuple[Tensor, Dict[str, Tensor]]:
+def gradient_attack(
+    x: Tensor,
+    edge_index: Tensor,
+    y: Tensor,
+    train_mask: Tensor,
+    target_mask: Tensor,
+    budget: Budget,
+    seed: int = 0,
+    steps: int = 20,
+    surrogate_epochs: int = 200,
+    lr: float = 0.01,
+    weight_decay: float = 5e-4,
+) -> Tuple[Tensor, Dict[str, Tensor]]:
     """Greedy gradient-based edge-flip attack (evasion) on a linearised two-layer GCN
     surrogate, :math:`\\text{softmax}(\\hat A^2 X W)` (Wu et al. 2019's SGC; the surrogate of
     Zügner et al.'s Nettack/Metattack).
@@ -248,19 +273,24 @@ def gradient_attack(x: Tensor, edge_index: Tensor, y: Tensor, train_mask: Tensor
 
     def as_index(keys):
         keys = torch.tensor(sorted(keys), dtype=torch.long)
-        return (both_directions(torch.stack([keys // N, keys % N])) if keys.numel()
-                else torch.empty(2, 0, dtype=torch.long))
+        return (
+            both_directions(torch.stack([keys // N, keys % N])) if keys.numel() else torch.empty(2, 0, dtype=torch.long)
+        )
 
     dev = edge_index.device
-    return both_directions(new_pairs).to(dev), {"inserted": as_index(new - old).to(dev),
-                                                "removed": as_index(old - new).to(dev)}
+    return both_directions(new_pairs).to(dev), {
+        "inserted": as_index(new - old).to(dev),
+        "removed": as_index(old - new).to(dev),
+    }
 
 
 def _check_attack_inputs(x: Tensor, y: Tensor, train_mask: Tensor, target_mask: Tensor) -> int:
     """The node count, after checking the features, labels and masks against it."""
     if not isinstance(x, Tensor) or x.dim() != 2 or not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point [num_nodes, features] tensor, got "
-                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        raise ValueError(
+            f"x must be a floating-point [num_nodes, features] tensor, got "
+            f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
+        )
     N = x.size(0)
     if not isinstance(y, Tensor) or y.shape != (N,) or y.dtype != torch.long or (N and int(y.min()) < 0):
         raise ValueError(f"y must be a long [{N}] tensor of class ids >= 0")
@@ -274,8 +304,10 @@ def _check_ids(ids: Tensor, rate, seed, **ids_args) -> float:
     """Token perturbations: ``ids`` a ``(B, L)`` integer tensor, ``rate`` in [0, 1], the seed,
     and every other id argument a non-negative integer (None where allowed)."""
     if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.is_floating_point() or ids.dtype == torch.bool:
-        raise ValueError(f"ids must be a (batch, length) integer tensor, got "
-                         f"{f'{ids.dtype} {tuple(ids.shape)}' if isinstance(ids, Tensor) else type(ids).__name__}")
+        raise ValueError(
+            f"ids must be a (batch, length) integer tensor, got "
+            f"{f'{ids.dtype} {tuple(ids.shape)}' if isinstance(ids, Tensor) else type(ids).__name__}"
+        )
     for name, value in ids_args.items():
         if value is not None:
             _check_count(name, value)
@@ -290,8 +322,9 @@ def _token_positions(ids: Tensor, pad_id: int, protect: Sequence[int]) -> Tensor
     return ok
 
 
-def token_dropout(ids: Tensor, rate: float, seed: int = 0, pad_id: int = 0, unk_id: Optional[int] = None,
-                  protect: Sequence[int] = ()) -> Tensor:
+def token_dropout(
+    ids: Tensor, rate: float, seed: int = 0, pad_id: int = 0, unk_id: Optional[int] = None, protect: Sequence[int] = ()
+) -> Tensor:
     """Drop a ``rate`` fraction of each sequence's real tokens (not padding, not ``protect``):
     replaced by ``unk_id``, or removed and the row left-compacted (padding at the end) when
     ``unk_id`` is None. ``ids``: ``(B, L)`` long."""
@@ -304,12 +337,13 @@ def token_dropout(ids: Tensor, rate: float, seed: int = 0, pad_id: int = 0, unk_
     out = torch.full_like(ids, pad_id)
     for r in range(ids.size(0)):
         kept = ids[r][(ids[r] != pad_id) & ~drop[r]]
-        out[r, :kept.numel()] = kept
+        out[r, : kept.numel()] = kept
     return out
 
 
-def token_substitution(ids: Tensor, rate: float, vocab_size: int, seed: int = 0, pad_id: int = 0,
-                       protect: Sequence[int] = (), low: int = 0) -> Tensor:
+def token_substitution(
+    ids: Tensor, rate: float, vocab_size: int, seed: int = 0, pad_id: int = 0, protect: Sequence[int] = (), low: int = 0
+) -> Tensor:
     """Replace a ``rate`` fraction of the real tokens by uniformly random ids in
     ``[low, vocab_size)`` (set ``low`` past the special tokens)."""
     rate = _check_ids(ids, rate, seed, pad_id=pad_id, vocab_size=vocab_size, low=low)
@@ -332,8 +366,10 @@ def attention_on_edges(edge_index: Tensor, weights: Tensor, edges: Tensor, num_n
     _check_edges(edge_index, num_nodes)
     _check_edges(edges, num_nodes)
     if not isinstance(weights, Tensor) or weights.dim() == 0 or weights.size(0) != edge_index.size(1):
-        raise ValueError(f"weights must have one row per edge of edge_index ({edge_index.size(1)}), got "
-                         f"{tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__}")
+        raise ValueError(
+            f"weights must have one row per edge of edge_index ({edge_index.size(1)}), got "
+            f"{tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__}"
+        )
     if edges.numel() == 0:
         return {"mass": 0.0, "uniform": 0.0, "nodes": 0}
     key = edge_index[0] * num_nodes + edge_index[1]
@@ -346,5 +382,8 @@ def attention_on_edges(edge_index: Tensor, weights: Tensor, edges: Tensor, num_n
     affected = n_hit > 0
     if not bool(affected.any()):
         return {"mass": 0.0, "uniform": 0.0, "nodes": 0}
-    return {"mass": float(mass[affected].mean()), "uniform": float((n_hit[affected] / deg[affected]).mean()),
-            "nodes": int(affected.sum())}
+    return {
+        "mass": float(mass[affected].mean()),
+        "uniform": float((n_hit[affected] / deg[affected]).mean()),
+        "nodes": int(affected.sum()),
+    }

@@ -1,5 +1,6 @@
 """Run by tests/test_add_score_kind.py on a patched copy of the package: the new ``relu_add``
 op on the backend named in argv, against a hand-written oracle (outputs, weights, gradients)."""
+
 import sys
 from pathlib import Path
 
@@ -38,8 +39,16 @@ def main(backend: str) -> None:
     assert {"reference", "cpu", "triton"} <= set(ops.available_backends("relu_add")), ops.available_backends()
     dtype, tol = (torch.float32, 1e-4) if backend == "triton" else (torch.float64, 1e-10)
     edge_index, t = inputs(dtype)
-    got = functional.relu_add_attention(t["x_src"], t["x_dst"], t["att"], t["value"], Graph.from_edge_index(
-        edge_index, N), edge_bias=t["edge_bias"], return_weights=True, backend=backend)
+    got = functional.relu_add_attention(
+        t["x_src"],
+        t["x_dst"],
+        t["att"],
+        t["value"],
+        Graph.from_edge_index(edge_index, N),
+        edge_bias=t["edge_bias"],
+        return_weights=True,
+        backend=backend,
+    )
     assert ops.last_backend("relu_add") == backend
     want = oracle(t["x_src"], t["x_dst"], t["att"], t["value"], t["edge_bias"], edge_index)
     for name, a, b in zip(("out", "alpha"), got, want):

@@ -11,11 +11,18 @@ import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
-    "ci", max_examples=25, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture], derandomize=True
+    "ci",
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    derandomize=True,
 )
-settings.register_profile("dev", max_examples=60, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.register_profile(
+    "dev",
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
@@ -46,8 +53,11 @@ def random_graph(num_src, num_dst, num_edges, *, seed=0, self_loops=True, duplic
 # the list. The reason is asked for when a test is set up, never at collection: asking the
 # CPU backend builds its extension.
 def pytest_configure(config):
-    config.addinivalue_line("markers", "needs_backend(name): skip, with the backend's own reason, where backend "
-                                       "`name` cannot run the tests' calls (CPU tensors, the backend forced)")
+    config.addinivalue_line(
+        "markers",
+        "needs_backend(name): skip, with the backend's own reason, where backend "
+        "`name` cannot run the tests' calls (CPU tensors, the backend forced)",
+    )
 
 
 def needs_backend(name):

@@ -17,6 +17,7 @@ Verdicts, one JSON line per case on stdout:
 Before each case the worker prints ``start <seed>`` to stderr, so a run killed by a
 signal names the case that killed it. ``python tests/fuzz_worker.py START COUNT BACKENDS``.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,13 +74,26 @@ def make_case(seed: int):
     ns = int(torch.randint(0, 9, (1,), generator=rng))
     nd = int(torch.randint(0, 9, (1,), generator=rng)) if bipartite else ns
     E = int(torch.randint(0, 25, (1,), generator=rng)) if ns and nd else 0
-    hostile_graph = _pick(rng, ["none", "none", "sorted", "out_of_range_src", "out_of_range_dst", "negative",
-                                "int32", "noncontiguous", "huge_nodes", "graph_fewer_nodes"])
+    hostile_graph = _pick(
+        rng,
+        [
+            "none",
+            "none",
+            "sorted",
+            "out_of_range_src",
+            "out_of_range_dst",
+            "negative",
+            "int32",
+            "noncontiguous",
+            "huge_nodes",
+            "graph_fewer_nodes",
+        ],
+    )
     ei = _index_tensor(rng, ns, nd, E, hostile_graph)
     as_graph = bool(torch.randint(0, 2, (1,), generator=rng)) or hostile_graph in ("huge_nodes", "graph_fewer_nodes")
     gns, gnd = ns, nd
     if hostile_graph == "huge_nodes":
-        gns = 10 ** 9 if bipartite else ns
+        gns = 10**9 if bipartite else ns
         gnd = nd
     graph_like = ei
     if as_graph:
@@ -127,8 +141,11 @@ def make_case(seed: int):
         tensors = dict(scores=tensor("edge", (H,), "scores", tgt))
     elif op == "gat":
         tgt = _pick(rng, ["score_src", "score_dst", "value", "edge_score"])
-        tensors = dict(score_src=tensor("src", (H,), "score_src", tgt), score_dst=tensor("dst", (H,), "score_dst", tgt),
-                       value=tensor("src", (H, C), "value", tgt))
+        tensors = dict(
+            score_src=tensor("src", (H,), "score_src", tgt),
+            score_dst=tensor("dst", (H,), "score_dst", tgt),
+            value=tensor("src", (H, C), "value", tgt),
+        )
         if bool(torch.randint(0, 2, (1,), generator=rng)):
             tensors["score_dst"] = None
         if bool(torch.randint(0, 2, (1,), generator=rng)):
@@ -144,8 +161,11 @@ def make_case(seed: int):
         kwargs = dict(dropout=dropout)
     else:
         tgt = _pick(rng, ["query", "key", "value", "edge_bias", "edge_key"])
-        tensors = dict(query=tensor("dst", (H, C), "query", tgt), key=tensor("src", (H, C), "key", tgt),
-                       value=tensor("src", (H, C + 1), "value", tgt))
+        tensors = dict(
+            query=tensor("dst", (H, C), "query", tgt),
+            key=tensor("src", (H, C), "key", tgt),
+            value=tensor("src", (H, C + 1), "value", tgt),
+        )
         if bool(torch.randint(0, 2, (1,), generator=rng)):
             tensors["edge_bias"] = tensor("edge", (H,), "edge_bias", tgt)
         if bool(torch.randint(0, 2, (1,), generator=rng)):
@@ -153,33 +173,55 @@ def make_case(seed: int):
         kwargs = dict(dropout=dropout, scale=_pick(rng, [None] * 4 + [0.5, math.nan]))
     if kwargs.get("dropout", 0.0) != 0.0:
         kwargs["training"] = False  # dropout out of domain must raise even when inactive
-    desc = dict(seed=seed, op=op, graph=hostile_graph, as_graph=isinstance(graph_like, Graph), ns=ns, nd=nd, E=E,
-                H=H, C=C, dtype=str(dtype), special=special, wrong=wrong, target=tgt,
-                kwargs={k: str(v) for k, v in kwargs.items()})
+    desc = dict(
+        seed=seed,
+        op=op,
+        graph=hostile_graph,
+        as_graph=isinstance(graph_like, Graph),
+        ns=ns,
+        nd=nd,
+        E=E,
+        H=H,
+        C=C,
+        dtype=str(dtype),
+        special=special,
+        wrong=wrong,
+        target=tgt,
+        kwargs={k: str(v) for k, v in kwargs.items()},
+    )
     return op, graph_like, tensors, kwargs, desc
 
 
 def call(op, graph_like, tensors, kwargs, backend):
     """Run the op on ``backend`` with gradients: ``(outputs, weights, input grads)``."""
-    leaves = {k: (v.detach().clone().requires_grad_(True) if isinstance(v, torch.Tensor) and v.is_floating_point()
-                  else v) for k, v in tensors.items()}
+    leaves = {
+        k: (v.detach().clone().requires_grad_(True) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+        for k, v in tensors.items()
+    }
     if op == "edge_softmax":
         out = ops.edge_softmax(leaves["scores"], graph_like, backend=backend)
         alpha = None
     else:
         fn = {"gat": ops.gat_attention, "gatv2": ops.gatv2_attention, "dot_product": ops.dot_product_attention}[op]
-        names = {"gat": ("score_src", "score_dst", "value"), "gatv2": ("x_src", "x_dst", "att"),
-                 "dot_product": ("query", "key", "value")}[op]
+        names = {
+            "gat": ("score_src", "score_dst", "value"),
+            "gatv2": ("x_src", "x_dst", "att"),
+            "dot_product": ("query", "key", "value"),
+        }[op]
         extra = {k: v for k, v in leaves.items() if k not in names}
-        out, alpha = fn(*(leaves[n] for n in names), graph_like, return_weights=True, backend=backend,
-                        **extra, **kwargs)
+        out, alpha = fn(
+            *(leaves[n] for n in names), graph_like, return_weights=True, backend=backend, **extra, **kwargs
+        )
     weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
     grads = []
     if out.requires_grad:
         (out * weights).sum().backward()
         # no gradient (None) means zeros, whichever backend says it which way
-        grads = [torch.zeros_like(v) if v.grad is None else v.grad
-                 for v in leaves.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+        grads = [
+            torch.zeros_like(v) if v.grad is None else v.grad
+            for v in leaves.values()
+            if isinstance(v, torch.Tensor) and v.requires_grad
+        ]
     return out.detach(), alpha, grads
 
 
@@ -222,19 +264,26 @@ def judge(seed: int, backends):
             return {**verdict, "verdict": "fail", "why": f"reference raised {ref[1]}: {ref[2]}"}
         for b, r in results.items():
             if r != ref:
-                return {**verdict, "verdict": "fail", "why": f"{b} gave {r[:3] if r[0] == 'error' else 'a result'}, "
-                                                            f"reference raised {ref[1]}: {ref[2]}"}
+                return {
+                    **verdict,
+                    "verdict": "fail",
+                    "why": f"{b} gave {r[:3] if r[0] == 'error' else 'a result'}, reference raised {ref[1]}: {ref[2]}",
+                }
         return {**verdict, "verdict": "raise", "error": f"{ref[1]}: {ref[2]}"}
     tol = 1e-4 if ref[1][0].dtype == torch.float32 else 1e-9
-    finite_inputs = [t[torch.isfinite(t)].abs() for t in tensors.values()
-                     if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()]
+    finite_inputs = [
+        t[torch.isfinite(t)].abs()
+        for t in tensors.values()
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()
+    ]
     magnitude = max([float(t.max()) for t in finite_inputs if t.numel()] + [0.0]) ** 2
     for b, r in results.items():
         if r[0] == "error":
             return {**verdict, "verdict": "fail", "why": f"{b} raised {r[1]}: {r[2]} where reference returned"}
         (o1, a1, g1), (o2, a2, g2) = ref[1], r[1]
         for what, x, y in [("output", o1, o2), ("weights", a1, a2)] + [
-                (f"grad {i}", x, y) for i, (x, y) in enumerate(zip(g1, g2))]:
+            (f"grad {i}", x, y) for i, (x, y) in enumerate(zip(g1, g2))
+        ]:
             why = differs(None if x is None else x.detach(), None if y is None else y.detach(), tol, magnitude)
             if why:
                 return {**verdict, "verdict": "fail", "why": f"{b} {what}: {why}"}

@@ -1,5 +1,6 @@
 """Killed runs for the resume tests: a script's function raises KeyboardInterrupt at
 its n-th call, as if the process were stopped there."""
+
 import pytest
 
 

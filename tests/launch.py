@@ -1,4 +1,5 @@
 """Start an example under torchrun with 2 CPU processes (gloo), as a user would."""
+
 import os
 import socket
 import subprocess
@@ -16,8 +17,16 @@ def _free_port() -> int:
 
 def torchrun(script: str, args, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}",
-           f"--master_port={_free_port()}", str(ROOT / "examples" / script), *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={_free_port()}",
+        str(ROOT / "examples" / script),
+        *map(str, args),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc

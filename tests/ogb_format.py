@@ -1,5 +1,6 @@
 """Write small node- and graph-property datasets in OGB's on-disk layout, so that the
 OGB examples run end to end through ogb's own dataset classes without the real data."""
+
 import gzip
 from pathlib import Path
 
@@ -25,8 +26,15 @@ def _csv(path: Path, rows) -> None:
 def write_ogbn(root: Path, name: str, num_nodes: int = 400, seed: int = 0) -> Path:
     """A learnable graph (a contextual SBM: labels predictable from features and
     neighbours) with OGB's file names, OGB's class count and a train/valid/test split."""
-    g = contextual_sbm(num_nodes=num_nodes, num_classes=5, num_features=16, train_per_class=40,
-                       num_val=num_nodes // 5, num_test=num_nodes // 4, seed=seed)
+    g = contextual_sbm(
+        num_nodes=num_nodes,
+        num_classes=5,
+        num_features=16,
+        train_per_class=40,
+        num_val=num_nodes // 5,
+        num_test=num_nodes // 4,
+        seed=seed,
+    )
     folder = Path(root) / name.replace("-", "_")
     (folder / "RELEASE_v1.txt").parent.mkdir(parents=True, exist_ok=True)
     (folder / "RELEASE_v1.txt").write_text("test copy in OGB's layout\n")
@@ -46,8 +54,10 @@ def write_ogbn(root: Path, name: str, num_nodes: int = 400, seed: int = 0) -> Pa
 
 
 # Label columns and task kinds of the graph-property datasets ``write_ogbg`` writes.
-GRAPH_TASKS = {"ogbg-molbbbp": ("p_np", "binary"), "ogbg-molesol": ("measured log solubility in mols per litre",
-                                                                     "regression")}
+GRAPH_TASKS = {
+    "ogbg-molbbbp": ("p_np", "binary"),
+    "ogbg-molesol": ("measured log solubility in mols per litre", "regression"),
+}
 CARBON, NITROGEN, OXYGEN = 5, 6, 7  # OGB's first atom feature is the atomic number minus one
 
 
@@ -103,11 +113,14 @@ def write_ogbg(root: Path, name: str, num_graphs: int = 300, seed: int = 0, unla
     _csv(raw / "graph-label.csv.gz", label_text)
     order = torch.randperm(num_graphs, generator=g)
     n_train, n_valid = int(0.8 * num_graphs), int(0.1 * num_graphs)
-    parts = {"train": order[:n_train], "valid": order[n_train:n_train + n_valid], "test": order[n_train + n_valid:]}
+    parts = {"train": order[:n_train], "valid": order[n_train : n_train + n_valid], "test": order[n_train + n_valid :]}
     for key, idx in parts.items():
         _csv(folder / "split" / "scaffold" / f"{key}.csv.gz", idx.sort().values.numpy())
-    _csv(folder / "mapping" / "mol.csv.gz", [[label_column, "mol_id"]] + [[t, f"synthetic-{i}"]
-                                                                        for i, t in enumerate(label_text)])
-    (folder / "mapping" / "README.md").write_text("# ogbg-mol (synthetic test copy)\n\nmol.csv.gz: label, mol_id "
-                                                  "(no SMILES: the molecules are random graphs).\n")
+    _csv(
+        folder / "mapping" / "mol.csv.gz",
+        [[label_column, "mol_id"]] + [[t, f"synthetic-{i}"] for i, t in enumerate(label_text)],
+    )
+    (folder / "mapping" / "README.md").write_text(
+        "# ogbg-mol (synthetic test copy)\n\nmol.csv.gz: label, mol_id (no SMILES: the molecules are random graphs).\n"
+    )
     return folder

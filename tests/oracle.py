@@ -1,5 +1,6 @@
 """An independent oracle: attention computed destination by destination with
 torch.softmax over each node's in-edge list (no scatter, no CSR)."""
+
 import torch
 import torch.nn.functional as F
 

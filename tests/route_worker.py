@@ -22,6 +22,7 @@ One JSON line per case on stdout; ``start <index> <id>`` on stderr before each, 
 process killed by a signal names its case. ``python tests/route_worker.py BACKENDS
 [--size default|slow] [--from K]``; ``--list`` prints the plan without running it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,9 +52,9 @@ TINY_DROPOUT = 1e-12  # dropout in effect, but no edge is ever dropped: comparab
 # ------------------------------------------------------------------ entry points
 @dataclass(frozen=True)
 class Entry:
-    op: str                      # the dispatcher's op
+    op: str  # the dispatcher's op
     fn: Callable
-    spec: OpSpec                 # its tensors: rows and trailing dims (as _inputs describes them)
+    spec: OpSpec  # its tensors: rows and trailing dims (as _inputs describes them)
     additive: Optional[str] = None  # the per-edge score term a -inf masks an edge with
     out_rows: str = "dst"
 
@@ -81,8 +82,12 @@ ENTRIES: Dict[str, Entry] = {
     "gat": Entry("gat", ops.gat_attention, _inputs.GAT, "edge_score"),
     "gatv2": Entry("gatv2", ops.gatv2_attention, _inputs.GATV2),
     "dot_product": Entry("dot_product", ops.dot_product_attention, _inputs.DOT_PRODUCT, "edge_bias"),
-    "score_attention": Entry("dot_product", ops.score_attention, OpSpec("score_attention", (
-        _SCORES, TensorArg("value", "src", ("heads", "channels")), _MASK)), "scores"),
+    "score_attention": Entry(
+        "dot_product",
+        ops.score_attention,
+        OpSpec("score_attention", (_SCORES, TensorArg("value", "src", ("heads", "channels")), _MASK)),
+        "scores",
+    ),
 }
 
 
@@ -90,7 +95,7 @@ ENTRIES: Dict[str, Entry] = {
 class Route:
     entry: str
     backend: str
-    path: str = ""               # one of dense.ROUTES for the dense backend
+    path: str = ""  # one of dense.ROUTES for the dense backend
 
     def __str__(self) -> str:
         return "/".join(x for x in (self.entry, self.backend, self.path) if x)
@@ -102,8 +107,12 @@ PATHS = {"dense": dense.ROUTES}
 
 def routes() -> List[Route]:
     """Every route, from the dispatcher's registry and the dense paths."""
-    return [Route(e, b, p) for e, entry in ENTRIES.items() for b in _dispatch.available_backends(entry.op)
-            for p in PATHS.get(b, ("",))]
+    return [
+        Route(e, b, p)
+        for e, entry in ENTRIES.items()
+        for b in _dispatch.available_backends(entry.op)
+        for p in PATHS.get(b, ("",))
+    ]
 
 
 # ------------------------------------------------------------------ logical graphs
@@ -117,7 +126,7 @@ _EDGES: Dict[str, Tuple[torch.Tensor, int, int]] = {}
 @dataclass(frozen=True)
 class Family:
     name: str
-    build: Callable[[], Graph]   # the graph as its builder makes it (a pattern graph carries its pattern)
+    build: Callable[[], Graph]  # the graph as its builder makes it (a pattern graph carries its pattern)
     lazy: Optional[Callable[[], Graph]] = None  # the same graph built lazily (edges on first use)
     sizes: Tuple[Tuple[str, int], ...] = tuple(SIZES.items())
 
@@ -178,12 +187,19 @@ _FLEX = {
 PATTERN_FAMILIES: Dict[Tuple[str, str], Tuple[Family, ...]] = {
     ("dense", "sdpa"): tuple(_SDPA[k] for k in dense.DENSE_KINDS if k in _SDPA),
     ("dense", "band"): (Family("band", lambda: patterns.sliding_window(70, 40, 30), sizes=tuple(WIDE.items())),),
-    ("dense", "grouped"): (Family("grouped", lambda: patterns.batch([64, 66], patterns.complete),
-                                  lazy=_per_graph([64, 66]), sizes=tuple(WIDE.items())),),
+    ("dense", "grouped"): (
+        Family(
+            "grouped",
+            lambda: patterns.batch([64, 66], patterns.complete),
+            lazy=_per_graph([64, 66]),
+            sizes=tuple(WIDE.items()),
+        ),
+    ),
     ("flex", ""): tuple(_FLEX[k] for k in flex.FLEX_KINDS if k in _FLEX),
 }
-MISSING_KINDS = ([f"dense/sdpa pattern kind {k!r}" for k in dense.DENSE_KINDS if k not in _SDPA]
-                 + [f"flex pattern kind {k!r}" for k in flex.FLEX_KINDS if k not in _FLEX])
+MISSING_KINDS = [f"dense/sdpa pattern kind {k!r}" for k in dense.DENSE_KINDS if k not in _SDPA] + [
+    f"flex pattern kind {k!r}" for k in flex.FLEX_KINDS if k not in _FLEX
+]
 FAMILIES = {f.name: f for f in SPARSE_FAMILIES + tuple(itertools.chain(*PATTERN_FAMILIES.values()))}
 
 
@@ -205,8 +221,15 @@ def _uncoalesced(fam, ei, ns, nd, gen):
 
 def _handmade(fam, ei, ns, nd, gen):
     g = fam.build()
-    return Graph(g.rowptr.clone(), g.col.clone(), g.row.clone(), None if g.perm is None else g.perm.clone(),
-                 g.num_src, g.num_dst, pattern=g.pattern)
+    return Graph(
+        g.rowptr.clone(),
+        g.col.clone(),
+        g.row.clone(),
+        None if g.perm is None else g.perm.clone(),
+        g.num_src,
+        g.num_dst,
+        pattern=g.pattern,
+    )
 
 
 FORMS: Dict[str, Callable] = {
@@ -242,24 +265,34 @@ def form_takes(form: str, fam: Family) -> bool:
 @dataclass(frozen=True)
 class Exclusion:
     reason: str
-    declined: bool = False       # the dispatcher declines the pair: a probe case checks that it does
+    declined: bool = False  # the dispatcher declines the pair: a probe case checks that it does
 
 
-_NO_PATTERN = Exclusion("this form carries no pattern (or, reordered, refuses one), so the pattern backend "
-                        "declines it; the sparse routes run it", declined=True)
+_NO_PATTERN = Exclusion(
+    "this form carries no pattern (or, reordered, refuses one), so the pattern backend "
+    "declines it; the sparse routes run it",
+    declined=True,
+)
 # (form, entry / backend / dense path) -> why no case runs there
 FORM_EXCLUSIONS: Dict[Tuple[str, str], Exclusion] = {
     **{(f, b): _NO_PATTERN for f in NO_PATTERN_FORMS for b in ("dense", "flex")},
-    **{("dst_index", e): Exclusion("only edge_softmax takes a bare destination index") for e in ENTRIES
-       if e != "edge_softmax"},
-    **{(f, "edge_softmax"): Exclusion("edge_softmax takes a Graph or a destination index, not an edge_index")
-       for f in EDGE_INDEX_FORMS},
+    **{
+        ("dst_index", e): Exclusion("only edge_softmax takes a bare destination index")
+        for e in ENTRIES
+        if e != "edge_softmax"
+    },
+    **{
+        (f, "edge_softmax"): Exclusion("edge_softmax takes a Graph or a destination index, not an edge_index")
+        for f in EDGE_INDEX_FORMS
+    },
     ("dst_index", "cpu"): Exclusion("the CPU kernel needs a Graph's CSR rows, not a bare index", declined=True),
     ("graph_lazy", "band"): Exclusion("only complete blocks are built lazily (complete_per_graph), never a band"),
 }
 ROUTE_EXCLUSIONS: Dict[Tuple[str, str], Exclusion] = {
-    ("score_attention", b): Exclusion("score_attention's scores are a per-edge term, which the pattern backends "
-                                      "decline", declined=True) for b in ("dense", "flex")
+    ("score_attention", b): Exclusion(
+        "score_attention's scores are a per-edge term, which the pattern backends decline", declined=True
+    )
+    for b in ("dense", "flex")
 }
 # backends that need something a machine may lack: only these may be unavailable
 OPTIONAL_BACKENDS = {"cpu": "a C++ compiler", "triton": "triton (interpreted on CPU)", "scatter": "torch-scatter"}
@@ -279,15 +312,24 @@ def form_exclusion(route: Route, form: str) -> Optional[Exclusion]:
 
 
 # ------------------------------------------------------------------ variants and hostile values
-VARIANT_VALUES = {"weights": (False, True), "edge_terms": (False, True), "dropout": ("off", "inactive", "tiny"),
-                  "mask": (False, True), "optional": (True, False)}
+VARIANT_VALUES = {
+    "weights": (False, True),
+    "edge_terms": (False, True),
+    "dropout": ("off", "inactive", "tiny"),
+    "mask": (False, True),
+    "optional": (True, False),
+}
 
 
 def variant_axes(entry: Entry) -> Dict[str, tuple]:
     """The variant axes an entry point has: from its signature and its input description."""
-    axes = {"weights": entry.takes("return_weights"), "dropout": entry.takes("dropout"),
-            "mask": entry.takes("edge_mask"), "edge_terms": bool(entry.edge_terms),
-            "optional": any(a.optional and a.rows != "edge" for a in entry.spec.tensors)}
+    axes = {
+        "weights": entry.takes("return_weights"),
+        "dropout": entry.takes("dropout"),
+        "mask": entry.takes("edge_mask"),
+        "edge_terms": bool(entry.edge_terms),
+        "optional": any(a.optional and a.rows != "edge" for a in entry.spec.tensors),
+    }
     return {k: VARIANT_VALUES[k] for k, on in axes.items() if on}
 
 
@@ -324,8 +366,11 @@ def needs(entry: Entry, hostile: tuple) -> dict:
 
 def gives_num_dst(entry: Entry, variant: dict) -> bool:
     """Whether a call tells the op its destination count (a destination-side input or argument)."""
-    return entry.takes("num_dst") or entry.takes("num_nodes") or any(
-        a.rows == "dst" and (not a.optional or variant.get("optional", True)) for a in entry.spec.tensors)
+    return (
+        entry.takes("num_dst")
+        or entry.takes("num_nodes")
+        or any(a.rows == "dst" and (not a.optional or variant.get("optional", True)) for a in entry.spec.tensors)
+    )
 
 
 def description(entry: Entry, graph: Optional[Graph], variant: dict, dtype, sizes: dict) -> dict:
@@ -333,23 +378,38 @@ def description(entry: Entry, graph: Optional[Graph], variant: dict, dtype, size
     if entry.op == "edge_softmax":
         return dict(device=CPU, dtype=dtype, graph=graph)
     symbols = {s for a in entry.spec.tensors for s in a.dims}
-    return dict(device=CPU, dtype=dtype, graph=graph, dropout=TINY_DROPOUT if variant.get("dropout") == "tiny" else 0.0,
-                need_weights=variant.get("weights", False),
-                has_edge_terms=entry.always_edge_terms or variant.get("edge_terms", False),
-                has_edge_mask=variant.get("mask", False), heads=sizes["heads"],
-                channels=sizes["channels"] if "channels" in symbols else None)
+    return dict(
+        device=CPU,
+        dtype=dtype,
+        graph=graph,
+        dropout=TINY_DROPOUT if variant.get("dropout") == "tiny" else 0.0,
+        need_weights=variant.get("weights", False),
+        has_edge_terms=entry.always_edge_terms or variant.get("edge_terms", False),
+        has_edge_mask=variant.get("mask", False),
+        heads=sizes["heads"],
+        channels=sizes["channels"] if "channels" in symbols else None,
+    )
 
 
 def decline(route: Route, graph: Optional[Graph], variant: dict, dtype, sizes: dict) -> Optional[str]:
     op = ENTRIES[route.entry].op
     return _dispatch._REGISTRY[op][route.backend].refusal(  # prepare included: a kernel that cannot be built declines
-        True, op, description(ENTRIES[route.entry], graph, variant, dtype, sizes))
+        True, op, description(ENTRIES[route.entry], graph, variant, dtype, sizes)
+    )
 
 
 # ------------------------------------------------------------------ the plan
 def _case(route, form, fam, hostile, variant, dtype, seed, expect="agree") -> dict:
-    return dict(route=[route.entry, route.backend, route.path], form=form, family=fam.name, hostile=list(hostile),
-                variant=variant, dtype=str(dtype).replace("torch.", ""), seed=seed, expect=expect)
+    return dict(
+        route=[route.entry, route.backend, route.path],
+        form=form,
+        family=fam.name,
+        hostile=list(hostile),
+        variant=variant,
+        dtype=str(dtype).replace("torch.", ""),
+        seed=seed,
+        expect=expect,
+    )
 
 
 class _Planner:
@@ -377,8 +437,12 @@ class _Planner:
             return False  # DENSE_DROPOUT_GRAD's reason; tests/test_dense_nonfinite.py checks the warning
         if form in EDGE_INDEX_FORMS and not fam.square and not gives_num_dst(self.entry, variant):
             return False  # nothing says there are more destinations than sources: square, by convention
-        return (form_takes(form, fam) and all(variant.get(k) == v for k, v in req["variant"].items())
-                and (not req["edges"] or fam.edges()[0].size(1) > 0) and self.accepts(fam, variant))
+        return (
+            form_takes(form, fam)
+            and all(variant.get(k) == v for k, v in req["variant"].items())
+            and (not req["edges"] or fam.edges()[0].size(1) > 0)
+            and self.accepts(fam, variant)
+        )
 
     def pick(self, i, form, hostile, vs, fams=None) -> Optional[tuple]:
         """The first family and variant, cycling from ``i``, that fit the form and the hostile value."""
@@ -395,8 +459,11 @@ class _Planner:
     def cases(self) -> List[dict]:
         vs = [v for v in variants(self.entry) if any(self.accepts(f, v) for f in self.fams)]
         some_form = {x.name: next((f for f in self.forms if form_takes(f, x)), None) for x in self.fams}
-        hs = [h for h in hostiles(self.entry, self.backward)
-              if any(some_form[x.name] and self.fits(some_form[x.name], x, h, v) for x in self.fams for v in vs)]
+        hs = [
+            h
+            for h in hostiles(self.entry, self.backward)
+            if any(some_form[x.name] and self.fits(some_form[x.name], x, h, v) for x in self.fams for v in vs)
+        ]
         n = max(len(self.forms), len(self.fams), len(hs), len(vs))
         chosen = []
         for i in range(n * self.reps):
@@ -417,8 +484,13 @@ class _Planner:
         for axis, values in variant_axes(self.entry).items():
             for value in values:
                 if all(c[3].get(axis) != value for c in chosen + extra):
-                    extra += [c for c in (self.pick(0, f, ("clean", "", ""), [v for v in vs if v[axis] == value])
-                                          for f in self.forms) if c][:1]
+                    extra += [
+                        c
+                        for c in (
+                            self.pick(0, f, ("clean", "", ""), [v for v in vs if v[axis] == value]) for f in self.forms
+                        )
+                        if c
+                    ][:1]
         return extra
 
     def declines(self) -> dict:
@@ -453,13 +525,24 @@ def plan(backends, size: str = "default") -> List[dict]:
         fam = planner.fams[0]
         clean = variants(planner.entry)[0]
         if exc is not None:
-            cases.append(_case(route, "graph", fam, ("clean", "", ""), clean, torch.float64, 1,
-                               "declined" if exc.declined else "excluded"))
+            cases.append(
+                _case(
+                    route,
+                    "graph",
+                    fam,
+                    ("clean", "", ""),
+                    clean,
+                    torch.float64,
+                    1,
+                    "declined" if exc.declined else "excluded",
+                )
+            )
             continue
         why = decline(route, fam.build(), clean, torch.float64, dict(fam.sizes))
         if why is not None:
-            cases.append(dict(_case(route, "graph", fam, ("clean", "", ""), clean, torch.float64, 1, "unavailable"),
-                              why=why))
+            cases.append(
+                dict(_case(route, "graph", fam, ("clean", "", ""), clean, torch.float64, 1, "unavailable"), why=why)
+            )
             continue
         cases += planner.cases() + planner.probes()
         cases.append(dict(route=[route.entry, route.backend, route.path], expect="declines", values=planner.declines()))
@@ -494,13 +577,22 @@ def make_inputs(entry: Entry, case: dict, ei, ns: int, nd: int, sizes: dict, gen
     variant, dtype = case["variant"], getattr(torch, case["dtype"])
     tensors = {}
     for arg in entry.spec.tensors:
-        present = (variant.get("mask", False) if arg.name == "edge_mask" else
-                   variant.get("edge_terms", False) if arg.optional and arg.rows == "edge" else
-                   variant.get("optional", True) if arg.optional else True)
+        present = (
+            variant.get("mask", False)
+            if arg.name == "edge_mask"
+            else variant.get("edge_terms", False)
+            if arg.optional and arg.rows == "edge"
+            else variant.get("optional", True)
+            if arg.optional
+            else True
+        )
         if present:
             shape = ([rows[arg.rows]] if arg.rows else []) + [sizes[s] for s in arg.dims]
-            t = torch.rand(shape, generator=gen, dtype=torch.float64) if arg.name == "edge_mask" else \
-                torch.randn(shape, generator=gen, dtype=torch.float64)
+            t = (
+                torch.rand(shape, generator=gen, dtype=torch.float64)
+                if arg.name == "edge_mask"
+                else torch.randn(shape, generator=gen, dtype=torch.float64)
+            )
             tensors[arg.name] = t.to(dtype)
     kind, target, special = case["hostile"]
     arg = next((a for a in entry.spec.tensors if a.name == target), None)
@@ -516,8 +608,13 @@ def call_kwargs(entry: Entry, case: dict, nd: int) -> dict:
     if "weights" in v:
         kw["return_weights"] = v["weights"]
     if "dropout" in v:
-        kw.update({"off": dict(dropout=0.0), "inactive": dict(dropout=0.5, training=False),
-                   "tiny": dict(dropout=TINY_DROPOUT, training=True)}[v["dropout"]])
+        kw.update(
+            {
+                "off": dict(dropout=0.0),
+                "inactive": dict(dropout=0.5, training=False),
+                "tiny": dict(dropout=TINY_DROPOUT, training=True),
+            }[v["dropout"]]
+        )
     if entry.takes("num_dst"):
         kw["num_dst"] = nd
     if entry.takes("num_nodes") and case["form"] == "dst_index":
@@ -542,16 +639,22 @@ def results(out, weights, leaves, upstream: dict, grad: bool) -> Dict[str, torch
         return res
     outs = [(t, upstream[k]) for k, t in (("out", out), ("weights", weights)) if t is not None and t.requires_grad]
     inputs = list(leaves.values())
-    grads = torch.autograd.grad([t for t, _ in outs], inputs, [g for _, g in outs], allow_unused=True) if outs else \
-        [None] * len(inputs)
+    grads = (
+        torch.autograd.grad([t for t, _ in outs], inputs, [g for _, g in outs], allow_unused=True)
+        if outs
+        else [None] * len(inputs)
+    )
     for (name, leaf), g in zip(leaves.items(), grads):
         res[f"grad {name}"] = torch.zeros_like(leaf) if g is None else g
     return res
 
 
 def upstream_grads(entry: Entry, case: dict, ref: dict, ei, gen) -> dict:
-    up = {k: torch.randn(ref[k].shape, generator=gen, dtype=torch.float64).to(ref[k].dtype)
-          for k in ("out", "weights") if k in ref}
+    up = {
+        k: torch.randn(ref[k].shape, generator=gen, dtype=torch.float64).to(ref[k].dtype)
+        for k in ("out", "weights")
+        if k in ref
+    }
     kind, target, special = case["hostile"]
     if kind == "grad":
         rows = entry.out_rows if target == "out" else "edge"
@@ -602,8 +705,10 @@ def judge(case: dict) -> dict:
             forward(entry, route.backend, graph_like, tensors, kwargs, grad=False)
         except ops.BackendDeclined as exc:
             return {"verdict": "declined", "why": str(exc)}
-        return {"verdict": "fail", "why": f"expected {route.backend} to decline this form, but it ran "
-                                          f"({ran_on(route, graph_like)})"}
+        return {
+            "verdict": "fail",
+            "why": f"expected {route.backend} to decline this form, but it ran ({ran_on(route, graph_like)})",
+        }
     grad = route.backend not in NO_CPU_BACKWARD
     ref_out = forward(entry, "reference", Graph.from_edge_index(ei, num_src=ns, num_dst=nd), tensors, kwargs, grad)
     up = upstream_grads(entry, case, results(*ref_out, {}, grad=False), ei, gen)
@@ -639,8 +744,12 @@ def _compare(entry: Entry, case: dict, ref: dict, got: dict, perm) -> str:
 def _ran_check(route: Route, ran: List[str], case: dict, graph_like) -> str:
     if ran != [route.backend, route.path]:
         return f"meant for {route}, ran on {'/'.join(x for x in ran if x)}"
-    if (route.backend == "dense" and case["form"] == "graph_lazy" and case["hostile"][0] == "clean"
-            and graph_like.is_materialized):  # (a NaN or inf may send the call to the sparse kernel)
+    if (
+        route.backend == "dense"
+        and case["form"] == "graph_lazy"
+        and case["hostile"][0] == "clean"
+        and graph_like.is_materialized
+    ):  # (a NaN or inf may send the call to the sparse kernel)
         return "the dense route built the lazy graph's edges"
     return ""
 
@@ -654,7 +763,7 @@ def main(argv) -> int:
     args = p.parse_args(argv[1:])
     torch.set_num_threads(1)
     cases = plan(args.backends.split(","), args.size)
-    for k, case in enumerate(cases[args.start:], start=args.start):
+    for k, case in enumerate(cases[args.start :], start=args.start):
         if args.list or case["expect"] in ("unavailable", "excluded", "declines"):
             print(json.dumps({"index": k, "case": case, "verdict": case["expect"], "why": case.get("why", "")}))
             continue
@@ -662,8 +771,11 @@ def main(argv) -> int:
         try:
             verdict = judge(case)
         except Exception as exc:  # noqa: BLE001 - every escape is a verdict
-            verdict = {"verdict": "fail", "why": f"{type(exc).__name__}: {exc}".splitlines()[0][:400],
-                       "trace": traceback.format_exc(limit=-3)}
+            verdict = {
+                "verdict": "fail",
+                "why": f"{type(exc).__name__}: {exc}".splitlines()[0][:400],
+                "trace": traceback.format_exc(limit=-3),
+            }
         print(json.dumps({"index": k, "case": case, **verdict}), flush=True)
     print(json.dumps({"done": len(cases)}), flush=True)
     return 0

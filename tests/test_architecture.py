@@ -7,6 +7,7 @@ is an edge to the submodule ``pkg.name`` when there is one, else to ``pkg`` itse
 implicit import of a module's parent packages is not an edge (every module would then
 sit in a circle with its package's ``__init__``).
 """
+
 import ast
 from pathlib import Path
 from typing import Dict, List, Set
@@ -17,8 +18,13 @@ PACKAGE = Path(graphattn.__file__).parent
 
 # The modules whose place in the layering this test holds: the graph value and what is
 # built around it (one way: _csr <- _graph_build <- graph <- ordering, patterns).
-GRAPH_MODULES = {"graphattn._csr", "graphattn._graph_build", "graphattn.graph", "graphattn.ordering",
-                 "graphattn.patterns"}
+GRAPH_MODULES = {
+    "graphattn._csr",
+    "graphattn._graph_build",
+    "graphattn.graph",
+    "graphattn.ordering",
+    "graphattn.patterns",
+}
 
 # Circles elsewhere in the package that are known and not fixed yet, each as the sorted
 # modules of one circle. Remove an entry when its circle is broken; add none.
@@ -44,7 +50,7 @@ def _imported(module: str, path: Path, modules: Dict[str, Path]) -> Set[str]:
         if isinstance(node, ast.Import):
             targets.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = package[:len(package) - node.level + 1] if node.level else []
+            base = package[: len(package) - node.level + 1] if node.level else []
             source = ".".join(base + ([node.module] if node.module else []))
             targets.update(f"{source}.{a.name}" if f"{source}.{a.name}" in modules else source for a in node.names)
     return {t for t in targets if t in modules and t != module}

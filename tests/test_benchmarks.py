@@ -2,6 +2,7 @@
 the roofline model and the machine rates it is fed, the median a case reports, the ratios
 and the README tables made from them, the GPS batches, and the case filter (no machine's
 speed is asserted: where timing is checked, the clock is scripted)."""
+
 import itertools
 import json
 import re
@@ -62,8 +63,9 @@ def test_machine_rates_are_bytes_and_flops_over_the_best_of_the_repeats(monkeypa
 
 # The same calls in two orders: the median is then neither always the middle one as measured
 # nor always the first or the last.
-@pytest.mark.parametrize("timed, setups", [([0.9, 0.5, 0.6, 0.3, 2.0], [0.05, 0.01, 0.02]),
-                                           ([0.6, 2.0, 0.3, 0.9, 0.5], [0.02, 0.05, 0.01])])
+@pytest.mark.parametrize(
+    "timed, setups", [([0.9, 0.5, 0.6, 0.3, 2.0], [0.05, 0.01, 0.02]), ([0.6, 2.0, 0.3, 0.9, 0.5], [0.02, 0.05, 0.01])]
+)
 def test_child_reports_the_median_of_its_timed_calls(monkeypatch, timed, setups):
     """After one warm-up and one memory call, the case's time is the median of its timed calls
     (0.6 s: the mean is 0.86 s, the fastest 0.3 s), the set-up time the median of three, and
@@ -102,20 +104,29 @@ def test_child_reports_the_median_of_its_timed_calls(monkeypatch, timed, setups)
 
 def _report(rows):
     machine = {"processor": "x86_64", "cpu_count": 2, "torch_threads": 2, "torch": "2.13.0", "graphattn": "0.1.0"}
-    return {"suite": "cpu", "date": "2026-12-03T00:00:00+00:00", "command": "python benchmarks/run.py cpu",
-            "machine": machine, "cases": run.compare(rows)}
+    return {
+        "suite": "cpu",
+        "date": "2026-12-03T00:00:00+00:00",
+        "command": "python benchmarks/run.py cpu",
+        "machine": machine,
+        "cases": run.compare(rows),
+    }
 
 
 def test_ratios_are_peer_over_graphattn_and_the_table_prints_them():
     case = {"kind": "gat", "mode": "forward", "N": 10, "E": 90}
-    rows = [{"impl": "graphattn", **case, "time_ms": 2.0, "peak_mem_mib": 4.0},
-            {"impl": "pyg", **case, "time_ms": 7.0, "peak_mem_mib": 10.0},
-            {"impl": "pyg_compiled", **case, "error": "compile failed"},
-            {"impl": "graphattn", **case, "N": 20, "time_ms": 1.0, "peak_mem_mib": 1.0}]  # another case
+    rows = [
+        {"impl": "graphattn", **case, "time_ms": 2.0, "peak_mem_mib": 4.0},
+        {"impl": "pyg", **case, "time_ms": 7.0, "peak_mem_mib": 10.0},
+        {"impl": "pyg_compiled", **case, "error": "compile failed"},
+        {"impl": "graphattn", **case, "N": 20, "time_ms": 1.0, "peak_mem_mib": 1.0},
+    ]  # another case
     report = _report(rows)
     cases = report["cases"]
     assert [(c["N"], sorted(k for k in c if k in run.PEER_IMPLS)) for c in cases] == [
-        (10, ["pyg", "pyg_compiled"]), (20, [])]
+        (10, ["pyg", "pyg_compiled"]),
+        (20, []),
+    ]
     pyg, compiled = cases[0]["pyg"], cases[0]["pyg_compiled"]
     assert pyg["speedup"] == pytest.approx(3.5) and pyg["memory_ratio"] == pytest.approx(2.5)
     assert compiled["error"] == "compile failed" and "speedup" not in compiled
@@ -154,8 +165,11 @@ def test_readme_benchmark_tables_are_the_harness_rendering_of_the_results_they_c
     for cited, rows in tables:
         assert cited is not None, rows[0]
         report = json.loads((root / cited).read_text())
-        rendered = [line for line in run.markdown(report).splitlines()
-                    if line.startswith("| ") and not line.startswith("| op |")]
+        rendered = [
+            line
+            for line in run.markdown(report).splitlines()
+            if line.startswith("| ") and not line.startswith("| op |")
+        ]
         assert rows == rendered, cited
 
 
@@ -201,8 +215,17 @@ def test_sequence_forward_backward_case_matches_the_dense_mask():
     the dense-mask peer on the same inputs: their gradients agree."""
     import torch
 
-    spec = {"kind": "seq_op", "pattern": "band", "mode": "forward+backward", "N": 64, "L": 64, "w": 8,
-            "heads": 2, "head_dim": 4, "device": "cpu"}
+    spec = {
+        "kind": "seq_op",
+        "pattern": "band",
+        "mode": "forward+backward",
+        "N": 64,
+        "L": 64,
+        "w": 8,
+        "heads": 2,
+        "head_dim": 4,
+        "device": "cpu",
+    }
     grads = {}
     for impl in ("graphattn", "sdpa"):
         torch.manual_seed(0)
@@ -223,8 +246,9 @@ def test_banded_reference_equals_one_dense_mask():
     L, w = 300, 7
     q, k, v = (torch.randn(L, 2, 4, dtype=torch.float64) for _ in range(3))
     i = torch.arange(L)
-    dense = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-                                           attn_mask=(i[:, None] - i[None, :]).abs() <= w).transpose(0, 1)
+    dense = F.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=(i[:, None] - i[None, :]).abs() <= w
+    ).transpose(0, 1)
     torch.testing.assert_close(run.banded_reference(q, k, v, w, chunk=64), dense)
 
 
@@ -232,13 +256,15 @@ def test_dense_nonfinite_cost_times_the_band_route_with_and_without_its_check(tm
     import dense_nonfinite_cost
 
     out = tmp_path / "cost.json"
-    result = dense_nonfinite_cost.main(["--length", "320", "--window", "64", "--reps", "1", "--threads", "1",
-                                        "--out", str(out)])
+    result = dense_nonfinite_cost.main(
+        ["--length", "320", "--window", "64", "--reps", "1", "--threads", "1", "--out", str(out)]
+    )
     assert json.loads(out.read_text()) == result  # the file holds what was measured
     assert (result["L"], result["window"], result["reps"], result["threads"]) == (320, 64, 1, 1)
     ms = result["median_ms"]
     assert set(ms) == {f"{m}, {how}" for m in ("forward", "forward+backward") for how in ("checked", "route alone")} | {
-        "the check alone (3 sums)"}
+        "the check alone (3 sums)"
+    }
     assert all(t > 0 for t in ms.values())
     for m in ("forward", "forward+backward"):  # the overhead is the checked median over the unchecked one, minus 1
         assert result["overhead"][m] == pytest.approx(ms[f"{m}, checked"] / ms[f"{m}, route alone"] - 1)

@@ -1,5 +1,6 @@
 """The self-check (python -m graphattn.check) and the gradient of returned weights on
 every backend, which the self-check found missing on the fused ones."""
+
 import os
 import subprocess
 import sys
@@ -27,8 +28,13 @@ def test_self_check_runs_every_backend_on_cpu_and_reports_each():
 
 def test_self_check_command_exits_zero_and_prints_the_table():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # as a user runs it: no interpreter
-    proc = subprocess.run([sys.executable, "-m", "graphattn.check", "--device", "cpu", "--dtype", "float64"],
-                          capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "graphattn.check", "--device", "cpu", "--dtype", "float64"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "graphattn self-check on cpu" in proc.stdout and "agree with reference" in proc.stdout
     if not torch.cuda.is_available():  # without a GPU (and the interpreter) Triton says why it cannot run
@@ -42,11 +48,19 @@ def test_a_wrong_backend_is_reported_and_fails_the_check(monkeypatch):
         out, alpha = reference.fn(*args, **kwargs)
         return out * 1.01, alpha
 
-    monkeypatch.setitem(_dispatch._REGISTRY["gat"], "broken",
-                        _dispatch.Backend("broken", off_by_one_percent, _dispatch._accept_all, -100))
-    row = check.check_case("gat", "broken", check.random_graph(50, 300, torch.device("cpu"),
-                                                                torch.Generator().manual_seed(0)),
-                           torch.float64, torch.device("cpu"), 0)
+    monkeypatch.setitem(
+        _dispatch._REGISTRY["gat"],
+        "broken",
+        _dispatch.Backend("broken", off_by_one_percent, _dispatch._accept_all, -100),
+    )
+    row = check.check_case(
+        "gat",
+        "broken",
+        check.random_graph(50, 300, torch.device("cpu"), torch.Generator().manual_seed(0)),
+        torch.float64,
+        torch.device("cpu"),
+        0,
+    )
     assert row["status"] == "MISMATCH" and row["max_abs_diff"] > 1e-3
 
 
@@ -78,6 +92,7 @@ def test_returned_weights_have_the_reference_gradient_on_every_backend(op):
 
 def test_every_op_has_check_inputs_from_its_record_and_an_unknown_op_is_refused():
     from graphattn.ops import _dispatch, _inputs, functional
+
     assert tuple(functional.RECORDS) == tuple(spec.op for spec in _inputs.FUSED)
     assert _dispatch.OPS == ("edge_softmax",) + tuple(functional.RECORDS)
     graph = check.random_graph(20, 60, torch.device("cpu"), torch.Generator().manual_seed(0))

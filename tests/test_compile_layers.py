@@ -2,12 +2,22 @@
 dispatch (backend availability is decided at import, never by an import-system call
 inside a traced function), and the compiled forward and backward equal eager. Run on
 every supported torch (``make test`` and ``make test-compat``)."""
+
 import pytest
 import torch
 
 from graphattn import Graph, patterns
-from graphattn.nn import (AGNNConv, DotProductConv, GATConv, GATv2Conv, GPSConv, GraphTransformerEncoderLayer,
-                          LinearAttention, MultiheadGraphAttention, TransformerConv)
+from graphattn.nn import (
+    AGNNConv,
+    DotProductConv,
+    GATConv,
+    GATv2Conv,
+    GPSConv,
+    GraphTransformerEncoderLayer,
+    LinearAttention,
+    MultiheadGraphAttention,
+    TransformerConv,
+)
 
 from conftest import random_graph
 
@@ -27,6 +37,7 @@ def _graph_case(make, with_edges=True):
         layer = make()
         args = (x, g, ea) if with_edges else (x, g)
         return layer, args
+
     return case
 
 
@@ -39,12 +50,19 @@ def _gps_case():
 def _sequence_case(make):
     def case():
         return make(), (torch.randn(2, 12, 16),) * 3
+
     return case
 
 
 def _encoder_case():
-    layer = GraphTransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True,
-                                         pattern=lambda Lq, Lk: patterns.sliding_window(Lq, 3, 3))
+    layer = GraphTransformerEncoderLayer(
+        16,
+        2,
+        dim_feedforward=32,
+        dropout=0.0,
+        batch_first=True,
+        pattern=lambda Lq, Lk: patterns.sliding_window(Lq, 3, 3),
+    )
     return layer, (torch.randn(2, 12, 16),)
 
 
@@ -56,8 +74,11 @@ CASES = {
     "AGNNConv": _graph_case(lambda: AGNNConv(), with_edges=False),
     "GPSConv": _gps_case,
     "MultiheadGraphAttention": _sequence_case(lambda: MultiheadGraphAttention(16, 2, batch_first=True)),
-    "MultiheadGraphAttention-window": _sequence_case(lambda: MultiheadGraphAttention(
-        16, 2, batch_first=True, pattern=lambda Lq, Lk: patterns.sliding_window(Lq, 2, 2))),
+    "MultiheadGraphAttention-window": _sequence_case(
+        lambda: MultiheadGraphAttention(
+            16, 2, batch_first=True, pattern=lambda Lq, Lk: patterns.sliding_window(Lq, 2, 2)
+        )
+    ),
     "LinearAttention": _sequence_case(lambda: LinearAttention(16, 2, batch_first=True)),
     "GraphTransformerEncoderLayer": _encoder_case,
 }
@@ -68,8 +89,7 @@ CASES = {
 # traced): GPSConv from the values of ``batch`` (which node is in which graph), the sequence
 # layers from a user's pattern callable and the masks' values. The graph layers take a
 # prebuilt Graph and trace whole.
-NOT_FULLGRAPH = {"GPSConv", "MultiheadGraphAttention", "MultiheadGraphAttention-window",
-                 "GraphTransformerEncoderLayer"}
+NOT_FULLGRAPH = {"GPSConv", "MultiheadGraphAttention", "MultiheadGraphAttention-window", "GraphTransformerEncoderLayer"}
 
 
 def _first(out):
@@ -85,12 +105,14 @@ def test_fullgraph_compile_matches_eager(name):
     eager = _first(layer(*args))  # builds cached graphs and patterns outside the compiled region
     compiled = torch.compile(layer, fullgraph=name not in NOT_FULLGRAPH, dynamic=False)
     torch.testing.assert_close(_first(compiled(*args)), eager, atol=1e-5, rtol=1e-5)
-    leaves = [a.detach().clone().requires_grad_(True) if torch.is_tensor(a) and a.is_floating_point() else a
-              for a in args]
+    leaves = [
+        a.detach().clone().requires_grad_(True) if torch.is_tensor(a) and a.is_floating_point() else a for a in args
+    ]
     _first(compiled(*leaves)).sum().backward()
     grads = [a.grad for a in leaves if torch.is_tensor(a) and a.requires_grad]
-    eager_leaves = [a.detach().clone().requires_grad_(True) if torch.is_tensor(a) and a.is_floating_point() else a
-                    for a in args]
+    eager_leaves = [
+        a.detach().clone().requires_grad_(True) if torch.is_tensor(a) and a.is_floating_point() else a for a in args
+    ]
     _first(layer(*eager_leaves)).sum().backward()
     eager_grads = [a.grad for a in eager_leaves if torch.is_tensor(a) and a.requires_grad]
     for got, want in zip(grads, eager_grads):

@@ -2,6 +2,7 @@
 when none can, ``NoBackendAccepts``) carrying the reasons; asking a backend builds
 nothing (the CPU kernel is built by its ``prepare``, only before a call runs on it); the
 build leaves ``PATH`` as it found it; environment switches follow one rule."""
+
 import json
 import os
 import pickle
@@ -22,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _in_subprocess(code: str, env: dict) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **env)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=full_env, capture_output=True, text=True, timeout=600
+    )
 
 
 def _graph() -> Graph:
@@ -36,8 +38,17 @@ def _gat(**kwargs):
 
 def _call(graph: Graph) -> dict:
     """A described GAT call on CPU (the keys the pipeline's ``describe_call`` gives)."""
-    return dict(device=torch.device("cpu"), dtype=torch.float32, graph=graph, dropout=0.0, need_weights=False,
-                has_edge_terms=False, has_edge_mask=False, heads=1, channels=3)
+    return dict(
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        graph=graph,
+        dropout=0.0,
+        need_weights=False,
+        has_edge_terms=False,
+        has_edge_mask=False,
+        heads=1,
+        channels=3,
+    )
 
 
 @pytest.fixture
@@ -64,8 +75,9 @@ def test_a_forced_backend_that_declines_raises_backend_declined_with_its_reason(
     e = info.value
     assert isinstance(e, RuntimeError)
     assert (e.op, e.backend, e.reason) == ("gat", "test-decliner", "never on a Tuesday")
-    assert str(e) == ("backend 'test-decliner' cannot run 'gat' here: never on a Tuesday "
-                      "(device=cpu, dtype=torch.float32)")
+    assert str(e) == (
+        "backend 'test-decliner' cannot run 'gat' here: never on a Tuesday (device=cpu, dtype=torch.float32)"
+    )
     again = pickle.loads(pickle.dumps(e))
     assert (type(again), str(again), again.reason) == (ops.BackendDeclined, str(e), e.reason)
 
@@ -122,7 +134,8 @@ def test_a_backend_is_prepared_before_each_call_it_runs(throwaway):
 
 # ------------------------------------------------------------ the CPU kernel builds only to run
 def test_explain_dispatch_does_not_build_the_cpu_kernel(tmp_path):
-    proc = _in_subprocess("""
+    proc = _in_subprocess(
+        """
         import json, torch
         from graphattn import Graph, ops
         g = Graph.from_edge_index(torch.tensor([[0, 1], [1, 0]]), 2)
@@ -132,7 +145,9 @@ def test_explain_dispatch_does_not_build_the_cpu_kernel(tmp_path):
         answers_es = ops.explain_dispatch("edge_softmax", device=call["device"], dtype=call["dtype"], graph=g)
         print(json.dumps({"gat": answers, "edge_softmax": answers_es, "loaded": ops.cpu._EXT is not None,
                           "known": ops.cpu.known_reason()}))
-    """, {"TORCH_EXTENSIONS_DIR": str(tmp_path), "GRAPHATTN_DISABLE_CPU_KERNEL": "0"})
+    """,
+        {"TORCH_EXTENSIONS_DIR": str(tmp_path), "GRAPHATTN_DISABLE_CPU_KERNEL": "0"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.splitlines()[-1])
     assert not got["loaded"]
@@ -169,7 +184,8 @@ def test_the_cpu_kernel_build_leaves_path_as_it_was():
         pytest.skip(cpu.known_reason())
     bindir = os.path.dirname(sys.executable)
     path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != bindir)
-    proc = _in_subprocess("""
+    proc = _in_subprocess(
+        """
         import json, os
         import torch.utils.cpp_extension as ext
         from graphattn.ops import cpu
@@ -183,7 +199,9 @@ def test_the_cpu_kernel_build_leaves_path_as_it_was():
         before = os.environ["PATH"]
         cpu.load_extension()
         print(json.dumps({"before": before, "during": seen["during"], "after": os.environ["PATH"]}))
-    """, {"PATH": path, "GRAPHATTN_KERNEL_CHECKS": "0"})
+    """,
+        {"PATH": path, "GRAPHATTN_KERNEL_CHECKS": "0"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.splitlines()[-1])
     assert got["after"] == got["before"] == path
@@ -191,9 +209,14 @@ def test_the_cpu_kernel_build_leaves_path_as_it_was():
 
 
 # ------------------------------------------------------------ environment switches
-@pytest.mark.parametrize("switch, variable", [(_env.kernel_checks, "GRAPHATTN_KERNEL_CHECKS"),
-                                              (_env.cpu_kernel_disabled, "GRAPHATTN_DISABLE_CPU_KERNEL"),
-                                              (_env.triton_interpret, "TRITON_INTERPRET")])
+@pytest.mark.parametrize(
+    "switch, variable",
+    [
+        (_env.kernel_checks, "GRAPHATTN_KERNEL_CHECKS"),
+        (_env.cpu_kernel_disabled, "GRAPHATTN_DISABLE_CPU_KERNEL"),
+        (_env.triton_interpret, "TRITON_INTERPRET"),
+    ],
+)
 def test_a_switch_is_on_exactly_when_its_variable_is_1(monkeypatch, switch, variable):
     monkeypatch.delenv(variable, raising=False)
     assert not switch()

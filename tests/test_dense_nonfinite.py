@@ -8,6 +8,7 @@ tile. And the CPU kernel's backward formed the softmax's row term as <d_out, out
 is +-inf where the reference's sum over edges is NaN once d_out holds an inf. Every case
 here compares outputs and every input gradient with ``reference``, NaN and inf in the
 same places, and asserts the route that ran."""
+
 import math
 
 import pytest
@@ -37,8 +38,10 @@ ROUTE_GRAPHS = {
 
 def _inputs(g: Graph):
     gen = torch.Generator().manual_seed(1)
-    return {name: torch.randn(n, H, D, generator=gen, dtype=F64)
-            for name, n in (("q", g.num_dst), ("k", g.num_src), ("v", g.num_src), ("grad", g.num_dst))}
+    return {
+        name: torch.randn(n, H, D, generator=gen, dtype=F64)
+        for name, n in (("q", g.num_dst), ("k", g.num_src), ("v", g.num_src), ("grad", g.num_dst))
+    }
 
 
 def _run(g: Graph, t: dict, backend: str):
@@ -154,6 +157,7 @@ def test_a_nonfinite_gradient_under_dropout_on_a_dense_route_is_said_not_hidden(
         out.backward(t["grad"].index_fill(0, torch.tensor([3]), SPECIALS[special]))
     out = ops.dot_product_attention(q, t["k"], t["v"], g, dropout=0.1, training=True)
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         out.backward(t["grad"])
@@ -175,13 +179,22 @@ def _kernel_cases(g: Graph, N: int, E: int):
 
     C = 4
     return {
-        "gat": (lambda b: lambda s, d, v, es: ops.gat_attention(s, d, v, g, edge_score=es, backend=b),
-                [r(N, H), r(N, H), r(N, H, C), r(E, H)]),
-        "gatv2": (lambda b: lambda xs, xd, att, ef: ops.gatv2_attention(xs, xd, att, g, edge_feat=ef, backend=b),
-                  [r(N, H, C), r(N, H, C), r(H, C), r(E, H, C)]),
-        "dot_product": (lambda b: lambda q, k, v, ek, ev, eb: ops.dot_product_attention(
-            q, k, v, g, edge_key=ek, edge_value=ev, edge_bias=eb, backend=b),
-            [r(N, H, C), r(N, H, C), r(N, H, C), r(E, H, C), r(E, H, C), r(E, H)]),
+        "gat": (
+            lambda b: lambda s, d, v, es: ops.gat_attention(s, d, v, g, edge_score=es, backend=b),
+            [r(N, H), r(N, H), r(N, H, C), r(E, H)],
+        ),
+        "gatv2": (
+            lambda b: lambda xs, xd, att, ef: ops.gatv2_attention(xs, xd, att, g, edge_feat=ef, backend=b),
+            [r(N, H, C), r(N, H, C), r(H, C), r(E, H, C)],
+        ),
+        "dot_product": (
+            lambda b: (
+                lambda q, k, v, ek, ev, eb: ops.dot_product_attention(
+                    q, k, v, g, edge_key=ek, edge_value=ev, edge_bias=eb, backend=b
+                )
+            ),
+            [r(N, H, C), r(N, H, C), r(N, H, C), r(E, H, C), r(E, H, C), r(E, H)],
+        ),
     }
 
 

@@ -152,7 +152,8 @@ def test_scatter_backend_wiring_with_pure_torch_stand_ins_for_its_reductions(mon
     def scatter_max(t, index, n):  # torch_scatter.scatter_max(...)[0]
         calls.append("max")
         return t.new_zeros((n,) + t.shape[1:]).scatter_reduce(
-            0, index.view((-1,) + (1,) * (t.dim() - 1)).expand_as(t), t, reduce="amax", include_self=False)
+            0, index.view((-1,) + (1,) * (t.dim() - 1)).expand_as(t), t, reduce="amax", include_self=False
+        )
 
     def scatter_sum(t, index, n):  # torch_scatter.scatter_add
         calls.append("sum")

@@ -1,5 +1,6 @@
 """The OGB graph-property example end to end, through ogb's own dataset class and
 Evaluator, on small molecule datasets the tests write in OGB's on-disk layout."""
+
 import json
 import math
 import re
@@ -44,14 +45,27 @@ def _check_model_selection(res, metric: str, higher_is_better: bool) -> None:
         assert res["per_run"][run] == history[f"test_{metric}"][val.index(best)]
 
 
-@pytest.mark.parametrize("model, extra", [("gat", ()), ("gatv2", ()), ("transformer", ()),
-                                          ("gps", ("--pe-walk-length", "4"))])
+@pytest.mark.parametrize(
+    "model, extra", [("gat", ()), ("gatv2", ()), ("transformer", ()), ("gps", ("--pe-walk-length", "4"))]
+)
 def test_each_model_learns_the_binary_task(ogb_root, tmp_path, model, extra):
     res = gc.main(_args(ogb_root, tmp_path / "r.json", "--model", model, "--runs", "2", *LEARN, *extra))
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved == json.loads(json.dumps(res))
-    for key in ("dataset", "model", "metric", "mean", "std", "runs", "per_run", "val_rocauc", "config", "seconds",
-                "machine", "device"):
+    for key in (
+        "dataset",
+        "model",
+        "metric",
+        "mean",
+        "std",
+        "runs",
+        "per_run",
+        "val_rocauc",
+        "config",
+        "seconds",
+        "machine",
+        "device",
+    ):
         assert key in saved
     assert saved["dataset"] == "ogbg-molbbbp" and saved["model"] == model and saved["device"] == "cpu"
     assert saved["metric"] == "test_rocauc" and saved["higher_is_better"]
@@ -69,14 +83,13 @@ def test_each_model_learns_the_binary_task(ogb_root, tmp_path, model, extra):
 def test_regression_beats_predicting_the_training_mean(ogb_root, tmp_path):
     from graphattn.train.datasets import load_ogb_graph
 
-    res = gc.main(_args(ogb_root, tmp_path / "r.json", "--dataset", "ogbg-molesol", "--lr", "0.005",
-                        "--epochs", "10"))
+    res = gc.main(_args(ogb_root, tmp_path / "r.json", "--dataset", "ogbg-molesol", "--lr", "0.005", "--epochs", "10"))
     assert res["metric"] == "test_rmse" and not res["higher_is_better"] and res["runs"] == 1
     _check_model_selection(res, "rmse", False)
     dataset, split = load_ogb_graph(str(ogb_root), "ogbg-molesol")
     y = torch.cat([dataset[int(i)].y.view(-1) for i in range(len(dataset))])
-    train_y = y[split["train"][:gc.SMOKE_GRAPHS["train"]]]
-    test_y = y[split["test"][:gc.SMOKE_GRAPHS["test"]]]
+    train_y = y[split["train"][: gc.SMOKE_GRAPHS["train"]]]
+    test_y = y[split["test"][: gc.SMOKE_GRAPHS["test"]]]
     mean_rmse = float(((test_y - train_y.mean()) ** 2).mean().sqrt())
     rmse = res["per_run"][0]
     # The target is linear in the oxygen and nitrogen shares (noise sd 0.1): ~0.28 seen vs ~0.9
@@ -155,8 +168,9 @@ def test_clear_errors(tmp_path, capsys):
 def test_real_molbbbp_smoke(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GRAPHATTN_CACHE", str(tmp_path / "cache"))  # the read-only shared folder is copied there
     res = gc.main(_args(SHARED_OGB, tmp_path / "r.json", "--epochs", "2"))
-    assert "ogbg-molbbbp: 2039 molecules, 1 task(s) (binary classification, scored by rocauc)" in \
-        capsys.readouterr().out
+    assert (
+        "ogbg-molbbbp: 2039 molecules, 1 task(s) (binary classification, scored by rocauc)" in capsys.readouterr().out
+    )
     assert res["dataset"] == "ogbg-molbbbp" and res["runs"] == 1 and 0.0 <= res["per_run"][0] <= 1.0
     assert not (SHARED_OGB / "ogbg_molbbbp" / "processed").exists()
     assert list((tmp_path / "cache").rglob("geometric_data_processed.pt"))

@@ -26,8 +26,21 @@ def _texts(folder: Path):
 
 def _args(tmp_path, *extra):
     train, valid, test = _texts(tmp_path / "data")
-    return ["--train", train, "--valid", valid, "--test", test, "--smoke", "--no-progress", "--device", "cpu",
-            "--out", str(tmp_path / "res.json"), *extra]
+    return [
+        "--train",
+        train,
+        "--valid",
+        valid,
+        "--test",
+        test,
+        "--smoke",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "res.json"),
+        *extra,
+    ]
 
 
 def test_smoke_compares_every_variant(tmp_path):
@@ -69,8 +82,11 @@ def test_sinusoidal_positions_and_learned_option(tmp_path):
     import torch
 
     pe = lm.sinusoidal(10, 8)
-    assert (pe.shape == (10, 8) and torch.allclose(pe[0, 1::2], torch.ones(4))
-            and torch.allclose(pe[0, 0::2], torch.zeros(4)))
+    assert (
+        pe.shape == (10, 8)
+        and torch.allclose(pe[0, 1::2], torch.ones(4))
+        and torch.allclose(pe[0, 0::2], torch.zeros(4))
+    )
     res = lm.main(_args(tmp_path, "--variants", "window", "--positions", "learned"))
     assert res["config"]["positions"] == "learned" and math.isfinite(res["mean"])
     with pytest.raises(SystemExit):

@@ -23,8 +23,19 @@ def _cache(tmp_path_factory, monkeypatch):
 
 
 def _cora(out, *extra):
-    return ["--dataset", "Cora", "--root", str(SHARED / "planetoid"), "--smoke", "--no-progress", "--device", "cpu",
-            "--out", str(out), *extra]
+    return [
+        "--dataset",
+        "Cora",
+        "--root",
+        str(SHARED / "planetoid"),
+        "--smoke",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 @needs_cora
@@ -68,8 +79,20 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
 
 @needs_ddi
 def test_ddi_smoke_with_ogb_split_and_evaluator(tmp_path):
-    res = lp.main(["--dataset", "ogbl-ddi", "--root", str(SHARED / "ogb"), "--smoke", "--no-progress",
-                   "--device", "cpu", "--out", str(tmp_path / "r.json")])
+    res = lp.main(
+        [
+            "--dataset",
+            "ogbl-ddi",
+            "--root",
+            str(SHARED / "ogb"),
+            "--smoke",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert res["dataset"] == "ogbl-ddi" and res["metric"] == "test_hits@20"
     assert 0.0 <= res["mean"] <= 1.0 and "test_hits@10" in res and "val_hits@30" in res
     assert not list((SHARED / "ogb" / "ogbl_ddi").glob("processed"))  # shared data untouched
@@ -107,8 +130,20 @@ def test_link_predictor_shapes_and_checks():
 def test_two_processes_agree_with_one(tmp_path):
     """torchrun, 2 CPU processes: each scores half of every batch's pairs; with the dot
     decoder the losses, scores and chosen epoch equal the single-process run's."""
-    common = ["--dataset", "Cora", "--root", SHARED / "planetoid", "--smoke", "--no-progress", "--device", "cpu",
-              "--epochs", "6", "--decoder", "dot"]
+    common = [
+        "--dataset",
+        "Cora",
+        "--root",
+        SHARED / "planetoid",
+        "--smoke",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--epochs",
+        "6",
+        "--decoder",
+        "dot",
+    ]
     single = lp.main([str(a) for a in common] + ["--out", str(tmp_path / "one.json")])
     torchrun("link_prediction.py", common + ["--out", tmp_path / "two.json"])
     two = json.loads((tmp_path / "two.json").read_text())
@@ -119,8 +154,19 @@ def test_two_processes_agree_with_one(tmp_path):
 
 @needs_cora
 def test_disjoint_supervision_edges_carry_no_messages(monkeypatch):
-    args = lp.parse_args(["--dataset", "Cora", "--root", str(SHARED / "planetoid"), "--smoke", "--disjoint-ratio",
-                          "0.3", "--device", "cpu"])
+    args = lp.parse_args(
+        [
+            "--dataset",
+            "Cora",
+            "--root",
+            str(SHARED / "planetoid"),
+            "--smoke",
+            "--disjoint-ratio",
+            "0.3",
+            "--device",
+            "cpu",
+        ]
+    )
     data = lp.load_data(args, 0)
     seen = {}
 

@@ -1,5 +1,6 @@
 """The OGB node-classification examples end to end, through ogb's own dataset
 classes, on small datasets the tests write in OGB's on-disk layout."""
+
 import json
 import sys
 from pathlib import Path
@@ -44,8 +45,20 @@ def test_arxiv_full_graph_learns_and_writes_results(ogb_root, tmp_path):
 
 @pytest.mark.parametrize("eval_mode", ["full", "sampled"])
 def test_products_sampled_with_graphattn_sampler(ogb_root, tmp_path, eval_mode):
-    res = ogbn_products.main(_args(ogb_root, tmp_path / "r.json", "--sampler", "graphattn", "--epochs", "30",
-                                   "--dropout", "0.2", "--eval-mode", eval_mode))
+    res = ogbn_products.main(
+        _args(
+            ogb_root,
+            tmp_path / "r.json",
+            "--sampler",
+            "graphattn",
+            "--epochs",
+            "30",
+            "--dropout",
+            "0.2",
+            "--eval-mode",
+            eval_mode,
+        )
+    )
     assert res["mode"] == "sampled" and res["mean"] > 0.25, res["per_run"]
 
 
@@ -102,8 +115,18 @@ def test_clear_errors(ogb_root, tmp_path, capsys):
 def test_two_processes_agree_with_one(ogb_root, tmp_path):
     """torchrun with 2 CPU processes (gloo): full-graph data parallelism gives the
     single-process losses and accuracies."""
-    common = ["--root", str(ogb_root), "--smoke", "--no-progress", "--device", "cpu", "--epochs", "5",
-              "--dropout", "0.2"]
+    common = [
+        "--root",
+        str(ogb_root),
+        "--smoke",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--epochs",
+        "5",
+        "--dropout",
+        "0.2",
+    ]
     single = ogbn_arxiv.main(common + ["--out", str(tmp_path / "one.json")])
     torchrun("ogbn_arxiv.py", common + ["--out", tmp_path / "two.json"])
     two = json.loads((tmp_path / "two.json").read_text())

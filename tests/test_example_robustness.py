@@ -12,8 +12,20 @@ from test_example_text_classification import _tsv  # noqa: E402
 
 
 def test_robustness_smoke_writes_curves_and_plot(tmp_path):
-    res = ex.main(["--smoke", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "r.json"),
-                   "--models", "gat,gat-prune", "--attacks", "gradient,random-insert"])
+    res = ex.main(
+        [
+            "--smoke",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "r.json"),
+            "--models",
+            "gat,gat-prune",
+            "--attacks",
+            "gradient,random-insert",
+        ]
+    )
     saved = json.loads((tmp_path / "r.json").read_text())
     for key in ("dataset", "model", "metric", "mean", "std", "runs", "per_run"):
         assert key in saved
@@ -26,8 +38,18 @@ def test_robustness_smoke_writes_curves_and_plot(tmp_path):
 
 
 def test_robustness_resume_skips_finished_models(tmp_path, monkeypatch):
-    args = ["--smoke", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "r.json"), "--models", "gat",
-            "--attacks", "random-delete"]
+    args = [
+        "--smoke",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "r.json"),
+        "--models",
+        "gat",
+        "--attacks",
+        "random-delete",
+    ]
     first = ex.main(args)
     monkeypatch.setattr(ex, "fit_node_classifier", lambda *a, **k: pytest.fail("retrained a finished model"))
     again = ex.main(args + ["--resume"])
@@ -39,8 +61,22 @@ def test_robustness_text_curves(tmp_path):
 
     train, dev = _tsv(tmp_path / "train.tsv", 200), _tsv(tmp_path / "dev.tsv", 40, seed=1)
     tc.main(["--train", train, "--dev", dev, "--smoke", "--no-progress", "--out", str(tmp_path / "tc.json")])
-    res = ex.main(["--smoke", "--no-progress", "--out", str(tmp_path / "r.json"), "--models", "dot", "--attacks",
-                   "feature-noise", "--text-model", str(tmp_path / "tc.model.pt"), "--text-dev", dev])
+    res = ex.main(
+        [
+            "--smoke",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "r.json"),
+            "--models",
+            "dot",
+            "--attacks",
+            "feature-noise",
+            "--text-model",
+            str(tmp_path / "tc.model.pt"),
+            "--text-dev",
+            dev,
+        ]
+    )
     for name in ("token-dropout", "token-substitution"):
         assert set(res["text"][name]) == {"0.0", "0.3"}
         assert 0.0 <= res["text"][name]["0.3"]["acc"] <= 1.0
@@ -58,8 +94,13 @@ def test_visualize_attention_smoke_writes_pictures_and_exports(tmp_path):
     out = tmp_path / "vis"
     summary = va.main(["--smoke", "--out-dir", str(out), "--text-train", train, "--text-dev", dev])
     node = summary["graph"]["node"]
-    for name in (f"cora_neighbourhood_{node}.png", "cora_entropy.png", "sst2_heatmap_0.png", "sst2_heads_0.png",
-                 "sst2_rollout_0.png"):
+    for name in (
+        f"cora_neighbourhood_{node}.png",
+        "cora_entropy.png",
+        "sst2_heatmap_0.png",
+        "sst2_heads_0.png",
+        "sst2_rollout_0.png",
+    ):
         assert (out / name).stat().st_size > 1000, name
     import networkx as nx
 

@@ -30,8 +30,19 @@ def _args(tmp_path, *extra, write=None):
     write = _tsv if write is None else write
     tmp_path.mkdir(parents=True, exist_ok=True)
     train, dev = write(tmp_path / "train.tsv", 240), write(tmp_path / "dev.tsv", 60, seed=1)
-    return ["--train", train, "--dev", dev, "--smoke", "--no-progress", "--device", "cpu",
-            "--out", str(tmp_path / "res.json"), *extra]
+    return [
+        "--train",
+        train,
+        "--dev",
+        dev,
+        "--smoke",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "res.json"),
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("pattern", ["complete", "window"])
@@ -99,8 +110,12 @@ def _string_tsv(path: Path, n: int, seed: int = 0, classes=("LOC", "PER", "ORG",
     import random
 
     rng = random.Random(seed)
-    cue = {"LOC": ["paris", "river"], "PER": ["alice", "doctor"], "ORG": ["company", "bank"],
-           "MISC": ["festival", "award"]}
+    cue = {
+        "LOC": ["paris", "river"],
+        "PER": ["alice", "doctor"],
+        "ORG": ["company", "bank"],
+        "MISC": ["festival", "award"],
+    }
     filler = ["the", "a", "of", "near", "with", "today"]
     lines = ["sentence\tlabel"]
     for _ in range(n):
@@ -160,8 +175,22 @@ def test_integer_labels_beyond_0_1_map_in_numeric_order(tmp_path):
     tmp_path.mkdir(parents=True, exist_ok=True)
     rows = ["sentence\tlabel"] + [f"word{k % 3} filler\t{[10, 2, 7][k % 3]}" for k in range(60)]
     (tmp_path / "t.tsv").write_text("\n".join(rows) + "\n")
-    res = tc.main(["--train", str(tmp_path / "t.tsv"), "--dev", str(tmp_path / "t.tsv"), "--smoke", "--no-progress",
-                   "--device", "cpu", "--out", str(tmp_path / "res.json"), "--runs", "1"])
+    res = tc.main(
+        [
+            "--train",
+            str(tmp_path / "t.tsv"),
+            "--dev",
+            str(tmp_path / "t.tsv"),
+            "--smoke",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "res.json"),
+            "--runs",
+            "1",
+        ]
+    )
     assert res["labels"] == [2, 7, 10]
     model, vocab, cfg = tc.load_classifier(str(tmp_path / "res.model.pt"))
     assert set(tc.predict(model, vocab, cfg, ["word0 filler", "word1 filler"])) <= {2, 7, 10}
@@ -170,8 +199,11 @@ def test_integer_labels_beyond_0_1_map_in_numeric_order(tmp_path):
 def test_label_not_seen_in_training_is_a_clear_error(tmp_path):
     args = _string_args(tmp_path)
     (tmp_path / "dev.tsv").write_text("sentence\tlabel\nin paris\tLOC\nin the sky\tWEATHER\n")
-    with pytest.raises(SystemExit, match=r"dev\.tsv: label 'WEATHER' \(row 2\) was not seen in the training data, "
-                                         r"whose labels are 'LOC', 'MISC', 'ORG', 'PER'"):
+    with pytest.raises(
+        SystemExit,
+        match=r"dev\.tsv: label 'WEATHER' \(row 2\) was not seen in the training data, "
+        r"whose labels are 'LOC', 'MISC', 'ORG', 'PER'",
+    ):
         tc.main(args)
     (tmp_path / "test.tsv").write_text("sentence\tlabel\nin paris\t3\n")
     _string_tsv(tmp_path / "dev.tsv", 20)

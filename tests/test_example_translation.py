@@ -13,8 +13,17 @@ pytest.importorskip("sacrebleu")
 pytest.importorskip("rouge_score")
 pytest.importorskip("tokenizers")
 
-LEX = {"a": "ein", "dog": "Hund", "man": "Mann", "runs": "rennt", "sleeps": "schläft", "red": "roter",
-       "big": "großer", "cat": "Katze", "sits": "sitzt"}
+LEX = {
+    "a": "ein",
+    "dog": "Hund",
+    "man": "Mann",
+    "runs": "rennt",
+    "sleeps": "schläft",
+    "red": "roter",
+    "big": "großer",
+    "cat": "Katze",
+    "sits": "sitzt",
+}
 
 
 def _corpus(folder: Path, gz: bool = True):
@@ -26,8 +35,12 @@ def _corpus(folder: Path, gz: bool = True):
     for split, n in (("train", 300), ("val", 40), ("test_2016_flickr", 30)):
         src, tgt = [], []
         for _ in range(n):
-            s = ["a", rng.choice(["red", "big"]), rng.choice(["dog", "man", "cat"]),
-                 rng.choice(["runs", "sleeps", "sits"])]
+            s = [
+                "a",
+                rng.choice(["red", "big"]),
+                rng.choice(["dog", "man", "cat"]),
+                rng.choice(["runs", "sleeps", "sits"]),
+            ]
             src.append(" ".join(s) + ".")
             tgt.append(" ".join(LEX[w] for w in s) + ".")
         for lang, lines in (("en", src), ("de", tgt)):
@@ -41,8 +54,17 @@ def _corpus(folder: Path, gz: bool = True):
 
 
 def _args(tmp_path, *extra, gz=True):
-    return ["--data", _corpus(tmp_path / "data", gz), "--smoke", "--no-progress", "--device", "cpu",
-            "--out", str(tmp_path / "res.json"), *extra]
+    return [
+        "--data",
+        _corpus(tmp_path / "data", gz),
+        "--smoke",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "res.json"),
+        *extra,
+    ]
 
 
 def test_smoke_writes_scores_for_greedy_and_beam(tmp_path):

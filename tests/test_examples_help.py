@@ -1,6 +1,7 @@
 """Every example answers --help (argparse exits 0 and prints its docstring) and lists every
 flag its source gives argparse; every flag the README's commands and the script's own
 docstring pass it is one it has."""
+
 import ast
 import importlib
 import inspect
@@ -14,8 +15,18 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = ROOT / "examples"
 sys.path.insert(0, str(EXAMPLES_DIR))
 
-EXAMPLES = ["node_classification", "graph_classification", "text_classification", "translation", "language_model",
-            "robustness", "visualize_attention", "link_prediction", "ogbn_arxiv", "ogbn_products"]
+EXAMPLES = [
+    "node_classification",
+    "graph_classification",
+    "text_classification",
+    "translation",
+    "language_model",
+    "robustness",
+    "visualize_attention",
+    "link_prediction",
+    "ogbn_arxiv",
+    "ogbn_products",
+]
 
 FLAG = re.compile(r"(?<![\w-])--[a-z][\w-]*")
 OPTION_LINE = re.compile(r"^  (?:-\w(?: \S+)?, )?(--[a-z][\w-]*)")  # how argparse lists an option
@@ -39,8 +50,10 @@ def _added(tree):
     flags = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument":
-            if any(k.arg == "help" and isinstance(k.value, ast.Attribute) and k.value.attr == "SUPPRESS"
-                   for k in node.keywords):
+            if any(
+                k.arg == "help" and isinstance(k.value, ast.Attribute) and k.value.attr == "SUPPRESS"
+                for k in node.keywords
+            ):
                 continue
             flags |= {a.value for a in node.args if isinstance(a, ast.Constant) and str(a.value).startswith("--")}
     return flags
@@ -80,7 +93,7 @@ def _commands(text, name):
     lines = text.splitlines()
     for i, line in enumerate(lines):
         for m in re.finditer(rf"examples/{name}\.py", line):
-            rest, j = line[m.end():], i
+            rest, j = line[m.end() :], i
             while rest.rstrip().endswith("\\") and j + 1 < len(lines):
                 j += 1
                 rest = rest.rstrip()[:-1] + " " + lines[j]

@@ -1,4 +1,5 @@
 """The training harness raises exceptions; only scripts exit."""
+
 import argparse
 
 import pytest

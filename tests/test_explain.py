@@ -1,4 +1,5 @@
 """graphattn.explain: captured weights equal returned ones; summaries on hand-computed cases."""
+
 import csv
 import math
 import threading
@@ -9,8 +10,14 @@ from torch import nn
 
 from graphattn import explain, ops, patterns
 from graphattn.explain import AttentionRecord
-from graphattn.nn import (DotProductConv, GATConv, GATv2Conv, GraphTransformerEncoderLayer, LinearAttention,
-                          MultiheadGraphAttention)
+from graphattn.nn import (
+    DotProductConv,
+    GATConv,
+    GATv2Conv,
+    GraphTransformerEncoderLayer,
+    LinearAttention,
+    MultiheadGraphAttention,
+)
 from graphattn.nn._base import capturing
 
 
@@ -77,8 +84,9 @@ def test_sequence_layers_give_dense_maps_equal_to_need_weights():
 
 def test_encoder_layer_with_dense_path_is_captured_and_output_unchanged():
     torch.manual_seed(0)
-    layer = GraphTransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True,
-                                         pattern=lambda q, k: patterns.sliding_window(q, 2, 2)).eval()
+    layer = GraphTransformerEncoderLayer(
+        16, 2, 32, dropout=0.0, batch_first=True, pattern=lambda q, k: patterns.sliding_window(q, 2, 2)
+    ).eval()
     x = torch.randn(2, 9, 16)
     ref = layer(x)
     with explain.capture(layer) as cap:
@@ -112,8 +120,9 @@ def test_nothing_recorded_outside_the_context_and_unknown_name():
 
 def _rec(edges, weights, n, seq_shape=None):
     ei = torch.tensor(edges).t()
-    return AttentionRecord("hand", "test", ei, torch.tensor(weights, dtype=torch.float).view(len(edges), -1), n, n,
-                           seq_shape)
+    return AttentionRecord(
+        "hand", "test", ei, torch.tensor(weights, dtype=torch.float).view(len(edges), -1), n, n, seq_shape
+    )
 
 
 def test_entropy_hand_computed():
@@ -171,8 +180,9 @@ def test_plots_write_files(tmp_path):
     x, ei = _graph()
     with explain.capture(model) as cap:
         model(x, ei)
-    explain.plot_neighbourhood(cap["conv1"], 0, hops=2, labels=torch.arange(12) % 3, injected=ei[:, :2],
-                               path=tmp_path / "n.png")
+    explain.plot_neighbourhood(
+        cap["conv1"], 0, hops=2, labels=torch.arange(12) % 3, injected=ei[:, :2], path=tmp_path / "n.png"
+    )
     explain.plot_entropy_histograms(cap.records, path=tmp_path / "e.png")
     mha = MultiheadGraphAttention(8, 2, batch_first=True).eval()
     with explain.capture() as cap2:
@@ -236,8 +246,11 @@ def _self_attend(mha, *_):
 THREAD_CASES = {
     "GATConv": (lambda: GATConv(8, 4, heads=2), "gat_attention", lambda m, x, ei: m(x, ei)),
     "DotProductConv": (lambda: DotProductConv(8, 4, heads=2), "dot_product_attention", lambda m, x, ei: m(x, ei)),
-    "MultiheadGraphAttention": (lambda: MultiheadGraphAttention(8, 2, batch_first=True), "dot_product_attention",
-                                _self_attend),
+    "MultiheadGraphAttention": (
+        lambda: MultiheadGraphAttention(8, 2, batch_first=True),
+        "dot_product_attention",
+        _self_attend,
+    ),
 }
 
 

@@ -1,6 +1,7 @@
 """The hostile-input fuzz suite (tests/fuzz_worker.py) across backends, each batch of
 cases in a subprocess: a case that crashed the process (a segfault in a kernel) fails
 this test and names the case, instead of killing the test run."""
+
 import collections
 import json
 import os
@@ -18,11 +19,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _fuzz(start: int, count: int, backends: str, **env) -> list:
     full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **env)
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz_worker.py"), str(start), str(count), backends],
-                          env=full_env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "fuzz_worker.py"), str(start), str(count), backends],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     started = [line for line in proc.stderr.splitlines() if line.startswith("start ")]
-    assert proc.returncode == 0, (f"the fuzz worker died (exit {proc.returncode}) during case "
-                                  f"{started[-1] if started else '?'}:\n{proc.stderr[-3000:]}")
+    assert proc.returncode == 0, (
+        f"the fuzz worker died (exit {proc.returncode}) during case "
+        f"{started[-1] if started else '?'}:\n{proc.stderr[-3000:]}"
+    )
     verdicts = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(verdicts) == count
     failures = [f"{v['case']}: {v['why']}" for v in verdicts if v["verdict"] == "fail"]
@@ -58,8 +66,10 @@ def test_fuzz_bounds_checked_kernel():
     _check_coverage(_fuzz(600, 300, "reference,cpu", GRAPHATTN_KERNEL_CHECKS="1"))
 
 
-@pytest.mark.skipif(not triton_backend.is_available() or os.environ.get("TRITON_INTERPRET") != "1",
-                    reason="triton not installed or not interpreting")
+@pytest.mark.skipif(
+    not triton_backend.is_available() or os.environ.get("TRITON_INTERPRET") != "1",
+    reason="triton not installed or not interpreting",
+)
 def test_fuzz_triton_interpreter():
     verdicts = _fuzz(1000, 160, "reference,triton", TRITON_INTERPRET="1")
     assert collections.Counter(v["verdict"] for v in verdicts)["agree"] > 20

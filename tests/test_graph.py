@@ -116,8 +116,11 @@ def test_int32_index_accepted_and_widened():
         (lambda: Graph.from_edge_index(torch.zeros(3, 4, dtype=torch.long)), ValueError, r"shape \[2, num_edges\]"),
         (lambda: Graph.from_edge_index(torch.tensor([[0, -1], [1, 0]])), ValueError, "negative source"),
         (lambda: Graph.from_edge_index(torch.tensor([[0, 1], [1, -3]])), ValueError, "negative destination"),
-        (lambda: Graph.from_edge_index(torch.tensor([[0, 7], [1, 0]]), 5), ValueError,
-         "source index 7, out of range for 5"),
+        (
+            lambda: Graph.from_edge_index(torch.tensor([[0, 7], [1, 0]]), 5),
+            ValueError,
+            "source index 7, out of range for 5",
+        ),
         (lambda: Graph.from_edge_index(torch.tensor([[0, 1], [9, 0]]), (5, 4)), ValueError, "destination index 9"),
         (lambda: Graph.from_edge_index(torch.tensor([[0], [1]]), -2), ValueError, "non-negative"),
         (

@@ -1,5 +1,6 @@
 """Graph-level patterns from a PyG batch vector, the grouped dense path, and GPSConv
 (parity with PyG's GPSConv on batches of unequal graphs)."""
+
 import copy
 import gc
 import math
@@ -32,8 +33,9 @@ def ring_edges(sizes):
 
 def dense_adjacency(graph):
     adj = torch.zeros(graph.num_dst, graph.num_src, dtype=torch.long)
-    adj.index_put_((graph.edge_index[1], graph.edge_index[0]), torch.ones(graph.num_edges, dtype=torch.long),
-                   accumulate=True)
+    adj.index_put_(
+        (graph.edge_index[1], graph.edge_index[0]), torch.ones(graph.num_edges, dtype=torch.long), accumulate=True
+    )
     return adj
 
 
@@ -55,12 +57,15 @@ def test_complete_per_graph_without_batch_is_one_graph():
     assert graph.num_edges == 25 and graph.pattern.batch == (5,)
 
 
-@pytest.mark.parametrize("batch, message", [
-    (torch.tensor([0, 1, 0]), "sorted"),
-    (torch.tensor([0, 0]), "2 entries for 3 nodes"),
-    (torch.tensor([-1, 0, 0]), "negative"),
-    (torch.tensor([0.0, 0.0, 0.0]), "int64"),
-])
+@pytest.mark.parametrize(
+    "batch, message",
+    [
+        (torch.tensor([0, 1, 0]), "sorted"),
+        (torch.tensor([0, 0]), "2 entries for 3 nodes"),
+        (torch.tensor([-1, 0, 0]), "negative"),
+        (torch.tensor([0.0, 0.0, 0.0]), "int64"),
+    ],
+)
 def test_bad_batch_vectors_are_named(batch, message):
     with pytest.raises(ValueError, match=message):
         patterns.complete_per_graph(batch, 3)
@@ -146,10 +151,13 @@ def test_the_dense_path_never_builds_the_edges():
     assert graph.is_materialized and weights.shape == (6 * 400 + 2 * 90_000, 2)
 
 
-@pytest.mark.parametrize("sizes, reason", [
-    (list(range(64, 64 + dense.MAX_GROUPS + 1)), "distinct sizes"),
-    ([10, 30, 25, 12, 40], "sparse kernel is faster"),  # molecule-sized graphs
-])
+@pytest.mark.parametrize(
+    "sizes, reason",
+    [
+        (list(range(64, 64 + dense.MAX_GROUPS + 1)), "distinct sizes"),
+        ([10, 30, 25, 12, 40], "sparse kernel is faster"),  # molecule-sized graphs
+    ],
+)
 def test_other_complete_batches_take_the_sparse_kernel_and_say_why(sizes, reason):
     batch = batch_of(sizes)
     graph = patterns.complete_per_graph(batch, batch.numel())
@@ -183,9 +191,16 @@ def pyg_local(kind, channels, heads):
     return None
 
 
-@pytest.mark.parametrize("kind, converted", [("gat", "GATConv"), ("gatv2", "GATv2Conv"),
-                                             ("transformer", "TransformerConv"), ("gin", "GINConv"),
-                                             ("none", "NoneType")])
+@pytest.mark.parametrize(
+    "kind, converted",
+    [
+        ("gat", "GATConv"),
+        ("gatv2", "GATv2Conv"),
+        ("transformer", "TransformerConv"),
+        ("gin", "GINConv"),
+        ("none", "NoneType"),
+    ],
+)
 def test_from_pyg_matches_pyg_on_unequal_graphs(kind, converted):
     torch.manual_seed(0)
     sizes = [5, 17, 3, 30, 1, 12, 17]
@@ -196,7 +211,8 @@ def test_from_pyg_matches_pyg_on_unequal_graphs(kind, converted):
     ours = GPSConv.from_pyg(theirs)
     assert type(ours.conv).__name__ == converted
     assert converted == "NoneType" or type(ours.conv).__module__.startswith(
-        "graphattn" if kind != "gin" else "torch_geometric")
+        "graphattn" if kind != "gin" else "torch_geometric"
+    )
     theirs.eval(), ours.eval()
     torch.testing.assert_close(ours(x, edges, batch), theirs(x, edges, batch), atol=1e-5, rtol=1e-5)
     assert ours.state_dict().keys() == theirs.state_dict().keys()
@@ -226,16 +242,16 @@ def test_edge_features_reach_the_local_conv():
     theirs = pyg_nn.GPSConv(8, pyg_nn.GATConv(8, 4, heads=2, edge_dim=3), heads=2).eval()
     ours = GPSConv.from_pyg(theirs).eval()
     x = torch.randn(17, 8)
-    torch.testing.assert_close(ours(x, edges, batch, edge_attr=edge_attr), theirs(x, edges, batch, edge_attr=edge_attr),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        ours(x, edges, batch, edge_attr=edge_attr), theirs(x, edges, batch, edge_attr=edge_attr), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_sparse_global_pattern_trains_and_scales():
     torch.manual_seed(3)
     sizes = [7, 20]
     batch, edges = batch_of(sizes), ring_edges(sizes)
-    layer = GPSConv(8, None, heads=2, global_pattern="sparse", expander_degree=2, virtual_nodes=2,
-                    norm=None).double()
+    layer = GPSConv(8, None, heads=2, global_pattern="sparse", expander_degree=2, virtual_nodes=2, norm=None).double()
     x = torch.randn(27, 8, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: layer(t, edges, batch), (x,), eps=1e-6, atol=1e-5)
     layer(x, edges, batch).sum().backward()
@@ -263,15 +279,18 @@ def test_pattern_is_shared_by_layers_per_batch_and_rebuilt_when_it_changes():
     assert rebuilt is not first and rebuilt.pattern.batch == (4, 1)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"attn_type": "bigbird"}, "attn_type"),
-    ({"attn_type": "performer", "global_pattern": "sparse"}, "global_pattern"),
-    ({"attn_type": "performer", "attn_kwargs": {"head_channels": 0}}, "head_channels"),
-    ({"global_pattern": "full"}, "global_pattern"),
-    ({"heads": 0}, "heads"),
-    ({"dropout": 1.5}, "dropout"),
-    ({"global_pattern": "sparse", "virtual_nodes": -1}, "virtual_nodes"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"attn_type": "bigbird"}, "attn_type"),
+        ({"attn_type": "performer", "global_pattern": "sparse"}, "global_pattern"),
+        ({"attn_type": "performer", "attn_kwargs": {"head_channels": 0}}, "head_channels"),
+        ({"global_pattern": "full"}, "global_pattern"),
+        ({"heads": 0}, "heads"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"global_pattern": "sparse", "virtual_nodes": -1}, "virtual_nodes"),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GPSConv(8, None, **kwargs)
@@ -297,8 +316,9 @@ def test_a_local_adjacency_edited_in_place_is_not_served_stale(form):
     before = layer(x, local, batch)
     edited = local.col if form == "graph" else local[0]
     edited[edited == 1] = 4  # sources 1 -> 4 (same graph), in place
-    fresh_input = (Graph.from_edge_index(torch.stack([local.col, local.row]).clone(), 15) if form == "graph"
-                   else local.clone())
+    fresh_input = (
+        Graph.from_edge_index(torch.stack([local.col, local.row]).clone(), 15) if form == "graph" else local.clone()
+    )
     expected = copy.deepcopy(layer)(x, fresh_input, batch.clone())
     assert not torch.allclose(expected, before)  # the edit changes the answer
     torch.testing.assert_close(layer(x, local, batch), expected, atol=0, rtol=0)
@@ -330,8 +350,9 @@ def test_threads_sharing_a_batch_build_its_pattern_once(monkeypatch):
 
     monkeypatch.setattr(gps.patterns, "complete_per_graph", slow_build)
     layer, batch = GPSConv(4, None, heads=1), batch_of([3, 4])
-    threads = [threading.Thread(target=layer.global_graph, args=(7, None, batch, torch.device("cpu")))
-               for _ in range(4)]
+    threads = [
+        threading.Thread(target=layer.global_graph, args=(7, None, batch, torch.device("cpu"))) for _ in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -405,8 +426,13 @@ def test_gps_performer_from_pyg_matches_pyg(sizes):
     torch.manual_seed(7)
     batch, edges = batch_of(sizes), ring_edges(sizes)
     x = torch.randn(batch.numel(), 16)
-    theirs = pyg_nn.GPSConv(16, pyg_nn.GATConv(16, 4, heads=4), heads=4, attn_type="performer",
-                            attn_kwargs={"head_channels": 8, "qkv_bias": True})
+    theirs = pyg_nn.GPSConv(
+        16,
+        pyg_nn.GATConv(16, 4, heads=4),
+        heads=4,
+        attn_type="performer",
+        attn_kwargs={"head_channels": 8, "qkv_bias": True},
+    )
     theirs(x, edges, batch)  # batch-norm running statistics away from their initial values
     ours = GPSConv.from_pyg(theirs).eval()
     theirs.eval()
@@ -424,8 +450,9 @@ def test_gps_performer_from_pyg_matches_pyg(sizes):
 def test_gps_performer_trains_like_pyg():
     torch.manual_seed(8)
     batch, edges = batch_of([7, 7]), ring_edges([7, 7])
-    theirs = pyg_nn.GPSConv(8, pyg_nn.GINConv(torch.nn.Linear(8, 8)), heads=2, attn_type="performer",
-                            attn_kwargs={"head_channels": 4})
+    theirs = pyg_nn.GPSConv(
+        8, pyg_nn.GINConv(torch.nn.Linear(8, 8)), heads=2, attn_type="performer", attn_kwargs={"head_channels": 4}
+    )
     ours = GPSConv.from_pyg(theirs)
     x1 = torch.randn(14, 8, requires_grad=True)
     x2 = x1.detach().clone().requires_grad_()
@@ -440,8 +467,7 @@ def test_gps_performer_trains_like_pyg():
 @pytest.mark.parametrize("qkv_bias", [False, True])
 def test_polynormer_from_pyg_matches_pyg_values_and_gradients(qk_shared, qkv_bias):
     torch.manual_seed(9)
-    theirs = pyg_attention.PolynormerAttention(12, 3, head_channels=5, beta=0.7, qkv_bias=qkv_bias,
-                                               qk_shared=qk_shared)
+    theirs = pyg_attention.PolynormerAttention(12, 3, head_channels=5, beta=0.7, qkv_bias=qkv_bias, qk_shared=qk_shared)
     ours = global_attention.PolynormerAttention.from_pyg(theirs)
     assert ours.state_dict().keys() == theirs.state_dict().keys() and repr(ours) == repr(theirs)
     x1 = torch.randn(2, 13, 12, requires_grad=True)
@@ -467,5 +493,9 @@ def test_qformer_from_pyg_matches_pyg_values_and_gradients():
     torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
     a.sin().sum().backward(), b.sin().sum().backward()
     torch.testing.assert_close(x2.grad, x1.grad, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ours.encoder.layers[1].self_attn.in_proj_weight.grad,
-                               theirs.encoder.layers[1].self_attn.in_proj_weight.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        ours.encoder.layers[1].self_attn.in_proj_weight.grad,
+        theirs.encoder.layers[1].self_attn.in_proj_weight.grad,
+        atol=1e-5,
+        rtol=1e-5,
+    )

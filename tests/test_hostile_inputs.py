@@ -2,6 +2,7 @@
 returned garbage or hid a NaN before validation was derived from one description of
 each op's inputs (graphattn/ops/_inputs.py). Cases that could kill the process run in
 a subprocess."""
+
 import os
 import subprocess
 import sys
@@ -27,8 +28,9 @@ needs_cpu = needs_backend("cpu")
 
 def _in_subprocess(code: str, **env) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **env)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=full_env, capture_output=True, text=True, timeout=600
+    )
 
 
 # ------------------------------------------------------------ node counts
@@ -77,8 +79,9 @@ def test_gat_over_an_edge_index_without_destination_scores_keeps_every_node(back
     out = ops.gat_attention(torch.randn(4, 1), None, torch.randn(4, 1, 2), ei, backend=backend)
     assert out.shape == (4, 1, 2) and torch.equal(out[3], torch.zeros(1, 2))
     with pytest.raises(ValueError, match="destination index 3, out of range for 2 destination nodes"):
-        ops.gat_attention(torch.randn(2, 1), None, torch.randn(2, 1, 2), torch.tensor([[0, 1], [1, 3]]),
-                          backend=backend)
+        ops.gat_attention(
+            torch.randn(2, 1), None, torch.randn(2, 1, 2), torch.tensor([[0, 1], [1, 3]]), backend=backend
+        )
 
 
 # ------------------------------------------------------------ patterns
@@ -200,28 +203,34 @@ def test_explain_capture_records_nan_instead_of_zeros():
 
 # ------------------------------------------------------------ arguments out of their domain
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(dropout=1.5), r"dropout must be in \[0, 1\)"),
-    (dict(dropout=-0.1), r"dropout must be in \[0, 1\)"),
-    (dict(dropout=1.5, training=False), r"dropout must be in \[0, 1\)"),
-    (dict(negative_slope=float("nan")), "negative_slope must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(dropout=1.5), r"dropout must be in \[0, 1\)"),
+        (dict(dropout=-0.1), r"dropout must be in \[0, 1\)"),
+        (dict(dropout=1.5, training=False), r"dropout must be in \[0, 1\)"),
+        (dict(negative_slope=float("nan")), "negative_slope must be a finite number"),
+    ],
+)
 def test_scalar_arguments_out_of_domain_raise_on_every_backend(backend, kwargs, match):
     g = Graph.from_edge_index(random_graph(5, 5, 12), 5)
     with pytest.raises(ValueError, match=match):
         ops.gat_attention(torch.randn(5, 2), None, torch.randn(5, 2, 3), g, backend=backend, **kwargs)
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: GATConv(4, 0), "out_channels must be a positive integer"),
-    (lambda: GATConv(4, 3, heads=0), "heads must be a positive integer"),
-    (lambda: GATv2Conv(4, 3, heads=-2), "heads must be a positive integer"),
-    (lambda: DotProductConv(4, 3, dropout=1.0), r"dropout must be in \[0, 1\)"),
-    (lambda: GATConv(4, 3, negative_slope=float("inf")), "negative_slope must be a finite number"),
-    (lambda: GATConv(4, 3, edge_dim=0), "edge_dim must be a positive integer"),
-    (lambda: MultiheadGraphAttention(8, 0), "num_heads must be a positive integer"),
-    (lambda: MultiheadGraphAttention(8, 2, dropout=1.5), r"dropout must be in \[0, 1\)"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: GATConv(4, 0), "out_channels must be a positive integer"),
+        (lambda: GATConv(4, 3, heads=0), "heads must be a positive integer"),
+        (lambda: GATv2Conv(4, 3, heads=-2), "heads must be a positive integer"),
+        (lambda: DotProductConv(4, 3, dropout=1.0), r"dropout must be in \[0, 1\)"),
+        (lambda: GATConv(4, 3, negative_slope=float("inf")), "negative_slope must be a finite number"),
+        (lambda: GATConv(4, 3, edge_dim=0), "edge_dim must be a positive integer"),
+        (lambda: MultiheadGraphAttention(8, 0), "num_heads must be a positive integer"),
+        (lambda: MultiheadGraphAttention(8, 2, dropout=1.5), r"dropout must be in \[0, 1\)"),
+    ],
+)
 def test_layer_constructor_arguments_are_checked(make, match):
     with pytest.raises(ValueError, match=match):
         make()
@@ -242,7 +251,8 @@ def test_gatv2_beyond_the_kernels_channel_limit_falls_back_and_says_why():
 
 
 def test_forced_cpu_backend_without_a_kernel_says_why():
-    proc = _in_subprocess("""
+    proc = _in_subprocess(
+        """
         import torch
         from graphattn import Graph, ops
         g = Graph.from_edge_index(torch.tensor([[0, 1], [1, 0]]), 2)
@@ -252,7 +262,9 @@ def test_forced_cpu_backend_without_a_kernel_says_why():
             print(e)
         ops.gat_attention(torch.randn(2, 1), None, torch.randn(2, 1, 3), g)
         print(ops.last_backend("gat"), ops.why_not("gat"))
-    """, GRAPHATTN_DISABLE_CPU_KERNEL="1")
+    """,
+        GRAPHATTN_DISABLE_CPU_KERNEL="1",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "cannot run 'gat' here: turned off by GRAPHATTN_DISABLE_CPU_KERNEL=1" in proc.stdout
     assert "reference" in proc.stdout.splitlines()[-1]
@@ -285,7 +297,8 @@ def test_a_failed_kernel_build_warns_once_briefly_and_the_error_is_kept(monkeypa
 def test_bounds_checked_kernel_raises_where_the_release_kernel_would_read_out_of_range():
     """The debug build's checks are real: called directly with a bad index (bypassing
     validation, as only a validation bug could), it raises instead of reading."""
-    proc = _in_subprocess("""
+    proc = _in_subprocess(
+        """
         import torch
         from graphattn.ops import cpu
         rowptr, col = torch.tensor([0, 1]), torch.tensor([5])   # source 5 of 2
@@ -296,7 +309,9 @@ def test_bounds_checked_kernel_raises_where_the_release_kernel_would_read_out_of
             print("no error")
         except RuntimeError as err:
             print(err)
-    """, GRAPHATTN_KERNEL_CHECKS="1")
+    """,
+        GRAPHATTN_KERNEL_CHECKS="1",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "source index 5 out of [0, 2)" in proc.stdout
 
@@ -385,6 +400,7 @@ def test_backward_with_mixed_index_types_in_the_transposed_graph_raises():
     """)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "transposed graph indices must all be int64 or all int32" in proc.stdout
+
 
 # ------------------------------------------------------------ threads
 def test_graph_cache_is_consistent_under_concurrent_calls():

@@ -2,6 +2,7 @@
 with ours (weights copied by ``from_pyg``) and compared: sparse ``adj_t`` inputs,
 ``size=``, the explain module (AttentionExplainer, GNNExplainer edge masks), message
 hooks, HeteroConv, to_hetero, Sequential, Batch + pooling and torch.compile."""
+
 import copy
 
 import pytest
@@ -155,9 +156,11 @@ def _two_layer(conv_a, conv_b):
 
 def _models(name):
     torch.manual_seed(4)
-    make = {"gat": lambda i, o, h: pygnn.GATConv(i, o, heads=h),
-            "gatv2": lambda i, o, h: pygnn.GATv2Conv(i, o, heads=h),
-            "transformer": lambda i, o, h: pygnn.TransformerConv(i, o, heads=h)}[name]
+    make = {
+        "gat": lambda i, o, h: pygnn.GATConv(i, o, heads=h),
+        "gatv2": lambda i, o, h: pygnn.GATv2Conv(i, o, heads=h),
+        "transformer": lambda i, o, h: pygnn.TransformerConv(i, o, heads=h),
+    }[name]
     cls = {"gat": ours.GATConv, "gatv2": ours.GATv2Conv, "transformer": ours.TransformerConv}[name]
     a, b = make(8, 4, 2), make(8, 3, 1)
     return _two_layer(a, b), _two_layer(cls.from_pyg(a), cls.from_pyg(b))
@@ -169,10 +172,13 @@ def test_attention_explainer_collects_the_same_masks_as_pyg(name):
     x, ei = _data(seed=5)
     masks = []
     for model in (pyg_model, our_model):
-        explainer = Explainer(model, algorithm=AttentionExplainer(), explanation_type="model",
-                              edge_mask_type="object",
-                              model_config=dict(mode="multiclass_classification", task_level="node",
-                                                return_type="raw"))
+        explainer = Explainer(
+            model,
+            algorithm=AttentionExplainer(),
+            explanation_type="model",
+            edge_mask_type="object",
+            model_config=dict(mode="multiclass_classification", task_level="node", return_type="raw"),
+        )
         masks.append(explainer(x, ei, index=3).edge_mask)
     assert masks[0].shape == (ei.size(1),) and masks[0].abs().sum() > 0
     torch.testing.assert_close(masks[1], masks[0], **TOL)
@@ -185,10 +191,14 @@ def test_gnn_explainer_learns_an_edge_mask_as_with_pygs_layers(name):
     masks = []
     for model in (pyg_model, our_model):
         torch.manual_seed(7)
-        explainer = Explainer(model, algorithm=GNNExplainer(epochs=30), explanation_type="model",
-                              edge_mask_type="object", node_mask_type="attributes",
-                              model_config=dict(mode="multiclass_classification", task_level="node",
-                                                return_type="raw"))
+        explainer = Explainer(
+            model,
+            algorithm=GNNExplainer(epochs=30),
+            explanation_type="model",
+            edge_mask_type="object",
+            node_mask_type="attributes",
+            model_config=dict(mode="multiclass_classification", task_level="node", return_type="raw"),
+        )
         masks.append(explainer(x, ei, index=2).edge_mask)
     assert masks[1].shape == (ei.size(1),) and (masks[1] > 0).any()
     torch.testing.assert_close(masks[1], masks[0], atol=1e-4, rtol=1e-4)
@@ -233,11 +243,14 @@ def test_sequential_and_batch_pooling_match_pyg(name):
     batch = Batch.from_data_list(graphs)
     outs = []
     for layer in (conv, cls.from_pyg(conv)):
-        model = pygnn.Sequential("x, edge_index, batch", [
-            (layer, "x, edge_index -> x"),
-            (torch.nn.ReLU(), "x -> x"),
-            (pygnn.global_mean_pool, "x, batch -> x"),
-        ]).eval()
+        model = pygnn.Sequential(
+            "x, edge_index, batch",
+            [
+                (layer, "x, edge_index -> x"),
+                (torch.nn.ReLU(), "x -> x"),
+                (pygnn.global_mean_pool, "x, batch -> x"),
+            ],
+        ).eval()
         outs.append(model(batch.x, batch.edge_index, batch.batch))
     assert outs[0].shape == (3, 8)
     torch.testing.assert_close(outs[1], outs[0], **TOL)
@@ -248,8 +261,9 @@ def _hetero_data():
     data = HeteroData()
     data["paper"].x = torch.randn(10, 8)
     data["author"].x = torch.randn(6, 8)
-    data["author", "writes", "paper"].edge_index = torch.stack([torch.randint(0, 6, (20,)),
-                                                                torch.randint(0, 10, (20,))])
+    data["author", "writes", "paper"].edge_index = torch.stack(
+        [torch.randint(0, 6, (20,)), torch.randint(0, 10, (20,))]
+    )
     data["paper", "cites", "paper"].edge_index = random_graph(10, 10, 25)
     data["paper", "rev_writes", "author"].edge_index = data["author", "writes", "paper"].edge_index.flip(0)
     return data
@@ -264,8 +278,11 @@ def test_hetero_conv_matches_pyg():
         ("paper", "rev_writes", "author"): pygnn.TransformerConv((8, 8), 4, heads=2),
     }
     pyg_convs = make()
-    conv_of = {pygnn.GATConv: ours.GATConv, pygnn.GATv2Conv: ours.GATv2Conv,
-               pygnn.TransformerConv: ours.TransformerConv}
+    conv_of = {
+        pygnn.GATConv: ours.GATConv,
+        pygnn.GATv2Conv: ours.GATv2Conv,
+        pygnn.TransformerConv: ours.TransformerConv,
+    }
     our_convs = {k: conv_of[type(v)].from_pyg(v) for k, v in pyg_convs.items()}
     ref = pygnn.HeteroConv(pyg_convs, aggr="sum").eval()(data.x_dict, data.edge_index_dict)
     got = pygnn.HeteroConv(our_convs, aggr="sum").eval()(data.x_dict, data.edge_index_dict)

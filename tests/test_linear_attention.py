@@ -1,4 +1,5 @@
 """Linear attention: the op against a per-query loop, causal chunking, gradients, and the layer's interface."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ def loop_oracle(q, k, v, causal, kpm=None, eps=1e-6):
             js = [j for j in range(S) if (not causal or j <= i) and (kpm is None or not kpm[b, j])]
             if not js:
                 continue
-            w = fq[b, :, i:i + 1] @ fk[b, :, js].transpose(-1, -2)  # [H, 1, |js|]
+            w = fq[b, :, i : i + 1] @ fk[b, :, js].transpose(-1, -2)  # [H, 1, |js|]
             out[b, :, i] = (w @ v[b, :, js]).squeeze(1) / (w.sum(-1) + eps)
     return out
 
@@ -28,8 +29,11 @@ def loop_oracle(q, k, v, causal, kpm=None, eps=1e-6):
 @pytest.mark.parametrize("L,chunk", [(1, 4), (7, 4), (16, 4), (13, 64)])
 def test_matches_loop(causal, L, chunk):
     torch.manual_seed(L)
-    q, k, v = torch.randn(2, 3, L, 5, dtype=torch.float64), torch.randn(2, 3, L, 5, dtype=torch.float64), \
-        torch.randn(2, 3, L, 6, dtype=torch.float64)
+    q, k, v = (
+        torch.randn(2, 3, L, 5, dtype=torch.float64),
+        torch.randn(2, 3, L, 5, dtype=torch.float64),
+        torch.randn(2, 3, L, 6, dtype=torch.float64),
+    )
     out = ops.linear_attention(q, k, v, causal=causal, chunk=chunk)
     torch.testing.assert_close(out, loop_oracle(q, k, v, causal))
 
@@ -81,8 +85,11 @@ def test_layer_layouts_and_from_torch(batch_first):
     torch.testing.assert_close(lin.in_proj_weight, mha.in_proj_weight)
     x = torch.randn(3, 5, 8)
     out, w = lin(x, x, x, is_causal=True)
-    assert out.shape == x.shape and w.shape == (3 if batch_first else 5, 5 if batch_first else 3,
-                                                5 if batch_first else 3)
+    assert out.shape == x.shape and w.shape == (
+        3 if batch_first else 5,
+        5 if batch_first else 3,
+        5 if batch_first else 3,
+    )
     # the same computation by hand from the copied projections
     xb = x if batch_first else x.transpose(0, 1)
     qkv = F.linear(xb, mha.in_proj_weight, mha.in_proj_bias).view(xb.size(0), xb.size(1), 3, 2, 4)
@@ -90,8 +97,13 @@ def test_layer_layouts_and_from_torch(batch_first):
     ref = loop_oracle(q, k, v, causal=True).transpose(1, 2).reshape(xb.size(0), xb.size(1), 8)
     ref = mha.out_proj(ref)
     torch.testing.assert_close(out if batch_first else out.transpose(0, 1), ref, atol=1e-5, rtol=1e-5)
-    out1, _ = lin(xb[0] if batch_first else x[:, 0], xb[0] if batch_first else x[:, 0],
-                  xb[0] if batch_first else x[:, 0], is_causal=True, need_weights=False)
+    out1, _ = lin(
+        xb[0] if batch_first else x[:, 0],
+        xb[0] if batch_first else x[:, 0],
+        xb[0] if batch_first else x[:, 0],
+        is_causal=True,
+        need_weights=False,
+    )
     torch.testing.assert_close(out1, ref[0], atol=1e-5, rtol=1e-5)
 
 

@@ -1,4 +1,5 @@
 """Parity with torch.nn.MultiheadAttention (copied weights, eval mode, 1e-5 in fp32)."""
+
 import itertools
 
 import pytest
@@ -14,8 +15,16 @@ E, H = 16, 4
 
 def _pair(batch_first=False, kdim=None, vdim=None, bias=True, add_bias_kv=False, add_zero_attn=False, **kw):
     torch.manual_seed(0)
-    mha = nn.MultiheadAttention(E, H, batch_first=batch_first, kdim=kdim, vdim=vdim, bias=bias,
-                                add_bias_kv=add_bias_kv, add_zero_attn=add_zero_attn).eval()
+    mha = nn.MultiheadAttention(
+        E,
+        H,
+        batch_first=batch_first,
+        kdim=kdim,
+        vdim=vdim,
+        bias=bias,
+        add_bias_kv=add_bias_kv,
+        add_zero_attn=add_zero_attn,
+    ).eval()
     ours = MultiheadGraphAttention.from_torch(mha, **kw).eval()
     return mha, ours
 
@@ -142,8 +151,13 @@ def test_dense_path_equals_sparse_path_and_is_chosen():
 
 def test_dense_backend_on_pattern_graphs_directly():
     torch.manual_seed(1)
-    for g in (patterns.complete(7), patterns.causal(7), patterns.cross(5, 9),
-              patterns.batch([6, 6, 6], patterns.causal), patterns.batch([4, 4], patterns.cross, key_lengths=[3, 3])):
+    for g in (
+        patterns.complete(7),
+        patterns.causal(7),
+        patterns.cross(5, 9),
+        patterns.batch([6, 6, 6], patterns.causal),
+        patterns.batch([4, 4], patterns.cross, key_lengths=[3, 3]),
+    ):
         q = torch.randn(g.num_dst, 2, 8)
         k, v = torch.randn(g.num_src, 2, 8), torch.randn(g.num_src, 2, 8)
         dense = ops.dot_product_attention(q, k, v, g, backend="dense")
@@ -186,8 +200,14 @@ def test_gradients_match_torch():
         torch.testing.assert_close(p2.grad, p1.grad, **TOL, msg=n)
 
 
-@pytest.mark.parametrize("make", [lambda: patterns.sliding_window(40, 5, 3), lambda: patterns.causal(40),
-                                  lambda: patterns.batch([20, 20], patterns.sliding_window, left=4, right=4)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: patterns.sliding_window(40, 5, 3),
+        lambda: patterns.causal(40),
+        lambda: patterns.batch([20, 20], patterns.sliding_window, left=4, right=4),
+    ],
+)
 def test_flex_backend_equals_sparse_path(make):
     g = make()
     torch.manual_seed(2)
@@ -212,38 +232,82 @@ BAD_SHAPES = {  # name: (module arguments, inputs in the (L, N, E) layout) torch
     "key_3d_unbatched": ({}, lambda: dict(query=_r(5, 8), key=_r(6, 3, 8), value=_r(6, 3, 8))),
     "query_4d": ({}, lambda: dict(query=_r(5, 3, 2, 8), key=_r(5, 3, 8), value=_r(5, 3, 8))),
     "query_1d": ({}, lambda: dict(query=_r(8), key=_r(8), value=_r(8))),
-    "kpm_3d": ({}, lambda: dict(query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8),
-                                key_padding_mask=torch.zeros(3, 5, 1, dtype=_B))),
-    "kpm_2d_unbatched": ({}, lambda: dict(query=_r(5, 8), key=_r(5, 8), value=_r(5, 8),
-                                          key_padding_mask=torch.zeros(1, 5, dtype=_B))),
-    "kpm_batch": ({}, lambda: dict(query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8),
-                                   key_padding_mask=torch.zeros(2, 5, dtype=_B))),
-    "kpm_length": ({}, lambda: dict(query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8),
-                                    key_padding_mask=torch.zeros(3, 4))),
-    "kpm_length_bias_kv": (dict(add_bias_kv=True, add_zero_attn=True), lambda: dict(
-        query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8), key_padding_mask=torch.zeros(3, 4, dtype=_B))),
-    "kpm_length_unbatched": ({}, lambda: dict(query=_r(5, 8), key=_r(5, 8), value=_r(5, 8),
-                                              key_padding_mask=torch.zeros(4, dtype=_B))),
-    "kpm_dtype": ({}, lambda: dict(query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8),
-                                   key_padding_mask=torch.zeros(3, 5, dtype=torch.long))),
-    "mask_dtype": ({}, lambda: dict(query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8),
-                                    attn_mask=torch.zeros(5, 5, dtype=torch.long))),
-    "mask_4d": ({}, lambda: dict(query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8),
-                                 attn_mask=torch.zeros(1, 1, 5, 5, dtype=_B))),
-    "mask_1d": ({}, lambda: dict(query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8),
-                                 attn_mask=torch.zeros(5, dtype=_B))),
-    "mask_2d": ({}, lambda: dict(query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8),
-                                 attn_mask=torch.zeros(4, 5, dtype=_B))),
-    "mask_2d_float_cross": ({}, lambda: dict(query=_r(5, 3, 8), key=_r(6, 3, 8), value=_r(6, 3, 8),
-                                             attn_mask=torch.zeros(5, 5))),
-    "mask_3d": ({}, lambda: dict(query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8),
-                                 attn_mask=torch.zeros(3, 5, 5, dtype=_B))),
-    "mask_3d_unbatched": ({}, lambda: dict(query=_r(5, 8), key=_r(5, 8), value=_r(5, 8),
-                                           attn_mask=torch.zeros(3, 5, 5, dtype=_B))),
-    "mask_2d_unbatched": ({}, lambda: dict(query=_r(5, 8), key=_r(5, 8), value=_r(5, 8),
-                                           attn_mask=torch.zeros(4, 5, dtype=_B))),
-    "mask_4d_unbatched": ({}, lambda: dict(query=_r(5, 8), key=_r(5, 8), value=_r(5, 8),
-                                           attn_mask=torch.zeros(1, 1, 5, 5, dtype=_B))),
+    "kpm_3d": (
+        {},
+        lambda: dict(
+            query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8), key_padding_mask=torch.zeros(3, 5, 1, dtype=_B)
+        ),
+    ),
+    "kpm_2d_unbatched": (
+        {},
+        lambda: dict(query=_r(5, 8), key=_r(5, 8), value=_r(5, 8), key_padding_mask=torch.zeros(1, 5, dtype=_B)),
+    ),
+    "kpm_batch": (
+        {},
+        lambda: dict(
+            query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8), key_padding_mask=torch.zeros(2, 5, dtype=_B)
+        ),
+    ),
+    "kpm_length": (
+        {},
+        lambda: dict(query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8), key_padding_mask=torch.zeros(3, 4)),
+    ),
+    "kpm_length_bias_kv": (
+        dict(add_bias_kv=True, add_zero_attn=True),
+        lambda: dict(
+            query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8), key_padding_mask=torch.zeros(3, 4, dtype=_B)
+        ),
+    ),
+    "kpm_length_unbatched": (
+        {},
+        lambda: dict(query=_r(5, 8), key=_r(5, 8), value=_r(5, 8), key_padding_mask=torch.zeros(4, dtype=_B)),
+    ),
+    "kpm_dtype": (
+        {},
+        lambda: dict(
+            query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8), key_padding_mask=torch.zeros(3, 5, dtype=torch.long)
+        ),
+    ),
+    "mask_dtype": (
+        {},
+        lambda: dict(
+            query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8), attn_mask=torch.zeros(5, 5, dtype=torch.long)
+        ),
+    ),
+    "mask_4d": (
+        {},
+        lambda: dict(
+            query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8), attn_mask=torch.zeros(1, 1, 5, 5, dtype=_B)
+        ),
+    ),
+    "mask_1d": (
+        {},
+        lambda: dict(query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8), attn_mask=torch.zeros(5, dtype=_B)),
+    ),
+    "mask_2d": (
+        {},
+        lambda: dict(query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8), attn_mask=torch.zeros(4, 5, dtype=_B)),
+    ),
+    "mask_2d_float_cross": (
+        {},
+        lambda: dict(query=_r(5, 3, 8), key=_r(6, 3, 8), value=_r(6, 3, 8), attn_mask=torch.zeros(5, 5)),
+    ),
+    "mask_3d": (
+        {},
+        lambda: dict(query=_r(5, 3, 8), key=_r(5, 3, 8), value=_r(5, 3, 8), attn_mask=torch.zeros(3, 5, 5, dtype=_B)),
+    ),
+    "mask_3d_unbatched": (
+        {},
+        lambda: dict(query=_r(5, 8), key=_r(5, 8), value=_r(5, 8), attn_mask=torch.zeros(3, 5, 5, dtype=_B)),
+    ),
+    "mask_2d_unbatched": (
+        {},
+        lambda: dict(query=_r(5, 8), key=_r(5, 8), value=_r(5, 8), attn_mask=torch.zeros(4, 5, dtype=_B)),
+    ),
+    "mask_4d_unbatched": (
+        {},
+        lambda: dict(query=_r(5, 8), key=_r(5, 8), value=_r(5, 8), attn_mask=torch.zeros(1, 1, 5, 5, dtype=_B)),
+    ),
 }
 
 
@@ -258,8 +322,7 @@ def test_shape_errors_are_torchs(case, batch_first):
     ours = MultiheadGraphAttention.from_torch(mha)
     args = make()
     if batch_first:
-        args = {k: v.transpose(0, 1) if k in ("query", "key", "value") and v.dim() == 3 else v
-                for k, v in args.items()}
+        args = {k: v.transpose(0, 1) if k in ("query", "key", "value") and v.dim() == 3 else v for k, v in args.items()}
     with pytest.raises(Exception) as theirs:
         mha(**args)
     with pytest.raises(Exception) as mine:
@@ -277,8 +340,11 @@ def test_query_and_key_of_different_batch_sizes_say_so():
     q, k = torch.randn(5, 3, 8), torch.randn(5, 2, 8)
     with pytest.raises(RuntimeError):
         mha(q, k, k)
-    with pytest.raises(RuntimeError, match=r"query shape torch.Size\(\[5, 3, 8\]\) and key shape "
-                                           r"torch.Size\(\[5, 2, 8\]\) have different batch sizes") as e:
+    with pytest.raises(
+        RuntimeError,
+        match=r"query shape torch.Size\(\[5, 3, 8\]\) and key shape "
+        r"torch.Size\(\[5, 2, 8\]\) have different batch sizes",
+    ) as e:
         ours(q, k, k)
     assert isinstance(e.value, ValueError)
 
@@ -304,8 +370,9 @@ def test_float16_in_proj_bias_on_a_float64_module():
 
 
 @pytest.mark.parametrize("groups", ["one group", "groups of 2 tiles"])
-@pytest.mark.parametrize("lengths,left,right", [([300], 70, 0), ([130], 200, 200), ([97, 97, 97], 40, 31),
-                                                ([1000], 128, 128)])
+@pytest.mark.parametrize(
+    "lengths,left,right", [([300], 70, 0), ([130], 200, 200), ([97, 97, 97], 40, 31), ([1000], 128, 128)]
+)
 def test_wide_windows_run_in_dense_tiles_equal_to_the_sparse_kernel(lengths, left, right, groups, monkeypatch):
     """A sliding window of >= 64 keys per query runs tile by tile through SDPA (one tile
     of queries against the run of keys it can reach), in groups of tiles that bound the
@@ -317,8 +384,11 @@ def test_wide_windows_run_in_dense_tiles_equal_to_the_sparse_kernel(lengths, lef
         B, W = len(lengths), dense.BAND_TILE + min(left, lengths[0] - 1) + min(right, lengths[0] - 1)
         monkeypatch.setattr(dense, "BAND_GROUP_ELEMENTS", 2 * B * W * 3 * 8)
     torch.manual_seed(0)
-    g = patterns.batch(lengths, patterns.sliding_window, left=left, right=right) if len(lengths) > 1 \
+    g = (
+        patterns.batch(lengths, patterns.sliding_window, left=left, right=right)
+        if len(lengths) > 1
         else patterns.sliding_window(lengths[0], left, right)
+    )
     N = sum(lengths)
     q, k, v = (torch.randn(N, 3, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
     w = torch.randn(N, 3, 8, dtype=torch.float64)
@@ -350,8 +420,9 @@ def _reference_out(layer, x, graph):
     """What the layer must give: the same projections over ``graph`` (one sequence) on the reference backend."""
     q, k, v = layer._projections(x, x, x)
     D = layer.head_dim
-    out = ops.dot_product_attention(q[0].view(-1, H, D), k[0].view(-1, H, D), v[0].view(-1, H, D), graph,
-                                    scale=D ** -0.5, backend="reference")
+    out = ops.dot_product_attention(
+        q[0].view(-1, H, D), k[0].view(-1, H, D), v[0].view(-1, H, D), graph, scale=D**-0.5, backend="reference"
+    )
     return layer.out_proj(out.reshape(1, -1, E))
 
 
@@ -376,8 +447,11 @@ def test_pattern_graph_cache_follows_edits(edit):
         torch.testing.assert_close(got, _reference_out(layer, x, g), **TOL)
         if edit == "claim_outlived":
             assert g.pattern is None
-            torch.testing.assert_close(ops.dot_product_attention(x.view(L, H, -1), x.view(L, H, -1), x.view(L, H, -1),
-                                                                 g), x.view(L, H, -1), **TOL)
+            torch.testing.assert_close(
+                ops.dot_product_attention(x.view(L, H, -1), x.view(L, H, -1), x.view(L, H, -1), g),
+                x.view(L, H, -1),
+                **TOL,
+            )
 
 
 def test_pattern_graph_cache_is_not_fooled_by_a_reused_id():
@@ -501,6 +575,6 @@ def test_nested_inputs_take_the_modules_pattern_per_sequence(pattern):
         for b, x in enumerate(nt.unbind()):
             o1, w1 = ours(x[None], x[None], x[None], need_weights=True)
             torch.testing.assert_close(out.unbind()[b], o1[0], **TOL)
-            torch.testing.assert_close(w[b, :x.size(0), :x.size(0)], w1[0], **TOL)
+            torch.testing.assert_close(w[b, : x.size(0), : x.size(0)], w1[0], **TOL)
     with torch.no_grad(), pytest.raises(ValueError, match="fixed pattern Graph"):
         MultiheadGraphAttention.from_torch(mha, pattern=patterns.causal(4)).eval()(nt, nt, nt)

@@ -2,6 +2,7 @@
 outputs, weights and gradients as the plain graph, on every backend; the orders are
 permutations; the locality order makes a shuffled community graph local again; bad
 orders and graphs that cannot be reordered are refused by name."""
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -30,15 +31,20 @@ def _inputs(graph, seed=0):
 
     E = graph.num_edges
     return {
-        "gat": (lambda g, b, t: ops.gat_attention(t[0], t[1], t[2], g, edge_score=t[3], return_weights=True,
-                                                   backend=b),
-                [r(N, H), r(N, H), r(N, H, C), r(E, H)]),
-        "gatv2": (lambda g, b, t: ops.gatv2_attention(t[0], t[1], t[2], g, edge_feat=t[3], return_weights=True,
-                                                       backend=b),
-                  [r(N, H, C), r(N, H, C), r(H, C), r(E, H, C)]),
-        "dot_product": (lambda g, b, t: ops.dot_product_attention(t[0], t[1], t[2], g, edge_key=t[3], edge_bias=t[4],
-                                                                   return_weights=True, backend=b),
-                        [r(N, H, C), r(N, H, C), r(N, H, 4), r(E, H, C), r(E, H)]),
+        "gat": (
+            lambda g, b, t: ops.gat_attention(t[0], t[1], t[2], g, edge_score=t[3], return_weights=True, backend=b),
+            [r(N, H), r(N, H), r(N, H, C), r(E, H)],
+        ),
+        "gatv2": (
+            lambda g, b, t: ops.gatv2_attention(t[0], t[1], t[2], g, edge_feat=t[3], return_weights=True, backend=b),
+            [r(N, H, C), r(N, H, C), r(H, C), r(E, H, C)],
+        ),
+        "dot_product": (
+            lambda g, b, t: ops.dot_product_attention(
+                t[0], t[1], t[2], g, edge_key=t[3], edge_bias=t[4], return_weights=True, backend=b
+            ),
+            [r(N, H, C), r(N, H, C), r(N, H, 4), r(E, H, C), r(E, H)],
+        ),
     }
 
 
@@ -46,15 +52,20 @@ def _run(fn, graph, backend, tensors):
     xs = [t.detach().clone().requires_grad_(True) for t in tensors]
     out, alpha = fn(graph, backend, xs)
     weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
-    ((out * weights).sum() + (alpha ** 2).sum()).backward()
+    ((out * weights).sum() + (alpha**2).sum()).backward()
     return out.detach(), alpha.detach(), [x.grad for x in xs]
 
 
-@pytest.mark.parametrize("op, method, backend", [
-    pytest.param(op, method, backend, marks=needs_backend(backend), id=f"{op}-{method}-{backend}")
-    for op in OPS for method in METHODS for backend in _backends(op)
-    if backend != "triton" or method == "locality"  # the interpreter is slow: one order is enough for the kernel
-])
+@pytest.mark.parametrize(
+    "op, method, backend",
+    [
+        pytest.param(op, method, backend, marks=needs_backend(backend), id=f"{op}-{method}-{backend}")
+        for op in OPS
+        for method in METHODS
+        for backend in _backends(op)
+        if backend != "triton" or method == "locality"  # the interpreter is slow: one order is enough for the kernel
+    ],
+)
 def test_ordered_graph_gives_the_plain_graphs_results_on_every_backend(op, method, backend):
     plain = Graph.from_edge_index(random_graph(N, N, 120, seed=1), N).with_self_loops()
     ordered = plain.reorder_nodes(method)
@@ -72,8 +83,13 @@ def test_ordered_graph_gives_the_plain_graphs_results_on_every_backend(op, metho
 # Not Triton: the interpreter is slow, and the parametrised test above covers it.
 @pytest.mark.parametrize("backend", backend_params(*(b for b in _backends("gat") if b != "triton")))
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(1, 16), e=st.integers(0, 60), seed=st.integers(0, 2**16),
-       method=st.sampled_from(METHODS), loops=st.booleans())
+@given(
+    n=st.integers(1, 16),
+    e=st.integers(0, 60),
+    seed=st.integers(0, 2**16),
+    method=st.sampled_from(METHODS),
+    loops=st.booleans(),
+)
 def test_any_graph_any_order_matches_the_reference(n, e, seed, method, loops, backend):
     gen = torch.Generator().manual_seed(seed)
     plain = Graph.from_edge_index(torch.randint(0, n, (2, e), generator=gen), n)
@@ -99,7 +115,8 @@ def test_gradcheck_through_an_ordered_graph(backend):
     v = torch.randn(12, 2, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(graph.num_edges, 2, generator=gen, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda q, k, v, b: ops.dot_product_attention(q, k, v, graph, edge_bias=b, backend=backend), (q, k, v, bias))
+        lambda q, k, v, b: ops.dot_product_attention(q, k, v, graph, edge_bias=b, backend=backend), (q, k, v, bias)
+    )
     scores = torch.randn(graph.num_edges, 2, generator=gen, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda s, v: ops.score_attention(s, v, graph, backend=backend), (scores, v))
 
@@ -113,13 +130,16 @@ def test_apply_and_undo_are_inverse_permutations_with_gather_gradients():
     assert torch.autograd.gradgradcheck(order.undo, (x,))
 
 
-@pytest.mark.parametrize("perm, message", [
-    (torch.tensor([0, 1, 1]), "every node id once"),
-    (torch.tensor([0, 1, 3]), "0..2"),
-    (torch.tensor([-1, 0, 1]), "0..2"),
-    (torch.tensor([[0, 1]]), "1-D integer"),
-    (torch.tensor([0.0, 1.0]), "1-D integer"),
-])
+@pytest.mark.parametrize(
+    "perm, message",
+    [
+        (torch.tensor([0, 1, 1]), "every node id once"),
+        (torch.tensor([0, 1, 3]), "0..2"),
+        (torch.tensor([-1, 0, 1]), "0..2"),
+        (torch.tensor([[0, 1]]), "1-D integer"),
+        (torch.tensor([0.0, 1.0]), "1-D integer"),
+    ],
+)
 def test_bad_orders_are_named(perm, message):
     with pytest.raises(ValueError, match=message):
         NodeOrder(perm)
@@ -172,8 +192,9 @@ def test_layers_with_self_loops_and_weights_run_unchanged_on_an_ordered_graph():
     x = torch.randn(N, 8, dtype=torch.float64)
     for layer in (GATConv(8, 4, heads=2), GATv2Conv(8, 4, heads=2, edge_dim=3), TransformerConv(8, 4, heads=2)):
         layer = layer.double().eval()
-        kwargs = {"edge_attr": torch.randn(plain.num_edges, 3, dtype=torch.float64)} \
-            if isinstance(layer, GATv2Conv) else {}
+        kwargs = (
+            {"edge_attr": torch.randn(plain.num_edges, 3, dtype=torch.float64)} if isinstance(layer, GATv2Conv) else {}
+        )
         out, (ei, alpha) = layer(x, plain, return_attention_weights=True, **kwargs)
         out2, (ei2, alpha2) = layer(x, ordered, return_attention_weights=True, **kwargs)
         torch.testing.assert_close(out2, out)

@@ -29,8 +29,15 @@ def backend(request):
     return request.param
 
 
-graphs = st.tuples(st.integers(1, 9), st.integers(1, 9), st.integers(0, 30), st.integers(1, 3),
-                   st.integers(1, 4), st.integers(0, 10_000), st.booleans())
+graphs = st.tuples(
+    st.integers(1, 9),
+    st.integers(1, 9),
+    st.integers(0, 30),
+    st.integers(1, 3),
+    st.integers(1, 4),
+    st.integers(0, 10_000),
+    st.booleans(),
+)
 
 
 @given(params=graphs)
@@ -40,8 +47,7 @@ def test_gat_matches_oracle(params, backend):
     ss, sd, v = r(ns, H), r(nd, H), r(ns, H, C)
     es = r(E, H) if with_edge else None
     g = Graph.from_edge_index(ei, (ns, nd))
-    out, alpha = gat_attention(ss, sd, v, g, negative_slope=0.1, edge_score=es, return_weights=True,
-                               backend=backend)
+    out, alpha = gat_attention(ss, sd, v, g, negative_slope=0.1, edge_score=es, return_weights=True, backend=backend)
     ref_out, ref_alpha = gat_oracle(ss, sd, v, ei, nd, 0.1, es)
     torch.testing.assert_close(out, ref_out)
     torch.testing.assert_close(alpha, ref_alpha)
@@ -55,8 +61,7 @@ def test_gatv2_matches_oracle(params, backend):
     ef = r(E, H, C) if with_edge else None
     value = r(ns, H, C + 1)
     g = Graph.from_edge_index(ei, (ns, nd))
-    out, alpha = gatv2_attention(xs, xd, att, g, value=value, edge_feat=ef, return_weights=True,
-                                 backend=backend)
+    out, alpha = gatv2_attention(xs, xd, att, g, value=value, edge_feat=ef, return_weights=True, backend=backend)
     ref_out, ref_alpha = gatv2_oracle(xs, xd, att, ei, nd, 0.2, ef, value)
     torch.testing.assert_close(out, ref_out)
     torch.testing.assert_close(alpha, ref_alpha)
@@ -71,8 +76,9 @@ def test_dot_product_matches_oracle(params, backend):
     ev = r(E, H, C + 2) if with_edge else None
     eb = r(E, H) if with_edge else None
     g = Graph.from_edge_index(ei, (ns, nd))
-    out, alpha = dot_product_attention(q, k, v, g, edge_key=ek, edge_value=ev, edge_bias=eb, return_weights=True,
-                                       backend=backend)
+    out, alpha = dot_product_attention(
+        q, k, v, g, edge_key=ek, edge_value=ev, edge_bias=eb, return_weights=True, backend=backend
+    )
     ref_out, ref_alpha = dot_oracle(q, k, v, ei, nd, 1 / math.sqrt(C), ek, ev, eb)
     torch.testing.assert_close(out, ref_out)
     torch.testing.assert_close(alpha, ref_alpha)
@@ -83,8 +89,9 @@ def test_nodes_without_in_edges_give_zero_and_masked_edges_get_zero_weight(backe
     q, k, v = torch.randn(4, 2, 3), torch.randn(3, 2, 3), torch.randn(3, 2, 3)
     bias = torch.zeros(4, 2)
     bias[3] = float("-inf")  # node 2's only edge is masked
-    out, alpha = dot_product_attention(q, k, v, Graph.from_edge_index(ei, (3, 4)), edge_bias=bias, return_weights=True,
-                                       backend=backend)
+    out, alpha = dot_product_attention(
+        q, k, v, Graph.from_edge_index(ei, (3, 4)), edge_bias=bias, return_weights=True, backend=backend
+    )
     assert torch.isfinite(out).all()
     assert torch.equal(out[0], torch.zeros(2, 3)) and torch.equal(out[3], torch.zeros(2, 3))
     assert torch.equal(out[2], torch.zeros(2, 3)) and torch.equal(alpha[3], torch.zeros(2))
@@ -92,8 +99,9 @@ def test_nodes_without_in_edges_give_zero_and_masked_edges_get_zero_weight(backe
 
 def test_empty_graph(backend):
     g = Graph.from_edge_index(torch.empty(2, 0, dtype=torch.long), 4)
-    out, alpha = gat_attention(torch.randn(4, 2), torch.randn(4, 2), torch.randn(4, 2, 3), g, return_weights=True,
-                               backend=backend)
+    out, alpha = gat_attention(
+        torch.randn(4, 2), torch.randn(4, 2), torch.randn(4, 2, 3), g, return_weights=True, backend=backend
+    )
     assert torch.equal(out, torch.zeros(4, 2, 3)) and alpha.shape == (0, 2)
 
 
@@ -103,17 +111,24 @@ def test_gradcheck_all_ops_float64(backend):
     E, H, C = g.num_edges, 2, 3
     d = dict(dtype=torch.float64, requires_grad=True)
     ss, sd, v, es = torch.randn(6, H, **d), torch.randn(6, H, **d), torch.randn(6, H, C, **d), torch.randn(E, H, **d)
-    assert torch.autograd.gradcheck(lambda a, b, c, e: gat_attention(a, b, c, g, edge_score=e, backend=backend),
-                                    (ss, sd, v, es))
-    xs, xd, att, ef = (torch.randn(6, H, C, **d), torch.randn(6, H, C, **d), torch.randn(H, C, **d),
-                       torch.randn(E, H, C, **d))
-    assert torch.autograd.gradcheck(lambda a, b, c, e: gatv2_attention(a, b, c, g, edge_feat=e, backend=backend),
-                                    (xs, xd, att, ef))
+    assert torch.autograd.gradcheck(
+        lambda a, b, c, e: gat_attention(a, b, c, g, edge_score=e, backend=backend), (ss, sd, v, es)
+    )
+    xs, xd, att, ef = (
+        torch.randn(6, H, C, **d),
+        torch.randn(6, H, C, **d),
+        torch.randn(H, C, **d),
+        torch.randn(E, H, C, **d),
+    )
+    assert torch.autograd.gradcheck(
+        lambda a, b, c, e: gatv2_attention(a, b, c, g, edge_feat=e, backend=backend), (xs, xd, att, ef)
+    )
     q, k, eb = torch.randn(6, H, C, **d), torch.randn(6, H, C, **d), torch.randn(E, H, **d)
     ek, ev = torch.randn(E, H, C, **d), torch.randn(E, H, C, **d)
     assert torch.autograd.gradcheck(
-        lambda a, b, c, x, y, z: dot_product_attention(a, b, c, g, edge_key=x, edge_value=y, edge_bias=z,
-                                                           backend=backend),
+        lambda a, b, c, x, y, z: dot_product_attention(
+            a, b, c, g, edge_key=x, edge_value=y, edge_bias=z, backend=backend
+        ),
         (q, k, v, ek, ev, eb),
     )
 
@@ -140,9 +155,7 @@ def test_weights_are_returned_before_dropout_and_dropout_only_in_training(backen
 def test_edge_index_accepted_in_place_of_graph():
     ei = random_graph(10, 10, 40)
     ss, sd, v = torch.randn(10, 2), torch.randn(10, 2), torch.randn(10, 2, 3)
-    torch.testing.assert_close(
-        gat_attention(ss, sd, v, ei), gat_attention(ss, sd, v, Graph.from_edge_index(ei, 10))
-    )
+    torch.testing.assert_close(gat_attention(ss, sd, v, ei), gat_attention(ss, sd, v, Graph.from_edge_index(ei, 10)))
 
 
 def test_dispatcher_force_and_report():
@@ -171,6 +184,7 @@ def test_every_op_describes_its_call_the_same_way_and_explain_dispatch_agrees():
         def decline(**call):
             seen[op] = call
             return "spying only"
+
         return decline
 
     for op in ("gat", "gatv2", "dot_product"):
@@ -181,8 +195,19 @@ def test_every_op_describes_its_call_the_same_way_and_explain_dispatch_agrees():
         gat_attention(s, s, x, g, return_weights=True)
         gatv2_attention(x, x, torch.randn(2, 3), g, dropout=0.5, training=True)
         dot_product_attention(x, x, x, g, edge_bias=torch.randn(g.num_edges, 2))
-        keys = {"device", "dtype", "graph", "dropout", "need_weights", "has_edge_terms", "has_edge_mask", "heads",
-                "channels", "forced", "op"}
+        keys = {
+            "device",
+            "dtype",
+            "graph",
+            "dropout",
+            "need_weights",
+            "has_edge_terms",
+            "has_edge_mask",
+            "heads",
+            "channels",
+            "forced",
+            "op",
+        }
         assert all(set(call) == keys for call in seen.values()), {op: set(c) ^ keys for op, c in seen.items()}
         assert seen["gat"]["need_weights"] and not seen["gat"]["has_edge_terms"]
         assert seen["gatv2"]["dropout"] == 0.5 and seen["gatv2"]["channels"] == 3
@@ -191,8 +216,17 @@ def test_every_op_describes_its_call_the_same_way_and_explain_dispatch_agrees():
     finally:
         for op in ("gat", "gatv2", "dot_product"):
             del ops._dispatch._REGISTRY[op]["test-spy"]
-    call = dict(device=torch.device("cpu"), dtype=torch.float32, graph=g, dropout=0.0, need_weights=False,
-                has_edge_terms=False, has_edge_mask=True, heads=2, channels=3)
+    call = dict(
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        graph=g,
+        dropout=0.0,
+        need_weights=False,
+        has_edge_terms=False,
+        has_edge_mask=True,
+        heads=2,
+        channels=3,
+    )
     answers = ops.explain_dispatch("gat", **call)
     assert list(answers) == ops.available_backends("gat")
     assert answers["reference"] is None and "mask" in answers["cpu"]
@@ -208,8 +242,9 @@ def test_registered_backend_is_selected_by_priority_and_support():
         calls.append(1)
         return ops.reference.FUNCTIONS["gat"](*a, **k)
 
-    ops.register_backend("gat", "test-fake", fake, supports=lambda dtype=None, **_: dtype == torch.float64,
-                         priority=100)
+    ops.register_backend(
+        "gat", "test-fake", fake, supports=lambda dtype=None, **_: dtype == torch.float64, priority=100
+    )
     try:
         ei = random_graph(8, 8, 20)
         args32 = (torch.randn(8, 2), torch.randn(8, 2), torch.randn(8, 2, 3), ei)
@@ -237,23 +272,47 @@ def test_half_precision_close_to_fp32(dtype, backend):
 @pytest.mark.parametrize(
     "call, exc, match",
     [
-        (lambda g: gat_attention(torch.randn(5, 2), None, torch.randn(5, 3, 4), g),
-         ValueError, r"score_src must have shape \[5, 3\]"),
-        (lambda g: gat_attention(torch.randn(5, 2), torch.randn(4, 2), torch.randn(5, 2, 4), g),
-         ValueError, "destination-node rows"),
-        (lambda g: gat_attention(torch.randn(5, 2).double(), None, torch.randn(5, 2, 4), g),
-         TypeError, "dtype torch.float64"),
+        (
+            lambda g: gat_attention(torch.randn(5, 2), None, torch.randn(5, 3, 4), g),
+            ValueError,
+            r"score_src must have shape \[5, 3\]",
+        ),
+        (
+            lambda g: gat_attention(torch.randn(5, 2), torch.randn(4, 2), torch.randn(5, 2, 4), g),
+            ValueError,
+            "destination-node rows",
+        ),
+        (
+            lambda g: gat_attention(torch.randn(5, 2).double(), None, torch.randn(5, 2, 4), g),
+            TypeError,
+            "dtype torch.float64",
+        ),
         (lambda g: gat_attention(torch.randn(5, 2), None, torch.randn(5, 2), g), ValueError, "value must have shape"),
-        (lambda g: gat_attention(torch.randn(5, 2), None, torch.randn(5, 2, 3), g, edge_score=torch.randn(2, 2)),
-         ValueError, "edge_score"),
-        (lambda g: dot_product_attention(torch.randn(5, 2, 3), torch.randn(5, 2, 4), torch.randn(5, 2, 3), g),
-         ValueError, "key must have shape"),
-        (lambda g: dot_product_attention(torch.randn(5, 2, 3), torch.randn(5, 2, 3), torch.randn(5, 2, 3).long(), g),
-         TypeError, "floating-point"),
-        (lambda g: gatv2_attention(torch.randn(5, 2, 3), torch.randn(5, 2, 3), torch.randn(3, 3), g),
-         ValueError, r"att must have shape \[2, 3\]"),
-        (lambda g: gat_attention(torch.randn(5, 2), None, torch.randn(5, 2, 3), "edges"),
-         TypeError, "Graph or an edge_index"),
+        (
+            lambda g: gat_attention(torch.randn(5, 2), None, torch.randn(5, 2, 3), g, edge_score=torch.randn(2, 2)),
+            ValueError,
+            "edge_score",
+        ),
+        (
+            lambda g: dot_product_attention(torch.randn(5, 2, 3), torch.randn(5, 2, 4), torch.randn(5, 2, 3), g),
+            ValueError,
+            "key must have shape",
+        ),
+        (
+            lambda g: dot_product_attention(torch.randn(5, 2, 3), torch.randn(5, 2, 3), torch.randn(5, 2, 3).long(), g),
+            TypeError,
+            "floating-point",
+        ),
+        (
+            lambda g: gatv2_attention(torch.randn(5, 2, 3), torch.randn(5, 2, 3), torch.randn(3, 3), g),
+            ValueError,
+            r"att must have shape \[2, 3\]",
+        ),
+        (
+            lambda g: gat_attention(torch.randn(5, 2), None, torch.randn(5, 2, 3), "edges"),
+            TypeError,
+            "Graph or an edge_index",
+        ),
     ],
 )
 def test_bad_input(call, exc, match):
@@ -274,17 +333,18 @@ def test_fused_dropout_gradient_matches_autograd_of_the_same_mask():
     t = g.transpose_csr()
 
     def f(q, k, v):
-        return cpu_backend._forward_op(cpu_backend.DOT, g.rowptr, g.col, *t, g.num_dst, q, k, v, empty, empty,
-                                       empty, empty, 0.0, 0.5, 0.4, seed)[0]
+        return cpu_backend._forward_op(
+            cpu_backend.DOT, g.rowptr, g.col, *t, g.num_dst, q, k, v, empty, empty, empty, empty, 0.0, 0.5, 0.4, seed
+        )[0]
 
     out = f(q, k, v)
     assert torch.autograd.gradcheck(f, (q, k, v))
     t = tuple(x.long() for x in g.transpose_csr())  # the int64 transposed graph of a graph past 2^31 edges
     assert torch.autograd.gradcheck(f, (q, k, v))
-    full = cpu_backend._forward_op(cpu_backend.DOT, g.rowptr, g.col, *t, g.num_dst, q, k, v, empty, empty,
-                                   empty, empty, 0.0, 0.5, 0.0, seed)[0]
+    full = cpu_backend._forward_op(
+        cpu_backend.DOT, g.rowptr, g.col, *t, g.num_dst, q, k, v, empty, empty, empty, empty, 0.0, 0.5, 0.0, seed
+    )[0]
     assert not torch.allclose(out, full)
-
 
 
 @needs_backend("cpu")
@@ -298,20 +358,24 @@ def test_int64_and_int32_transposed_graphs_give_the_same_gradients(kind):
     H, F = 2, 3
     term = (H,) if kind == "GAT" else (H, F)
     inputs = [torch.randn(9, *term, generator=gen, dtype=torch.float64) for _ in range(2)]  # dst, src
-    inputs += [torch.randn(9, H, 4, generator=gen, dtype=torch.float64),  # value
-               torch.randn(H, F, generator=gen, dtype=torch.float64) if kind == "GATV2" else torch.empty(0)]
+    inputs += [
+        torch.randn(9, H, 4, generator=gen, dtype=torch.float64),  # value
+        torch.randn(H, F, generator=gen, dtype=torch.float64) if kind == "GATV2" else torch.empty(0),
+    ]
     empty, seed = torch.empty(0, dtype=torch.float64), torch.tensor(7)
     t32 = g.transpose_csr()
     assert t32[0].dtype == torch.int32
     grads = []
     for t in (t32, tuple(x.long() for x in t32)):
         xs = [x.detach().clone().requires_grad_(x.numel() > 0) for x in inputs]
-        out = cpu_backend._forward_op(code, g.rowptr, g.col, *t, g.num_dst, xs[0], xs[1], xs[2], empty, empty,
-                                      empty, xs[3], 0.2, 0.5, 0.3, seed)[0]
+        out = cpu_backend._forward_op(
+            code, g.rowptr, g.col, *t, g.num_dst, xs[0], xs[1], xs[2], empty, empty, empty, xs[3], 0.2, 0.5, 0.3, seed
+        )[0]
         out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out))
         grads.append([x.grad for x in xs if x.requires_grad])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
 
 # ------------------------------------------------------------ score kinds: one table, generated into both kernels
 def test_generated_kernel_sources_match_the_kind_table():
@@ -329,10 +393,11 @@ def test_each_activations_derivative_is_the_derivative_of_its_value(activation):
     z = torch.cat([torch.linspace(-3, 3, 61, dtype=torch.float64), torch.tensor([-1e-3, 1e-3, 7.5])])
     z = z[z != 0].requires_grad_()  # a kink's derivative is a convention
     slope = torch.tensor(0.2, dtype=torch.float64)
-    env = {"where": lambda c, a, b: torch.where(c, torch.as_tensor(a, dtype=z.dtype),
-                                                torch.as_tensor(b, dtype=z.dtype)),
-           "max": lambda a, b: torch.maximum(torch.as_tensor(a, dtype=z.dtype), torch.as_tensor(b, dtype=z.dtype)),
-           "min": lambda a, b: torch.minimum(torch.as_tensor(a, dtype=z.dtype), torch.as_tensor(b, dtype=z.dtype))}
+    env = {
+        "where": lambda c, a, b: torch.where(c, torch.as_tensor(a, dtype=z.dtype), torch.as_tensor(b, dtype=z.dtype)),
+        "max": lambda a, b: torch.maximum(torch.as_tensor(a, dtype=z.dtype), torch.as_tensor(b, dtype=z.dtype)),
+        "min": lambda a, b: torch.minimum(torch.as_tensor(a, dtype=z.dtype), torch.as_tensor(b, dtype=z.dtype)),
+    }
     value = eval(act.value, env, {"z": z, "slope": slope}) + torch.zeros_like(z)
     (autograd_derivative,) = torch.autograd.grad(value.sum(), z)
     written = eval(act.derivative, env, {"z": z.detach(), "slope": slope}) + torch.zeros_like(z)
@@ -350,14 +415,17 @@ def test_kind_table_expressions_are_translated_for_both_kernels_and_bad_ones_ref
             emit(bad, "cpp")
 
 
-@pytest.mark.parametrize("traits, problem", [
-    (dict(scalar=True, weight="att"), "no channel weight"),
-    (dict(scalar=True, adds_dst=False), "adds its destination term"),
-    (dict(scalar=True, takes_edge_bias=True), "already is a per-edge bias"),
-    (dict(scalar=False, weight="one", activation="identity"), "plain sum of channels"),
-    (dict(weight="query"), "not one of"),
-    (dict(activation="gelu"), "not a row of ACTIVATIONS"),
-])
+@pytest.mark.parametrize(
+    "traits, problem",
+    [
+        (dict(scalar=True, weight="att"), "no channel weight"),
+        (dict(scalar=True, adds_dst=False), "adds its destination term"),
+        (dict(scalar=True, takes_edge_bias=True), "already is a per-edge bias"),
+        (dict(scalar=False, weight="one", activation="identity"), "plain sum of channels"),
+        (dict(weight="query"), "not one of"),
+        (dict(activation="gelu"), "not a row of ACTIVATIONS"),
+    ],
+)
 def test_kinds_the_kernels_cannot_compute_are_refused_by_the_table(traits, problem):
     from dataclasses import replace
 

@@ -5,6 +5,7 @@ The wheel and sdist are built offline from a copy of the checkout with the
 environment's own setuptools (``--no-build-isolation --no-index``), so the
 checkout's build/ and *.egg-info are never touched and no network is needed.
 """
+
 import json
 import os
 import shutil
@@ -32,8 +33,10 @@ def _run(cmd, **kw):
     env.update(kw.pop("env", {}))
     res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, **kw)
     if res.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, cmd))} exited {res.returncode}\n--- stdout\n{res.stdout[-4000:]}"
-                    f"\n--- stderr\n{res.stderr[-4000:]}")
+        pytest.fail(
+            f"{' '.join(map(str, cmd))} exited {res.returncode}\n--- stdout\n{res.stdout[-4000:]}"
+            f"\n--- stderr\n{res.stderr[-4000:]}"
+        )
     return res
 
 
@@ -47,8 +50,9 @@ def _package_files(src: Path) -> set:
 
 
 def _build_wheel(src: Path, out: Path) -> Path:
-    _run([sys.executable, "-m", "pip", "wheel", src, "--no-deps", "--no-build-isolation",
-          "--no-index", "-q", "-w", out])
+    _run(
+        [sys.executable, "-m", "pip", "wheel", src, "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", out]
+    )
     (wheel,) = out.glob(f"{PKG}-*.whl")
     return wheel
 
@@ -67,8 +71,10 @@ def built(tmp_path_factory):
             shutil.copytree(ROOT / d, src / d, ignore=JUNK)
     wheel = _build_wheel(src, tmp / "wheel")
     sdist_dir = tmp / "sdist"
-    _run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(sdist_dir)!r})"],
-         cwd=src)
+    _run(
+        [sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(sdist_dir)!r})"],
+        cwd=src,
+    )
     (sdist,) = sdist_dir.glob(f"{PKG}-*.tar.gz")
     return {"tmp": tmp, "src": src, "wheel": wheel, "sdist": sdist}
 
@@ -91,7 +97,7 @@ def test_wheel_has_every_module_and_the_kernel_source(built):
 def test_sdist_has_the_kernel_source_and_builds_a_complete_wheel(built):
     with tarfile.open(built["sdist"]) as tar:
         top = built["sdist"].name[: -len(".tar.gz")]
-        names = {n[len(top) + 1:] for n in tar.getnames() if n.startswith(top + "/")}
+        names = {n[len(top) + 1 :] for n in tar.getnames() if n.startswith(top + "/")}
         assert CPP in names
         assert {"pyproject.toml", "README.md", "PKG-INFO"} <= names
         missing = _package_files(built["src"]) - names
@@ -120,18 +126,24 @@ def _run_installed(target: Path, code: str, env=None):
     so an editable install of the checkout cannot shadow the wheel."""
     paths = sysconfig.get_paths()
     pythonpath = os.pathsep.join(dict.fromkeys([str(target), paths["purelib"], paths["platlib"]]))
-    return _run([sys.executable, "-S", "-c", textwrap.dedent(code)], cwd=target.parent,
-                env={"PYTHONPATH": pythonpath, **(env or {})})
+    return _run(
+        [sys.executable, "-S", "-c", textwrap.dedent(code)],
+        cwd=target.parent,
+        env={"PYTHONPATH": pythonpath, **(env or {})},
+    )
 
 
 def test_installed_wheel_finds_the_kernel_source(built):
     target = _install(built, "site")
-    res = _run_installed(target, """
+    res = _run_installed(
+        target,
+        """
         import json, sys
         import graphattn.ops.cpu as cpu
         print(json.dumps({"module": cpu.__file__, "source": str(cpu._SOURCE), "exists": cpu._SOURCE.exists(),
                           "size": cpu._SOURCE.stat().st_size if cpu._SOURCE.exists() else -1}))
-    """)
+    """,
+    )
     info = json.loads(res.stdout.strip().splitlines()[-1])
     assert Path(info["module"]).resolve().is_relative_to(target.resolve()), info
     assert Path(info["source"]).resolve().is_relative_to(target.resolve()), info
@@ -146,7 +158,9 @@ def test_installed_wheel_compiles_and_runs_the_kernel(built):
     if shutil.which("c++") is None and shutil.which("g++") is None:
         pytest.skip("no C++ compiler")
     target = _install(built, "site-compile")
-    res = _run_installed(target, """
+    res = _run_installed(
+        target,
+        """
         import torch
         from graphattn import Graph, ops
         from graphattn.ops import cpu
@@ -157,7 +171,9 @@ def test_installed_wheel_compiles_and_runs_the_kernel(built):
         assert ops.last_backend("edge_softmax") == "cpu", ops.last_backend("edge_softmax")
         torch.testing.assert_close(y, ops.edge_softmax(s, g, backend="reference"))
         print("EXT", cpu._EXT.__file__)
-    """, env={"TORCH_EXTENSIONS_DIR": str(built["tmp"] / "torch-extensions"), "GRAPHATTN_DISABLE_CPU_KERNEL": "0"})
+    """,
+        env={"TORCH_EXTENSIONS_DIR": str(built["tmp"] / "torch-extensions"), "GRAPHATTN_DISABLE_CPU_KERNEL": "0"},
+    )
     assert str(built["tmp"] / "torch-extensions") in res.stdout
 
 
@@ -167,7 +183,11 @@ HEAVY = ("torch._dynamo", "torch._inductor", "triton")
 def test_import_graphattn_is_cheap():
     """``import graphattn`` loads nothing heavy: torch.compile's machinery (and
     triton, which it pulls in) costs seconds and is only needed when used."""
-    res = _run([sys.executable, "-c", textwrap.dedent(f"""
+    res = _run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import json, sys, time
         t0 = time.perf_counter()
         import torch
@@ -176,7 +196,10 @@ def test_import_graphattn_is_cheap():
         t2 = time.perf_counter()
         print(json.dumps({{"torch_s": t1 - t0, "graphattn_s": t2 - t1, "file": graphattn.__file__,
                           "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
-    """)], cwd=ROOT)
+    """),
+        ],
+        cwd=ROOT,
+    )
     info = json.loads(res.stdout.strip().splitlines()[-1])
     assert Path(info["file"]).resolve().is_relative_to(ROOT), info
     assert not info["heavy"], (

@@ -1,4 +1,5 @@
 """Every pattern against its dense-mask equivalent."""
+
 import pytest
 import torch
 
@@ -23,11 +24,17 @@ def test_complete_causal_cross():
 
 def test_builders_record_pattern_kind_members_that_still_compare_and_print_as_strings():
     edge = Graph.from_edge_index(torch.zeros(2, 1, dtype=torch.long), 3)  # records no pattern
-    built = {PatternKind.COMPLETE: patterns.complete(3), PatternKind.CROSS: patterns.cross(2, 3),
-             PatternKind.CAUSAL: patterns.causal(3), PatternKind.BAND: patterns.sliding_window(5, 1, 1),
-             PatternKind.DILATED: patterns.dilated(6, 1, 2), PatternKind.GLOBAL_LOCAL: patterns.global_local(6, 1),
-             PatternKind.RANDOM: patterns.random(4, 2), PatternKind.BIGBIRD: patterns.bigbird(8, 1),
-             PatternKind.GRAPH: patterns.batch([3], lambda L: edge)}
+    built = {
+        PatternKind.COMPLETE: patterns.complete(3),
+        PatternKind.CROSS: patterns.cross(2, 3),
+        PatternKind.CAUSAL: patterns.causal(3),
+        PatternKind.BAND: patterns.sliding_window(5, 1, 1),
+        PatternKind.DILATED: patterns.dilated(6, 1, 2),
+        PatternKind.GLOBAL_LOCAL: patterns.global_local(6, 1),
+        PatternKind.RANDOM: patterns.random(4, 2),
+        PatternKind.BIGBIRD: patterns.bigbird(8, 1),
+        PatternKind.GRAPH: patterns.batch([3], lambda L: edge),
+    }
     for kind, g in built.items():
         assert g.pattern.kind is kind, kind
         assert g.pattern.kind == kind.value and str(g.pattern.kind) == f"{g.pattern.kind}" == kind.value
@@ -72,7 +79,7 @@ def test_dilated():
 def test_global_local():
     L = 10
     i = torch.arange(L)
-    ref = ((i[None, :] - i[:, None]).abs() <= 1)
+    ref = (i[None, :] - i[:, None]).abs() <= 1
     ref[:, [0, 5]] = True
     ref[[0, 5], :] = True
     g = patterns.global_local(L, 1, [0, 5])
@@ -117,8 +124,9 @@ def test_batch_is_block_diagonal_and_pack_unpack_round_trip():
         patterns.lengths_from_padding_mask(torch.tensor([[True, False]]))
     cross = patterns.batch([2, 3], patterns.cross, key_lengths=[4, 1])
     assert (cross.num_dst, cross.num_src) == (5, 5)
-    assert torch.equal(dense(cross), torch.block_diag(torch.ones(2, 4, dtype=torch.long),
-                                                       torch.ones(3, 1, dtype=torch.long)))
+    assert torch.equal(
+        dense(cross), torch.block_diag(torch.ones(2, 4, dtype=torch.long), torch.ones(3, 1, dtype=torch.long))
+    )
 
 
 # ------------------------------------------------ lengths: one rule for every pattern function
@@ -164,9 +172,16 @@ def test_lengths_totals_must_match_naming_both_numbers():
 
 def test_good_lengths_in_every_form():
     import numpy as np
+
     ref = patterns.batch([3, 1, 2])
-    for form in ([3, 1, 2], (3, 1, 2), torch.tensor([3, 1, 2]), torch.tensor([3, 1, 2], dtype=torch.int32),
-                 np.array([3, 1, 2]), [np.int64(3), 1, torch.tensor(2)]):
+    for form in (
+        [3, 1, 2],
+        (3, 1, 2),
+        torch.tensor([3, 1, 2]),
+        torch.tensor([3, 1, 2], dtype=torch.int32),
+        np.array([3, 1, 2]),
+        [np.int64(3), 1, torch.tensor(2)],
+    ):
         g = patterns.batch(form)
         assert torch.equal(g.col, ref.col) and g.pattern.batch == (3, 1, 2)
         packed, lengths = patterns.pack(torch.randn(3, 4, 2), form)
@@ -175,29 +190,35 @@ def test_good_lengths_in_every_form():
     assert patterns.batch([]).num_dst == 0
 
 
-@pytest.mark.parametrize("call", [
-    lambda: patterns.global_local(10.0, 1),
-    lambda: patterns.global_local(10, 1.5),
-    lambda: patterns.global_local(10, 1, 2.5),
-    lambda: patterns.global_local(10, 1, True),
-    lambda: patterns.global_local(10, 1, [0.5, 3]),
-    lambda: patterns.global_local(10, 1, torch.tensor([0.5])),
-    lambda: patterns.complete(4.0),
-    lambda: patterns.dilated(8, 1, 2.0),
-    lambda: patterns.causal(True),
-    lambda: patterns.graph_sizes(None, 2.5),
-    lambda: patterns.complete_per_graph(None, 2.5),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: patterns.global_local(10.0, 1),
+        lambda: patterns.global_local(10, 1.5),
+        lambda: patterns.global_local(10, 1, 2.5),
+        lambda: patterns.global_local(10, 1, True),
+        lambda: patterns.global_local(10, 1, [0.5, 3]),
+        lambda: patterns.global_local(10, 1, torch.tensor([0.5])),
+        lambda: patterns.complete(4.0),
+        lambda: patterns.dilated(8, 1, 2.0),
+        lambda: patterns.causal(True),
+        lambda: patterns.graph_sizes(None, 2.5),
+        lambda: patterns.complete_per_graph(None, 2.5),
+    ],
+)
 def test_single_lengths_refuse_non_integers(call):
     with pytest.raises(TypeError, match="integer"):
         call()
 
 
-@pytest.mark.parametrize("call", [
-    lambda: patterns.global_local(10, 1, -1),
-    lambda: patterns.global_local(10, 1, [-1, 2]),
-    lambda: patterns.global_local(-3, 1),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: patterns.global_local(10, 1, -1),
+        lambda: patterns.global_local(10, 1, [-1, 2]),
+        lambda: patterns.global_local(-3, 1),
+    ],
+)
 def test_single_lengths_refuse_negatives(call):
     with pytest.raises(ValueError):
         call()
@@ -205,6 +226,7 @@ def test_single_lengths_refuse_negatives(call):
 
 def test_single_lengths_accept_numpy_and_tensor_ints():
     import numpy as np
+
     ref = patterns.global_local(10, 1, 2)
     for L, w, gt in ((np.int64(10), np.int32(1), np.int64(2)), (torch.tensor(10), torch.tensor(1), torch.tensor(2))):
         assert torch.equal(patterns.global_local(L, w, gt).col, ref.col)

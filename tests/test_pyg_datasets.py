@@ -2,6 +2,7 @@
 
 The data are written here in PyG's on-disk layouts (HeterophilousGraphDataset's .npz with
 per-split mask rows, Amazon's CSR .npz without masks), so PyG's own classes process them."""
+
 import json
 import shutil
 import stat
@@ -40,8 +41,8 @@ def write_heterophilous(root, name="minesweeper", n=60, classes=2, splits=3):
     for s in range(splits):
         perm = np.random.default_rng(100 + s).permutation(n)
         masks["train_masks"][s, perm[: n // 2]] = True
-        masks["val_masks"][s, perm[n // 2: 3 * n // 4]] = True
-        masks["test_masks"][s, perm[3 * n // 4:]] = True
+        masks["val_masks"][s, perm[n // 2 : 3 * n // 4]] = True
+        masks["test_masks"][s, perm[3 * n // 4 :]] = True
     raw = Path(root) / name / "raw"
     raw.mkdir(parents=True)
     np.savez(raw / f"{name}.npz", node_features=x, node_labels=y, edges=edges, **masks)
@@ -60,15 +61,25 @@ def write_amazon(root, name="computers", per_class=60, classes=3):
     adj = sp.csr_matrix((np.ones(n), (src, (src + 1) % n)), shape=(n, n))
     raw = Path(root) / name.capitalize() / "raw"
     raw.mkdir(parents=True)
-    np.savez(raw / f"amazon_electronics_{name}.npz", attr_data=attr.data.astype(np.float32),
-             attr_indices=attr.indices, attr_indptr=attr.indptr, attr_shape=attr.shape,
-             adj_data=adj.data, adj_indices=adj.indices, adj_indptr=adj.indptr, adj_shape=adj.shape, labels=y)
+    np.savez(
+        raw / f"amazon_electronics_{name}.npz",
+        attr_data=attr.data.astype(np.float32),
+        attr_indices=attr.indices,
+        attr_indptr=attr.indptr,
+        attr_shape=attr.shape,
+        adj_data=adj.data,
+        adj_indices=adj.indices,
+        adj_indptr=adj.indptr,
+        adj_shape=adj.shape,
+        labels=y,
+    )
     return y
 
 
 def _run(tmp_path, dataset, *extra):
-    return nc.main(["--dataset", dataset, "--root", str(tmp_path / "data"), "--out", str(tmp_path / "res.json"),
-                    *QUICK, *extra])
+    return nc.main(
+        ["--dataset", dataset, "--root", str(tmp_path / "data"), "--out", str(tmp_path / "res.json"), *QUICK, *extra]
+    )
 
 
 def test_run_r_trains_and_tests_on_mask_column_r_mod_s(tmp_path, monkeypatch):
@@ -140,8 +151,11 @@ def test_missing_raw_files_name_the_files_and_folder_and_nothing_is_written(tmp_
 
 
 def test_unknown_classes_and_names_are_usage_errors(tmp_path, capsys):
-    for dataset, message in (("NoSuchDataset", "not a dataset class"), ("Amazon", "needs a name"),
-                             ("WikiCS:big", "takes no name")):
+    for dataset, message in (
+        ("NoSuchDataset", "not a dataset class"),
+        ("Amazon", "needs a name"),
+        ("WikiCS:big", "takes no name"),
+    ):
         with pytest.raises(SystemExit):
             _run(tmp_path, dataset)
         assert message in capsys.readouterr().err
@@ -165,26 +179,45 @@ def test_a_read_only_dataset_folder_is_copied_to_the_cache(tmp_path, monkeypatch
 def test_config_file_flags_with_command_line_overrides(tmp_path):
     write_heterophilous(tmp_path / "data")
     config = tmp_path / "run.json"
-    config.write_text(json.dumps({"dataset": "HeterophilousGraphDataset:Minesweeper", "root": str(tmp_path / "data"),
-                                  "runs": 3, "hidden": 3, "weight-decay": 0.001, "no_progress": True}))
+    config.write_text(
+        json.dumps(
+            {
+                "dataset": "HeterophilousGraphDataset:Minesweeper",
+                "root": str(tmp_path / "data"),
+                "runs": 3,
+                "hidden": 3,
+                "weight-decay": 0.001,
+                "no_progress": True,
+            }
+        )
+    )
     args = nc.parse_args(["--config", str(config), "--runs", "1", "--out", str(tmp_path / "r.json")])
     assert (args.dataset, args.runs, args.hidden, args.weight_decay, args.no_progress) == (
-        "HeterophilousGraphDataset:Minesweeper", 1, 3, 0.001, True)
-    res = nc.main(["--config", str(config), "--runs", "1", "--epochs", "1", "--device", "cpu",
-                   "--out", str(tmp_path / "r.json")])
+        "HeterophilousGraphDataset:Minesweeper",
+        1,
+        3,
+        0.001,
+        True,
+    )
+    res = nc.main(
+        ["--config", str(config), "--runs", "1", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "r.json")]
+    )
     assert res["runs"] == 1 and res["config"]["hidden"] == 3
 
 
-@pytest.mark.parametrize("config, message", [
-    ({"hiden": 8}, "unknown key 'hiden'"),
-    ({"hidden": "many"}, "'hidden': must be an integer"),
-    ({"hidden": 0}, "'hidden': must be an integer >= 1"),
-    ({"dropout": 1.5}, "'dropout': must be a finite number in [0, 1)"),
-    ({"model": "gcn"}, "'model': 'gcn' is not one of gat, gatv2, dot"),
-    ({"smoke": "yes"}, "'smoke' is a switch"),
-    ({"lr": [0.1]}, "'lr' takes a number or a string"),
-    ([1, 2], "must hold a JSON object"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"hiden": 8}, "unknown key 'hiden'"),
+        ({"hidden": "many"}, "'hidden': must be an integer"),
+        ({"hidden": 0}, "'hidden': must be an integer >= 1"),
+        ({"dropout": 1.5}, "'dropout': must be a finite number in [0, 1)"),
+        ({"model": "gcn"}, "'model': 'gcn' is not one of gat, gatv2, dot"),
+        ({"smoke": "yes"}, "'smoke' is a switch"),
+        ({"lr": [0.1]}, "'lr' takes a number or a string"),
+        ([1, 2], "must hold a JSON object"),
+    ],
+)
 def test_config_file_errors_name_the_key(tmp_path, capsys, config, message):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(config))
@@ -216,9 +249,23 @@ def test_real_minesweeper_one_epoch(tmp_path):
     for path in [tmp_path / "data", *(tmp_path / "data").rglob("*")]:
         path.chmod(path.stat().st_mode | stat.S_IWUSR)
     t0 = time.perf_counter()
-    res = nc.main(["--dataset", "HeterophilousGraphDataset:Minesweeper", "--root", str(tmp_path / "data"),
-                   "--out", str(tmp_path / "res.json"), "--no-progress", "--device", "cpu", "--runs", "1",
-                   "--epochs", "2"])
+    res = nc.main(
+        [
+            "--dataset",
+            "HeterophilousGraphDataset:Minesweeper",
+            "--root",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "res.json"),
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--runs",
+            "1",
+            "--epochs",
+            "2",
+        ]
+    )
     print(f"Minesweeper, 2 epochs: test ROC-AUC {res['per_run'][0]:.4f} in {time.perf_counter() - t0:.1f} s")
     assert res["metric"] == "test_rocauc" and res["split_columns"] == [{"train": 0, "val": 0, "test": 0}]
     assert 0.0 < res["per_run"][0] < 1.0

@@ -1,5 +1,6 @@
 """Parity with PyG: a graphattn layer built by from_pyg equals the PyG layer
 (outputs, attention weights, returned edge_index, gradients) within 1e-5 in fp32."""
+
 import itertools
 
 import pytest
@@ -64,16 +65,34 @@ GAT_GRID = list(itertools.product([1, 3], [True, False], [True, False], [None, 3
 @pytest.mark.parametrize("heads,concat,loops,edge_dim,residual,bias", GAT_GRID)
 def test_gatconv(heads, concat, loops, edge_dim, residual, bias):
     x, ei, ea = _data(edge_dim=edge_dim)
-    pyg = pygnn.GATConv(IN, 5, heads=heads, concat=concat, add_self_loops=loops, edge_dim=edge_dim,
-                        residual=residual, bias=bias, negative_slope=0.15)
+    pyg = pygnn.GATConv(
+        IN,
+        5,
+        heads=heads,
+        concat=concat,
+        add_self_loops=loops,
+        edge_dim=edge_dim,
+        residual=residual,
+        bias=bias,
+        negative_slope=0.15,
+    )
     _check(pyg, GATConv.from_pyg(pyg), x, ei, ea)
 
 
 @pytest.mark.parametrize("heads,concat,loops,edge_dim,residual,bias", GAT_GRID)
 def test_gatv2conv(heads, concat, loops, edge_dim, residual, bias):
     x, ei, ea = _data(edge_dim=edge_dim)
-    pyg = pygnn.GATv2Conv(IN, 5, heads=heads, concat=concat, add_self_loops=loops, edge_dim=edge_dim,
-                          residual=residual, bias=bias, share_weights=(heads == 3 and bias))
+    pyg = pygnn.GATv2Conv(
+        IN,
+        5,
+        heads=heads,
+        concat=concat,
+        add_self_loops=loops,
+        edge_dim=edge_dim,
+        residual=residual,
+        bias=bias,
+        share_weights=(heads == 3 and bias),
+    )
     _check(pyg, GATv2Conv.from_pyg(pyg), x, ei, ea)
 
 
@@ -108,8 +127,9 @@ TR_GRID = list(itertools.product([1, 3], [True, False], [True, False], [None, 3]
 @pytest.mark.parametrize("heads,concat,beta,edge_dim,bias,root_weight", TR_GRID)
 def test_transformerconv(heads, concat, beta, edge_dim, bias, root_weight):
     x, ei, ea = _data(edge_dim=edge_dim)
-    pyg = pygnn.TransformerConv(IN, 5, heads=heads, concat=concat, beta=beta, edge_dim=edge_dim, bias=bias,
-                                root_weight=root_weight)
+    pyg = pygnn.TransformerConv(
+        IN, 5, heads=heads, concat=concat, beta=beta, edge_dim=edge_dim, bias=bias, root_weight=root_weight
+    )
     _check(pyg, DotProductConv.from_pyg(pyg), x, ei, ea)
 
 

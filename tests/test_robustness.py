@@ -1,4 +1,5 @@
 """graphattn.robustness: reproducible by seed, budgets respected, the attack hurts its surrogate."""
+
 import pytest
 import torch
 
@@ -20,7 +21,7 @@ def _pairs(ei):
 def test_insert_random_edges_budget_seed_and_symmetry():
     ei = _ring()
     new, ins = rb.insert_random_edges(ei, 30, 0.5, seed=3)
-    assert ins.size(1) == 2 * 15 and torch.equal(new[:, :ei.size(1)], ei)
+    assert ins.size(1) == 2 * 15 and torch.equal(new[:, : ei.size(1)], ei)
     assert not (_pairs(ins) & _pairs(ei)) and len(_pairs(ins)) == 15
     assert (ins[0] != ins[1]).all()
     assert _pairs(ins) == _pairs(ins.flip(0))
@@ -55,8 +56,9 @@ def test_feature_noise_is_seeded_and_scaled():
 
 
 def test_gradient_attack_hurts_the_surrogate_more_than_random_edges():
-    data = contextual_sbm(num_nodes=300, num_val=50, num_test=150, seed=0, homophily=0.9, noisy_fraction=0.0,
-                          feature_signal=0.2)
+    data = contextual_sbm(
+        num_nodes=300, num_val=50, num_test=150, seed=0, homophily=0.9, noisy_fraction=0.0, feature_signal=0.2
+    )
     budget = 0.2
     new, info = rb.gradient_attack(data.x, data.edge_index, data.y, data.train_mask, data.test_mask, budget, seed=0)
     n_pairs = len(_pairs(data.edge_index))

@@ -9,6 +9,7 @@ their own, under ``TRITON_INTERPRET=1``. One test per route says whether it agre
 coverage test fails when a route, an input form, a variant (weights, edge terms, dropout,
 message mask) or a hostile value has no case and no stated reason, so the next backend or
 dense path added is covered by construction."""
+
 import functools
 import json
 import os
@@ -35,8 +36,13 @@ def group_of(route: rw.Route) -> str:
 
 def _run_worker(backends: str, size: str, env: dict, start: int):
     full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **env)
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "route_worker.py"), backends, "--size", size,
-                           "--from", str(start)], env=full_env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "route_worker.py"), backends, "--size", size, "--from", str(start)],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     return proc, [v for v in lines if "case" in v], any("done" in v for v in lines)
 
@@ -55,11 +61,18 @@ def group_verdicts(group: str, size: str = "default") -> tuple:
             return tuple(verdicts)
         started = [line.split(" ", 2) for line in proc.stderr.splitlines() if line.startswith("start ")]
         if not started:
-            raise AssertionError(f"the {group} worker failed before any case (exit {proc.returncode}):\n"
-                                 f"{proc.stderr[-3000:]}")
+            raise AssertionError(
+                f"the {group} worker failed before any case (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+            )
         k, case = int(started[-1][1]), json.loads(started[-1][2])
-        verdicts.append({"index": k, "case": case, "verdict": "fail",
-                         "why": f"the worker died (exit {proc.returncode}) in this case: {proc.stderr[-1500:]}"})
+        verdicts.append(
+            {
+                "index": k,
+                "case": case,
+                "verdict": "fail",
+                "why": f"the worker died (exit {proc.returncode}) in this case: {proc.stderr[-1500:]}",
+            }
+        )
         start = k + 1
     raise AssertionError(f"the {group} worker died six times; last stderr:\n{proc.stderr[-3000:]}")
 
@@ -112,10 +125,15 @@ def _form_gaps(route, verdicts) -> list:
         if exc is None:
             if not _has(verdicts, form=form):
                 takes = any(rw.form_takes(form, f) for f in rw.families(route))
-                gaps.append(f"form {form}: no case" + ("" if takes else " (no family of the route takes it: "
-                                                                          "add one, or an exclusion with its reason)"))
-        elif exc.declined and any(rw.form_takes(form, f) for f in rw.families(route)) and \
-                not _has(verdicts, ("declined",), form=form):
+                gaps.append(
+                    f"form {form}: no case"
+                    + ("" if takes else " (no family of the route takes it: add one, or an exclusion with its reason)")
+                )
+        elif (
+            exc.declined
+            and any(rw.form_takes(form, f) for f in rw.families(route))
+            and not _has(verdicts, ("declined",), form=form)
+        ):
             gaps.append(f"form {form}: excluded as declined ({exc.reason}), but no probe saw the decline")
     return gaps
 
@@ -127,7 +145,8 @@ def _variant_gaps(route, verdicts) -> list:
     for axis, values in rw.variant_axes(rw.ENTRIES[route.entry]).items():
         for value in values:
             if f"{axis}={value}" not in declined and not any(
-                    v["verdict"] in RAN and v["case"]["variant"].get(axis) == value for v in verdicts):
+                v["verdict"] in RAN and v["case"]["variant"].get(axis) == value for v in verdicts
+            ):
                 gaps.append(f"{axis}={value}: no case, and the backend does not decline it")
     return gaps
 
@@ -148,8 +167,11 @@ def _hostile_gaps(route, verdicts) -> list:
 
 def coverage_gaps(verdicts) -> list:
     gaps = [f"no graph for {what} (route_worker.PATTERN_FAMILIES)" for what in rw.MISSING_KINDS]
-    gaps += [f"op {op!r} has no entry point in route_worker.ENTRIES" for op in _dispatch.OPS
-             if op not in {e.op for e in rw.ENTRIES.values()}]
+    gaps += [
+        f"op {op!r} has no entry point in route_worker.ENTRIES"
+        for op in _dispatch.OPS
+        if op not in {e.op for e in rw.ENTRIES.values()}
+    ]
     kinds_run = {OP_KINDS[_route(v).entry] for v in verdicts if v["verdict"] in RAN and _route(v).entry in OP_KINDS}
     gaps += [f"score kind {k.name}: no case" for k in KINDS if k.code not in kinds_run]
     for route in ROUTES:
@@ -165,8 +187,10 @@ def coverage_gaps(verdicts) -> list:
             gaps.append(f"{route}: no case ran")
             continue
         gaps += [f"{route}: family {f.name}: no case" for f in rw.families(route) if not _has(mine, family=f.name)]
-        gaps += [f"{route}: {gap}" for gap in _form_gaps(route, mine) + _variant_gaps(route, mine)
-                 + _hostile_gaps(route, mine)]
+        gaps += [
+            f"{route}: {gap}"
+            for gap in _form_gaps(route, mine) + _variant_gaps(route, mine) + _hostile_gaps(route, mine)
+        ]
     return gaps
 
 

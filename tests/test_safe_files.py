@@ -2,6 +2,7 @@
 bad checkpoints give an error naming the file, every checkpoint the examples write
 loads back that way, and OGB's files load through a scoped allow-list, not a patch
 of ``torch.load``."""
+
 import io
 import math
 import os
@@ -118,8 +119,19 @@ def test_crafted_text_model_does_not_run(tmp_path, monkeypatch):
     dev = _tsv(tmp_path / "dev.tsv", 10)
     monkeypatch.setattr(va, "graph_pictures", lambda *a: {})  # (trains a graph model; not what is tested here)
     with pytest.raises(SystemExit, match=r"error: checkpoint .*evil\.model\.pt"):
-        va.main(["--smoke", "--out-dir", str(tmp_path / "vis"), "--text-model", str(model), "--text-dev", dev,
-                 "--device", "cpu"])
+        va.main(
+            [
+                "--smoke",
+                "--out-dir",
+                str(tmp_path / "vis"),
+                "--text-model",
+                str(model),
+                "--text-dev",
+                dev,
+                "--device",
+                "cpu",
+            ]
+        )
     assert not marker.exists()
     torch.save({"model": {}}, tmp_path / "other.pt")  # a checkpoint, but not a saved model
     with pytest.raises(CheckpointError, match=r"other\.pt is not a model file.*lacks vocab"):
@@ -131,8 +143,9 @@ def _real_checkpoint(path: Path) -> bytes:
     opt = torch.optim.Adam(model.parameters())
     model(torch.randn(4, 3)).sum().backward()
     opt.step()
-    atomic_save({"config": {"lr": 0.1}, "done": [], **experiment.training_state(model, opt, None, torch.Generator())},
-                path)
+    atomic_save(
+        {"config": {"lr": 0.1}, "done": [], **experiment.training_state(model, opt, None, torch.Generator())}, path
+    )
     return path.read_bytes()
 
 
@@ -187,13 +200,22 @@ def test_atomic_save_refuses_what_weights_only_cannot_load(tmp_path):
 
     import numpy as np
 
-    for bad, where in ((np.float64(0.5), "\\['acc'\\]"), (argparse.Namespace(lr=1), "\\['acc'\\]"),
-                       ([1, (2, np.int64(3))], "\\['acc'\\]\\[1\\]\\[1\\]")):
+    for bad, where in (
+        (np.float64(0.5), "\\['acc'\\]"),
+        (argparse.Namespace(lr=1), "\\['acc'\\]"),
+        ([1, (2, np.int64(3))], "\\['acc'\\]\\[1\\]\\[1\\]"),
+    ):
         with pytest.raises(TypeError, match=f"{where} is a .*weights_only=True"):
             atomic_save({"acc": bad}, tmp_path / "c.pt")
     assert not list(tmp_path.iterdir())  # nothing written, not even a temporary file
-    ok = {"a": [1, 2.5, None, "s", (True, b"x")], 3: OrderedDict(t=torch.ones(2)), "size": torch.Size([2]),
-          "dtype": torch.float16, "set": {1, 2}, "p": torch.nn.Parameter(torch.zeros(1))}
+    ok = {
+        "a": [1, 2.5, None, "s", (True, b"x")],
+        3: OrderedDict(t=torch.ones(2)),
+        "size": torch.Size([2]),
+        "dtype": torch.float16,
+        "set": {1, 2},
+        "p": torch.nn.Parameter(torch.zeros(1)),
+    }
     atomic_save(ok, tmp_path / "c.pt")
     _assert_same(load_checkpoint(tmp_path / "c.pt"), ok)
     atomic_save({"acc": np.float64(0.5)}, tmp_path / "d.pt", plain=False)  # opting out still writes
@@ -252,12 +274,41 @@ def test_node_classification_checkpoints_round_trip(tmp_path, record_saves):
     import node_classification as nc
 
     written = record_saves(nc)
-    nc.main(["--smoke", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "r.json"), "--runs", "1",
-             "--epochs", "4", "--checkpoint-every", "2"])
+    nc.main(
+        [
+            "--smoke",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "r.json"),
+            "--runs",
+            "1",
+            "--epochs",
+            "4",
+            "--checkpoint-every",
+            "2",
+        ]
+    )
     assert {n for n, _ in written} == {"r.ckpt.pt"}
     assert any("opt" in k and "rng" in k for _, k in written)
-    nc.main(["--smoke", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "r.json"), "--runs", "1",
-             "--epochs", "4", "--checkpoint-every", "2", "--resume"])
+    nc.main(
+        [
+            "--smoke",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "r.json"),
+            "--runs",
+            "1",
+            "--epochs",
+            "4",
+            "--checkpoint-every",
+            "2",
+            "--resume",
+        ]
+    )
 
 
 def test_text_classification_checkpoint_and_model_round_trip(tmp_path, record_saves):
@@ -297,8 +348,20 @@ def test_robustness_checkpoint_round_trips(tmp_path, record_saves):
     import robustness as ex
 
     written = record_saves(ex)
-    ex.main(["--smoke", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "r.json"), "--models", "gat",
-             "--attacks", "random-delete"])
+    ex.main(
+        [
+            "--smoke",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "r.json"),
+            "--models",
+            "gat",
+            "--attacks",
+            "random-delete",
+        ]
+    )
     assert written and all(n == "r.ckpt.pt" for n, _ in written)
 
 
@@ -308,8 +371,24 @@ def test_link_prediction_checkpoints_round_trip(tmp_path, record_saves, monkeypa
 
     monkeypatch.setenv("GRAPHATTN_CACHE", str(tmp_path / "cache"))
     written = record_saves(lp)
-    lp.main(["--dataset", "Cora", "--root", str(SHARED / "planetoid"), "--smoke", "--no-progress", "--device", "cpu",
-             "--out", str(tmp_path / "r.json"), "--epochs", "2", "--eval-every", "1"])
+    lp.main(
+        [
+            "--dataset",
+            "Cora",
+            "--root",
+            str(SHARED / "planetoid"),
+            "--smoke",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "r.json"),
+            "--epochs",
+            "2",
+            "--eval-every",
+            "1",
+        ]
+    )
     _mid_run(written, "state")
 
 
@@ -321,8 +400,20 @@ def test_ogbn_checkpoints_round_trip(tmp_path, record_saves):
 
     write_ogbn(tmp_path / "ogb", "ogbn-arxiv")
     written = record_saves(ogbn_common)
-    ogbn_arxiv.main(["--root", str(tmp_path / "ogb"), "--smoke", "--no-progress", "--device", "cpu",
-                     "--out", str(tmp_path / "r.json"), "--epochs", "2"])
+    ogbn_arxiv.main(
+        [
+            "--root",
+            str(tmp_path / "ogb"),
+            "--smoke",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "r.json"),
+            "--epochs",
+            "2",
+        ]
+    )
     _mid_run(written, "run_state")
 
 
@@ -378,8 +469,9 @@ def test_ogb_node_loader_needs_no_patch(tmp_path, monkeypatch, watch_loads):
 
     monkeypatch.setenv("GRAPHATTN_CACHE", str(tmp_path / "cache"))
     write_ogbn(tmp_path, "ogbn-arxiv")
-    g = contextual_sbm(num_nodes=400, num_classes=5, num_features=16, train_per_class=40, num_val=80, num_test=100,
-                       seed=0)  # what write_ogbn wrote
+    g = contextual_sbm(
+        num_nodes=400, num_classes=5, num_features=16, train_per_class=40, num_val=80, num_test=100, seed=0
+    )  # what write_ogbn wrote
     before = set(torch.serialization.get_safe_globals())
     for _ in range(2):  # processes on the first call, loads processed/ on the second
         data = load_ogb_node(str(tmp_path), "ogbn-arxiv")
@@ -407,8 +499,10 @@ def test_ogb_link_loader_reads_numpy_splits_through_the_allow_list(tmp_path, mon
     data, edges = load_ogb_link(str(tmp_path), "ogbl-ddi")
     loads = list(watch_loads)
     assert torch.load is ORIGINAL_TORCH_LOAD
-    names = {f"{g.__module__}.{g.__qualname__}" if not isinstance(g, tuple) else g[1]
-             for g in torch.serialization.get_safe_globals()}
+    names = {
+        f"{g.__module__}.{g.__qualname__}" if not isinstance(g, tuple) else g[1]
+        for g in torch.serialization.get_safe_globals()
+    }
     assert not names & set(numpy_allowed)  # not left allowed process-wide
     assert data.num_nodes == 4267 and data.edge_index.shape == (2, 2135822)
     for key, n, neg in (("train", 1067911, None), ("valid", 133489, 101882), ("test", 133489, 95599)):
@@ -425,8 +519,9 @@ def test_ogb_link_loader_reads_numpy_splits_through_the_allow_list(tmp_path, mon
         torch.load(split / "valid.pt")
 
 
-@pytest.mark.parametrize("target", ["split/time/split_dict.pt", "processed/geometric_data_processed.pt",
-                                    "processed/pre_transform.pt"])
+@pytest.mark.parametrize(
+    "target", ["split/time/split_dict.pt", "processed/geometric_data_processed.pt", "processed/pre_transform.pt"]
+)
 def test_crafted_file_in_an_ogb_folder_does_not_run(tmp_path, monkeypatch, target):
     pytest.importorskip("ogb")
     from ogb_format import write_ogbn
@@ -454,10 +549,18 @@ def test_legacy_numpy_pickle_needs_exactly_the_listed_classes(tmp_path):
 
     entries = _ogb_safe_globals()
     names = sorted(g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in entries)
-    assert names == sorted(["numpy.core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype",
-                            f"{type(np.dtype(np.int64)).__module__}.{type(np.dtype(np.int64)).__qualname__}",
-                            "torch_geometric.data.data.Data", "torch_geometric.data.data.DataEdgeAttr",
-                            "torch_geometric.data.data.DataTensorAttr", "torch_geometric.data.storage.GlobalStorage"])
+    assert names == sorted(
+        [
+            "numpy.core.multiarray._reconstruct",
+            "numpy.ndarray",
+            "numpy.dtype",
+            f"{type(np.dtype(np.int64)).__module__}.{type(np.dtype(np.int64)).__qualname__}",
+            "torch_geometric.data.data.Data",
+            "torch_geometric.data.data.DataEdgeAttr",
+            "torch_geometric.data.data.DataTensorAttr",
+            "torch_geometric.data.storage.GlobalStorage",
+        ]
+    )
     buf = io.BytesIO()
     torch.save({"edge": np.arange(6, dtype=np.int64).reshape(3, 2)}, buf, _use_new_zipfile_serialization=False)
     # as numpy 1.x wrote OGB's files: the rebuild function under its old module name

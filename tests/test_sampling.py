@@ -13,11 +13,12 @@ def test_batches_cover_inputs_and_edges_are_real():
     ei = _graph()
     real = set(map(tuple, ei.t().tolist()))
     inputs = torch.arange(0, 60, 2)
-    s = NeighborSampler(ei, 60, [4, 3], input_nodes=inputs, batch_size=7, shuffle=True,
-                        generator=torch.Generator().manual_seed(1))
+    s = NeighborSampler(
+        ei, 60, [4, 3], input_nodes=inputs, batch_size=7, shuffle=True, generator=torch.Generator().manual_seed(1)
+    )
     seen = []
     for b in s:
-        seeds = b.n_id[:b.batch_size]
+        seeds = b.n_id[: b.batch_size]
         seen.append(seeds)
         assert b.n_id.unique().numel() == b.n_id.numel()  # each node once
         glob = b.n_id[b.edge_index]

@@ -1,4 +1,5 @@
 """score_attention: precomputed per-edge scores through the fused softmax + aggregate."""
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -41,11 +42,14 @@ def test_gradients_reach_scores_and_values():
     assert torch.autograd.gradcheck(lambda s, v: ops.score_attention(s, v, graph), (scores, value))
     out, alpha = ops.score_attention(scores, value, graph, return_weights=True)
     assert ops.last_backend("dot_product") == ("cpu" if ops.cpu.unavailable_reason() is None else "reference")
-    (out.sum() + (alpha ** 2).sum()).backward()
+    (out.sum() + (alpha**2).sum()).backward()
     reference_grad = torch.autograd.grad(
-        sum(t.sum() if i == 0 else (t ** 2).sum()
-            for i, t in enumerate(ops.score_attention(scores, value, graph, return_weights=True,
-                                                      backend="reference"))), scores)[0]
+        sum(
+            t.sum() if i == 0 else (t**2).sum()
+            for i, t in enumerate(ops.score_attention(scores, value, graph, return_weights=True, backend="reference"))
+        ),
+        scores,
+    )[0]
     torch.testing.assert_close(scores.grad, reference_grad)
 
 
@@ -55,16 +59,20 @@ def test_gat_scores_through_score_attention_equal_gat_attention():
     a_src, a_dst, value = torch.randn(15, 2), torch.randn(15, 2), torch.randn(15, 2, 5)
     src, dst = graph.edge_index
     scores = torch.nn.functional.leaky_relu(a_src[src] + a_dst[dst], 0.2)
-    torch.testing.assert_close(ops.score_attention(scores, value, graph),
-                               ops.gat_attention(a_src, a_dst, value, graph), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        ops.score_attention(scores, value, graph), ops.gat_attention(a_src, a_dst, value, graph), atol=1e-6, rtol=1e-5
+    )
 
 
-@pytest.mark.parametrize("scores, value, message", [
-    (torch.randn(5), torch.randn(4, 1, 2), "scores must be an \\[E, H\\]"),
-    (torch.randn(5, 1), torch.randn(4, 2), "value must be an \\[N_src, H, C\\]"),
-    (torch.randn(7, 1), torch.randn(4, 1, 2), "scores has 7 rows but the graph has 5 edges"),
-    (torch.randn(5, 2), torch.randn(4, 1, 2), "heads"),  # 2 heads of scores, 1 of values
-])
+@pytest.mark.parametrize(
+    "scores, value, message",
+    [
+        (torch.randn(5), torch.randn(4, 1, 2), "scores must be an \\[E, H\\]"),
+        (torch.randn(5, 1), torch.randn(4, 2), "value must be an \\[N_src, H, C\\]"),
+        (torch.randn(7, 1), torch.randn(4, 1, 2), "scores has 7 rows but the graph has 5 edges"),
+        (torch.randn(5, 2), torch.randn(4, 1, 2), "heads"),  # 2 heads of scores, 1 of values
+    ],
+)
 def test_bad_shapes_are_named(scores, value, message):
     edge_index = torch.tensor([[0, 1, 2, 3, 0], [1, 2, 3, 0, 2]])
     with pytest.raises(ValueError, match=message):

@@ -2,6 +2,7 @@
 ``adj_t`` is the matrix it denotes (PyG coalesces; so do we), a transposed view of pairs
 runs on every backend, and malformed CSR / CSC arrays are named before any work runs on
 them (they used to fail inside torch: "repeats can not be negative", "stack expects ...")."""
+
 import numpy as np
 import pytest
 import torch
@@ -58,15 +59,18 @@ def _csr(crow, col, n=4):
     return torch.sparse_csr_tensor(crow, col, torch.ones(col.numel()), (n, n), check_invariants=False)
 
 
-@pytest.mark.parametrize("crow, col, message", [
-    ([0, 2, 1, 3, 3], [0, 1, 2], "non-decreasing"),
-    ([0, 1, 2, 3, 5], [0, 1, 2], "has 3 entries but adj_t has 3 values|end at num_edges"),
-    ([0, 1, 2, 3], [0, 1, 2], "has 4 entries; 4 compressed rows need 5"),
-    ([0, 1, 2, 3, 3], [0, 1, 9], "col_indices.*index 9, out of range"),
-    ([0, 1, 2, 3, 3], [0, -1, 2], "negative"),
-    ([0, 2, 2, 3, 3], [1, 0, 2], "strictly increasing within each row"),
-    ([0, 2, 2, 3, 3], [1, 1, 2], "strictly increasing within each row"),
-])
+@pytest.mark.parametrize(
+    "crow, col, message",
+    [
+        ([0, 2, 1, 3, 3], [0, 1, 2], "non-decreasing"),
+        ([0, 1, 2, 3, 5], [0, 1, 2], "has 3 entries but adj_t has 3 values|end at num_edges"),
+        ([0, 1, 2, 3], [0, 1, 2], "has 4 entries; 4 compressed rows need 5"),
+        ([0, 1, 2, 3, 3], [0, 1, 9], "col_indices.*index 9, out of range"),
+        ([0, 1, 2, 3, 3], [0, -1, 2], "negative"),
+        ([0, 2, 2, 3, 3], [1, 0, 2], "strictly increasing within each row"),
+        ([0, 2, 2, 3, 3], [1, 1, 2], "strictly increasing within each row"),
+    ],
+)
 def test_malformed_csr_arrays_are_named_before_any_work(crow, col, message):
     with pytest.raises(ValueError, match=message):
         Graph.from_sparse(_csr(crow, col))
@@ -93,8 +97,9 @@ def test_a_batched_adjacency_is_refused_by_name():
         Graph.from_sparse(adj)
 
 
-@pytest.mark.parametrize("value, error", [(2.0, TypeError), (True, TypeError), (torch.tensor(2.5), TypeError),
-                                          (-1, ValueError)])
+@pytest.mark.parametrize(
+    "value, error", [(2.0, TypeError), (True, TypeError), (torch.tensor(2.5), TypeError), (-1, ValueError)]
+)
 def test_counts_are_integers_never_truncated(value, error):
     with pytest.raises(error, match="num_src must be a non-negative integer"):
         Graph.from_edge_index(torch.tensor([[0], [0]]), num_src=value, num_dst=3)

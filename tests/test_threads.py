@@ -3,6 +3,7 @@ alone gives. A lazily built pattern materialises once (no thread sees it half bu
 and the values a graph derives and caches (its self-looped graph, transpose CSR,
 inverse permutation, relabelled copy, user-order edge_index) are built once and
 published whole."""
+
 import sys
 import threading
 
@@ -46,6 +47,7 @@ def _inputs(seed):
 
 def _op_call(backend):
     """Forward and backward of the three ops on a graph: outputs, weights and grads."""
+
     def call(graph, seed):
         q, k, v = _inputs(seed)
         s_src, s_dst = q.sum(-1), k.sum(-1)
@@ -54,6 +56,7 @@ def _op_call(backend):
         soft = ops.edge_softmax(w_g.detach() + w_d.detach(), graph)
         (out_d.sum() + out_g.square().sum()).backward()
         return [out_d, w_d, out_g, w_g, soft, q.grad, k.grad, v.grad]
+
     return call
 
 
@@ -67,6 +70,7 @@ def _layer_call(make):
         out = layer(x, graph)
         out.square().sum().backward()
         return [out, x.grad]
+
     return call
 
 
@@ -134,8 +138,13 @@ def test_a_shared_edge_index_through_a_shared_layer_equals_one_thread():
 def test_derived_values_are_built_once_and_published_whole():
     for seed in range(20):
         graph = Graph.from_edge_index(random_graph(N, N, 90, seed=seed), N).reorder_nodes("degree")
-        reads = (graph.with_self_loops, graph.transpose_csr, lambda: graph.inv_perm, lambda: graph.relabeled,
-                 lambda: graph.edge_index)
+        reads = (
+            graph.with_self_loops,
+            graph.transpose_csr,
+            lambda: graph.inv_perm,
+            lambda: graph.relabeled,
+            lambda: graph.edge_index,
+        )
         seen = _in_threads(lambda g, _: [read() for read in reads], graph)
         first = seen[0, 0]
         for got in seen.values():
@@ -146,8 +155,9 @@ def test_a_lazy_graph_materialises_once():
     """The first reads race to build the edges: all see the same complete arrays."""
     for _ in range(20):
         graph = patterns.complete_per_graph(torch.arange(300).repeat_interleave(3), 900)
-        seen = _in_threads(lambda g, _: [g.rowptr, g.col, g.row, g.ensure_valid(), g.edge_index, g.transpose_csr()],
-                           graph)
+        seen = _in_threads(
+            lambda g, _: [g.rowptr, g.col, g.row, g.ensure_valid(), g.edge_index, g.transpose_csr()], graph
+        )
         first = seen[0, 0]
         for got in seen.values():
             assert all(a is not None and a is b for a, b in zip(got, first))
@@ -159,8 +169,11 @@ def _gps_call(global_pattern):
     from graphattn.nn import GPSConv
 
     torch.manual_seed(0)
-    layer = GPSConv(H * C, GATConv(H * C, C, heads=H), heads=H, global_pattern=global_pattern,
-                    expander_degree=2).double().eval()
+    layer = (
+        GPSConv(H * C, GATConv(H * C, C, heads=H), heads=H, global_pattern=global_pattern, expander_degree=2)
+        .double()
+        .eval()
+    )
     local = random_graph(N, N, 60, seed=4)
 
     def call(batch, seed):
@@ -168,6 +181,7 @@ def _gps_call(global_pattern):
         out = layer(x, local, batch)
         out.square().sum().backward()
         return [out, x.grad]
+
     return call
 
 
@@ -180,7 +194,7 @@ def test_a_shared_gps_layer_on_a_shared_batch_equals_one_thread(global_pattern):
 MHA_PATTERNS = {  # the pattern a shared MultiheadGraphAttention builds its block graph from, per round
     "graph": lambda: patterns.sliding_window(N, 2, 2),
     "lazy_graph": lambda: patterns.complete_per_graph(None, N),
-    "callable": lambda: (lambda Lq, Lk: patterns.sliding_window(Lq, 3, 1)),
+    "callable": lambda: lambda Lq, Lk: patterns.sliding_window(Lq, 3, 1),
     "name": lambda: "causal",
 }
 

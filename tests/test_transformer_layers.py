@@ -12,15 +12,17 @@ TOL = dict(atol=1e-5, rtol=1e-5)
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_encoder_layer_matches_torch(norm_first, batch_first):
     torch.manual_seed(0)
-    ref = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.1, activation="gelu", batch_first=batch_first,
-                                     norm_first=norm_first).eval()
+    ref = nn.TransformerEncoderLayer(
+        16, 4, 32, dropout=0.1, activation="gelu", batch_first=batch_first, norm_first=norm_first
+    ).eval()
     ours = GraphTransformerEncoderLayer.from_torch(ref).eval()
     x = torch.randn(3, 7, 16) if batch_first else torch.randn(7, 3, 16)
     kpm = torch.zeros(3, 7, dtype=torch.bool)
     kpm[1, 5:] = True
     mask = torch.triu(torch.ones(7, 7, dtype=torch.bool), 1)
-    torch.testing.assert_close(ours(x, src_mask=mask, src_key_padding_mask=kpm),
-                               ref(x, src_mask=mask, src_key_padding_mask=kpm), **TOL)
+    torch.testing.assert_close(
+        ours(x, src_mask=mask, src_key_padding_mask=kpm), ref(x, src_mask=mask, src_key_padding_mask=kpm), **TOL
+    )
     torch.testing.assert_close(ours(x), ref(x), **TOL)
 
 
@@ -33,8 +35,11 @@ def test_decoder_layer_matches_torch(norm_first):
     tmask = nn.Transformer.generate_square_subsequent_mask(6)
     mkpm = torch.zeros(2, 9, dtype=torch.bool)
     mkpm[0, 7:] = True
-    torch.testing.assert_close(ours(tgt, mem, tgt_mask=tmask, memory_key_padding_mask=mkpm),
-                               ref(tgt, mem, tgt_mask=tmask, memory_key_padding_mask=mkpm), **TOL)
+    torch.testing.assert_close(
+        ours(tgt, mem, tgt_mask=tmask, memory_key_padding_mask=mkpm),
+        ref(tgt, mem, tgt_mask=tmask, memory_key_padding_mask=mkpm),
+        **TOL,
+    )
 
 
 def test_causal_pattern_equals_causal_mask_and_trains():
@@ -44,8 +49,9 @@ def test_causal_pattern_equals_causal_mask_and_trains():
     x = torch.randn(2, 8, 16)
     mask = nn.Transformer.generate_square_subsequent_mask(8)
     torch.testing.assert_close(ours(x), ref(x, src_mask=mask), **TOL)
-    windowed = GraphTransformerEncoderLayer(16, 4, 32, batch_first=True,
-                                            pattern=lambda Lq, Lk: patterns.sliding_window(Lq, 2, 0))
+    windowed = GraphTransformerEncoderLayer(
+        16, 4, 32, batch_first=True, pattern=lambda Lq, Lk: patterns.sliding_window(Lq, 2, 0)
+    )
     out = windowed(x)
     out.sum().backward()
     assert all(p.grad is not None for p in windowed.parameters())

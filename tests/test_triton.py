@@ -1,5 +1,6 @@
 """The Triton kernels under the interpreter (TRITON_INTERPRET=1), on CPU, against
 the reference backend: outputs, weights and gradients, fp32 and fp64."""
+
 import os
 
 import pytest  # noqa: E402
@@ -56,8 +57,7 @@ def test_gat(dtype, edge):
     inputs = [r(N, H), r(N, H), r(N, H, C)] + ([r(g.num_edges, H)] if edge else [])
 
     def fn(ss, sd, v, *es, backend):
-        return ops.gat_attention(ss, sd, v, g, edge_score=es[0] if es else None, return_weights=True,
-                                 backend=backend)
+        return ops.gat_attention(ss, sd, v, g, edge_score=es[0] if es else None, return_weights=True, backend=backend)
 
     _compare(_run_both(lambda *a: fn(*a[:-1], backend=a[-1]), inputs), dtype)
 
@@ -70,8 +70,9 @@ def test_gatv2(dtype, edge):
     inputs = [r(N, H, C), r(N, H, C), r(H, C)] + ([r(g.num_edges, H, C)] if edge else [])
 
     def fn(xs, xd, att, *ef, backend):
-        return ops.gatv2_attention(xs, xd, att, g, edge_feat=ef[0] if ef else None, return_weights=True,
-                                   backend=backend)
+        return ops.gatv2_attention(
+            xs, xd, att, g, edge_feat=ef[0] if ef else None, return_weights=True, backend=backend
+        )
 
     _compare(_run_both(lambda *a: fn(*a[:-1], backend=a[-1]), inputs), dtype)
 
@@ -86,8 +87,9 @@ def test_dot_product(dtype, edge):
 
     def fn(q, k, v, *extra, backend):
         ek, ev, eb = extra if extra else (None, None, None)
-        return ops.dot_product_attention(q, k, v, g, edge_key=ek, edge_value=ev, edge_bias=eb, return_weights=True,
-                                         backend=backend)
+        return ops.dot_product_attention(
+            q, k, v, g, edge_key=ek, edge_value=ev, edge_bias=eb, return_weights=True, backend=backend
+        )
 
     _compare(_run_both(lambda *a: fn(*a[:-1], backend=a[-1]), inputs), dtype)
 
@@ -136,8 +138,9 @@ def test_dropout_is_seeded_unbiased_and_keeps_weights():
 
 def _fused_dot(g, p, seed, q, k, v):
     """The Triton custom op's output for dot-product attention (scale 0.5) with dropout ``p`` seeded by ``seed``."""
-    return triton_backend.fused(triton_backend.DOT, g, 0.0, 0.5, p, torch.tensor(seed), q, k, v, None, None, None,
-                                None)[0]
+    return triton_backend.fused(
+        triton_backend.DOT, g, 0.0, 0.5, p, torch.tensor(seed), q, k, v, None, None, None, None
+    )[0]
 
 
 def test_gradcheck_float64_with_dropout_mask_fixed_by_seed():
@@ -158,8 +161,9 @@ def test_exact_row_sums_redraw_the_forward_dropout_mask():
     g = _graph(5)
     q, k, v = (torch.randn(N, H, C, dtype=torch.float64) for _ in range(3))
     out = _fused_dot(g, 0.4, 77, q, k, v)
-    alpha = g.to_csr_order(ops.dot_product_attention(q, k, v, g, scale=0.5, return_weights=True,
-                                                     backend="reference")[1])
+    alpha = g.to_csr_order(
+        ops.dot_product_attention(q, k, v, g, scale=0.5, return_weights=True, backend="reference")[1]
+    )
     keep = triton_backend._dropout_scale(g.num_edges, H, 0.4, 77, v)
     assert 0 < int((keep == 0).sum()) < keep.numel()
     rebuilt = torch.zeros_like(out).index_add_(0, g.row, (alpha * keep)[..., None] * v[g.col])
@@ -176,7 +180,7 @@ def test_a_nonfinite_upstream_gradient_with_dropout_gives_the_exact_row_sums():
     grad = torch.randn_like(out)
     row = int(g.row[0])
     grad[row, 0, 0] = float("inf")
-    dq, = torch.autograd.grad(out, (q,), grad)
+    (dq,) = torch.autograd.grad(out, (q,), grad)
     assert torch.isfinite(dq[torch.arange(N) != row]).all()
     assert not torch.isfinite(dq[row, 0]).all() and torch.isfinite(dq[row, 1]).all()
 
@@ -191,6 +195,7 @@ def test_not_chosen_on_cpu_unless_forced():
 def test_node_offsets_from_program_ids_are_64_bit():
     """Offsets ``(i * H + h) * C`` built from a program id pass 2^31 on large graphs
     (e.g. 2.4M nodes x 4 heads x 256 channels); int32 arithmetic would wrap."""
+
     @triton.jit
     def probe(out, H, C, h):
         i = tk._program_node(0)
@@ -205,6 +210,7 @@ def test_node_offsets_from_program_ids_are_64_bit():
 def test_dropout_counters_do_not_wrap_past_2_to_the_31_edges():
     """Edge e of head h draws from counter e * H + h. Truncated to 32 bits, edge
     2^31 (with H = 2) would draw edge 0's numbers: same mask, correlated dropout."""
+
     @triton.jit
     def probe(out, seed, first_edge, H, p, BLOCK: tl.constexpr):
         e = first_edge + tl.arange(0, BLOCK).to(tl.int64)
@@ -260,8 +266,9 @@ def test_every_autotuned_block_size_gives_the_reference_results(monkeypatch):
     reference's outputs, weights and gradients (rows longer than a block, short rows, empty rows)."""
     g = _hub_graph()
     n = g.num_dst
-    blocks = sorted({c.kwargs["BLOCK_E"] for name in triton_backend.TUNE_KEYS
-                     for c in triton_backend.autotuned(name).configs})
+    blocks = sorted(
+        {c.kwargs["BLOCK_E"] for name in triton_backend.TUNE_KEYS for c in triton_backend.autotuned(name).configs}
+    )
     longest = min(int(torch.diff(g.rowptr).max()), int(torch.diff(g.transpose_csr()[0]).max()))
     assert longest > max(blocks)  # the hub rows span more than one block of every size
     r = lambda *s: torch.randn(*s, dtype=torch.float32)  # noqa: E731
@@ -270,8 +277,9 @@ def test_every_autotuned_block_size_gives_the_reference_results(monkeypatch):
     gatv2_inputs = [r(n, h, C), r(n, h, C), r(h, C)]
 
     def dot(q, k, v, ek, ev, eb, backend):
-        return ops.dot_product_attention(q, k, v, g, edge_key=ek, edge_value=ev, edge_bias=eb, return_weights=True,
-                                         backend=backend)
+        return ops.dot_product_attention(
+            q, k, v, g, edge_key=ek, edge_value=ev, edge_bias=eb, return_weights=True, backend=backend
+        )
 
     def gatv2(xs, xd, att, backend):
         return ops.gatv2_attention(xs, xd, att, g, return_weights=True, backend=backend)

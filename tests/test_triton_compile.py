@@ -2,6 +2,7 @@
 (sm_90), on a machine with no GPU (tests/triton_aot_worker.py). The interpreter tests
 (test_triton.py) check the arithmetic; this checks that compiled Triton accepts the
 kernels -- loop bounds, offsets, dtypes, every score kind -- before a GPU ever runs them."""
+
 import json
 import os
 import subprocess
@@ -21,8 +22,7 @@ def _compile(*flags: str):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["OMP_NUM_THREADS"] = "1"
     env["PYTHONPATH"] = str(WORKER.parents[1])  # this checkout's graphattn, not an installed one
-    proc = subprocess.run([sys.executable, str(WORKER), *flags], capture_output=True, text=True, env=env,
-                          timeout=900)
+    proc = subprocess.run([sys.executable, str(WORKER), *flags], capture_output=True, text=True, env=env, timeout=900)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     return proc, rows
 

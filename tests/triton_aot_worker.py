@@ -7,6 +7,7 @@ Triton ships) for sm_90 (H100/H200) and prints one JSON line per kernel. This is
 first GPU launch would compile, so a kernel the installed Triton cannot compile fails
 here, on CPU, instead of on the first GPU a session gets.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -29,8 +30,23 @@ from graphattn.ops._fused import KINDS, triton_traits  # noqa: E402
 # CSR is int32 where counts allow (Graph.transpose_csr), so both widths are compiled.
 INDEX = {"rowptr", "col", "colptr", "row_by_src", "eid"}
 STATS = {"stats", "dout_dot_out", "g", "datt_rows", "params", "keep"}  # held in the accumulation dtype
-DATA = {"dst_term", "src_term", "value", "edge_score_term", "edge_bias", "edge_value", "att", "out", "dO",
-        "d_src_term", "d_value", "d_edge_score_term", "d_edge_bias", "d_edge_value", "d_dst_term"}
+DATA = {
+    "dst_term",
+    "src_term",
+    "value",
+    "edge_score_term",
+    "edge_bias",
+    "edge_value",
+    "att",
+    "out",
+    "dO",
+    "d_src_term",
+    "d_value",
+    "d_edge_score_term",
+    "d_edge_bias",
+    "d_edge_value",
+    "d_dst_term",
+}
 SCALARS = {"EH": "i64", "H": "i32", "F": "i32", "Cv": "i32", "p": "fp32", "seed": "i32", "degree_bucket": "i32"}
 FLAGS = ("HAS_DST_TERM", "HAS_EDGE_SCORE_TERM", "HAS_EDGE_BIAS", "HAS_EDGE_VALUE", "DROPOUT")
 
@@ -56,14 +72,27 @@ def signature(fn, dtype: str, acc: str, index: str, constexprs: dict) -> dict:
 def compile_one(name: str, kind, dtype: str, flags: bool, index: str, target) -> dict:
     fn = getattr(tk, name)
     acc = "fp64" if dtype == "fp64" else "fp32"
-    consts = dict(triton_traits(kind.code), BLOCK_E=32, BLOCK_F=16, BLOCK_C=16, BLOCK=1024,
-                  ACC=tl.float64 if acc == "fp64" else tl.float32, **{f: flags for f in FLAGS})
+    consts = dict(
+        triton_traits(kind.code),
+        BLOCK_E=32,
+        BLOCK_F=16,
+        BLOCK_C=16,
+        BLOCK=1024,
+        ACC=tl.float64 if acc == "fp64" else tl.float32,
+        **{f: flags for f in FLAGS},
+    )
     consts = {k: v for k, v in consts.items() if k in fn.arg_names}
     src = ASTSource(fn, signature(fn, dtype, acc, index, consts), consts)
     warps = dict(triton_backend.TUNE_CONFIGS)[32]
     compiled = triton.compile(src, target=target, options={"num_warps": warps})
-    return {"kernel": name, "kind": kind.name, "dtype": dtype, "flags": flags, "index": index,
-            "cubin_bytes": len(compiled.asm["cubin"])}
+    return {
+        "kernel": name,
+        "kind": kind.name,
+        "dtype": dtype,
+        "flags": flags,
+        "index": index,
+        "cubin_bytes": len(compiled.asm["cubin"]),
+    }
 
 
 def main(full: bool) -> int:
@@ -78,8 +107,13 @@ def main(full: bool) -> int:
             row = compile_one(name, kind, dtype, flags, index, target)
         except Exception as exc:  # report every failure, not only the first
             failed += 1
-            row = {"kernel": name, "kind": kind.name, "dtype": dtype, "flags": flags,
-                   "error": f"{type(exc).__name__}: {exc}"[:2000]}
+            row = {
+                "kernel": name,
+                "kind": kind.name,
+                "dtype": dtype,
+                "flags": flags,
+                "error": f"{type(exc).__name__}: {exc}"[:2000],
+            }
         print(json.dumps(row), flush=True)
     for acc in ("fp32", "fp64"):  # the dropout multipliers (no score kind; one per accumulation dtype)
         try:

@@ -11,6 +11,7 @@ weights, dropout, edge terms and a node order), then compare::
 Run both records with the same torch and thread count (``OMP_NUM_THREADS=1``): the kernels'
 reductions are deterministic for a fixed thread count.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,33 +48,62 @@ def record() -> dict:
                 for p in (0.0, 0.3):
                     tag = f"-{backend}-order={ordered}-weights={weights}-dropout={p}"
                     common = dict(dropout=p, return_weights=weights, backend=backend)
-                    _record_case(results, "gat" + tag, lambda **t: ops.gat_attention(
-                        t["a"], t["b"], t["v"], g, edge_score=t["e"], **common),
-                        dict(a=r(N, H), b=r(N, H), v=r(N, H, C), e=r(E, H)))
-                    _record_case(results, "gatv2" + tag, lambda **t: ops.gatv2_attention(
-                        t["a"], t["b"], t["att"], g, edge_feat=t["e"], **common),
-                        dict(a=r(N, H, C), b=r(N, H, C), att=r(H, C), e=r(E, H, C)))
-                    _record_case(results, "dot_product" + tag, lambda **t: ops.dot_product_attention(
-                        t["q"], t["k"], t["v"], g, edge_key=t["ek"], edge_value=t["ev"], edge_bias=t["eb"], **common),
-                        dict(q=r(N, H, C), k=r(N, H, C), v=r(N, H, C), ek=r(E, H, C), ev=r(E, H, C), eb=r(E, H)))
-                    _record_case(results, "score" + tag, lambda **t: ops.score_attention(t["s"], t["v"], g, **common),
-                                 dict(s=r(E, H), v=r(N, H, C)))
-            _record_case(results, f"edge_softmax-{backend}-order={ordered}",
-                         lambda **t: ops.edge_softmax(t["s"], g, backend=backend), dict(s=r(E, H)))
+                    _record_case(
+                        results,
+                        "gat" + tag,
+                        lambda **t: ops.gat_attention(t["a"], t["b"], t["v"], g, edge_score=t["e"], **common),
+                        dict(a=r(N, H), b=r(N, H), v=r(N, H, C), e=r(E, H)),
+                    )
+                    _record_case(
+                        results,
+                        "gatv2" + tag,
+                        lambda **t: ops.gatv2_attention(t["a"], t["b"], t["att"], g, edge_feat=t["e"], **common),
+                        dict(a=r(N, H, C), b=r(N, H, C), att=r(H, C), e=r(E, H, C)),
+                    )
+                    _record_case(
+                        results,
+                        "dot_product" + tag,
+                        lambda **t: ops.dot_product_attention(
+                            t["q"], t["k"], t["v"], g, edge_key=t["ek"], edge_value=t["ev"], edge_bias=t["eb"], **common
+                        ),
+                        dict(q=r(N, H, C), k=r(N, H, C), v=r(N, H, C), ek=r(E, H, C), ev=r(E, H, C), eb=r(E, H)),
+                    )
+                    _record_case(
+                        results,
+                        "score" + tag,
+                        lambda **t: ops.score_attention(t["s"], t["v"], g, **common),
+                        dict(s=r(E, H), v=r(N, H, C)),
+                    )
+            _record_case(
+                results,
+                f"edge_softmax-{backend}-order={ordered}",
+                lambda **t: ops.edge_softmax(t["s"], g, backend=backend),
+                dict(s=r(E, H)),
+            )
     return results
 
 
 def _same(a, b) -> bool:
     if a is None or b is None:
         return a is None and b is None
-    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.nan_to_num(), b.nan_to_num()) \
+    return (
+        a.shape == b.shape
+        and a.dtype == b.dtype
+        and torch.equal(a.nan_to_num(), b.nan_to_num())
         and torch.equal(a.isnan(), b.isnan())
+    )
 
 
 def differing(old: dict, new: dict) -> list:
     names = sorted(set(old) | set(new))
-    return [n for n in names if n not in old or n not in new or len(old[n]) != len(new[n])
-            or not all(_same(a, b) for a, b in zip(old[n], new[n]))]
+    return [
+        n
+        for n in names
+        if n not in old
+        or n not in new
+        or len(old[n]) != len(new[n])
+        or not all(_same(a, b) for a, b in zip(old[n], new[n]))
+    ]
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,5 @@
 """Layers: thin ``torch.nn.Module`` shells that own parameters and call :mod:`graphattn.ops`."""
+
 from .agnn import AGNNConv
 from .dot_product import DotProductConv, TransformerConv
 from ._base import register_attention_hook

@@ -1,6 +1,7 @@
 """Shared plumbing for the graph layers: graph resolution with a safe cache, init,
 the forward's ending (:meth:`GraphLayer.attend`), ``from_pyg`` from a declared table
 (:class:`FromPyG`), and the per-thread attention hooks."""
+
 from __future__ import annotations
 
 import enum
@@ -59,8 +60,14 @@ def capturing() -> bool:
     return bool(_HOOKS.hooks)
 
 
-def record_attention(module: nn.Module, edge_index: Tensor, weights: Tensor, num_src: int, num_dst: int,
-                     seq_shape: Optional[Tuple[int, int, int]] = None) -> None:
+def record_attention(
+    module: nn.Module,
+    edge_index: Tensor,
+    weights: Tensor,
+    num_src: int,
+    num_dst: int,
+    seq_shape: Optional[Tuple[int, int, int]] = None,
+) -> None:
     """Give a layer's normalised weights to the calling thread's attention hooks."""
     for hook in list(_HOOKS.hooks.values()):
         hook(module, edge_index, weights, num_src, num_dst, seq_shape)
@@ -119,8 +126,7 @@ def check_positive_int(name: str, value) -> int:
     return value
 
 
-def check_hyperparameters(*, out_channels=None, heads=None, dropout=None, negative_slope=None,
-                          edge_dim=None) -> None:
+def check_hyperparameters(*, out_channels=None, heads=None, dropout=None, negative_slope=None, edge_dim=None) -> None:
     """The constructor arguments every graph layer shares, each checked against its
     domain with an error that names it (the ops apply the same scalar rules per call)."""
     if out_channels is not None:
@@ -199,10 +205,12 @@ class GraphCache:
     def get(self, adjacency, num_src: Optional[int], num_dst: Optional[int]) -> Tuple[Graph, Optional[Tensor]]:
         """``(graph, values)``: the graph of ``adjacency`` and, for a sparse one, its
         values in the graph's user order."""
+
         def build() -> Tuple[Graph, Optional[Tensor]]:
             if isinstance(adjacency, Tensor) and adjacency.layout == torch.strided:
                 return Graph.from_edge_index(adjacency, num_src=num_src, num_dst=num_dst), None
             return Graph.from_sparse(adjacency)
+
         return self.lookup((adjacency,), (num_src, num_dst), build)
 
     @property
@@ -215,14 +223,15 @@ class GraphCache:
 class AdjacencyForm(str, enum.Enum):
     """The form a layer's caller passed the graph in (and gets attention weights back in)."""
 
-    GRAPH = "graph"                  # a graphattn.Graph
-    EDGE_INDEX = "edge_index"        # a [2, E] integer tensor
-    TORCH_SPARSE = "torch_sparse"    # a torch sparse adj_t (COO / CSR / CSC)
+    GRAPH = "graph"  # a graphattn.Graph
+    EDGE_INDEX = "edge_index"  # a [2, E] integer tensor
+    TORCH_SPARSE = "torch_sparse"  # a torch sparse adj_t (COO / CSR / CSC)
     SPARSE_TENSOR = "sparse_tensor"  # a torch_sparse.SparseTensor
 
 
 class Adjacency(NamedTuple):
     """What the caller passed as the graph, so results are returned in the same form."""
+
     kind: AdjacencyForm
     layout: Optional[torch.layout] = None
 
@@ -272,6 +281,7 @@ class PyGSpec(NamedTuple):
     path (``"dropout.p"``) or a function of the module (e.g. :func:`has`). Parameters
     and buffers carry PyG's names, so the weights then copy by name (:func:`copy_from`).
     """
+
     pyg_class: str
     arguments: Mapping[str, Union[str, Callable[[nn.Module], Any]]]
 
@@ -291,8 +301,10 @@ class FromPyG:
         if spec is None:
             raise TypeError(f"{cls.__name__} declares no PyG counterpart (pyg_spec) to copy from")
         check_pyg_type(module, spec.pyg_class)
-        kwargs = {name: source(module) if callable(source) else _attribute(module, source)
-                  for name, source in spec.arguments.items()}
+        kwargs = {
+            name: source(module) if callable(source) else _attribute(module, source)
+            for name, source in spec.arguments.items()
+        }
         return copy_from(cls(**kwargs), module)
 
 
@@ -321,8 +333,9 @@ class GraphLayer(FromPyG, MessagePassing):
             raise ValueError(f"prune_threshold is a cosine similarity in [-1, 1], got {prune_threshold}")
         self.prune_threshold = prune_threshold
 
-    def prune_edges(self, x_src: Tensor, x_dst: Optional[Tensor], graph: Graph,
-                    edge_attr: Optional[Tensor]) -> Tuple[Graph, Optional[Tensor]]:
+    def prune_edges(
+        self, x_src: Tensor, x_dst: Optional[Tensor], graph: Graph, edge_attr: Optional[Tensor]
+    ) -> Tuple[Graph, Optional[Tensor]]:
         """Defence against structure attacks: before any attention, drop the edges whose
         endpoints' input features have cosine similarity below ``prune_threshold``
         (GNNGuard / Jaccard-style). Self-loops are never dropped. No-op when unset."""
@@ -331,15 +344,17 @@ class GraphLayer(FromPyG, MessagePassing):
             return graph, edge_attr
         x_dst = x_src if x_dst is None else x_dst
         if x_src.size(-1) != x_dst.size(-1):
-            raise ValueError("prune_threshold compares source and destination features, which need the same "
-                             f"size; got {x_src.size(-1)} and {x_dst.size(-1)}")
+            raise ValueError(
+                "prune_threshold compares source and destination features, which need the same "
+                f"size; got {x_src.size(-1)} and {x_dst.size(-1)}"
+            )
         num_src, num_dst, ei = graph.num_src, graph.num_dst, graph.edge_index
         src, dst = ei[0], ei[1]
         xs, xd = F.normalize(x_src.detach().float(), dim=-1), F.normalize(x_dst.detach().float(), dim=-1)
         sim = torch.empty(src.numel(), device=xs.device)
-        step = max(1, 2 ** 24 // max(1, xs.size(-1)))  # bounded memory for wide features
+        step = max(1, 2**24 // max(1, xs.size(-1)))  # bounded memory for wide features
         for a in range(0, src.numel(), step):
-            sim[a:a + step] = (xs[src[a:a + step]] * xd[dst[a:a + step]]).sum(-1)
+            sim[a : a + step] = (xs[src[a : a + step]] * xd[dst[a : a + step]]).sum(-1)
         keep = sim >= t
         if num_src == num_dst:
             keep |= src == dst
@@ -353,9 +368,16 @@ class GraphLayer(FromPyG, MessagePassing):
     def _cached_graph(self, adjacency, num_src: Optional[int], num_dst: Optional[int]):
         return self._graph_cache.get(adjacency, num_src, num_dst)
 
-    def prepare_graph(self, x_src: Tensor, x_dst: Optional[Tensor], edge_index, edge_attr: Optional[Tensor],
-                      size: Optional[Tuple[int, int]], add_self_loops: bool, fill_value="mean",
-                      ) -> Tuple[Graph, Optional[Tensor], Adjacency]:
+    def prepare_graph(
+        self,
+        x_src: Tensor,
+        x_dst: Optional[Tensor],
+        edge_index,
+        edge_attr: Optional[Tensor],
+        size: Optional[Tuple[int, int]],
+        add_self_loops: bool,
+        fill_value="mean",
+    ) -> Tuple[Graph, Optional[Tensor], Adjacency]:
         """``(graph, edge_attr rows in the graph's user order or None, adjacency kind)``.
 
         ``size`` is PyG's ``(num_src, num_dst)``; it must agree with the node features and
@@ -377,8 +399,7 @@ class GraphLayer(FromPyG, MessagePassing):
             graph.ensure_valid()
         else:
             as_edges = adjacency.kind == AdjacencyForm.EDGE_INDEX  # a sparse adjacency carries its own sizes
-            graph, values = self._cached_graph(edge_index, num_src if as_edges else None,
-                                               num_dst if as_edges else None)
+            graph, values = self._cached_graph(edge_index, num_src if as_edges else None, num_dst if as_edges else None)
         graph.check_nodes(num_src, num_dst)
         if edge_attr is None and values is not None and self.has_edge_features():
             edge_attr = values
@@ -408,16 +429,25 @@ class GraphLayer(FromPyG, MessagePassing):
             return None
         mask = mask.sigmoid() if self._apply_sigmoid else mask
         if mask.dim() != 1 or mask.size(0) != graph.num_base_edges:
-            raise ValueError(f"the explainer's edge mask has shape {list(mask.shape)} but the graph was built from "
-                             f"{graph.num_base_edges} edges")
+            raise ValueError(
+                f"the explainer's edge mask has shape {list(mask.shape)} but the graph was built from "
+                f"{graph.num_base_edges} edges"
+            )
         return graph.edge_attr_for_edges(mask.view(-1, 1), fill_value=1.0).view(-1)
 
     def wants_weights(self, return_attention_weights) -> bool:
         """Whether the op must return weights: asked for, being captured, or hooked."""
         return bool(return_attention_weights) or capturing() or bool(self._message_forward_hooks)
 
-    def attend(self, op: Callable[..., Any], graph: Graph, adjacency: Adjacency, return_attention_weights,
-               value: Tensor, edge_value: Optional[Tensor] = None) -> Tuple[Tensor, Any]:
+    def attend(
+        self,
+        op: Callable[..., Any],
+        graph: Graph,
+        adjacency: Adjacency,
+        return_attention_weights,
+        value: Tensor,
+        edge_value: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, Any]:
         """The end of every layer's forward: run the attention ``op`` (the layer's op
         with its inputs bound, e.g. a ``functools.partial``; called here with the
         explainer's ``edge_mask`` and ``return_weights``), computing weights only when
@@ -433,8 +463,15 @@ class GraphLayer(FromPyG, MessagePassing):
         """What ``forward`` returns: ``out``, or ``(out, weights)`` when weights were asked for."""
         return out if weights is None else (out, weights)
 
-    def attention_result(self, graph: Graph, alpha: Optional[Tensor], value: Tensor, adjacency: Adjacency,
-                         return_attention_weights, edge_value: Optional[Tensor] = None):
+    def attention_result(
+        self,
+        graph: Graph,
+        alpha: Optional[Tensor],
+        value: Tensor,
+        adjacency: Adjacency,
+        return_attention_weights,
+        edge_value: Optional[Tensor] = None,
+    ):
         """Hand the weights to recorders and PyG message hooks, and return them in the
         caller's form (``None`` when not asked for): ``(edge_index, alpha)`` for an
         ``edge_index`` or Graph, ``(adj_t with alpha values, alpha)`` for a torch sparse

@@ -1,5 +1,6 @@
 """AGNN (attention-based GNN) on ``ops.score_attention``: a layer with its own score
 formula that gets the fused softmax and aggregation without a kernel of its own."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -35,8 +36,9 @@ class AGNNConv(GraphLayer):
     arguments and :math:`\beta`).
     """
 
-    pyg_spec = PyGSpec("torch_geometric.nn.AGNNConv", {"requires_grad": "requires_grad",
-                                                       "add_self_loops": "add_self_loops"})
+    pyg_spec = PyGSpec(
+        "torch_geometric.nn.AGNNConv", {"requires_grad": "requires_grad", "add_self_loops": "add_self_loops"}
+    )
 
     def __init__(self, requires_grad: bool = True, add_self_loops: bool = True) -> None:
         super().__init__(None)
@@ -59,8 +61,9 @@ class AGNNConv(GraphLayer):
         src, dst = graph.edge_index
         scores = self.beta * (unit.index_select(0, dst) * unit.index_select(0, src)).sum(-1, keepdim=True)
         value = x.unsqueeze(1)  # one head
-        out, weights = self.attend(partial(ops.score_attention, scores, value, graph), graph, adjacency,
-                                   return_attention_weights, value=value)
+        out, weights = self.attend(
+            partial(ops.score_attention, scores, value, graph), graph, adjacency, return_attention_weights, value=value
+        )
         return self.with_weights(out.squeeze(1), weights)
 
     def __repr__(self) -> str:

@@ -1,4 +1,5 @@
 """Scaled dot-product graph attention: PyG's ``TransformerConv``, under its name and arguments."""
+
 from __future__ import annotations
 
 import math
@@ -45,11 +46,25 @@ class TransformerConv(GraphLayer):
     size=None)``, graph inputs as :class:`GATConv`'s.
     """
 
-    pyg_spec = PyGSpec("torch_geometric.nn.TransformerConv", {
-        **{arg: arg for arg in ("in_channels", "out_channels", "heads", "concat", "beta", "dropout", "edge_dim",
-                                "root_weight")},
-        "bias": has("lin_key.bias"),
-    })
+    pyg_spec = PyGSpec(
+        "torch_geometric.nn.TransformerConv",
+        {
+            **{
+                arg: arg
+                for arg in (
+                    "in_channels",
+                    "out_channels",
+                    "heads",
+                    "concat",
+                    "beta",
+                    "dropout",
+                    "edge_dim",
+                    "root_weight",
+                )
+            },
+            "bias": has("lin_key.bias"),
+        },
+    )
 
     def __init__(
         self,
@@ -64,8 +79,7 @@ class TransformerConv(GraphLayer):
         root_weight: bool = True,
         prune_threshold: Optional[float] = None,
     ) -> None:
-        super().__init__(prune_threshold, out_channels=out_channels, heads=heads, dropout=dropout,
-                         edge_dim=edge_dim)
+        super().__init__(prune_threshold, out_channels=out_channels, heads=heads, dropout=dropout, edge_dim=edge_dim)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.heads = heads
@@ -109,11 +123,22 @@ class TransformerConv(GraphLayer):
         query = self.lin_query(x_dst).view(-1, H, C)
         key = self.lin_key(x_src).view(-1, H, C)
         value = self.lin_value(x_src).view(-1, H, C)
-        graph, edge_attr, adjacency = self.prepare_graph(x_src, x_dst, edge_index, edge_attr, size,
-                                                         add_self_loops=False)
+        graph, edge_attr, adjacency = self.prepare_graph(
+            x_src, x_dst, edge_index, edge_attr, size, add_self_loops=False
+        )
         edge = None if edge_attr is None else self.lin_edge(edge_attr.to(key.dtype)).view(-1, H, C)
-        op = partial(ops.dot_product_attention, query, key, value, graph, scale=1.0 / math.sqrt(C), edge_key=edge,
-                     edge_value=edge, dropout=self.dropout, training=self.training)
+        op = partial(
+            ops.dot_product_attention,
+            query,
+            key,
+            value,
+            graph,
+            scale=1.0 / math.sqrt(C),
+            edge_key=edge,
+            edge_value=edge,
+            dropout=self.dropout,
+            training=self.training,
+        )
         out, weights = self.attend(op, graph, adjacency, return_attention_weights, value=value, edge_value=edge)
         out = out.reshape(-1, H * C) if self.concat else out.mean(dim=1)
         if self.root_weight:

@@ -1,4 +1,5 @@
 """GAT and GATv2 layers with PyG's constructor arguments and conventions."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -55,12 +56,25 @@ def _heads_out(layer, out: Tensor, res: Optional[Tensor]) -> Tensor:
 
 def _pyg_spec(name: str, *extra: str) -> PyGSpec:
     """The arguments GATConv and GATv2Conv read from their PyG counterparts (``extra``: the layer's own)."""
-    same = ("in_channels", "out_channels", "heads", "concat", "negative_slope", "dropout", "add_self_loops",
-            "edge_dim", "fill_value") + extra
-    return PyGSpec(f"torch_geometric.nn.{name}", {
-        **{arg: arg for arg in same}, "bias": has("bias"),
-        "residual": lambda conv: getattr(conv, "residual", False),  # older PyG has none
-    })
+    same = (
+        "in_channels",
+        "out_channels",
+        "heads",
+        "concat",
+        "negative_slope",
+        "dropout",
+        "add_self_loops",
+        "edge_dim",
+        "fill_value",
+    ) + extra
+    return PyGSpec(
+        f"torch_geometric.nn.{name}",
+        {
+            **{arg: arg for arg in same},
+            "bias": has("bias"),
+            "residual": lambda conv: getattr(conv, "residual", False),  # older PyG has none
+        },
+    )
 
 
 class _AdditiveAttentionConv(GraphLayer):
@@ -68,11 +82,28 @@ class _AdditiveAttentionConv(GraphLayer):
     names, and the output parameters (residual projection, bias) built after each
     layer's own projections, so parameter order matches PyG's."""
 
-    def __init__(self, in_channels: Channels, out_channels: int, heads: int, concat: bool, negative_slope: float,
-                 dropout: float, add_self_loops: bool, edge_dim: Optional[int], fill_value: FillValue,
-                 residual: bool, prune_threshold: Optional[float]) -> None:
-        super().__init__(prune_threshold, out_channels=out_channels, heads=heads, dropout=dropout,
-                         negative_slope=negative_slope, edge_dim=edge_dim)
+    def __init__(
+        self,
+        in_channels: Channels,
+        out_channels: int,
+        heads: int,
+        concat: bool,
+        negative_slope: float,
+        dropout: float,
+        add_self_loops: bool,
+        edge_dim: Optional[int],
+        fill_value: FillValue,
+        residual: bool,
+        prune_threshold: Optional[float],
+    ) -> None:
+        super().__init__(
+            prune_threshold,
+            out_channels=out_channels,
+            heads=heads,
+            dropout=dropout,
+            negative_slope=negative_slope,
+            edge_dim=edge_dim,
+        )
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.heads = heads
@@ -156,8 +187,19 @@ class GATConv(_AdditiveAttentionConv):
         residual: bool = False,
         prune_threshold: Optional[float] = None,
     ) -> None:
-        super().__init__(in_channels, out_channels, heads, concat, negative_slope, dropout, add_self_loops, edge_dim,
-                         fill_value, residual, prune_threshold)
+        super().__init__(
+            in_channels,
+            out_channels,
+            heads,
+            concat,
+            negative_slope,
+            dropout,
+            add_self_loops,
+            edge_dim,
+            fill_value,
+            residual,
+            prune_threshold,
+        )
         HC = heads * out_channels
         self.lin = self.lin_src = self.lin_dst = None
         if isinstance(in_channels, int):
@@ -203,18 +245,30 @@ class GATConv(_AdditiveAttentionConv):
         if x_dst_in is x_src_in and lin_dst is lin_src:  # one node set: both scores from the values
             score_src, score_dst = _projected_scores(x_src, self.att_src, self.att_dst)
         else:
-            score_src, = _projected_scores(x_src, self.att_src)
+            (score_src,) = _projected_scores(x_src, self.att_src)
             score_dst = None if x_dst_in is None else _folded_scores(x_dst_in, lin_dst, self.att_dst)
         graph, edge_attr, adjacency = self.prepare_graph(
-            x_src_in, x_dst_in, edge_index, edge_attr, size, self.add_self_loops, self.fill_value)
+            x_src_in, x_dst_in, edge_index, edge_attr, size, self.add_self_loops, self.fill_value
+        )
         # the [E, H, C] edge embedding is never built
-        edge_score = None if edge_attr is None else _folded_scores(
-            edge_attr.to(self.att_edge.dtype), self.lin_edge, self.att_edge)
-        op = partial(ops.gat_attention, score_src, score_dst, x_src, graph, negative_slope=self.negative_slope,
-                     edge_score=edge_score, dropout=self.dropout, training=self.training)
+        edge_score = (
+            None
+            if edge_attr is None
+            else _folded_scores(edge_attr.to(self.att_edge.dtype), self.lin_edge, self.att_edge)
+        )
+        op = partial(
+            ops.gat_attention,
+            score_src,
+            score_dst,
+            x_src,
+            graph,
+            negative_slope=self.negative_slope,
+            edge_score=edge_score,
+            dropout=self.dropout,
+            training=self.training,
+        )
         out, weights = self.attend(op, graph, adjacency, return_attention_weights, value=x_src)
         return self.with_weights(_heads_out(self, out, res), weights)
-
 
 
 class GATv2Conv(_AdditiveAttentionConv):
@@ -250,8 +304,19 @@ class GATv2Conv(_AdditiveAttentionConv):
         residual: bool = False,
         prune_threshold: Optional[float] = None,
     ) -> None:
-        super().__init__(in_channels, out_channels, heads, concat, negative_slope, dropout, add_self_loops, edge_dim,
-                         fill_value, residual, prune_threshold)
+        super().__init__(
+            in_channels,
+            out_channels,
+            heads,
+            concat,
+            negative_slope,
+            dropout,
+            add_self_loops,
+            edge_dim,
+            fill_value,
+            residual,
+            prune_threshold,
+        )
         self.share_weights = share_weights
         HC = heads * out_channels
         in_src, in_dst = (in_channels, in_channels) if isinstance(in_channels, int) else in_channels
@@ -287,9 +352,19 @@ class GATv2Conv(_AdditiveAttentionConv):
         x_l = self.lin_l(x_src_in).view(-1, H, C)
         x_r = x_l if (self.share_weights and x_dst_in is x_src_in) else self.lin_r(x_dst_in).view(-1, H, C)
         graph, edge_attr, adjacency = self.prepare_graph(
-            x_src_in, x_dst_in, edge_index, edge_attr, size, self.add_self_loops, self.fill_value)
+            x_src_in, x_dst_in, edge_index, edge_attr, size, self.add_self_loops, self.fill_value
+        )
         edge_feat = None if edge_attr is None else self.lin_edge(edge_attr.to(x_l.dtype)).view(-1, H, C)
-        op = partial(ops.gatv2_attention, x_l, x_r, self.att, graph, negative_slope=self.negative_slope,
-                     edge_feat=edge_feat, dropout=self.dropout, training=self.training)
+        op = partial(
+            ops.gatv2_attention,
+            x_l,
+            x_r,
+            self.att,
+            graph,
+            negative_slope=self.negative_slope,
+            edge_feat=edge_feat,
+            dropout=self.dropout,
+            training=self.training,
+        )
         out, weights = self.attend(op, graph, adjacency, return_attention_weights, value=x_l)
         return self.with_weights(_heads_out(self, out, res), weights)

@@ -15,6 +15,7 @@ One difference, on purpose: a padded position (``mask`` False) is no key at all.
 zeroes padded values but keeps padded keys in the normaliser, so there a graph's
 output depends on how far the batch pads it; here it is what the graph alone gives.
 """
+
 from __future__ import annotations
 
 import copy
@@ -49,8 +50,10 @@ def _key_padding(mask: Optional[Tensor], x: Tensor) -> Optional[Tensor]:
     if mask is None:
         return None
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != x.shape[:2]:
-        raise ValueError(f"mask must be a bool tensor of shape {list(x.shape[:2])} (True = a real node), got "
-                         f"{getattr(mask, 'dtype', type(mask).__name__)} of shape {list(getattr(mask, 'shape', []))}")
+        raise ValueError(
+            f"mask must be a bool tensor of shape {list(x.shape[:2])} (True = a real node), got "
+            f"{getattr(mask, 'dtype', type(mask).__name__)} of shape {list(getattr(mask, 'shape', []))}"
+        )
     return ~mask
 
 
@@ -62,6 +65,7 @@ def _check_x(x: Tensor) -> None:
 def orthogonal_matrix(num_rows: int, num_cols: int) -> Tensor:
     """``num_rows`` random orthonormal rows of length ``num_cols``, in blocks of
     ``num_cols`` (FAVOR+'s projection; PyG's draw, from the global generator)."""
+
     def block() -> Tensor:
         return torch.linalg.qr(torch.randn(num_cols, num_cols), mode="reduced")[0].t()
 
@@ -81,8 +85,10 @@ class PerformerProjection(nn.Module):
             raise ValueError("kernel must be a callable (e.g. torch.nn.ReLU()), got None")
         self.num_cols, self.num_rows = num_cols, int(num_cols * math.log(num_cols))
         if self.num_rows < 1:
-            raise ValueError(f"head_channels must be at least 2 (FAVOR+ draws head_channels * ln(head_channels) "
-                             f"features), got {num_cols}")
+            raise ValueError(
+                f"head_channels must be at least 2 (FAVOR+ draws head_channels * ln(head_channels) "
+                f"features), got {num_cols}"
+            )
         self.register_buffer("projection_matrix", orthogonal_matrix(self.num_rows, self.num_cols))
         self.kernel = kernel
 
@@ -104,14 +110,29 @@ class PerformerAttention(FromPyG, nn.Module):
     copies PyG's, random projection included.
     """
 
-    pyg_spec = PyGSpec("torch_geometric.nn.attention.PerformerAttention", {
-        "channels": "q.in_features", "heads": "heads", "head_channels": "head_channels", "kernel": "kernel",
-        "qkv_bias": has("q.bias"), "attn_out_bias": has("attn_out.bias"), "dropout": "dropout.p",
-    })
+    pyg_spec = PyGSpec(
+        "torch_geometric.nn.attention.PerformerAttention",
+        {
+            "channels": "q.in_features",
+            "heads": "heads",
+            "head_channels": "head_channels",
+            "kernel": "kernel",
+            "qkv_bias": has("q.bias"),
+            "attn_out_bias": has("attn_out.bias"),
+            "dropout": "dropout.p",
+        },
+    )
 
-    def __init__(self, channels: int, heads: int, head_channels: Optional[int] = 64,
-                 kernel: Callable[[Tensor], Tensor] = nn.ReLU(), qkv_bias: bool = False, attn_out_bias: bool = True,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        channels: int,
+        heads: int,
+        head_channels: Optional[int] = 64,
+        kernel: Callable[[Tensor], Tensor] = nn.ReLU(),
+        qkv_bias: bool = False,
+        attn_out_bias: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         head_channels = _check_heads(channels, heads, head_channels)
         check_hyperparameters(dropout=dropout)
@@ -159,13 +180,29 @@ class PolynormerAttention(FromPyG, nn.Module):
     interchange.
     """
 
-    pyg_spec = PyGSpec("torch_geometric.nn.attention.PolynormerAttention", {
-        "channels": "h_lins.in_features", "heads": "heads", "head_channels": "head_channels", "beta": "beta",
-        "qkv_bias": has("k.bias"), "qk_shared": "qk_shared", "dropout": "dropout.p",
-    })
+    pyg_spec = PyGSpec(
+        "torch_geometric.nn.attention.PolynormerAttention",
+        {
+            "channels": "h_lins.in_features",
+            "heads": "heads",
+            "head_channels": "head_channels",
+            "beta": "beta",
+            "qkv_bias": has("k.bias"),
+            "qk_shared": "qk_shared",
+            "dropout": "dropout.p",
+        },
+    )
 
-    def __init__(self, channels: int, heads: int, head_channels: int = 64, beta: float = 0.9,
-                 qkv_bias: bool = False, qk_shared: bool = True, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        channels: int,
+        heads: int,
+        head_channels: int = 64,
+        beta: float = 0.9,
+        qkv_bias: bool = False,
+        qk_shared: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         check_positive_int("channels", channels)
         check_hyperparameters(heads=heads, dropout=dropout)
@@ -190,8 +227,9 @@ class PolynormerAttention(FromPyG, nn.Module):
 
         k = heads(self.k(x))
         q = k if self.qk_shared else heads(self.q(x))
-        out = linear_attention(q, k, heads(self.v(x)), key_padding_mask=_key_padding(mask, x),
-                               feature_map=torch.sigmoid, eps=1e-6)
+        out = linear_attention(
+            q, k, heads(self.v(x)), key_padding_mask=_key_padding(mask, x), feature_map=torch.sigmoid, eps=1e-6
+        )
         out = out.permute(0, 2, 3, 1).reshape(B, N, -1)
         return self.dropout(F.relu(self.lin_out(self.lns(out) * (self.h_lins(x) + self.beta))))
 
@@ -222,24 +260,44 @@ class QFormer(FromPyG, nn.Module):
     layers (softmax attention through :class:`MultiheadGraphAttention`, complete over each
     sequence) and a projection, with PyG ``QFormer``'s arguments, parameters and repr."""
 
-    pyg_spec = PyGSpec("torch_geometric.nn.attention.QFormer", {
-        "input_dim": "encoder_layer.self_attn.embed_dim", "hidden_dim": "encoder_layer.linear1.out_features",
-        "output_dim": "project.out_features", "num_heads": "num_heads", "num_layers": "num_layers",
-        "dropout": "encoder_layer.dropout.p", "activation": "encoder_layer.activation",
-    })
+    pyg_spec = PyGSpec(
+        "torch_geometric.nn.attention.QFormer",
+        {
+            "input_dim": "encoder_layer.self_attn.embed_dim",
+            "hidden_dim": "encoder_layer.linear1.out_features",
+            "output_dim": "project.out_features",
+            "num_heads": "num_heads",
+            "num_layers": "num_layers",
+            "dropout": "encoder_layer.dropout.p",
+            "activation": "encoder_layer.activation",
+        },
+    )
 
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_heads: int, num_layers: int,
-                 dropout: float = 0.0, activation: Callable[[Tensor], Tensor] = nn.ReLU()) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dim: int,
+        output_dim: int,
+        num_heads: int,
+        num_layers: int,
+        dropout: float = 0.0,
+        activation: Callable[[Tensor], Tensor] = nn.ReLU(),
+    ) -> None:
         super().__init__()
         from .transformer import GraphTransformerEncoderLayer
 
-        for name, value in (("input_dim", input_dim), ("hidden_dim", hidden_dim), ("output_dim", output_dim),
-                            ("num_layers", num_layers)):
+        for name, value in (
+            ("input_dim", input_dim),
+            ("hidden_dim", hidden_dim),
+            ("output_dim", output_dim),
+            ("num_layers", num_layers),
+        ):
             check_positive_int(name, value)
         self.num_layers, self.num_heads = num_layers, num_heads
         self.layer_norm = nn.LayerNorm(input_dim)
-        self.encoder_layer = GraphTransformerEncoderLayer(input_dim, num_heads, hidden_dim, dropout, activation,
-                                                          batch_first=True)
+        self.encoder_layer = GraphTransformerEncoderLayer(
+            input_dim, num_heads, hidden_dim, dropout, activation, batch_first=True
+        )
         self.encoder = _Encoder(copy.deepcopy(self.encoder_layer) for _ in range(num_layers))
         self.project = nn.Linear(input_dim, output_dim)
 

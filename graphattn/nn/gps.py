@@ -1,4 +1,5 @@
 """The GPS graph-transformer layer on graphattn's engine: global attention without padding."""
+
 from __future__ import annotations
 
 import copy
@@ -85,24 +86,33 @@ class GPSConv(nn.Module):
 
         check_positive_int("channels", channels)
         check_hyperparameters(heads=heads, dropout=dropout)
-        if global_pattern == "sparse" and (isinstance(virtual_nodes, bool) or not isinstance(virtual_nodes, int)
-                                           or virtual_nodes < 0):
+        if global_pattern == "sparse" and (
+            isinstance(virtual_nodes, bool) or not isinstance(virtual_nodes, int) or virtual_nodes < 0
+        ):
             raise ValueError(f"virtual_nodes must be a non-negative integer, got {virtual_nodes!r}")
         if attn_type not in ATTN_TYPES:
-            raise ValueError(f"attn_type must be one of {ATTN_TYPES}, got {attn_type!r} (for large graphs use "
-                             f"'performer' or global_pattern='sparse')")
+            raise ValueError(
+                f"attn_type must be one of {ATTN_TYPES}, got {attn_type!r} (for large graphs use "
+                f"'performer' or global_pattern='sparse')"
+            )
         if global_pattern not in GLOBAL_PATTERNS:
             raise ValueError(f"global_pattern must be one of {GLOBAL_PATTERNS}, got {global_pattern!r}")
         if attn_type == "performer" and global_pattern != "complete":
-            raise ValueError("attn_type='performer' attends to every node of each graph (in linear time); "
-                             f"global_pattern={global_pattern!r} applies to attn_type='multihead' only")
+            raise ValueError(
+                "attn_type='performer' attends to every node of each graph (in linear time); "
+                f"global_pattern={global_pattern!r} applies to attn_type='multihead' only"
+            )
         self.channels, self.conv, self.heads, self.dropout = channels, conv, heads, dropout
         self.attn_type, self.global_pattern = attn_type, global_pattern
         self.expander_degree, self.seed = expander_degree, seed
-        self.attn = (MultiheadGraphAttention(channels, heads, batch_first=True, **(attn_kwargs or {}))
-                     if attn_type == "multihead" else PerformerAttention(channels, heads, **(attn_kwargs or {})))
-        self.virtual = (nn.Parameter(torch.zeros(virtual_nodes, channels))
-                        if global_pattern == "sparse" and virtual_nodes else None)
+        self.attn = (
+            MultiheadGraphAttention(channels, heads, batch_first=True, **(attn_kwargs or {}))
+            if attn_type == "multihead"
+            else PerformerAttention(channels, heads, **(attn_kwargs or {}))
+        )
+        self.virtual = (
+            nn.Parameter(torch.zeros(virtual_nodes, channels)) if global_pattern == "sparse" and virtual_nodes else None
+        )
         self.mlp = nn.Sequential(
             nn.Linear(channels, channels * 2),
             activation_resolver(act, **(act_kwargs or {})),
@@ -110,8 +120,9 @@ class GPSConv(nn.Module):
             nn.Linear(channels * 2, channels),
             nn.Dropout(dropout),
         )
-        self.norm1, self.norm2, self.norm3 = (normalization_resolver(norm, channels, **(norm_kwargs or {}))
-                                              for _ in range(3))
+        self.norm1, self.norm2, self.norm3 = (
+            normalization_resolver(norm, channels, **(norm_kwargs or {})) for _ in range(3)
+        )
         self.norm_with_batch = self.norm1 is not None and "batch" in inspect.signature(self.norm1.forward).parameters
         self._reset_own_parameters()  # ``conv`` arrives initialised (and may carry copied weights)
 
@@ -129,7 +140,7 @@ class GPSConv(nn.Module):
             if norm is not None:
                 norm.reset_parameters()
         if self.virtual is not None:
-            nn.init.normal_(self.virtual, std=self.channels ** -0.5)
+            nn.init.normal_(self.virtual, std=self.channels**-0.5)
 
     @classmethod
     def from_pyg(cls, gps: nn.Module) -> "GPSConv":
@@ -145,8 +156,11 @@ class GPSConv(nn.Module):
         if conv is not None and type(conv) in ours:
             conv = ours[type(conv)].from_pyg(conv)
         layer = cls(gps.channels, conv, heads=gps.heads, dropout=gps.dropout, norm=None, attn_type=gps.attn_type)
-        layer.attn = (MultiheadGraphAttention.from_torch(gps.attn) if gps.attn_type == "multihead"
-                      else PerformerAttention.from_pyg(gps.attn))
+        layer.attn = (
+            MultiheadGraphAttention.from_torch(gps.attn)
+            if gps.attn_type == "multihead"
+            else PerformerAttention.from_pyg(gps.attn)
+        )
         layer.mlp = copy.deepcopy(gps.mlp)
         layer.norm1, layer.norm2, layer.norm3 = (copy.deepcopy(n) for n in (gps.norm1, gps.norm2, gps.norm3))
         layer.norm_with_batch = gps.norm_with_batch
@@ -203,15 +217,18 @@ class GPSConv(nn.Module):
         else:
             local_index = None if local is None else _as_edge_index(local, num_nodes)
             virtual = 0 if self.virtual is None else self.virtual.size(0)
-            graph = patterns.sparse_global(batch, num_nodes, local_index, degree=self.expander_degree,
-                                           virtual_per_graph=virtual, seed=self.seed)
+            graph = patterns.sparse_global(
+                batch, num_nodes, local_index, degree=self.expander_degree, virtual_per_graph=virtual, seed=self.seed
+            )
         return graph.to(device)
 
     def __repr__(self) -> str:
         """PyG's repr for PyG's arguments; a non-default global pattern is added after them."""
         extra = "" if self.global_pattern == "complete" else f", global_pattern={self.global_pattern}"
-        return (f"{self.__class__.__name__}({self.channels}, conv={self.conv}, heads={self.heads}, "
-                f"attn_type={self.attn_type}{extra})")
+        return (
+            f"{self.__class__.__name__}({self.channels}, conv={self.conv}, heads={self.heads}, "
+            f"attn_type={self.attn_type}{extra})"
+        )
 
 
 def _as_edge_index(adjacency, num_nodes: int) -> Tensor:

@@ -1,5 +1,6 @@
 """Linear attention with ``torch.nn.MultiheadAttention``'s interface (a drop-in for
 :class:`MultiheadGraphAttention` wherever a model calls ``self_attn(q, k, v, ...)``)."""
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -34,9 +35,19 @@ class LinearAttention(TorchAttentionBase):
     for inspection).
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, bias: bool = True, kdim: Optional[int] = None,
-                 vdim: Optional[int] = None, batch_first: bool = False, device=None, dtype=None,
-                 feature_map: FeatureMap = "elu", chunk: int = 64) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        bias: bool = True,
+        kdim: Optional[int] = None,
+        vdim: Optional[int] = None,
+        batch_first: bool = False,
+        device=None,
+        dtype=None,
+        feature_map: FeatureMap = "elu",
+        chunk: int = 64,
+    ) -> None:
         super().__init__(embed_dim, num_heads, bias, kdim, vdim, batch_first, device, dtype)
         get_feature_map(feature_map)  # validate now, not at the first forward
         self.feature_map = feature_map
@@ -53,19 +64,39 @@ class LinearAttention(TorchAttentionBase):
         if mha.bias_k is not None or mha.add_zero_attn:
             raise ValueError("LinearAttention has no counterpart of add_bias_kv or add_zero_attn")
         if pattern is not None:
-            raise ValueError("LinearAttention has no pattern: it attends to all keys (or all earlier ones "
-                             "with is_causal=True)")
+            raise ValueError(
+                "LinearAttention has no pattern: it attends to all keys (or all earlier ones with is_causal=True)"
+            )
         p = next(mha.parameters())
-        layer = cls(mha.embed_dim, mha.num_heads, bias=mha.in_proj_bias is not None, kdim=mha.kdim, vdim=mha.vdim,
-                    batch_first=mha.batch_first, device=p.device, dtype=p.dtype, feature_map=feature_map)
+        layer = cls(
+            mha.embed_dim,
+            mha.num_heads,
+            bias=mha.in_proj_bias is not None,
+            kdim=mha.kdim,
+            vdim=mha.vdim,
+            batch_first=mha.batch_first,
+            device=p.device,
+            dtype=p.dtype,
+            feature_map=feature_map,
+        )
         return layer._copy_from_torch(mha)
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None,
-                need_weights: bool = True, attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
-                is_causal: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Optional[Tensor] = None,
+        need_weights: bool = True,
+        attn_mask: Optional[Tensor] = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
         if attn_mask is not None:
-            raise ValueError("LinearAttention takes no attn_mask (it has no per-pair scores to mask); "
-                             "use is_causal=True for causal attention")
+            raise ValueError(
+                "LinearAttention takes no attn_mask (it has no per-pair scores to mask); "
+                "use is_causal=True for causal attention"
+            )
         unbatched, query, key, value, key_padding_mask = self._batch_first(query, key, value, key_padding_mask)
         N, Lq, _ = query.shape
         H, D = self.num_heads, self.head_dim
@@ -75,8 +106,16 @@ class LinearAttention(TorchAttentionBase):
             return t.reshape(N, t.size(1), H, D).transpose(1, 2)
 
         want = need_weights or capturing()
-        res = ops.linear_attention(heads(q), heads(k), heads(v), causal=is_causal, key_padding_mask=key_padding_mask,
-                                   feature_map=self.feature_map, chunk=self.chunk, return_weights=want)
+        res = ops.linear_attention(
+            heads(q),
+            heads(k),
+            heads(v),
+            causal=is_causal,
+            key_padding_mask=key_padding_mask,
+            feature_map=self.feature_map,
+            chunk=self.chunk,
+            return_weights=want,
+        )
         out, weights = res if want else (res, None)
         if weights is not None and capturing():
             self._record(weights, is_causal)

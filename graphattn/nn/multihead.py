@@ -1,4 +1,5 @@
 """``torch.nn.MultiheadAttention`` on graphattn's engine, with sparse patterns."""
+
 from __future__ import annotations
 
 import weakref
@@ -43,9 +44,19 @@ def _mask_dtype(mask: Optional[Tensor], name: str) -> None:
         raise MultiheadMaskTypeError(f"only bool and floating types of {name} are supported")
 
 
-def check_like_torch(query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor],
-                     attn_mask: Optional[Tensor], embed_dim: int, num_heads: int, batch_first: bool,
-                     kdim: Optional[int] = None, vdim: Optional[int] = None, extra: int = 0) -> None:
+def check_like_torch(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    key_padding_mask: Optional[Tensor],
+    attn_mask: Optional[Tensor],
+    embed_dim: int,
+    num_heads: int,
+    batch_first: bool,
+    kdim: Optional[int] = None,
+    vdim: Optional[int] = None,
+    extra: int = 0,
+) -> None:
     """torch's checks of ``nn.MultiheadAttention.forward`` (``_canonical_mask``,
     ``_mha_shape_check``, ``multi_head_attention_forward``), in torch's order, with
     torch's messages (shapes as torch sees them: ``(L, N, E)``, an unbatched input with
@@ -60,23 +71,30 @@ def check_like_torch(query: Tensor, key: Tensor, value: Tensor, key_padding_mask
     elif query.dim() == 2:
         batched, what, kpm_dim = False, "unbatched (2-D)", 1
     else:
-        raise MultiheadShapeError(f"query should be unbatched 2D or batched 3D tensor but received {query.dim()}-D "
-                                  f"query tensor")
+        raise MultiheadShapeError(
+            f"query should be unbatched 2D or batched 3D tensor but received {query.dim()}-D query tensor"
+        )
     if key.dim() != query.dim() or value.dim() != query.dim():
-        raise MultiheadShapeError(f"For {what} `query`, expected `key` and `value` to be {query.dim()}-D but found "
-                                  f"{key.dim()}-D and {value.dim()}-D tensors respectively")
+        raise MultiheadShapeError(
+            f"For {what} `query`, expected `key` and `value` to be {query.dim()}-D but found "
+            f"{key.dim()}-D and {value.dim()}-D tensors respectively"
+        )
     if kpm is not None and kpm.dim() != kpm_dim:
-        raise MultiheadShapeError(f"For {what} `query`, expected `key_padding_mask` to be `None` or {kpm_dim}-D but "
-                                  f"found {kpm.dim()}-D tensor instead")
+        raise MultiheadShapeError(
+            f"For {what} `query`, expected `key_padding_mask` to be `None` or {kpm_dim}-D but "
+            f"found {kpm.dim()}-D tensor instead"
+        )
     if mask is not None and mask.dim() not in (2, 3):
-        raise MultiheadShapeError(f"For {what} `query`, expected `attn_mask` to be `None`, 2-D or 3-D but found "
-                                  f"{mask.dim()}-D tensor instead")
+        raise MultiheadShapeError(
+            f"For {what} `query`, expected `attn_mask` to be `None`, 2-D or 3-D but found {mask.dim()}-D tensor instead"
+        )
     if batched and batch_first:
         query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
     elif not batched:
         if mask is not None and mask.dim() == 3 and mask.shape != (num_heads, query.size(0), key.size(0)):
-            raise MultiheadShapeError(f"Expected `attn_mask` shape to be {(num_heads, query.size(0), key.size(0))} "
-                                      f"but got {mask.shape}")
+            raise MultiheadShapeError(
+                f"Expected `attn_mask` shape to be {(num_heads, query.size(0), key.size(0))} but got {mask.shape}"
+            )
         query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
         kpm = None if kpm is None else kpm.unsqueeze(0)
     (L, N, E), S = query.shape, key.size(0)
@@ -86,25 +104,30 @@ def check_like_torch(query: Tensor, key: Tensor, value: Tensor, key_padding_mask
         raise MultiheadShapeError(f"key shape {key.shape} does not match value shape {value.shape}")
     if kdim is not None:
         if key.shape[:2] != value.shape[:2]:
-            raise MultiheadShapeError(f"key's sequence and batch dims {key.shape[:2]} do not match value's "
-                                      f"{value.shape[:2]}")
+            raise MultiheadShapeError(
+                f"key's sequence and batch dims {key.shape[:2]} do not match value's {value.shape[:2]}"
+            )
         for name, dim, t in (("key", kdim, key), ("value", vdim, value)):
             if t.size(-1) != dim:
-                raise MultiheadShapeError(f"expecting {name} weights shape of {(E, t.size(-1))}, but got "
-                                          f"{torch.Size((E, dim))}")
+                raise MultiheadShapeError(
+                    f"expecting {name} weights shape of {(E, t.size(-1))}, but got {torch.Size((E, dim))}"
+                )
     if mask is not None:
         want = (L, S) if mask.dim() == 2 else (N * num_heads, L, S)
         if mask.shape != want:
-            raise MultiheadShapeRuntimeError(f"The shape of the {mask.dim()}D attn_mask is {mask.shape}, but should "
-                                             f"be {want}.")
+            raise MultiheadShapeRuntimeError(
+                f"The shape of the {mask.dim()}D attn_mask is {mask.shape}, but should be {want}."
+            )
     if key.size(1) != N:
-        raise MultiheadShapeRuntimeError(f"query shape {query.shape} and key shape {key.shape} have different batch "
-                                         f"sizes")
+        raise MultiheadShapeRuntimeError(
+            f"query shape {query.shape} and key shape {key.shape} have different batch sizes"
+        )
     if kpm is not None:
         for i, want in enumerate((N, S + extra)):
             if kpm.shape[i] + (extra if i else 0) != want:
-                raise MultiheadShapeError(f"Expected key_padded_mask.shape[{i}] to be {want}, but got "
-                                          f"{kpm.shape[i] + (extra if i else 0)}")
+                raise MultiheadShapeError(
+                    f"Expected key_padded_mask.shape[{i}] to be {want}, but got {kpm.shape[i] + (extra if i else 0)}"
+                )
 
 
 class Masks(NamedTuple):
@@ -112,6 +135,7 @@ class Masks(NamedTuple):
     heads: ``keep_2d`` ``(Lq, Sx)``, ``keep_kpm`` ``(N, Sx)``), float ones (and per-head
     boolean ones) become score biases (``bias_2d``, ``bias_kpm``, ``bias_3d``
     ``(N*H, Lq, Sx)``). ``Sx`` counts the appended bias_kv / zero_attn keys, never masked."""
+
     keep_2d: Optional[Tensor] = None
     keep_kpm: Optional[Tensor] = None
     bias_2d: Optional[Tensor] = None
@@ -119,8 +143,9 @@ class Masks(NamedTuple):
     bias_kpm: Optional[Tensor] = None
 
 
-def canonical_masks(attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor], N: int, H: int, Lq: int,
-                    S: int, extra: int) -> Masks:
+def canonical_masks(
+    attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor], N: int, H: int, Lq: int, S: int, extra: int
+) -> Masks:
     """torch's ``attn_mask`` / ``key_padding_mask`` (``True`` = not allowed, floats added
     to the scores), checked by :func:`check_like_torch`, brought to :class:`Masks`."""
     keep_2d = keep_kpm = bias_2d = bias_3d = bias_kpm = None
@@ -142,8 +167,9 @@ def canonical_masks(attn_mask: Optional[Tensor], key_padding_mask: Optional[Tens
     return Masks(keep_2d, keep_kpm, bias_2d, bias_3d, bias_kpm)
 
 
-def mask_bias_on_edges(masks: Masks, graph: Graph, N: int, H: int, Lq: int, Sx: int,
-                       dtype: torch.dtype) -> Optional[Tensor]:
+def mask_bias_on_edges(
+    masks: Masks, graph: Graph, N: int, H: int, Lq: int, Sx: int, dtype: torch.dtype
+) -> Optional[Tensor]:
     """The masks' score biases read off at each edge of the block-diagonal graph:
     ``[E, H]`` in the graph's user order, or ``None`` when no mask is a bias."""
     if masks.bias_2d is None and masks.bias_3d is None and masks.bias_kpm is None:
@@ -201,8 +227,17 @@ class TorchAttentionBase(nn.Module):
 
     __constants__ = ["batch_first"]
 
-    def __init__(self, embed_dim: int, num_heads: int, bias: bool, kdim: Optional[int], vdim: Optional[int],
-                 batch_first: bool, device, dtype) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        bias: bool,
+        kdim: Optional[int],
+        vdim: Optional[int],
+        batch_first: bool,
+        device,
+        dtype,
+    ) -> None:
         check_positive_int("embed_dim", embed_dim)
         check_positive_int("num_heads", num_heads)
         for name, dim in (("kdim", kdim), ("vdim", vdim)):
@@ -259,20 +294,38 @@ class TorchAttentionBase(nn.Module):
     def _projections(self, query: Tensor, key: Tensor, value: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         E = self.embed_dim
         b = self.in_proj_bias
-        bq, bk, bv = (None, None, None) if b is None else (b[:E], b[E:2 * E], b[2 * E:])
+        bq, bk, bv = (None, None, None) if b is None else (b[:E], b[E : 2 * E], b[2 * E :])
         if self._qkv_same_embed_dim:
-            wq, wk, wv = self.in_proj_weight[:E], self.in_proj_weight[E:2 * E], self.in_proj_weight[2 * E:]
+            wq, wk, wv = self.in_proj_weight[:E], self.in_proj_weight[E : 2 * E], self.in_proj_weight[2 * E :]
         else:
             wq, wk, wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
         return _linear(query, wq, bq), _linear(key, wk, bk), _linear(value, wv, bv)
 
-    def _batch_first(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor],
-                     attn_mask: Optional[Tensor] = None, extra: int = 0):
+    def _batch_first(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Optional[Tensor],
+        attn_mask: Optional[Tensor] = None,
+        extra: int = 0,
+    ):
         """Inputs in any of torch's layouts, checked as torch checks them
         (:func:`check_like_torch`) -> ``(unbatched, q, k, v, kpm)`` with ``(N, L, E)`` tensors."""
         separate = not self._qkv_same_embed_dim
-        check_like_torch(query, key, value, key_padding_mask, attn_mask, self.embed_dim, self.num_heads,
-                         self.batch_first, self.kdim if separate else None, self.vdim if separate else None, extra)
+        check_like_torch(
+            query,
+            key,
+            value,
+            key_padding_mask,
+            attn_mask,
+            self.embed_dim,
+            self.num_heads,
+            self.batch_first,
+            self.kdim if separate else None,
+            self.vdim if separate else None,
+            extra,
+        )
         unbatched = query.dim() == 2
         if unbatched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
@@ -282,8 +335,9 @@ class TorchAttentionBase(nn.Module):
             query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
         return unbatched, query, key, value, key_padding_mask
 
-    def _caller_layout(self, out: Tensor, weights: Optional[Tensor], unbatched: bool,
-                       average_attn_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    def _caller_layout(
+        self, out: Tensor, weights: Optional[Tensor], unbatched: bool, average_attn_weights: bool
+    ) -> Tuple[Tensor, Optional[Tensor]]:
         """``(N, L, E)`` output and ``(N, H, L, S)`` weights back to the caller's layout."""
         if weights is not None:
             weights = weights.mean(dim=1) if average_attn_weights else weights
@@ -367,14 +421,24 @@ class MultiheadGraphAttention(TorchAttentionBase):
             raise TypeError(f"expected torch.nn.MultiheadAttention, got {type(mha).__name__}")
         p = next(mha.parameters())
         layer = cls(
-            mha.embed_dim, mha.num_heads, dropout=mha.dropout, bias=mha.in_proj_bias is not None,
-            add_bias_kv=mha.bias_k is not None, add_zero_attn=mha.add_zero_attn, kdim=mha.kdim, vdim=mha.vdim,
-            batch_first=mha.batch_first, device=p.device, dtype=p.dtype, pattern=pattern,
+            mha.embed_dim,
+            mha.num_heads,
+            dropout=mha.dropout,
+            bias=mha.in_proj_bias is not None,
+            add_bias_kv=mha.bias_k is not None,
+            add_zero_attn=mha.add_zero_attn,
+            kdim=mha.kdim,
+            vdim=mha.vdim,
+            batch_first=mha.batch_first,
+            device=p.device,
+            dtype=p.dtype,
+            pattern=pattern,
         )
         return layer._copy_from_torch(mha)
 
-    def attend_packed(self, query: Tensor, key: Tensor, value: Tensor, graph: Graph,
-                      need_weights: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+    def attend_packed(
+        self, query: Tensor, key: Tensor, value: Tensor, graph: Graph, need_weights: bool = False
+    ) -> Tuple[Tensor, Optional[Tensor]]:
         """Attention over packed node tensors: ``query`` ``[Nq, E]``, ``key`` and
         ``value`` ``[Nk, kdim/vdim]``, query ``i`` attending to key ``j`` for each
         edge ``j -> i`` of ``graph`` (e.g. :func:`graphattn.patterns.complete_per_graph`
@@ -383,18 +447,27 @@ class MultiheadGraphAttention(TorchAttentionBase):
         weights are taken before dropout. ``add_bias_kv`` / ``add_zero_attn`` have no
         packed meaning and are refused."""
         if self.bias_k is not None or self.add_zero_attn:
-            raise ValueError("attend_packed does not support add_bias_kv or add_zero_attn (no per-sequence key "
-                             "to append in a packed batch); add those keys to the graph as nodes instead")
+            raise ValueError(
+                "attend_packed does not support add_bias_kv or add_zero_attn (no per-sequence key "
+                "to append in a packed batch); add those keys to the graph as nodes instead"
+            )
         for name, t in (("query", query), ("key", key), ("value", value)):
             if t.dim() != 2:
-                raise ValueError(f"attend_packed takes packed [nodes, features] tensors; {name} has shape "
-                                 f"{tuple(t.shape)}")
+                raise ValueError(
+                    f"attend_packed takes packed [nodes, features] tensors; {name} has shape {tuple(t.shape)}"
+                )
         H, D = self.num_heads, self.head_dim
         q, k, v = self._projections(query, key, value)
         want = need_weights or capturing()
         out = ops.dot_product_attention(
-            q.view(-1, H, D), k.view(-1, H, D), v.view(-1, H, D), graph, scale=D ** -0.5,
-            dropout=self.dropout, training=self.training, return_weights=want,
+            q.view(-1, H, D),
+            k.view(-1, H, D),
+            v.view(-1, H, D),
+            graph,
+            scale=D**-0.5,
+            dropout=self.dropout,
+            training=self.training,
+            return_weights=want,
         )
         out, alpha = out if want else (out, None)
         if alpha is not None and capturing():
@@ -419,11 +492,21 @@ class MultiheadGraphAttention(TorchAttentionBase):
         return patterns.check_block(pat(Lq, Lk), Lq, Lk, "pattern(Lq, Lk)").to(device)
 
     @torch.compiler.disable
-    def _build_graph(self, N: int, Lq: int, S: int, extra: int, is_causal: bool, device,
-                     keep_2d: Optional[Tensor], keep_kpm: Optional[Tensor]) -> Graph:
+    def _build_graph(
+        self,
+        N: int,
+        Lq: int,
+        S: int,
+        extra: int,
+        is_causal: bool,
+        device,
+        keep_2d: Optional[Tensor],
+        keep_kpm: Optional[Tensor],
+    ) -> Graph:
         """Block-diagonal graph over N sequences: the pattern over the S real keys,
         plus ``extra`` appended keys (bias_kv / zero_attn) visible to every query,
         minus the edges removed by boolean masks."""
+
         def build() -> Graph:
             return self._block_graph(N, Lq, S, extra, is_causal, device, keep_2d, keep_kpm)
 
@@ -437,8 +520,17 @@ class MultiheadGraphAttention(TorchAttentionBase):
         key = (N, Lq, S, extra, is_causal, str(device), pat if named else None)
         return self._graph_cache.lookup(objects, key, build)
 
-    def _block_graph(self, N: int, Lq: int, S: int, extra: int, is_causal: bool, device,
-                     keep_2d: Optional[Tensor], keep_kpm: Optional[Tensor]) -> Graph:
+    def _block_graph(
+        self,
+        N: int,
+        Lq: int,
+        S: int,
+        extra: int,
+        is_causal: bool,
+        device,
+        keep_2d: Optional[Tensor],
+        keep_kpm: Optional[Tensor],
+    ) -> Graph:
         base = self._pattern_graph(Lq, S, is_causal, device)
         rows, cols = base.row, base.col
         if extra:
@@ -468,8 +560,9 @@ class MultiheadGraphAttention(TorchAttentionBase):
         return Graph.from_trusted_edges(b * Sx + c, b * Lq + r, N * Sx, N * Lq, pattern=pattern_meta)
 
     # ---------------------------------------------------------------- NestedTensor inputs
-    def _nested_refusal(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor],
-                        attn_mask: Optional[Tensor]) -> Optional[str]:
+    def _nested_refusal(
+        self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor]
+    ) -> Optional[str]:
         """Why torch's module would refuse these NestedTensor inputs (the conditions of its
         inference fast path, the only one that takes them, in its order and words), or None."""
         b, w = self.in_proj_bias, self.in_proj_weight
@@ -477,27 +570,40 @@ class MultiheadGraphAttention(TorchAttentionBase):
         reasons = (
             (not torch.backends.mha.get_fastpath_enabled(), "torch.backends.mha.get_fastpath_enabled() was not True"),
             (query.dim() != 3, f"input not batched; expected query.dim() of 3 but got {query.dim()}"),
-            (query is not key or key is not value,
-             "non-self attention was used (query, key, and value are not the same Tensor)"),
-            (b is not None and query.dtype != b.dtype,
-             f"dtypes of query ({query.dtype}) and self.in_proj_bias ({None if b is None else b.dtype}) don't match"),
+            (
+                query is not key or key is not value,
+                "non-self attention was used (query, key, and value are not the same Tensor)",
+            ),
+            (
+                b is not None and query.dtype != b.dtype,
+                f"dtypes of query ({query.dtype}) and self.in_proj_bias ({None if b is None else b.dtype}) don't match",
+            ),
             (w is None, "in_proj_weight was None"),
-            (w is not None and query.dtype != w.dtype,
-             f"dtypes of query ({query.dtype}) and self.in_proj_weight ({None if w is None else w.dtype}) don't match"),
+            (
+                w is not None and query.dtype != w.dtype,
+                f"dtypes of query ({query.dtype}) and self.in_proj_weight "
+                f"({None if w is None else w.dtype}) don't match",
+            ),
             (self.training, "training is enabled"),
             (self.num_heads % 2 != 0, "self.num_heads is not even"),
             (not self.batch_first, "batch_first was not True"),
             (self.bias_k is not None, "self.bias_k was not None"),
             (self.add_zero_attn, "add_zero_attn was enabled"),
-            (key_padding_mask is not None or attn_mask is not None,
-             "supplying both src_key_padding_mask and src_mask at the same time is not supported with NestedTensor "
-             "input"),
+            (
+                key_padding_mask is not None or attn_mask is not None,
+                "supplying both src_key_padding_mask and src_mask at the same time is not supported with NestedTensor "
+                "input",
+            ),
             (torch.is_autocast_enabled(), "autocast is enabled"),
-            (any(t.is_nested and t.layout != torch.strided for t in (query, key, value)),
-             "some Tensor argument has_torch_function (a jagged NestedTensor)"),
-            (torch.is_grad_enabled() and any(t.requires_grad for t in [query] + params),
-             "grad is enabled and at least one of query or the input/output projection weights or biases "
-             "requires_grad"),
+            (
+                any(t.is_nested and t.layout != torch.strided for t in (query, key, value)),
+                "some Tensor argument has_torch_function (a jagged NestedTensor)",
+            ),
+            (
+                torch.is_grad_enabled() and any(t.requires_grad for t in [query] + params),
+                "grad is enabled and at least one of query or the input/output projection weights or biases "
+                "requires_grad",
+            ),
             (b is None, "the module has no in_proj_bias (bias=False)"),
         )
         return next((why for refused, why in reasons if refused), None)
@@ -506,19 +612,30 @@ class MultiheadGraphAttention(TorchAttentionBase):
         """The block-diagonal pattern of a nested batch: one block of the module's pattern per sequence."""
         pat = self.pattern
         if pat is None or pat == "complete":
-            batch = torch.repeat_interleave(torch.arange(len(lengths), device=device),
-                                            torch.tensor(lengths, device=device))
+            batch = torch.repeat_interleave(
+                torch.arange(len(lengths), device=device), torch.tensor(lengths, device=device)
+            )
             return patterns.complete_per_graph(batch, sum(lengths))
         if pat == "causal":
             return patterns.batch(lengths, patterns.causal).to(device)
         if callable(pat) and not isinstance(pat, Graph):
             return patterns.batch(lengths, pat, key_lengths=lengths).to(device)
-        raise ValueError("a NestedTensor holds sequences of several lengths; a fixed pattern Graph is over one: "
-                         "pass a pattern callable, or the sequences packed to attend_packed with your own graph")
+        raise ValueError(
+            "a NestedTensor holds sequences of several lengths; a fixed pattern Graph is over one: "
+            "pass a pattern callable, or the sequences packed to attend_packed with your own graph"
+        )
 
-    def _forward_nested(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor],
-                        need_weights: bool, attn_mask: Optional[Tensor], average_attn_weights: bool,
-                        is_causal: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    def _forward_nested(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Optional[Tensor],
+        need_weights: bool,
+        attn_mask: Optional[Tensor],
+        average_attn_weights: bool,
+        is_causal: bool,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
         """A nested batch as torch's fast path answers it (a NestedTensor output; dense
         ``(N, L, L)`` weights zero-padded to the longest sequence), computed as one
         block-diagonal graph over the packed tokens."""
@@ -529,7 +646,8 @@ class MultiheadGraphAttention(TorchAttentionBase):
             raise MultiheadShapeError(
                 "MultiheadAttention does not support NestedTensor outside of its fast path. The fast path was not "
                 f"hit because {why}. Alternatives: the sequences packed ([sum of lengths, E]) to attend_packed with "
-                "graphattn.patterns.batch(lengths) as the graph, or padded with a key_padding_mask")
+                "graphattn.patterns.batch(lengths) as the graph, or padded with a key_padding_mask"
+            )
         seqs = query.unbind()
         lengths = [t.size(0) for t in seqs]
         packed = torch.cat(seqs) if seqs else query.new_zeros(0, self.embed_dim)
@@ -554,11 +672,13 @@ class MultiheadGraphAttention(TorchAttentionBase):
         is_causal: bool = False,
     ) -> Tuple[Tensor, Optional[Tensor]]:
         if query.is_nested or key.is_nested or value.is_nested:
-            return self._forward_nested(query, key, value, key_padding_mask, need_weights, attn_mask,
-                                        average_attn_weights, is_causal)
+            return self._forward_nested(
+                query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
+            )
         extra = int(self.bias_k is not None) + int(self.add_zero_attn)
-        unbatched, query, key, value, key_padding_mask = self._batch_first(query, key, value, key_padding_mask,
-                                                                           attn_mask, extra)
+        unbatched, query, key, value, key_padding_mask = self._batch_first(
+            query, key, value, key_padding_mask, attn_mask, extra
+        )
         N, Lq, _ = query.shape
         S = key.size(1)
         H, D = self.num_heads, self.head_dim
@@ -578,8 +698,14 @@ class MultiheadGraphAttention(TorchAttentionBase):
 
         want = need_weights or capturing()
         out = ops.dot_product_attention(
-            q.reshape(N * Lq, H, D), k.reshape(N * Sx, H, D), v.reshape(N * Sx, H, D), graph,
-            scale=D ** -0.5, edge_bias=edge_bias, dropout=self.dropout, training=self.training,
+            q.reshape(N * Lq, H, D),
+            k.reshape(N * Sx, H, D),
+            v.reshape(N * Sx, H, D),
+            graph,
+            scale=D**-0.5,
+            edge_bias=edge_bias,
+            dropout=self.dropout,
+            training=self.training,
             return_weights=want,
         )
         out, alpha = out if want else (out, None)

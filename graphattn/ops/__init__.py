@@ -10,6 +10,7 @@ and ask which ran with :func:`last_backend` (and why others did not with :func:`
 backend that cannot run a call raises :class:`BackendDeclined` (``.reason`` says why), a
 call no backend takes :class:`NoBackendAccepts`.
 """
+
 from . import cpu as _cpu
 from . import dense as _dense
 from . import flex as _flex
@@ -17,8 +18,16 @@ from . import triton_backend as _triton
 from . import reference as _reference
 from . import scatter as _scatter
 from ._fused import OP_KINDS as _FUSED_OPS
-from ._dispatch import (BackendDeclined, NoBackendAccepts, available_backends, explain_dispatch, last_backend,
-                        register_backend, use_backend, why_not)
+from ._dispatch import (
+    BackendDeclined,
+    NoBackendAccepts,
+    available_backends,
+    explain_dispatch,
+    last_backend,
+    register_backend,
+    use_backend,
+    why_not,
+)
 from .functional import (
     as_graph,
     dot_product_attention,
@@ -32,8 +41,9 @@ from .linear import linear_attention
 register_backend("edge_softmax", "reference", _reference.edge_softmax)
 # The fused native CPU kernel wins on CPU whenever it can be built (by its prepare, before
 # the first call that runs on it; asking it builds nothing).
-register_backend("edge_softmax", "cpu", _cpu.edge_softmax, decline=_cpu.edge_softmax_decline, prepare=_cpu.prepare,
-                 priority=10)
+register_backend(
+    "edge_softmax", "cpu", _cpu.edge_softmax, decline=_cpu.edge_softmax_decline, prepare=_cpu.prepare, priority=10
+)
 # Every fused op (_inputs.FUSED) on the three backends that run any score kind; Triton on
 # CUDA (on CPU only when forced under TRITON_INTERPRET=1).
 for _op in _FUSED_OPS:

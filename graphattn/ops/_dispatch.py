@@ -16,6 +16,7 @@ thread's ``use_backend`` never changes another's calls. (A ``threading.local`` r
 than a ``contextvars`` variable: ``torch.compile`` traces through the former, and the
 dispatcher runs inside compiled layers; asyncio tasks sharing a thread share it.)
 """
+
 from __future__ import annotations
 
 import threading
@@ -27,8 +28,17 @@ import torch
 
 from ._inputs import FUSED as _FUSED_SPECS
 
-__all__ = ["register_backend", "available_backends", "use_backend", "last_backend", "why_not", "explain_dispatch",
-           "select_backend", "BackendDeclined", "NoBackendAccepts"]
+__all__ = [
+    "register_backend",
+    "available_backends",
+    "use_backend",
+    "last_backend",
+    "why_not",
+    "explain_dispatch",
+    "select_backend",
+    "BackendDeclined",
+    "NoBackendAccepts",
+]
 
 # edge_softmax, then the fused ops as _inputs declares them
 OPS = ("edge_softmax",) + tuple(spec.op for spec in _FUSED_SPECS)
@@ -184,8 +194,10 @@ def explain_dispatch(op: str, **call) -> Dict[str, Optional[str]]:
     After a real call, :func:`why_not` says the same for it."""
     if op not in _REGISTRY:
         raise ValueError(f"unknown op {op!r}; ops are {OPS}")
-    return {b.name: b.decline(forced=False, op=op, **call)
-            for b in sorted(_REGISTRY[op].values(), key=lambda b: -b.priority)}
+    return {
+        b.name: b.decline(forced=False, op=op, **call)
+        for b in sorted(_REGISTRY[op].values(), key=lambda b: -b.priority)
+    }
 
 
 def first_accepting(op: str, skip: Tuple[str, ...] = (), **ctx) -> Tuple[Backend, Dict[str, str]]:

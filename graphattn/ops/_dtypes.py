@@ -1,5 +1,6 @@
 """The dtype rule every backend follows: fp16/bf16 inputs are computed in fp32,
 fp32 and fp64 in themselves."""
+
 from __future__ import annotations
 
 from typing import Optional

@@ -40,6 +40,7 @@ for a backend's ``run`` function, for every fused op from its declaration
 (``_inputs.FUSED``: each op names its kind and which argument fills which term).
 ``docs/adding-a-score-kind.md`` is the checklist.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -105,8 +106,10 @@ def check_kind(kind: ScoreKind) -> ScoreKind:
     if kind.scalar and kind.takes_edge_bias:
         problems.append("a scalar kind's edge score term already is a per-edge bias (takes_edge_bias=False)")
     if not kind.scalar and kind.weight == "one" and kind.activation == "identity":
-        problems.append("a per-channel kind with weight 'one' and the identity is a plain sum of channels: "
-                        "make it scalar (sum the channels before the op)")
+        problems.append(
+            "a per-channel kind with weight 'one' and the identity is a plain sum of channels: "
+            "make it scalar (sum the channels before the op)"
+        )
     if problems:
         raise ValueError(f"score kind {kind.name}: " + "; ".join(problems))
     return kind
@@ -127,8 +130,9 @@ MASK_REASON = "a per-edge message mask is set (edge_mask, e.g. by an explainer);
 
 def score_kind(code: int) -> ScoreKind:
     if code not in _BY_CODE:
-        raise ValueError(f"unknown score kind {code!r}; the kinds are " +
-                         ", ".join(f"{k.name}={k.code}" for k in KINDS))
+        raise ValueError(
+            f"unknown score kind {code!r}; the kinds are " + ", ".join(f"{k.name}={k.code}" for k in KINDS)
+        )
     return _BY_CODE[code]
 
 
@@ -143,8 +147,17 @@ GAT, GATV2, DOT = (kind_code(name) for name in ("GAT", "GATV2", "DOT"))
 
 # The kernels' calling convention: ``run(kind, graph, <CONVENTION slots, by keyword>, dropout,
 # training, need_weights)``; each slot's value when an op's call leaves it unfilled.
-CONVENTION: Dict[str, object] = dict(dst_term=None, src_term=None, value=None, edge_score_term=None,
-                                     edge_bias=None, edge_value=None, att=None, slope=0.0, scale=1.0)
+CONVENTION: Dict[str, object] = dict(
+    dst_term=None,
+    src_term=None,
+    value=None,
+    edge_score_term=None,
+    edge_bias=None,
+    edge_value=None,
+    att=None,
+    slope=0.0,
+    scale=1.0,
+)
 
 
 def check_fused_op(spec: OpSpec) -> OpSpec:
@@ -153,8 +166,11 @@ def check_fused_op(spec: OpSpec) -> OpSpec:
     call = spec.fused
     names = {t.name for t in spec.tensors} | {s.name for s in spec.scalars}
     problems = [f"slot {slot!r} is not one of {tuple(CONVENTION)}" for slot, _ in call.terms if slot not in CONVENTION]
-    problems += [f"{arg!r} is not an argument of the op" for arg in call.args + tuple(a for _, a in call.terms)
-                 if arg not in names]
+    problems += [
+        f"{arg!r} is not an argument of the op"
+        for arg in call.args + tuple(a for _, a in call.terms)
+        if arg not in names
+    ]
     if call.kind not in _BY_NAME:
         problems.append(f"kind {call.kind!r} is not a row of KINDS")
     if problems:
@@ -177,8 +193,9 @@ MAX_BUFFERED_CHANNELS = 1024
 def triton_traits(code: int) -> dict:
     """A kind's traits as the Triton kernels' ``constexpr`` arguments."""
     k = score_kind(code)
-    return dict(SCALAR=k.scalar, ADDS_DST=k.adds_dst, WEIGHT=WEIGHTS.index(k.weight),
-                ACT=_ACTIVATION_CODE[k.activation])
+    return dict(
+        SCALAR=k.scalar, ADDS_DST=k.adds_dst, WEIGHT=WEIGHTS.index(k.weight), ACT=_ACTIVATION_CODE[k.activation]
+    )
 
 
 def kernel_terms(spec: OpSpec, given: Dict[str, object]) -> Dict[str, object]:
@@ -208,8 +225,10 @@ def _backend_function(spec: OpSpec, run) -> Callable:
     def fn(*args, dropout, training, need_weights=True, edge_mask=None, **named):
         *tensors, graph = args
         if len(tensors) != len(spec.fused.args) or set(named) != keywords:
-            raise TypeError(f"{spec.op} takes ({', '.join(spec.fused.args)}, graph) and the keywords "
-                            f"{sorted(keywords)}; got {len(args)} positional and {sorted(named)}")
+            raise TypeError(
+                f"{spec.op} takes ({', '.join(spec.fused.args)}, graph) and the keywords "
+                f"{sorted(keywords)}; got {len(args)} positional and {sorted(named)}"
+            )
         terms = kernel_terms(spec, dict(zip(spec.fused.args, tensors), **named))
         mask = {} if edge_mask is None else {"edge_mask": edge_mask}
         return run(kind, graph, dropout=dropout, training=training, need_weights=need_weights, **terms, **mask)

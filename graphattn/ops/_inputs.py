@@ -10,6 +10,7 @@ all tensors of a call), and its scalar arguments with their domains.
 (building and validating it once when an ``edge_index`` is given) and returns the
 graph and the bound symbols. Nothing else runs before it.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,8 @@ ROWS_MEANING = {"src": "num_src", "dst": "num_dst", "edge": "num_edges"}
 @dataclass(frozen=True)
 class TensorArg:
     name: str
-    rows: Optional[str]          # "src", "dst", "edge", or None (no graph dimension)
-    dims: Tuple[str, ...]        # trailing dimensions by symbol
+    rows: Optional[str]  # "src", "dst", "edge", or None (no graph dimension)
+    dims: Tuple[str, ...]  # trailing dimensions by symbol
     optional: bool = False
 
     def describe(self) -> str:
@@ -41,7 +42,7 @@ class TensorArg:
 @dataclass(frozen=True)
 class ScalarArg:
     name: str
-    domain: str                  # "probability" ([0, 1)), "finite"
+    domain: str  # "probability" ([0, 1)), "finite"
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class OpSpec:
     op: str
     tensors: Tuple[TensorArg, ...]
     scalars: Tuple[ScalarArg, ...] = ()
-    fused: Optional[FusedCall] = None    # the fused ops' kernel call (None: not a fused op)
+    fused: Optional[FusedCall] = None  # the fused ops' kernel call (None: not a fused op)
 
 
 # a per-edge factor on each message after the softmax (PyG's explainer edge masks)
@@ -75,37 +76,74 @@ _EDGE_MASK = TensorArg("edge_mask", "edge", (), optional=True)
 _FINITE = ScalarArg("negative_slope", "finite")
 _DROPOUT = ScalarArg("dropout", "probability")
 
-GAT = OpSpec("gat", (
-    TensorArg("value", "src", ("heads", "channels")),
-    TensorArg("score_src", "src", ("heads",)),
-    TensorArg("score_dst", "dst", ("heads",), optional=True),
-    TensorArg("edge_score", "edge", ("heads",), optional=True),
-    _EDGE_MASK,
-), (_FINITE, _DROPOUT), fused_call("GAT", ("score_src", "score_dst", "value"), dst_term="score_dst",
-                                   src_term="score_src", value="value", edge_score_term="edge_score",
-                                   slope="negative_slope"))
+GAT = OpSpec(
+    "gat",
+    (
+        TensorArg("value", "src", ("heads", "channels")),
+        TensorArg("score_src", "src", ("heads",)),
+        TensorArg("score_dst", "dst", ("heads",), optional=True),
+        TensorArg("edge_score", "edge", ("heads",), optional=True),
+        _EDGE_MASK,
+    ),
+    (_FINITE, _DROPOUT),
+    fused_call(
+        "GAT",
+        ("score_src", "score_dst", "value"),
+        dst_term="score_dst",
+        src_term="score_src",
+        value="value",
+        edge_score_term="edge_score",
+        slope="negative_slope",
+    ),
+)
 
-GATV2 = OpSpec("gatv2", (
-    TensorArg("x_src", "src", ("heads", "channels")),
-    TensorArg("x_dst", "dst", ("heads", "channels")),
-    TensorArg("att", None, ("heads", "channels")),
-    TensorArg("value", "src", ("heads", "value_channels"), optional=True),
-    TensorArg("edge_feat", "edge", ("heads", "channels"), optional=True),
-    _EDGE_MASK,
-), (_FINITE, _DROPOUT), fused_call("GATV2", ("x_src", "x_dst", "att", "value"), dst_term="x_dst", src_term="x_src",
-                                   value="value", edge_score_term="edge_feat", att="att", slope="negative_slope"))
+GATV2 = OpSpec(
+    "gatv2",
+    (
+        TensorArg("x_src", "src", ("heads", "channels")),
+        TensorArg("x_dst", "dst", ("heads", "channels")),
+        TensorArg("att", None, ("heads", "channels")),
+        TensorArg("value", "src", ("heads", "value_channels"), optional=True),
+        TensorArg("edge_feat", "edge", ("heads", "channels"), optional=True),
+        _EDGE_MASK,
+    ),
+    (_FINITE, _DROPOUT),
+    fused_call(
+        "GATV2",
+        ("x_src", "x_dst", "att", "value"),
+        dst_term="x_dst",
+        src_term="x_src",
+        value="value",
+        edge_score_term="edge_feat",
+        att="att",
+        slope="negative_slope",
+    ),
+)
 
-DOT_PRODUCT = OpSpec("dot_product", (
-    TensorArg("query", "dst", ("heads", "head_dim")),
-    TensorArg("key", "src", ("heads", "head_dim")),
-    TensorArg("value", "src", ("heads", "value_dim")),
-    TensorArg("edge_key", "edge", ("heads", "head_dim"), optional=True),
-    TensorArg("edge_value", "edge", ("heads", "value_dim"), optional=True),
-    TensorArg("edge_bias", "edge", ("heads",), optional=True),
-    _EDGE_MASK,
-), (ScalarArg("scale", "finite"), _DROPOUT), fused_call(
-    "DOT", ("query", "key", "value"), dst_term="query", src_term="key", value="value", edge_score_term="edge_key",
-    edge_bias="edge_bias", edge_value="edge_value", scale="scale"))
+DOT_PRODUCT = OpSpec(
+    "dot_product",
+    (
+        TensorArg("query", "dst", ("heads", "head_dim")),
+        TensorArg("key", "src", ("heads", "head_dim")),
+        TensorArg("value", "src", ("heads", "value_dim")),
+        TensorArg("edge_key", "edge", ("heads", "head_dim"), optional=True),
+        TensorArg("edge_value", "edge", ("heads", "value_dim"), optional=True),
+        TensorArg("edge_bias", "edge", ("heads",), optional=True),
+        _EDGE_MASK,
+    ),
+    (ScalarArg("scale", "finite"), _DROPOUT),
+    fused_call(
+        "DOT",
+        ("query", "key", "value"),
+        dst_term="query",
+        src_term="key",
+        value="value",
+        edge_score_term="edge_key",
+        edge_bias="edge_bias",
+        edge_value="edge_value",
+        scale="scale",
+    ),
+)
 
 # The fused ops, each naming its score kind of the fused kernels; the dispatcher's op names,
 # the fused backends' functions and registrations (_fused.backend_functions, ops/__init__)
@@ -114,11 +152,15 @@ FUSED = (GAT, GATV2, DOT_PRODUCT)
 
 # score_attention runs on the dot-product kernels (its scores become their edge_bias);
 # its own inputs are checked under its own names first
-SCORE = OpSpec("score", (
-    TensorArg("scores", "edge", ("heads",)),
-    TensorArg("value", "src", ("heads", "value_dim")),
-    _EDGE_MASK,
-), (_DROPOUT,))
+SCORE = OpSpec(
+    "score",
+    (
+        TensorArg("scores", "edge", ("heads",)),
+        TensorArg("value", "src", ("heads", "value_dim")),
+        _EDGE_MASK,
+    ),
+    (_DROPOUT,),
+)
 
 
 def check_scalar(name: str, value, domain: str) -> float:
@@ -143,8 +185,9 @@ def _check_tensor(arg: TensorArg, t, dtype: Optional[torch.dtype], first: str = 
     if not t.is_floating_point():
         raise TypeError(f"{arg.name} must be a floating-point tensor, got dtype {t.dtype}")
     if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{arg.name} has dtype {t.dtype} but {first} (the first input given) is {dtype}; cast them to "
-                        f"one dtype")
+        raise TypeError(
+            f"{arg.name} has dtype {t.dtype} but {first} (the first input given) is {dtype}; cast them to one dtype"
+        )
     want = (0 if arg.rows is None else 1) + len(arg.dims)
     if t.dim() != want:
         raise ValueError(f"{arg.name} must have shape {arg.describe()}, got {list(t.shape)}")
@@ -172,8 +215,9 @@ def resolve_graph(graph: GraphLike, num_src: Optional[int], num_dst: Optional[in
     raise TypeError(f"expected a graphattn.Graph or an edge_index tensor, got {type(graph).__name__}")
 
 
-def check_call(spec: OpSpec, graph: GraphLike, tensors: Mapping[str, Optional[Tensor]],
-               scalars: Mapping[str, object] = {}) -> Tuple[Graph, Dict[str, int], Dict[str, float]]:
+def check_call(
+    spec: OpSpec, graph: GraphLike, tensors: Mapping[str, Optional[Tensor]], scalars: Mapping[str, object] = {}
+) -> Tuple[Graph, Dict[str, int], Dict[str, float]]:
     """Validate one call of ``spec.op``: every tensor's presence, dtype (floating, one
     for all), rank, rows against the graph and trailing dims against each other, device
     against the graph; every scalar's domain. Returns ``(graph, dims, scalars)``."""
@@ -201,16 +245,18 @@ def check_call(spec: OpSpec, graph: GraphLike, tensors: Mapping[str, Optional[Te
         if t.device != g.device:
             raise ValueError(f"{arg.name} is on {t.device} but the graph is on {g.device}; use graph.to(device)")
         lead = () if arg.rows is None else (rows[arg.rows],)
-        expected = lead + tuple(dims.get(sym, size) for sym, size in zip(arg.dims, t.shape[len(lead):]))
+        expected = lead + tuple(dims.get(sym, size) for sym, size in zip(arg.dims, t.shape[len(lead) :]))
         if tuple(t.shape) != expected:
-            raise ValueError(f"{arg.name} must have shape {list(expected)} ({arg.describe()[1:-1]}), "
-                             f"got {list(t.shape)}")
-        for sym, size in zip(arg.dims, t.shape[len(lead):]):
+            raise ValueError(
+                f"{arg.name} must have shape {list(expected)} ({arg.describe()[1:-1]}), got {list(t.shape)}"
+            )
+        for sym, size in zip(arg.dims, t.shape[len(lead) :]):
             dims.setdefault(sym, size)
     return g, dims, checked
 
 
-def edge_rows(names: Sequence[str], graph: Graph,
-              tensors: Mapping[str, Optional[Tensor]]) -> Dict[str, Optional[Tensor]]:
+def edge_rows(
+    names: Sequence[str], graph: Graph, tensors: Mapping[str, Optional[Tensor]]
+) -> Dict[str, Optional[Tensor]]:
     """The named per-edge tensors (user order) in the graph's CSR order."""
     return {n: (None if tensors.get(n) is None else graph.to_csr_order(tensors[n])) for n in names}

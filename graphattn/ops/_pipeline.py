@@ -15,6 +15,7 @@ be differentiable) follow from the description. :func:`run` then does for every 
 
 The public ops in :mod:`.functional` are documented one-liners over it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,11 +45,11 @@ class OpRecord:
     formula for the spec's score kind gives differentiable weights (:meth:`scores`)."""
 
     spec: OpSpec
-    lead: str                                # the input whose device and dtype describe the call
-    node_inputs: Tuple[str, ...]             # permuted into a graph's node order
-    edge_terms: Tuple[str, ...]              # per-edge terms (``has_edge_terms``)
-    score_inputs: Tuple[str, ...]            # inputs the weights depend on
-    defaults: Tuple[Tuple[str, str], ...] = ()   # (input, input whose tensor it takes when absent)
+    lead: str  # the input whose device and dtype describe the call
+    node_inputs: Tuple[str, ...]  # permuted into a graph's node order
+    edge_terms: Tuple[str, ...]  # per-edge terms (``has_edge_terms``)
+    score_inputs: Tuple[str, ...]  # inputs the weights depend on
+    defaults: Tuple[Tuple[str, str], ...] = ()  # (input, input whose tensor it takes when absent)
 
     @property
     def name(self) -> str:
@@ -69,34 +70,73 @@ class OpRecord:
         given.update({s.name: scalars[s.name] for s in self.spec.scalars})
         return given
 
-    def call(self, fn: Callable, g: Graph, tensors: Tensors, edges: Tensors, scalars: Mapping[str, object],
-             training: bool, need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    def call(
+        self,
+        fn: Callable,
+        g: Graph,
+        tensors: Tensors,
+        edges: Tensors,
+        scalars: Mapping[str, object],
+        training: bool,
+        need_weights: bool,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
         """``fn`` (a backend's function of this op) on the call's inputs: ``(out, alpha)``."""
         given = self.arguments(tensors, edges, scalars)
         keywords = {name: given[name] for name in backend_keywords(self.spec)}
-        return fn(*[given[name] for name in self.spec.fused.args], g, dropout=given["dropout"], training=training,
-                  need_weights=need_weights, **keywords, **mask_kwarg(edges))
+        return fn(
+            *[given[name] for name in self.spec.fused.args],
+            g,
+            dropout=given["dropout"],
+            training=training,
+            need_weights=need_weights,
+            **keywords,
+            **mask_kwarg(edges),
+        )
 
-    def scores(self, g: Graph, tensors: Tensors, edges: Tensors, scalars: Mapping[str, object],
-               dtype: torch.dtype) -> Tensor:
+    def scores(
+        self, g: Graph, tensors: Tensors, edges: Tensors, scalars: Mapping[str, object], dtype: torch.dtype
+    ) -> Tensor:
         """The reference's scores ``[E, H]`` (CSR order) for the call, by its kind's formula."""
         terms = kernel_terms(self.spec, self.arguments(tensors, edges, scalars))
-        return _reference.kind_scores(kind_code(self.spec.fused.kind), g, terms["dst_term"], terms["src_term"],
-                                      terms["edge_score_term"], terms["edge_bias"], terms["att"], terms["slope"],
-                                      terms["scale"], dtype)
+        return _reference.kind_scores(
+            kind_code(self.spec.fused.kind),
+            g,
+            terms["dst_term"],
+            terms["src_term"],
+            terms["edge_score_term"],
+            terms["edge_bias"],
+            terms["att"],
+            terms["slope"],
+            terms["scale"],
+            dtype,
+        )
 
 
-def describe_call(value: Tensor, graph: Graph, dims: dict, scalars: dict, training: bool, return_weights: bool,
-                  tensors: Mapping[str, Optional[Tensor]], edge_terms: Tuple[str, ...]) -> dict:
+def describe_call(
+    value: Tensor,
+    graph: Graph,
+    dims: dict,
+    scalars: dict,
+    training: bool,
+    return_weights: bool,
+    tensors: Mapping[str, Optional[Tensor]],
+    edge_terms: Tuple[str, ...],
+) -> dict:
     """The description of an attention call that every backend's ``decline`` receives,
     with the same keys for every op, so no backend has to guess: device, dtype, graph,
     dropout in effect, whether weights are wanted, whether per-edge terms or a message
     mask are given, heads and channels per head."""
-    return dict(device=value.device, dtype=value.dtype, graph=graph,
-                dropout=scalars["dropout"] if training else 0.0, need_weights=return_weights,
-                has_edge_terms=any(tensors.get(name) is not None for name in edge_terms),
-                has_edge_mask=tensors.get("edge_mask") is not None,
-                heads=dims.get("heads"), channels=dims.get("channels"))
+    return dict(
+        device=value.device,
+        dtype=value.dtype,
+        graph=graph,
+        dropout=scalars["dropout"] if training else 0.0,
+        need_weights=return_weights,
+        has_edge_terms=any(tensors.get(name) is not None for name in edge_terms),
+        has_edge_mask=tensors.get("edge_mask") is not None,
+        heads=dims.get("heads"),
+        channels=dims.get("channels"),
+    )
 
 
 def mask_kwarg(edges: Mapping[str, Optional[Tensor]]) -> dict:
@@ -106,25 +146,47 @@ def mask_kwarg(edges: Mapping[str, Optional[Tensor]]) -> dict:
     return {} if m is None else {"edge_mask": m}
 
 
-def run(record: OpRecord, graph: GraphLike, tensors: Tensors, scalars: Mapping[str, object], *, training: bool,
-        return_weights: bool, backend: Optional[str]):
+def run(
+    record: OpRecord,
+    graph: GraphLike,
+    tensors: Tensors,
+    scalars: Mapping[str, object],
+    *,
+    training: bool,
+    return_weights: bool,
+    backend: Optional[str],
+):
     """One call of ``record``'s op: ``out``, or ``(out, alpha in user order)``."""
     g, dims, checked = check_call(record.spec, graph, tensors, scalars)
     return run_checked(record, g, dims, checked, tensors, training, return_weights, backend)
 
 
-def run_checked(record: OpRecord, g: Graph, dims: dict, scalars: dict, tensors: Tensors, training: bool,
-                 return_weights: bool, backend: Optional[str]):
+def run_checked(
+    record: OpRecord,
+    g: Graph,
+    dims: dict,
+    scalars: dict,
+    tensors: Tensors,
+    training: bool,
+    return_weights: bool,
+    backend: Optional[str],
+):
     if g.node_order is not None:
         return _in_node_order(record, g, dims, scalars, tensors, training, return_weights, backend)
-    impl = select_backend(record.name, backend, **describe_call(
-        tensors[record.lead], g, dims, scalars, training, return_weights, tensors, record.edge_terms))
+    impl = select_backend(
+        record.name,
+        backend,
+        **describe_call(tensors[record.lead], g, dims, scalars, training, return_weights, tensors, record.edge_terms),
+    )
     edges = edge_rows(record.edge_inputs, g, tensors)
     out, alpha = record.call(impl.fn, g, tensors, edges, scalars, training, return_weights)
     if not return_weights:
         return out
-    if (impl.name != "reference" and torch.is_grad_enabled()
-            and any(isinstance(tensors.get(n), Tensor) and tensors[n].requires_grad for n in record.score_inputs)):
+    if (
+        impl.name != "reference"
+        and torch.is_grad_enabled()
+        and any(isinstance(tensors.get(n), Tensor) and tensors[n].requires_grad for n in record.score_inputs)
+    ):
         alpha = _differentiable_weights(record, g, tensors, edges, scalars).to(alpha.dtype)
     return out, g.to_user_order(alpha)
 
@@ -138,8 +200,16 @@ def _differentiable_weights(record: OpRecord, g: Graph, tensors: Tensors, edges:
     return segment_softmax(record.scores(g, tensors, edges, scalars, dtype), g.row, g.num_dst)
 
 
-def _in_node_order(record: OpRecord, g: Graph, dims: dict, scalars: dict, tensors: Tensors, training: bool,
-                   return_weights: bool, backend: Optional[str]):
+def _in_node_order(
+    record: OpRecord,
+    g: Graph,
+    dims: dict,
+    scalars: dict,
+    tensors: Tensors,
+    training: bool,
+    return_weights: bool,
+    backend: Optional[str],
+):
     """The op run on ``g.relabeled`` with its per-node inputs permuted into the graph's
     node order, and its output permuted back (:meth:`Graph.reorder_nodes`). Edge inputs
     and the returned weights keep the caller's edge order, which the relabelled graph

@@ -8,6 +8,7 @@ of :mod:`graphattn.ops.triton_kernels` -- fails there, while compiled Triton acc
 Newer interpreters convert ``int(array.squeeze())``; :func:`ensure_interpreter_compat`
 gives an old one that same conversion, after a probe shows it is needed, and only then.
 """
+
 from __future__ import annotations
 
 import functools

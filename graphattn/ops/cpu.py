@@ -17,6 +17,7 @@ it takes a call (:func:`decline`) builds nothing: it answers from what is known 
 a build (switched off, a failed build, no compiler or ``ninja``). If the build fails,
 the backend reports itself unavailable and the dispatcher falls back to ``reference``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,8 +35,17 @@ from torch import Tensor
 
 from .. import _env
 from ._dtypes import FLOAT_DTYPES, upcast
-from ._fused import (DOT, GAT, GATV2, MASK_REASON, MAX_BUFFERED_CHANNELS, OP_KINDS, backend_functions,  # noqa: F401
-                     score_kind)
+from ._fused import (
+    DOT,  # noqa: F401  (re-exported for the tests)
+    GAT,  # noqa: F401
+    GATV2,  # noqa: F401
+    MASK_REASON,
+    MAX_BUFFERED_CHANNELS,
+    OP_KINDS,
+    backend_functions,
+    score_kind,
+)
+
 _SOURCE = Path(__file__).parent / "csrc" / "fused_attention.cpp"
 _HEADER = _SOURCE.parent / "score_kinds.h"  # generated from ._fused's tables (._codegen); included by _SOURCE
 # -fopenmp: at::parallel_for is an inline template that parallelises with OpenMP
@@ -134,8 +144,9 @@ def load_extension(verbose: bool = False):
                 name = "graphattn_cpu_" + hashlib.sha1(key).hexdigest()[:10]
                 with warnings.catch_warnings(), _build_path():
                     warnings.simplefilter("ignore")
-                    _EXT = load(name=name, sources=[str(_SOURCE)], extra_cflags=cflags, extra_ldflags=_LDFLAGS,
-                                verbose=verbose)
+                    _EXT = load(
+                        name=name, sources=[str(_SOURCE)], extra_cflags=cflags, extra_ldflags=_LDFLAGS, verbose=verbose
+                    )
     return _EXT
 
 
@@ -230,24 +241,73 @@ def _op_name(op: str) -> str:
 
 # Absent optional inputs are passed as empty tensors (numel 0).
 
+
 # The forward op also takes the graph's transposed CSR (colptr, row_by_src, eid):
 # unused by the forward itself, it is what the backward traverses. The tensor arguments
 # follow ._fused's calling convention (dst_term, src_term, value, edge_score_term,
 # edge_bias, edge_value, att).
 @torch.library.custom_op(_op_name("fused_forward"), mutates_args=())
 def _forward_op(
-    kind: int, rowptr: Tensor, col: Tensor, colptr: Tensor, row_by_src: Tensor, eid: Tensor, num_dst: int,
-    dst_term: Tensor, src_term: Tensor, value: Tensor, edge_score_term: Tensor, edge_bias: Tensor,
-    edge_value: Tensor, att: Tensor, slope: float, scale: float, p: float, seed: Tensor,
+    kind: int,
+    rowptr: Tensor,
+    col: Tensor,
+    colptr: Tensor,
+    row_by_src: Tensor,
+    eid: Tensor,
+    num_dst: int,
+    dst_term: Tensor,
+    src_term: Tensor,
+    value: Tensor,
+    edge_score_term: Tensor,
+    edge_bias: Tensor,
+    edge_value: Tensor,
+    att: Tensor,
+    slope: float,
+    scale: float,
+    p: float,
+    seed: Tensor,
 ) -> Tuple[Tensor, Tensor]:
-    out, stats = load_extension().forward(kind, rowptr, col, num_dst, dst_term, src_term, value, edge_score_term,
-                                          edge_bias, edge_value, att, slope, scale, p, seed)
+    out, stats = load_extension().forward(
+        kind,
+        rowptr,
+        col,
+        num_dst,
+        dst_term,
+        src_term,
+        value,
+        edge_score_term,
+        edge_bias,
+        edge_value,
+        att,
+        slope,
+        scale,
+        p,
+        seed,
+    )
     return out, stats
 
 
 @_forward_op.register_fake
-def _(kind, rowptr, col, colptr, row_by_src, eid, num_dst, dst_term, src_term, value, edge_score_term, edge_bias,
-      edge_value, att, slope, scale, p, seed):
+def _(
+    kind,
+    rowptr,
+    col,
+    colptr,
+    row_by_src,
+    eid,
+    num_dst,
+    dst_term,
+    src_term,
+    value,
+    edge_score_term,
+    edge_bias,
+    edge_value,
+    att,
+    slope,
+    scale,
+    p,
+    seed,
+):
     H, Cv = value.shape[1], value.shape[2]
     return value.new_empty(num_dst, H, Cv), value.new_empty(num_dst, H, 2)  # out, per-row (max, log normaliser)
 
@@ -256,31 +316,107 @@ def _(kind, rowptr, col, colptr, row_by_src, eid, num_dst, dst_term, src_term, v
 # out[i, h, c] (FlashAttention's "delta"), which it computes itself.
 @torch.library.custom_op(_op_name("fused_backward"), mutates_args=())
 def _backward_op(
-    kind: int, rowptr: Tensor, col: Tensor, colptr: Tensor, row_by_src: Tensor, eid: Tensor, dst_term: Tensor,
-    src_term: Tensor, value: Tensor, edge_score_term: Tensor, edge_bias: Tensor, edge_value: Tensor, att: Tensor,
-    stats: Tensor, d_out: Tensor, out: Tensor, slope: float, scale: float, p: float, seed: Tensor,
+    kind: int,
+    rowptr: Tensor,
+    col: Tensor,
+    colptr: Tensor,
+    row_by_src: Tensor,
+    eid: Tensor,
+    dst_term: Tensor,
+    src_term: Tensor,
+    value: Tensor,
+    edge_score_term: Tensor,
+    edge_bias: Tensor,
+    edge_value: Tensor,
+    att: Tensor,
+    stats: Tensor,
+    d_out: Tensor,
+    out: Tensor,
+    slope: float,
+    scale: float,
+    p: float,
+    seed: Tensor,
 ) -> List[Tensor]:
-    return list(load_extension().backward(kind, rowptr, col, colptr, row_by_src, eid, dst_term, src_term, value,
-                                          edge_score_term, edge_bias, edge_value, att, stats, d_out, out,
-                                          slope, scale, p, seed))
+    return list(
+        load_extension().backward(
+            kind,
+            rowptr,
+            col,
+            colptr,
+            row_by_src,
+            eid,
+            dst_term,
+            src_term,
+            value,
+            edge_score_term,
+            edge_bias,
+            edge_value,
+            att,
+            stats,
+            d_out,
+            out,
+            slope,
+            scale,
+            p,
+            seed,
+        )
+    )
 
 
 @_backward_op.register_fake
-def _(kind, rowptr, col, colptr, row_by_src, eid, dst_term, src_term, value, edge_score_term, edge_bias, edge_value,
-      att, stats, d_out, out, slope, scale, p, seed):
+def _(
+    kind,
+    rowptr,
+    col,
+    colptr,
+    row_by_src,
+    eid,
+    dst_term,
+    src_term,
+    value,
+    edge_score_term,
+    edge_bias,
+    edge_value,
+    att,
+    stats,
+    d_out,
+    out,
+    slope,
+    scale,
+    p,
+    seed,
+):
     datt = att.new_empty(att.shape) if score_kind(kind).weight == "att" else att.new_empty(0)
-    return [dst_term.new_empty(dst_term.shape), src_term.new_empty(src_term.shape), value.new_empty(value.shape),
-            edge_score_term.new_empty(edge_score_term.shape), edge_bias.new_empty(edge_bias.shape),
-            edge_value.new_empty(edge_value.shape), datt]
+    return [
+        dst_term.new_empty(dst_term.shape),
+        src_term.new_empty(src_term.shape),
+        value.new_empty(value.shape),
+        edge_score_term.new_empty(edge_score_term.shape),
+        edge_bias.new_empty(edge_bias.shape),
+        edge_value.new_empty(edge_value.shape),
+        datt,
+    ]
 
 
 @torch.library.custom_op(_op_name("fused_weights"), mutates_args=())
 def _weights_op(
-    kind: int, rowptr: Tensor, col: Tensor, stats: Tensor, dst_term: Tensor, src_term: Tensor, value: Tensor,
-    edge_score_term: Tensor, edge_bias: Tensor, edge_value: Tensor, att: Tensor, slope: float, scale: float,
+    kind: int,
+    rowptr: Tensor,
+    col: Tensor,
+    stats: Tensor,
+    dst_term: Tensor,
+    src_term: Tensor,
+    value: Tensor,
+    edge_score_term: Tensor,
+    edge_bias: Tensor,
+    edge_value: Tensor,
+    att: Tensor,
+    slope: float,
+    scale: float,
 ) -> Tensor:
-    return load_extension().weights(kind, rowptr, col, stats, dst_term, src_term, value, edge_score_term, edge_bias,
-                                    edge_value, att, slope, scale)
+    return load_extension().weights(
+        kind, rowptr, col, stats, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, slope, scale
+    )
 
 
 @_weights_op.register_fake
@@ -289,23 +425,89 @@ def _(kind, rowptr, col, stats, dst_term, src_term, value, edge_score_term, edge
 
 
 def _setup_context(ctx, inputs, output):
-    (kind, rowptr, col, colptr, row_by_src, eid, num_dst, dst_term, src_term, value, edge_score_term, edge_bias,
-     edge_value, att, slope, scale, p, seed) = inputs
+    (
+        kind,
+        rowptr,
+        col,
+        colptr,
+        row_by_src,
+        eid,
+        num_dst,
+        dst_term,
+        src_term,
+        value,
+        edge_score_term,
+        edge_bias,
+        edge_value,
+        att,
+        slope,
+        scale,
+        p,
+        seed,
+    ) = inputs
     out, stats = output
     ctx.kind, ctx.params = kind, (slope, scale, p)
-    ctx.save_for_backward(rowptr, col, colptr, row_by_src, eid, dst_term, src_term, value, edge_score_term,
-                          edge_bias, edge_value, att, out, stats, seed)
+    ctx.save_for_backward(
+        rowptr,
+        col,
+        colptr,
+        row_by_src,
+        eid,
+        dst_term,
+        src_term,
+        value,
+        edge_score_term,
+        edge_bias,
+        edge_value,
+        att,
+        out,
+        stats,
+        seed,
+    )
     ctx.mark_non_differentiable(stats)
 
 
 def _backward(ctx, d_out, _d_stats):
-    (rowptr, col, colptr, row_by_src, eid, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att,
-     out, stats, seed) = ctx.saved_tensors
+    (
+        rowptr,
+        col,
+        colptr,
+        row_by_src,
+        eid,
+        dst_term,
+        src_term,
+        value,
+        edge_score_term,
+        edge_bias,
+        edge_value,
+        att,
+        out,
+        stats,
+        seed,
+    ) = ctx.saved_tensors
     d_out = d_out.contiguous()
     slope, scale, p = ctx.params
     grads = _backward_op(
-        ctx.kind, rowptr, col, colptr, row_by_src, eid, dst_term, src_term, value, edge_score_term, edge_bias,
-        edge_value, att, stats, d_out, out, slope, scale, p, seed,
+        ctx.kind,
+        rowptr,
+        col,
+        colptr,
+        row_by_src,
+        eid,
+        dst_term,
+        src_term,
+        value,
+        edge_score_term,
+        edge_bias,
+        edge_value,
+        att,
+        stats,
+        d_out,
+        out,
+        slope,
+        scale,
+        p,
+        seed,
     )
     # d_dst_term, d_src_term, d_value, d_edge_score_term, d_edge_bias, d_edge_value, datt
     grads = [g if g.numel() else None for g in grads]
@@ -395,8 +597,22 @@ def edge_softmax_decline(device=None, dtype=None, graph=None, **_) -> Optional[s
 
 
 # ------------------------------------------------------------------ backend
-def _run(kind, graph, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, slope, scale, dropout,
-         training, need_weights):
+def _run(
+    kind,
+    graph,
+    dst_term,
+    src_term,
+    value,
+    edge_score_term,
+    edge_bias,
+    edge_value,
+    att,
+    slope,
+    scale,
+    dropout,
+    training,
+    need_weights,
+):
     dtype = value.dtype
     value = upcast(value)
     empty = value.new_empty(0)
@@ -408,12 +624,14 @@ def _run(kind, graph, dst_term, src_term, value, edge_score_term, edge_bias, edg
         transpose = graph.transpose_csr()  # cached on the graph
     else:
         transpose = (graph.rowptr.new_empty(0),) * 3
-    out, stats = _forward_op(kind, graph.rowptr, graph.col, *transpose, graph.num_dst, *t,
-                           float(slope), float(scale), p, seed)
+    out, stats = _forward_op(
+        kind, graph.rowptr, graph.col, *transpose, graph.num_dst, *t, float(slope), float(scale), p, seed
+    )
     alpha = None
     if need_weights:
-        alpha = _weights_op(kind, graph.rowptr, graph.col, stats.detach(), *[x.detach() for x in t],
-                            float(slope), float(scale)).to(dtype)
+        alpha = _weights_op(
+            kind, graph.rowptr, graph.col, stats.detach(), *[x.detach() for x in t], float(slope), float(scale)
+        ).to(dtype)
     return out.to(dtype), alpha
 
 

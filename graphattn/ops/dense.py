@@ -14,6 +14,7 @@ would reach queries that never attend to it (see :func:`exact_where_nonfinite`):
 call whose inputs, or a backward whose upstream gradient, hold one runs on the sparse
 kernel instead, which propagates it as the reference does.
 """
+
 from __future__ import annotations
 
 import functools
@@ -69,8 +70,10 @@ def _grouping_refusal(sizes: Tensor) -> Optional[str]:
     pairs = float((sizes.double() ** 2).sum())
     typical = float((sizes.double() ** 3).sum()) / pairs if pairs else 0.0
     if typical < MIN_GROUPED_BLOCK:
-        return (f"complete blocks of {typical:.0f} nodes on average per pair, below {MIN_GROUPED_BLOCK}: "
-                f"the sparse kernel is faster there")
+        return (
+            f"complete blocks of {typical:.0f} nodes on average per pair, below {MIN_GROUPED_BLOCK}: "
+            f"the sparse kernel is faster there"
+        )
     return None
 
 
@@ -83,8 +86,11 @@ def size_groups(graph: Graph) -> Optional[List[Tuple[int, Tensor]]]:
     if pat is None or pat.kind != PatternKind.COMPLETE or pat.batch is None or pat.get("key_lengths") is not None:
         return None
     sizes = torch.tensor(pat.batch, dtype=torch.long)
-    if (graph.num_dst != graph.num_src or graph.num_dst != int(sizes.sum())
-            or graph.num_edges != int((sizes * sizes).sum())):
+    if (
+        graph.num_dst != graph.num_src
+        or graph.num_dst != int(sizes.sum())
+        or graph.num_edges != int((sizes * sizes).sum())
+    ):
         return None
     if _grouping_refusal(sizes) is not None:
         return None
@@ -186,13 +192,16 @@ def decline(graph=None, need_weights=False, has_edge_terms=False, has_edge_mask=
         band = _band_shape(graph)
         if band is not None:
             return _band_refusal(graph, *band[1:])
-        return ("the graph is not known to be complete, causal or cross blocks of one size, a wide sliding "
-                "window, nor large complete blocks of several sizes")
+        return (
+            "the graph is not known to be complete, causal or cross blocks of one size, a wide sliding "
+            "window, nor large complete blocks of several sizes"
+        )
     return None
 
 
-def dot_product(query, key, value, graph, *, scale, edge_key, edge_value, edge_bias, dropout, training,
-                need_weights=False):
+def dot_product(
+    query, key, value, graph, *, scale, edge_key, edge_value, edge_bias, dropout, training, need_weights=False
+):
     if edge_key is not None or edge_value is not None or edge_bias is not None or need_weights:
         raise RuntimeError("the dense backend runs plain attention only (no edge terms, no returned weights)")
     p = dropout if training else 0.0
@@ -214,8 +223,12 @@ def _dense_route(query: Tensor, key: Tensor, value: Tensor, *, graph: Graph, sca
         return t.reshape(B, L, H, t.size(-1)).transpose(1, 2)
 
     out = F.scaled_dot_product_attention(
-        to_dense(query, Lq), to_dense(key, Lk), to_dense(value, Lk),
-        dropout_p=dropout, is_causal=graph.pattern.kind == PatternKind.CAUSAL, scale=scale,
+        to_dense(query, Lq),
+        to_dense(key, Lk),
+        to_dense(value, Lk),
+        dropout_p=dropout,
+        is_causal=graph.pattern.kind == PatternKind.CAUSAL,
+        scale=scale,
     )
     return out.transpose(1, 2).reshape(B * Lq, H, C)
 
@@ -238,16 +251,37 @@ def _all_finite(*tensors: Tensor) -> bool:
 def _sparse_route(query: Tensor, key: Tensor, value: Tensor, *, graph: Graph, scale, dropout: float) -> Tensor:
     """The call on the highest-priority backend that is not a dense one (like ``reference``,
     it takes a NaN or inf only to the queries that attend to it)."""
-    call = dict(device=query.device, dtype=query.dtype, graph=graph, dropout=dropout, need_weights=False,
-                has_edge_terms=False, has_edge_mask=False, heads=query.size(1), channels=None)
+    call = dict(
+        device=query.device,
+        dtype=query.dtype,
+        graph=graph,
+        dropout=dropout,
+        need_weights=False,
+        has_edge_terms=False,
+        has_edge_mask=False,
+        heads=query.size(1),
+        channels=None,
+    )
     sparse, _ = first_accepting("dot_product", skip=DENSE_BACKENDS, **call)
-    out, _ = sparse.fn(query, key, value, graph, scale=scale, edge_key=None, edge_value=None, edge_bias=None,
-                       dropout=dropout, training=dropout > 0, need_weights=False)
+    out, _ = sparse.fn(
+        query,
+        key,
+        value,
+        graph,
+        scale=scale,
+        edge_key=None,
+        edge_value=None,
+        edge_bias=None,
+        dropout=dropout,
+        training=dropout > 0,
+        need_weights=False,
+    )
     return out
 
 
-def exact_where_nonfinite(route, query: Tensor, key: Tensor, value: Tensor, graph: Graph, *, scale,
-                          dropout: float) -> Tensor:
+def exact_where_nonfinite(
+    route, query: Tensor, key: Tensor, value: Tensor, graph: Graph, *, scale, dropout: float
+) -> Tensor:
     """``route(query, key, value)`` (a dense route) where it equals the reference: a call
     whose inputs hold a NaN or inf runs on the sparse kernel instead, and a backward whose
     upstream gradient does gets the sparse kernel's input gradients. Not under
@@ -290,10 +324,15 @@ def _record_nonfinite_gradient(out: Tensor, record: dict) -> None:
 def _warn_on_nonfinite_gradient(out: Tensor) -> None:
     def hook(grad: Tensor) -> None:
         if not _all_finite(grad):
-            warnings.warn("a NaN or inf reached the backward of a dense attention route with dropout: its input "
-                          "gradients may hold NaN where the sparse path's hold inf or finite values (SDPA's dropout "
-                          "mask cannot be redrawn for the exact path); pass backend='cpu' (or the sparse backend "
-                          "you use) to get the reference's gradients", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                "a NaN or inf reached the backward of a dense attention route with dropout: its input "
+                "gradients may hold NaN where the sparse path's hold inf or finite values (SDPA's dropout "
+                "mask cannot be redrawn for the exact path); pass backend='cpu' (or the sparse backend "
+                "you use) to get the reference's gradients",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
     out.register_hook(hook)
 
 
@@ -331,8 +370,7 @@ def _grouped(query: Tensor, key: Tensor, value: Tensor, graph: Graph, scale, dro
         def gather(t: Tensor) -> Tensor:  # [N, H, X] -> [B_L, H, L, X]
             return t.index_select(0, nodes).reshape(-1, L, t.size(1), t.size(2)).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(gather(query), gather(key), gather(value), dropout_p=dropout,
-                                             scale=scale)
+        out = F.scaled_dot_product_attention(gather(query), gather(key), gather(value), dropout_p=dropout, scale=scale)
         rows.append(nodes)
         outs.append(out.transpose(1, 2).reshape(nodes.numel(), query.size(1), value.size(2)))
     order = torch.cat(rows).argsort()
@@ -365,8 +403,9 @@ def _band_mask(tiles: int, L: int, left: int, right: int, device) -> Tensor:
     return ((offset >= -left) & (offset <= right) & (k >= 0) & (k < L)) | (q >= L)
 
 
-def _banded(query: Tensor, key: Tensor, value: Tensor, B: int, L: int, left: int, right: int, scale,
-            dropout: float) -> Tensor:
+def _banded(
+    query: Tensor, key: Tensor, value: Tensor, B: int, L: int, left: int, right: int, scale, dropout: float
+) -> Tensor:
     """A batch of ``B`` sliding windows of ``L`` tokens, tile by tile through SDPA."""
     H, D, C = query.size(1), query.size(2), value.size(2)
     left, right = min(left, L - 1), min(right, L - 1)

@@ -5,6 +5,7 @@ Chosen automatically for CUDA tensors; on CPU only when forced (the fused sparse
 kernel is faster there), which is how the tests check it equals the sparse path.
 No dropout, edge terms or returned weights (those calls take another backend).
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,8 +40,16 @@ def _band(graph):
     return dims, Lk, Lk  # complete
 
 
-def decline(graph=None, need_weights=False, has_edge_terms=False, device=None, dropout=0.0, forced=False,
-            has_edge_mask=False, **_) -> Optional[str]:
+def decline(
+    graph=None,
+    need_weights=False,
+    has_edge_terms=False,
+    device=None,
+    dropout=0.0,
+    forced=False,
+    has_edge_mask=False,
+    **_,
+) -> Optional[str]:
     if graph is None or _band(graph) is None:
         return "the graph is not a known band / causal pattern"
     if has_edge_mask:
@@ -75,8 +84,9 @@ def _compiled():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def dot_product(query, key, value, graph, *, scale, edge_key, edge_value, edge_bias, dropout, training,
-                need_weights=False):
+def dot_product(
+    query, key, value, graph, *, scale, edge_key, edge_value, edge_bias, dropout, training, need_weights=False
+):
     from torch.nn.attention.flex_attention import flex_attention
 
     (B, Lq, Lk), left, right = _band(graph)

@@ -9,6 +9,7 @@ inputs described once in :mod:`._inputs`, how a backend is called, the reference
 score formula) and its public function a call of the one pipeline,
 :func:`._pipeline.run`: check once, node order, describe, dispatch, run, finish.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,7 @@ from ._pipeline import OpRecord, describe_call, run, run_checked  # noqa: F401  
 
 GraphLike = Union[Graph, Tensor]
 
-__all__ = ["edge_softmax", "gat_attention", "gatv2_attention", "dot_product_attention", "score_attention",
-           "as_graph"]
+__all__ = ["edge_softmax", "gat_attention", "gatv2_attention", "dot_product_attention", "score_attention", "as_graph"]
 
 
 def as_graph(graph: GraphLike, num_src: Optional[int] = None, num_dst: Optional[int] = None) -> Graph:
@@ -38,14 +38,28 @@ def as_graph(graph: GraphLike, num_src: Optional[int] = None, num_dst: Optional[
 
 # One record per op: what the pipeline (._pipeline.run) needs to check, describe,
 # dispatch, call and finish it (how it is called and scored follows from its spec).
-GAT = OpRecord(_inputs.GAT, lead="value", node_inputs=("score_src", "score_dst", "value"),
-               edge_terms=("edge_score",), score_inputs=("score_src", "score_dst", "edge_score"))
-GATV2 = OpRecord(_inputs.GATV2, lead="x_src", node_inputs=("x_src", "x_dst", "value"),
-                 edge_terms=("edge_feat",), score_inputs=("x_src", "x_dst", "att", "edge_feat"),
-                 defaults=(("value", "x_src"),))
-DOT_PRODUCT = OpRecord(_inputs.DOT_PRODUCT, lead="query", node_inputs=("query", "key", "value"),
-                       edge_terms=("edge_key", "edge_value", "edge_bias"),
-                       score_inputs=("query", "key", "edge_key", "edge_bias"))
+GAT = OpRecord(
+    _inputs.GAT,
+    lead="value",
+    node_inputs=("score_src", "score_dst", "value"),
+    edge_terms=("edge_score",),
+    score_inputs=("score_src", "score_dst", "edge_score"),
+)
+GATV2 = OpRecord(
+    _inputs.GATV2,
+    lead="x_src",
+    node_inputs=("x_src", "x_dst", "value"),
+    edge_terms=("edge_feat",),
+    score_inputs=("x_src", "x_dst", "att", "edge_feat"),
+    defaults=(("value", "x_src"),),
+)
+DOT_PRODUCT = OpRecord(
+    _inputs.DOT_PRODUCT,
+    lead="query",
+    node_inputs=("query", "key", "value"),
+    edge_terms=("edge_key", "edge_value", "edge_bias"),
+    score_inputs=("query", "key", "edge_key", "edge_bias"),
+)
 RECORDS = {r.name: r for r in (GAT, GATV2, DOT_PRODUCT)}
 
 
@@ -72,8 +86,9 @@ def edge_softmax(
     The backward pass saves only the output: :math:`\partial s = y \odot (g - \sum_i g \odot y)`.
     """
     if not isinstance(scores, Tensor) or not scores.is_floating_point() or scores.layout != torch.strided:
-        raise TypeError(f"scores must be a dense floating-point tensor, got "
-                        f"{getattr(scores, 'dtype', type(scores).__name__)}")
+        raise TypeError(
+            f"scores must be a dense floating-point tensor, got {getattr(scores, 'dtype', type(scores).__name__)}"
+        )
     if scores.dim() == 0:
         raise ValueError("scores must have shape [num_edges, ...], got a 0-d tensor")
     if isinstance(graph_or_index, Graph):
@@ -145,10 +160,16 @@ def gat_attention(
     Returns:
         ``out`` ``[N_dst, H, C]``, or ``(out, alpha)``.
     """
-    tensors = dict(value=value, score_src=score_src, score_dst=score_dst, edge_score=edge_score,
-                   edge_mask=edge_mask)
-    return run(GAT, graph, tensors, dict(negative_slope=negative_slope, dropout=dropout), training=training,
-               return_weights=return_weights, backend=backend)
+    tensors = dict(value=value, score_src=score_src, score_dst=score_dst, edge_score=edge_score, edge_mask=edge_mask)
+    return run(
+        GAT,
+        graph,
+        tensors,
+        dict(negative_slope=negative_slope, dropout=dropout),
+        training=training,
+        return_weights=return_weights,
+        backend=backend,
+    )
 
 
 def gatv2_attention(
@@ -183,8 +204,15 @@ def gatv2_attention(
     if isinstance(att, Tensor) and att.dim() == 3 and att.size(0) == 1:
         att = att.reshape(att.shape[1:])
     tensors = dict(x_src=x_src, x_dst=x_dst, att=att, value=value, edge_feat=edge_feat, edge_mask=edge_mask)
-    return run(GATV2, graph, tensors, dict(negative_slope=negative_slope, dropout=dropout), training=training,
-               return_weights=return_weights, backend=backend)
+    return run(
+        GATV2,
+        graph,
+        tensors,
+        dict(negative_slope=negative_slope, dropout=dropout),
+        training=training,
+        return_weights=return_weights,
+        backend=backend,
+    )
 
 
 def dot_product_attention(
@@ -222,10 +250,24 @@ def dot_product_attention(
     """
     if scale is None and isinstance(query, Tensor) and query.dim() == 3:
         scale = 1.0 / math.sqrt(query.size(-1)) if query.size(-1) else 1.0
-    tensors = dict(query=query, key=key, value=value, edge_key=edge_key, edge_value=edge_value, edge_bias=edge_bias,
-                   edge_mask=edge_mask)
-    return run(DOT_PRODUCT, graph, tensors, dict(scale=scale, dropout=dropout), training=training,
-               return_weights=return_weights, backend=backend)
+    tensors = dict(
+        query=query,
+        key=key,
+        value=value,
+        edge_key=edge_key,
+        edge_value=edge_value,
+        edge_bias=edge_bias,
+        edge_mask=edge_mask,
+    )
+    return run(
+        DOT_PRODUCT,
+        graph,
+        tensors,
+        dict(scale=scale, dropout=dropout),
+        training=training,
+        return_weights=return_weights,
+        backend=backend,
+    )
 
 
 def score_attention(
@@ -262,23 +304,37 @@ def score_attention(
             as ``value`` has rows, PyG's convention for a square graph).
     """
     if not isinstance(scores, Tensor) or scores.dim() != 2:
-        raise ValueError(f"scores must be an [E, H] tensor of per-edge logits, got "
-                         f"{type(scores).__name__ if not isinstance(scores, Tensor) else tuple(scores.shape)}")
+        raise ValueError(
+            f"scores must be an [E, H] tensor of per-edge logits, got "
+            f"{type(scores).__name__ if not isinstance(scores, Tensor) else tuple(scores.shape)}"
+        )
     if not isinstance(value, Tensor) or value.dim() != 3:
-        raise ValueError(f"value must be an [N_src, H, C] tensor, got "
-                         f"{type(value).__name__ if not isinstance(value, Tensor) else tuple(value.shape)}")
+        raise ValueError(
+            f"value must be an [N_src, H, C] tensor, got "
+            f"{type(value).__name__ if not isinstance(value, Tensor) else tuple(value.shape)}"
+        )
     if isinstance(graph, Graph):
         g = as_graph(graph, value.size(0), num_dst)
     else:
         g = as_graph(graph, value.size(0), value.size(0) if num_dst is None else num_dst)
     if scores.size(0) != g.num_edges:
-        raise ValueError(f"scores has {scores.size(0)} rows but the graph has {g.num_edges} edges (one row per edge, "
-                         f"in the graph's user order)")
-    _, dims, checked = check_call(_inputs.SCORE, g, dict(scores=scores, value=value, edge_mask=edge_mask),
-                                  dict(dropout=dropout))
+        raise ValueError(
+            f"scores has {scores.size(0)} rows but the graph has {g.num_edges} edges (one row per edge, "
+            f"in the graph's user order)"
+        )
+    _, dims, checked = check_call(
+        _inputs.SCORE, g, dict(scores=scores, value=value, edge_mask=edge_mask), dict(dropout=dropout)
+    )
     heads = scores.size(1)
-    tensors = dict(query=value.new_zeros(g.num_dst, heads, 0), key=value.new_zeros(g.num_src, heads, 0), value=value,
-                   edge_key=None, edge_value=None, edge_bias=scores, edge_mask=edge_mask)
+    tensors = dict(
+        query=value.new_zeros(g.num_dst, heads, 0),
+        key=value.new_zeros(g.num_src, heads, 0),
+        value=value,
+        edge_key=None,
+        edge_value=None,
+        edge_bias=scores,
+        edge_mask=edge_mask,
+    )
     return run_checked(DOT_PRODUCT, g, dims, dict(checked, scale=1.0), tensors, training, return_weights, backend)
 
 

@@ -14,6 +14,7 @@ Causal attention runs in chunks: a masked quadratic product inside each chunk
 and a running ``sum phi(k) v^T`` state across chunks, so memory is
 ``O(L/chunk * D * C)`` per head instead of the ``O(L * D * C)`` of a cumulative sum.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,23 +49,24 @@ def _check_options(causal, return_weights, eps, chunk) -> None:
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be True or False, got {type(flag).__name__}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a positive finite number (it keeps a query with no visible key at 0), "
-                         f"got {eps!r}")
+        raise ValueError(
+            f"eps must be a positive finite number (it keeps a query with no visible key at 0), got {eps!r}"
+        )
     check_chunk(chunk)
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor], causal: bool) -> None:
     for name, t in (("query", q), ("key", k), ("value", v)):
         if not isinstance(t, Tensor) or not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got "
-                            f"{t.dtype if isinstance(t, Tensor) else type(t).__name__}")
+            raise TypeError(
+                f"{name} must be a floating-point tensor, got {t.dtype if isinstance(t, Tensor) else type(t).__name__}"
+            )
         if t.dtype != q.dtype or t.device != q.device:
             raise TypeError(f"{name} is {t.dtype} on {t.device} but query is {q.dtype} on {q.device}")
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError("query, key and value must be (batch, heads, length, dim)")
     if q.shape[:2] != k.shape[:2] or k.shape[:3] != v.shape[:3] or q.size(-1) != k.size(-1):
-        raise ValueError(f"shapes do not match: query {tuple(q.shape)}, key {tuple(k.shape)}, "
-                         f"value {tuple(v.shape)}")
+        raise ValueError(f"shapes do not match: query {tuple(q.shape)}, key {tuple(k.shape)}, value {tuple(v.shape)}")
     if causal and q.size(2) != k.size(2):
         raise ValueError(f"causal linear attention needs as many queries as keys, got {q.size(2)} and {k.size(2)}")
     if key_padding_mask is not None and not isinstance(key_padding_mask, Tensor):
@@ -75,9 +77,18 @@ def _check(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor], 
         raise TypeError(f"key_padding_mask must be bool, got {key_padding_mask.dtype}")
 
 
-def linear_attention(query: Tensor, key: Tensor, value: Tensor, *, causal: bool = False,
-                     key_padding_mask: Optional[Tensor] = None, feature_map: FeatureMap = "elu",
-                     eps: float = 1e-6, chunk: int = 64, return_weights: bool = False):
+def linear_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    causal: bool = False,
+    key_padding_mask: Optional[Tensor] = None,
+    feature_map: FeatureMap = "elu",
+    eps: float = 1e-6,
+    chunk: int = 64,
+    return_weights: bool = False,
+):
     """Linear attention over ``(B, H, L, D)`` queries/keys and ``(B, H, S, C)`` values.
 
     ``key_padding_mask`` (``(B, S)`` bool, True = padding) removes keys. With

@@ -5,6 +5,7 @@ every intermediate (including the ``E x H x C`` messages) is materialised.
 All functions take and return per-edge tensors in CSR order; half precision is
 computed in fp32 and cast back.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -53,9 +54,17 @@ def _softmax_and_aggregate(
 # terms (ops/_fused.py's calling convention): the formulas in their plainest form (the
 # reference backend, the differentiable weights after a fused backend, and the weights
 # the Triton backend returns all use them).
-def gat_scores(graph: Graph, dst_term: Optional[Tensor], src_term: Tensor, edge_score_term: Optional[Tensor],
-               edge_bias: Optional[Tensor], att: Optional[Tensor], slope: float, scale: float,
-               dtype: torch.dtype) -> Tensor:
+def gat_scores(
+    graph: Graph,
+    dst_term: Optional[Tensor],
+    src_term: Tensor,
+    edge_score_term: Optional[Tensor],
+    edge_bias: Optional[Tensor],
+    att: Optional[Tensor],
+    slope: float,
+    scale: float,
+    dtype: torch.dtype,
+) -> Tensor:
     """``leaky(s_src[j] + s_dst[i] + s_edge[e])``."""
     s = src_term.to(dtype).index_select(0, graph.col)
     if dst_term is not None:
@@ -65,8 +74,17 @@ def gat_scores(graph: Graph, dst_term: Optional[Tensor], src_term: Tensor, edge_
     return F.leaky_relu(s, slope)
 
 
-def gatv2_scores(graph: Graph, dst_term: Tensor, src_term: Tensor, edge_score_term: Optional[Tensor],
-                 edge_bias: Optional[Tensor], att: Tensor, slope: float, scale: float, dtype: torch.dtype) -> Tensor:
+def gatv2_scores(
+    graph: Graph,
+    dst_term: Tensor,
+    src_term: Tensor,
+    edge_score_term: Optional[Tensor],
+    edge_bias: Optional[Tensor],
+    att: Tensor,
+    slope: float,
+    scale: float,
+    dtype: torch.dtype,
+) -> Tensor:
     """``att . leaky(x_src[j] + x_dst[i] + edge_feat[e])``."""
     z = src_term.to(dtype).index_select(0, graph.col) + dst_term.to(dtype).index_select(0, graph.row)
     if edge_score_term is not None:
@@ -74,9 +92,17 @@ def gatv2_scores(graph: Graph, dst_term: Tensor, src_term: Tensor, edge_score_te
     return (F.leaky_relu(z, slope) * att.to(dtype)).sum(-1)
 
 
-def dot_scores(graph: Graph, dst_term: Tensor, src_term: Tensor, edge_score_term: Optional[Tensor],
-               edge_bias: Optional[Tensor], att: Optional[Tensor], slope: float, scale: float,
-               dtype: torch.dtype) -> Tensor:
+def dot_scores(
+    graph: Graph,
+    dst_term: Tensor,
+    src_term: Tensor,
+    edge_score_term: Optional[Tensor],
+    edge_bias: Optional[Tensor],
+    att: Optional[Tensor],
+    slope: float,
+    scale: float,
+    dtype: torch.dtype,
+) -> Tensor:
     """``scale * q[i] . (k[j] + edge_key[e]) + edge_bias[e]``."""
     k = src_term.to(dtype).index_select(0, graph.col)
     if edge_score_term is not None:
@@ -89,9 +115,18 @@ def dot_scores(graph: Graph, dst_term: Tensor, src_term: Tensor, edge_score_term
 KIND_SCORES = {"GAT": gat_scores, "GATV2": gatv2_scores, "DOT": dot_scores}
 
 
-def kind_scores(kind: int, graph: Graph, dst_term: Optional[Tensor], src_term: Tensor,
-                edge_score_term: Optional[Tensor], edge_bias: Optional[Tensor], att: Optional[Tensor], slope: float,
-                scale: float, dtype: torch.dtype) -> Tensor:
+def kind_scores(
+    kind: int,
+    graph: Graph,
+    dst_term: Optional[Tensor],
+    src_term: Tensor,
+    edge_score_term: Optional[Tensor],
+    edge_bias: Optional[Tensor],
+    att: Optional[Tensor],
+    slope: float,
+    scale: float,
+    dtype: torch.dtype,
+) -> Tensor:
     """The scores ``[E, H]`` (CSR order) of fused kind ``kind`` from its kernel terms,
     by the reference's formula for it. A new kind adds its formula to ``KIND_SCORES``."""
     name = _fused.score_kind(kind).name
@@ -100,10 +135,23 @@ def kind_scores(kind: int, graph: Graph, dst_term: Optional[Tensor], src_term: T
     return KIND_SCORES[name](graph, dst_term, src_term, edge_score_term, edge_bias, att, slope, scale, dtype)
 
 
-def run(kind: int, graph: Graph, dst_term: Optional[Tensor], src_term: Tensor, value: Tensor,
-        edge_score_term: Optional[Tensor], edge_bias: Optional[Tensor], edge_value: Optional[Tensor],
-        att: Optional[Tensor], slope: float, scale: float, dropout: float, training: bool, need_weights: bool = True,
-        edge_mask: Optional[Tensor] = None) -> Out:
+def run(
+    kind: int,
+    graph: Graph,
+    dst_term: Optional[Tensor],
+    src_term: Tensor,
+    value: Tensor,
+    edge_score_term: Optional[Tensor],
+    edge_bias: Optional[Tensor],
+    edge_value: Optional[Tensor],
+    att: Optional[Tensor],
+    slope: float,
+    scale: float,
+    dropout: float,
+    training: bool,
+    need_weights: bool = True,
+    edge_mask: Optional[Tensor] = None,
+) -> Out:
     """A fused op on the reference: its kind's formula, then the softmax and the weighted
     sum, in the fused kernels' calling convention (ops/_fused.py)."""
     dt = compute_dtype(value.dtype)

@@ -2,6 +2,7 @@
 ``edge_softmax`` over an unsorted destination index with torch-scatter's fused
 scatter reductions. Used only when installed; nothing requires it.
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,4 +1,5 @@
 """Segment (per-destination) softmax over edges, with a closed-form backward."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -19,15 +20,21 @@ def _expand_index(index: Tensor, like: Tensor) -> Tensor:
 def _segment_max(scores: Tensor, index: Tensor, num_segments: int) -> Tensor:
     shape = (num_segments,) + tuple(scores.shape[1:])
     return scores.new_full(shape, float("-inf")).scatter_reduce(
-        0, _expand_index(index, scores), scores, reduce="amax", include_self=True)
+        0, _expand_index(index, scores), scores, reduce="amax", include_self=True
+    )
 
 
 def _segment_sum(t: Tensor, index: Tensor, num_segments: int) -> Tensor:
     return t.new_zeros((num_segments,) + tuple(t.shape[1:])).index_add_(0, index, t)
 
 
-def segment_softmax_forward(scores: Tensor, index: Tensor, num_segments: int,
-                            segment_max: Reduction = _segment_max, segment_sum: Reduction = _segment_sum) -> Tensor:
+def segment_softmax_forward(
+    scores: Tensor,
+    index: Tensor,
+    num_segments: int,
+    segment_max: Reduction = _segment_max,
+    segment_sum: Reduction = _segment_sum,
+) -> Tensor:
     """Softmax of ``scores`` ([E] or [E, ...]) over the edges sharing ``index``.
 
     Stable for huge logits (the per-segment max is subtracted); a segment whose
@@ -75,8 +82,14 @@ class SegmentSoftmax(torch.autograd.Function):
     The backward's one segment sum is torch's in every case (the output alone determines it)."""
 
     @staticmethod
-    def forward(ctx, scores: Tensor, index: Tensor, num_segments: int,
-                segment_max: Reduction = _segment_max, segment_sum: Reduction = _segment_sum) -> Tensor:
+    def forward(
+        ctx,
+        scores: Tensor,
+        index: Tensor,
+        num_segments: int,
+        segment_max: Reduction = _segment_max,
+        segment_sum: Reduction = _segment_sum,
+    ) -> Tensor:
         out = segment_softmax_forward(scores, index, num_segments, segment_max, segment_sum)
         ctx.save_for_backward(out, index)
         ctx.num_segments = num_segments
@@ -88,8 +101,13 @@ class SegmentSoftmax(torch.autograd.Function):
         return segment_softmax_backward(out, grad, index, ctx.num_segments), None, None, None, None
 
 
-def segment_softmax(scores: Tensor, index: Tensor, num_segments: int,
-                    segment_max: Reduction = _segment_max, segment_sum: Reduction = _segment_sum) -> Tensor:
+def segment_softmax(
+    scores: Tensor,
+    index: Tensor,
+    num_segments: int,
+    segment_max: Reduction = _segment_max,
+    segment_sum: Reduction = _segment_sum,
+) -> Tensor:
     """Differentiable segment softmax; half-precision inputs are computed in fp32.
     ``segment_max`` / ``segment_sum`` replace the forward's reductions (see :class:`SegmentSoftmax`)."""
     out = SegmentSoftmax.apply(upcast(scores), index, num_segments, segment_max, segment_sum)

@@ -11,6 +11,7 @@ Chosen automatically for CUDA tensors when ``triton`` is installed. On CPU it ru
 only when forced (``backend="triton"``) with ``TRITON_INTERPRET=1`` set before the
 first use, which is how the test suite checks it against ``reference``.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -132,14 +133,23 @@ def _flags(kind: int, terms, p: float) -> dict:
     padded channel counts, the accumulation dtype and the kind's traits."""
     dst_term, src_term, value, edge_score_term, edge_bias, edge_value, _ = terms
     _, F, Cv = _shape(kind, src_term, value)
-    return dict(HAS_DST_TERM=dst_term is not None, HAS_EDGE_SCORE_TERM=edge_score_term is not None,
-                HAS_EDGE_BIAS=edge_bias is not None, HAS_EDGE_VALUE=edge_value is not None, DROPOUT=p > 0,
-                BLOCK_F=_pow2(F), BLOCK_C=_pow2(Cv), ACC=_acc(value.dtype), **triton_traits(kind))
+    return dict(
+        HAS_DST_TERM=dst_term is not None,
+        HAS_EDGE_SCORE_TERM=edge_score_term is not None,
+        HAS_EDGE_BIAS=edge_bias is not None,
+        HAS_EDGE_VALUE=edge_value is not None,
+        DROPOUT=p > 0,
+        BLOCK_F=_pow2(F),
+        BLOCK_C=_pow2(Cv),
+        ACC=_acc(value.dtype),
+        **triton_traits(kind),
+    )
 
 
 class _Edges(NamedTuple):
     """A graph's per-edge arrays in CSR order (destination ``row``, source ``col``): what the
     reference's score formulas read of a graph, rebuilt inside the ops from their tensors."""
+
     row: Tensor
     col: Tensor
 
@@ -155,18 +165,47 @@ class _Edges(NamedTuple):
 # ops/softmax.py's weights_from_stats defines.
 @torch.library.custom_op("graphattn::triton_fused_forward", mutates_args=())
 def _forward_op(
-    kind: int, rowptr: Tensor, row: Tensor, col: Tensor, colptr: Tensor, row_by_src: Tensor, eid: Tensor,
-    num_dst: int, dst_term: Optional[Tensor], src_term: Tensor, value: Tensor, edge_score_term: Optional[Tensor],
-    edge_bias: Optional[Tensor], edge_value: Optional[Tensor], att: Optional[Tensor], slope: float, scale: float,
-    p: float, seed: Tensor,
+    kind: int,
+    rowptr: Tensor,
+    row: Tensor,
+    col: Tensor,
+    colptr: Tensor,
+    row_by_src: Tensor,
+    eid: Tensor,
+    num_dst: int,
+    dst_term: Optional[Tensor],
+    src_term: Tensor,
+    value: Tensor,
+    edge_score_term: Optional[Tensor],
+    edge_bias: Optional[Tensor],
+    edge_value: Optional[Tensor],
+    att: Optional[Tensor],
+    slope: float,
+    scale: float,
+    p: float,
+    seed: Tensor,
 ) -> Tuple[Tensor, Tensor]:
     terms = (dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att)
     out, stats = _forward_outputs(num_dst, value)
     H, F, Cv = _shape(kind, src_term, value)
     if num_dst and H:
-        _launch("fused_forward_kernel", (num_dst, H), rowptr, col, *(_or(t, value) for t in terms), out, stats,
-                H, F, Cv, _params(slope, scale, value), p, int(seed), degree=degree_bucket(col.numel(), num_dst),
-                **_flags(kind, terms, p))
+        _launch(
+            "fused_forward_kernel",
+            (num_dst, H),
+            rowptr,
+            col,
+            *(_or(t, value) for t in terms),
+            out,
+            stats,
+            H,
+            F,
+            Cv,
+            _params(slope, scale, value),
+            p,
+            int(seed),
+            degree=degree_bucket(col.numel(), num_dst),
+            **_flags(kind, terms, p),
+        )
     return out, stats
 
 
@@ -186,10 +225,27 @@ def _(kind, rowptr, row, col, colptr, row_by_src, eid, num_dst, dst_term, src_te
 # a term is absent (custom ops return no None).
 @torch.library.custom_op("graphattn::triton_fused_backward", mutates_args=())
 def _backward_op(
-    kind: int, rowptr: Tensor, row: Tensor, col: Tensor, colptr: Tensor, row_by_src: Tensor, eid: Tensor,
-    dst_term: Optional[Tensor], src_term: Tensor, value: Tensor, edge_score_term: Optional[Tensor],
-    edge_bias: Optional[Tensor], edge_value: Optional[Tensor], att: Optional[Tensor], stats: Tensor, d_out: Tensor,
-    out: Tensor, slope: float, scale: float, p: float, seed: Tensor,
+    kind: int,
+    rowptr: Tensor,
+    row: Tensor,
+    col: Tensor,
+    colptr: Tensor,
+    row_by_src: Tensor,
+    eid: Tensor,
+    dst_term: Optional[Tensor],
+    src_term: Tensor,
+    value: Tensor,
+    edge_score_term: Optional[Tensor],
+    edge_bias: Optional[Tensor],
+    edge_value: Optional[Tensor],
+    att: Optional[Tensor],
+    stats: Tensor,
+    d_out: Tensor,
+    out: Tensor,
+    slope: float,
+    scale: float,
+    p: float,
+    seed: Tensor,
 ) -> List[Tensor]:
     terms = (dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att)
     coefficients = (slope, scale, p, int(seed))
@@ -201,8 +257,23 @@ def _backward_op(
 
 
 @_backward_op.register_fake
-def _(kind, rowptr, row, col, colptr, row_by_src, eid, dst_term, src_term, value, edge_score_term, edge_bias,
-      edge_value, att, *_):
+def _(
+    kind,
+    rowptr,
+    row,
+    col,
+    colptr,
+    row_by_src,
+    eid,
+    dst_term,
+    src_term,
+    value,
+    edge_score_term,
+    edge_bias,
+    edge_value,
+    att,
+    *_,
+):
     weighted = score_kind(kind).weight == "att" and dst_term is not None  # as _destination_pass computes datt
     terms = (dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att if weighted else None)
     return _or_empty([None if t is None else torch.empty_like(t) for t in terms], value)
@@ -213,8 +284,27 @@ def _or_empty(grads, like: Tensor) -> List[Tensor]:
 
 
 def _setup_context(ctx, inputs, output):
-    (kind, rowptr, row, col, colptr, row_by_src, eid, num_dst, dst_term, src_term, value, edge_score_term,
-     edge_bias, edge_value, att, slope, scale, p, seed) = inputs
+    (
+        kind,
+        rowptr,
+        row,
+        col,
+        colptr,
+        row_by_src,
+        eid,
+        num_dst,
+        dst_term,
+        src_term,
+        value,
+        edge_score_term,
+        edge_bias,
+        edge_value,
+        att,
+        slope,
+        scale,
+        p,
+        seed,
+    ) = inputs
     terms = (dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att)
     out, stats = output
     ctx.kind, ctx.params = kind, (slope, scale, p)
@@ -265,10 +355,29 @@ def _source_pass(kind, colptr, row_by_src, eid, terms, stats, d_out, delta, coef
     d_edge_terms = [None if t is None else torch.empty_like(t) for t in (edge_score_term, edge_bias, edge_value)]
     g = value.new_empty(E, H, dtype=stats.dtype)
     if Ns and H:
-        _launch("fused_backward_src_kernel", (Ns, H), colptr, row_by_src, eid, *(_or(t, value) for t in terms),
-                stats, d_out, delta, d_src_term, d_value, *(_or(t, value) for t in d_edge_terms), g,
-                H, F, Cv, _params(slope, scale, value), p, seed, degree=degree_bucket(E, Ns),
-                **_flags(kind, terms, p))
+        _launch(
+            "fused_backward_src_kernel",
+            (Ns, H),
+            colptr,
+            row_by_src,
+            eid,
+            *(_or(t, value) for t in terms),
+            stats,
+            d_out,
+            delta,
+            d_src_term,
+            d_value,
+            *(_or(t, value) for t in d_edge_terms),
+            g,
+            H,
+            F,
+            Cv,
+            _params(slope, scale, value),
+            p,
+            seed,
+            degree=degree_bucket(E, Ns),
+            **_flags(kind, terms, p),
+        )
     return g, (d_src_term, d_value, *d_edge_terms)
 
 
@@ -284,10 +393,27 @@ def _destination_pass(kind, rowptr, col, terms, g, slope, scale):
     d_dst_term = torch.empty_like(dst_term)
     datt_rows = value.new_zeros(Nd, H, F, dtype=g.dtype) if has_att else value
     if Nd and H:
-        _launch("fused_backward_dst_kernel", (Nd, H), rowptr, col, dst_term, src_term, _or(edge_score_term, value),
-                _or(att, value), g, d_dst_term, datt_rows, H, F, _params(slope, scale, value),
-                HAS_EDGE_SCORE_TERM=edge_score_term is not None, BLOCK_F=_pow2(F), ACC=_acc(value.dtype),
-                degree=degree_bucket(col.numel(), Nd), **triton_traits(kind))
+        _launch(
+            "fused_backward_dst_kernel",
+            (Nd, H),
+            rowptr,
+            col,
+            dst_term,
+            src_term,
+            _or(edge_score_term, value),
+            _or(att, value),
+            g,
+            d_dst_term,
+            datt_rows,
+            H,
+            F,
+            _params(slope, scale, value),
+            HAS_EDGE_SCORE_TERM=edge_score_term is not None,
+            BLOCK_F=_pow2(F),
+            ACC=_acc(value.dtype),
+            degree=degree_bucket(col.numel(), Nd),
+            **triton_traits(kind),
+        )
     return d_dst_term, (datt_rows.sum(0).to(att.dtype) if has_att else None)
 
 
@@ -296,16 +422,18 @@ def _dropout_scale(E: int, H: int, p: float, seed: int, like: torch.Tensor) -> t
     keep = torch.ones(E, H, device=like.device, dtype=compute_dtype(like.dtype))
     if p > 0 and E * H:
         block = 1024
-        _kernels().dropout_scale_kernel[(-(-E * H // block),)](keep, E * H, H, p, seed, ACC=_acc(like.dtype),
-                                                                      BLOCK=block)
+        _kernels().dropout_scale_kernel[(-(-E * H // block),)](
+            keep, E * H, H, p, seed, ACC=_acc(like.dtype), BLOCK=block
+        )
     return keep
 
 
 def _weights(graph, stats, kind, dst_term, src_term, edge_score_term, edge_bias, att, slope, scale):
     """alpha in CSR order, recomputed from the saved stats with the reference's score formula
     for the kind (an E x H tensor, for the returned weights and the non-finite delta)."""
-    s = reference.kind_scores(kind, graph, dst_term, src_term, edge_score_term, edge_bias, att, slope, scale,
-                              dtype=stats.dtype)
+    s = reference.kind_scores(
+        kind, graph, dst_term, src_term, edge_score_term, edge_bias, att, slope, scale, dtype=stats.dtype
+    )
     return weights_from_stats(s, stats.index_select(0, graph.row))
 
 
@@ -316,14 +444,41 @@ def fused(kind: int, graph, slope: float, scale: float, p: float, seed: Tensor, 
     seeds dropout of rate ``p``."""
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in terms)
     transpose = graph.transpose_csr() if needs_grad else (graph.rowptr.new_empty(0),) * 3  # cached on the graph
-    return _forward_op(kind, graph.rowptr, graph.row, graph.col, *transpose, graph.num_dst, *terms, float(slope),
-                       float(scale), float(p), seed)
+    return _forward_op(
+        kind,
+        graph.rowptr,
+        graph.row,
+        graph.col,
+        *transpose,
+        graph.num_dst,
+        *terms,
+        float(slope),
+        float(scale),
+        float(p),
+        seed,
+    )
 
 
-def _run(kind, graph, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, slope, scale, dropout,
-         training, need_weights):
-    t = [None if x is None else x.contiguous()
-         for x in (dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att)]
+def _run(
+    kind,
+    graph,
+    dst_term,
+    src_term,
+    value,
+    edge_score_term,
+    edge_bias,
+    edge_value,
+    att,
+    slope,
+    scale,
+    dropout,
+    training,
+    need_weights,
+):
+    t = [
+        None if x is None else x.contiguous()
+        for x in (dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att)
+    ]
     p = float(dropout) if (training and dropout > 0) else 0.0
     seed = torch.randint(0, 2**31 - 1, (), dtype=torch.long) if p > 0 else torch.zeros((), dtype=torch.long)
     out, stats = fused(kind, graph, slope, scale, p, seed, *t)
@@ -331,8 +486,9 @@ def _run(kind, graph, dst_term, src_term, value, edge_score_term, edge_bias, edg
     if need_weights:
         with torch.no_grad():
             dst_term, src_term, _, edge_score_term, edge_bias, _, att = t
-            alpha = _weights(graph, stats, kind, dst_term, src_term, edge_score_term, edge_bias, att, float(slope),
-                             float(scale)).to(value.dtype)
+            alpha = _weights(
+                graph, stats, kind, dst_term, src_term, edge_score_term, edge_bias, att, float(slope), float(scale)
+            ).to(value.dtype)
     return out, alpha
 
 

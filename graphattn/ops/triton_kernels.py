@@ -31,6 +31,7 @@ Dropout keeps an edge with probability ``1 - p`` using ``tl.rand(seed, e * H + h
 ``program_id`` are 64-bit (:func:`_program_node`); edge and source indices are loaded
 as int64 from the CSR arrays.
 """
+
 from __future__ import annotations
 
 import triton
@@ -65,8 +66,22 @@ def dropout_scale_kernel(keep, EH, H, p, seed, ACC: tl.constexpr, BLOCK: tl.cons
 
 
 @triton.jit
-def _pre_activation(ADDS_DST: tl.constexpr, dst_term, src_term, edge_score_term, i, j, e, h, m2, H, F, offs_f,
-                    HAS_EDGE_SCORE_TERM: tl.constexpr, ACC: tl.constexpr):
+def _pre_activation(
+    ADDS_DST: tl.constexpr,
+    dst_term,
+    src_term,
+    edge_score_term,
+    i,
+    j,
+    e,
+    h,
+    m2,
+    H,
+    F,
+    offs_f,
+    HAS_EDGE_SCORE_TERM: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """``z = src_term[j] (+ dst_term[i]) (+ edge_score_term[e])`` for a block of edges: [BLOCK_E, BLOCK_F]."""
     z = tl.load(src_term + (j * H + h)[:, None] * F + offs_f[None, :], mask=m2, other=0.0).to(ACC)
     if ADDS_DST:
@@ -89,10 +104,32 @@ def _channel_weight(WEIGHT: tl.constexpr, dst_term, att, i, h, m2, f_mask, H, F,
 
 
 @triton.jit
-def _scores(SCALAR: tl.constexpr, ADDS_DST: tl.constexpr, WEIGHT: tl.constexpr, ACT: tl.constexpr,
-            dst_term, src_term, edge_score_term, edge_bias, att, i, j, e, h, e_mask, H, F,
-            offs_f, f_mask, slope, scale, HAS_DST_TERM: tl.constexpr, HAS_EDGE_SCORE_TERM: tl.constexpr,
-            HAS_EDGE_BIAS: tl.constexpr, ACC: tl.constexpr):
+def _scores(
+    SCALAR: tl.constexpr,
+    ADDS_DST: tl.constexpr,
+    WEIGHT: tl.constexpr,
+    ACT: tl.constexpr,
+    dst_term,
+    src_term,
+    edge_score_term,
+    edge_bias,
+    att,
+    i,
+    j,
+    e,
+    h,
+    e_mask,
+    H,
+    F,
+    offs_f,
+    f_mask,
+    slope,
+    scale,
+    HAS_DST_TERM: tl.constexpr,
+    HAS_EDGE_SCORE_TERM: tl.constexpr,
+    HAS_EDGE_BIAS: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """Scores of a block of edges (j[k] -> i[k], edge ids e[k]) for head h: [BLOCK_E]."""
     if SCALAR:  # one term per head
         s = tl.load(src_term + j * H + h, mask=e_mask, other=0.0).to(ACC)
@@ -104,8 +141,9 @@ def _scores(SCALAR: tl.constexpr, ADDS_DST: tl.constexpr, WEIGHT: tl.constexpr, 
         s = activate(ACT, s, slope)
     else:
         m2 = e_mask[:, None] & f_mask[None, :]
-        z = _pre_activation(ADDS_DST, dst_term, src_term, edge_score_term, i, j, e, h, m2, H, F, offs_f,
-                            HAS_EDGE_SCORE_TERM, ACC)
+        z = _pre_activation(
+            ADDS_DST, dst_term, src_term, edge_score_term, i, j, e, h, m2, H, F, offs_f, HAS_EDGE_SCORE_TERM, ACC
+        )
         w = _channel_weight(WEIGHT, dst_term, att, i, h, m2, f_mask, H, F, offs_f, scale, ACC)
         s = tl.sum(w * activate(ACT, z, slope), axis=1)
     if HAS_EDGE_BIAS:
@@ -115,12 +153,37 @@ def _scores(SCALAR: tl.constexpr, ADDS_DST: tl.constexpr, WEIGHT: tl.constexpr, 
 
 @triton.jit
 def fused_forward_kernel(
-    rowptr, col, dst_term, src_term, value, edge_score_term, edge_bias, edge_value, att, out, stats,
-    H, F, Cv, params, p, seed, degree_bucket,
-    HAS_DST_TERM: tl.constexpr, HAS_EDGE_SCORE_TERM: tl.constexpr, HAS_EDGE_BIAS: tl.constexpr,
+    rowptr,
+    col,
+    dst_term,
+    src_term,
+    value,
+    edge_score_term,
+    edge_bias,
+    edge_value,
+    att,
+    out,
+    stats,
+    H,
+    F,
+    Cv,
+    params,
+    p,
+    seed,
+    degree_bucket,
+    HAS_DST_TERM: tl.constexpr,
+    HAS_EDGE_SCORE_TERM: tl.constexpr,
+    HAS_EDGE_BIAS: tl.constexpr,
     HAS_EDGE_VALUE: tl.constexpr,
-    DROPOUT: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_C: tl.constexpr,
-    ACC: tl.constexpr, SCALAR: tl.constexpr, ADDS_DST: tl.constexpr, WEIGHT: tl.constexpr, ACT: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    ACC: tl.constexpr,
+    SCALAR: tl.constexpr,
+    ADDS_DST: tl.constexpr,
+    WEIGHT: tl.constexpr,
+    ACT: tl.constexpr,
 ):
     slope = tl.load(params)
     scale = tl.load(params + 1)
@@ -140,9 +203,32 @@ def fused_forward_kernel(
         e_mask = e < end
         j = tl.load(col + e, mask=e_mask, other=0)
         ii = tl.zeros((BLOCK_E,), tl.int64) + i
-        s = _scores(SCALAR, ADDS_DST, WEIGHT, ACT, dst_term, src_term, edge_score_term, edge_bias, att, ii, j, e, h,
-                    e_mask, H, F, offs_f,
-                    f_mask, slope, scale, HAS_DST_TERM, HAS_EDGE_SCORE_TERM, HAS_EDGE_BIAS, ACC)
+        s = _scores(
+            SCALAR,
+            ADDS_DST,
+            WEIGHT,
+            ACT,
+            dst_term,
+            src_term,
+            edge_score_term,
+            edge_bias,
+            att,
+            ii,
+            j,
+            e,
+            h,
+            e_mask,
+            H,
+            F,
+            offs_f,
+            f_mask,
+            slope,
+            scale,
+            HAS_DST_TERM,
+            HAS_EDGE_SCORE_TERM,
+            HAS_EDGE_BIAS,
+            ACC,
+        )
         s = tl.where(e_mask, s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -174,14 +260,45 @@ def fused_forward_kernel(
 
 @triton.jit
 def fused_backward_src_kernel(
-    colptr, row_by_src, eid, dst_term, src_term, value, edge_score_term, edge_bias, edge_value,
-    att, stats, dO, dout_dot_out,
-    d_src_term, d_value, d_edge_score_term, d_edge_bias, d_edge_value, g,
-    H, F, Cv, params, p, seed, degree_bucket,
-    HAS_DST_TERM: tl.constexpr, HAS_EDGE_SCORE_TERM: tl.constexpr, HAS_EDGE_BIAS: tl.constexpr,
+    colptr,
+    row_by_src,
+    eid,
+    dst_term,
+    src_term,
+    value,
+    edge_score_term,
+    edge_bias,
+    edge_value,
+    att,
+    stats,
+    dO,
+    dout_dot_out,
+    d_src_term,
+    d_value,
+    d_edge_score_term,
+    d_edge_bias,
+    d_edge_value,
+    g,
+    H,
+    F,
+    Cv,
+    params,
+    p,
+    seed,
+    degree_bucket,
+    HAS_DST_TERM: tl.constexpr,
+    HAS_EDGE_SCORE_TERM: tl.constexpr,
+    HAS_EDGE_BIAS: tl.constexpr,
     HAS_EDGE_VALUE: tl.constexpr,
-    DROPOUT: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_C: tl.constexpr,
-    ACC: tl.constexpr, SCALAR: tl.constexpr, ADDS_DST: tl.constexpr, WEIGHT: tl.constexpr, ACT: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    ACC: tl.constexpr,
+    SCALAR: tl.constexpr,
+    ADDS_DST: tl.constexpr,
+    WEIGHT: tl.constexpr,
+    ACT: tl.constexpr,
 ):
     slope = tl.load(params)
     scale = tl.load(params + 1)
@@ -202,9 +319,32 @@ def fused_backward_src_kernel(
         e = tl.load(eid + k, mask=e_mask, other=0).to(tl.int64)
         i = tl.load(row_by_src + k, mask=e_mask, other=0).to(tl.int64)
         jj = tl.zeros((BLOCK_E,), tl.int64) + j
-        s = _scores(SCALAR, ADDS_DST, WEIGHT, ACT, dst_term, src_term, edge_score_term, edge_bias, att, i, jj, e, h,
-                    e_mask, H, F, offs_f,
-                    f_mask, slope, scale, HAS_DST_TERM, HAS_EDGE_SCORE_TERM, HAS_EDGE_BIAS, ACC)
+        s = _scores(
+            SCALAR,
+            ADDS_DST,
+            WEIGHT,
+            ACT,
+            dst_term,
+            src_term,
+            edge_score_term,
+            edge_bias,
+            att,
+            i,
+            jj,
+            e,
+            h,
+            e_mask,
+            H,
+            F,
+            offs_f,
+            f_mask,
+            slope,
+            scale,
+            HAS_DST_TERM,
+            HAS_EDGE_SCORE_TERM,
+            HAS_EDGE_BIAS,
+            ACC,
+        )
         m_i = tl.load(stats + (i * H + h) * 2, mask=e_mask, other=float("-inf")).to(ACC)
         log_l = tl.load(stats + (i * H + h) * 2 + 1, mask=e_mask, other=0.0).to(ACC)
         # graphattn.ops.softmax.weights_from_stats, inline because it runs in the kernel
@@ -224,8 +364,11 @@ def fused_backward_src_kernel(
         wv = alpha * keep_scale
         dv += tl.sum(wv[:, None] * d_out, axis=0)
         if HAS_EDGE_VALUE:
-            tl.store(d_edge_value + (e * H + h)[:, None] * Cv + offs_c[None, :],
-                     (wv[:, None] * d_out).to(d_edge_value.dtype.element_ty), mask=cm)
+            tl.store(
+                d_edge_value + (e * H + h)[:, None] * Cv + offs_c[None, :],
+                (wv[:, None] * d_out).to(d_edge_value.dtype.element_ty),
+                mask=cm,
+            )
         if SCALAR:  # d z = ds * phi'(z); g keeps d z (the destination's gradient is its row's sum)
             z = tl.load(src_term + j * H + h).to(ACC) + tl.zeros((BLOCK_E,), ACC)
             if ADDS_DST:
@@ -240,14 +383,18 @@ def fused_backward_src_kernel(
             tl.store(g + e * H + h, dz.to(g.dtype.element_ty), mask=e_mask)
         else:  # d z = ds * w * phi'(z); g keeps ds
             fm = e_mask[:, None] & f_mask[None, :]
-            z = _pre_activation(ADDS_DST, dst_term, src_term, edge_score_term, i, jj, e, h, fm, H, F, offs_f,
-                                HAS_EDGE_SCORE_TERM, ACC)
+            z = _pre_activation(
+                ADDS_DST, dst_term, src_term, edge_score_term, i, jj, e, h, fm, H, F, offs_f, HAS_EDGE_SCORE_TERM, ACC
+            )
             w = _channel_weight(WEIGHT, dst_term, att, i, h, fm, f_mask, H, F, offs_f, scale, ACC)
             dz = tl.where(fm, ds[:, None] * w * activate_grad(ACT, z, slope), 0.0)
             d_src += tl.sum(dz, axis=0)
             if HAS_EDGE_SCORE_TERM:
-                tl.store(d_edge_score_term + (e * H + h)[:, None] * F + offs_f[None, :],
-                         dz.to(d_edge_score_term.dtype.element_ty), mask=fm)
+                tl.store(
+                    d_edge_score_term + (e * H + h)[:, None] * F + offs_f[None, :],
+                    dz.to(d_edge_score_term.dtype.element_ty),
+                    mask=fm,
+                )
             tl.store(g + e * H + h, ds.to(g.dtype.element_ty), mask=e_mask)
         if HAS_EDGE_BIAS:
             tl.store(d_edge_bias + e * H + h, ds.to(d_edge_bias.dtype.element_ty), mask=e_mask)
@@ -261,10 +408,27 @@ def fused_backward_src_kernel(
 
 @triton.jit
 def fused_backward_dst_kernel(
-    rowptr, col, dst_term, src_term, edge_score_term, att, g, d_dst_term, datt_rows,
-    H, F, params, degree_bucket,
-    HAS_EDGE_SCORE_TERM: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr, ACC: tl.constexpr,
-    SCALAR: tl.constexpr, ADDS_DST: tl.constexpr, WEIGHT: tl.constexpr, ACT: tl.constexpr,
+    rowptr,
+    col,
+    dst_term,
+    src_term,
+    edge_score_term,
+    att,
+    g,
+    d_dst_term,
+    datt_rows,
+    H,
+    F,
+    params,
+    degree_bucket,
+    HAS_EDGE_SCORE_TERM: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+    ACC: tl.constexpr,
+    SCALAR: tl.constexpr,
+    ADDS_DST: tl.constexpr,
+    WEIGHT: tl.constexpr,
+    ACT: tl.constexpr,
 ):
     slope = tl.load(params)
     scale = tl.load(params + 1)
@@ -286,8 +450,9 @@ def fused_backward_dst_kernel(
             j = tl.load(col + e, mask=e_mask, other=0)
             ii = tl.zeros((BLOCK_E,), tl.int64) + i
             fm = e_mask[:, None] & f_mask[None, :]
-            z = _pre_activation(ADDS_DST, dst_term, src_term, edge_score_term, ii, j, e, h, fm, H, F, offs_f,
-                                HAS_EDGE_SCORE_TERM, ACC)
+            z = _pre_activation(
+                ADDS_DST, dst_term, src_term, edge_score_term, ii, j, e, h, fm, H, F, offs_f, HAS_EDGE_SCORE_TERM, ACC
+            )
             w = _channel_weight(WEIGHT, dst_term, att, ii, h, fm, f_mask, H, F, offs_f, scale, ACC)
             phi = activate(ACT, z, slope)
             if ADDS_DST:

@@ -6,6 +6,7 @@ the files are missing the error says where to put them. When the folder holding
 them is read-only, the raw files are copied to a cache folder first, because
 those loaders write a ``processed/`` folder beside ``raw/``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +19,21 @@ from pathlib import Path
 import torch
 from torch_geometric.data import Data
 
-__all__ = ["PLANETOID", "OGB_NODE", "OGB_LINK", "OGB_GRAPH", "load_planetoid", "load_ogb_node", "load_ogb_link",
-           "load_ogb_graph", "contextual_sbm", "edge_homophily", "describe", "cache_dir", "writable_copy"]
+__all__ = [
+    "PLANETOID",
+    "OGB_NODE",
+    "OGB_LINK",
+    "OGB_GRAPH",
+    "load_planetoid",
+    "load_ogb_node",
+    "load_ogb_link",
+    "load_ogb_graph",
+    "contextual_sbm",
+    "edge_homophily",
+    "describe",
+    "cache_dir",
+    "writable_copy",
+]
 
 PLANETOID = ("Cora", "CiteSeer", "PubMed")
 _PLANETOID_FILES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
@@ -99,21 +113,66 @@ def load_planetoid(root: str, name: str, normalize_features: bool = True) -> Dat
 OGB_NODE = ("ogbn-arxiv", "ogbn-products")
 OGB_LINK = ("ogbl-ddi",)
 # OGB's public molecule datasets (MoleculeNet, scaffold split): integer atom and bond features.
-OGB_GRAPH = ("ogbg-molbace", "ogbg-molbbbp", "ogbg-molclintox", "ogbg-molmuv", "ogbg-molpcba", "ogbg-molsider",
-             "ogbg-moltox21", "ogbg-moltoxcast", "ogbg-molhiv", "ogbg-molesol", "ogbg-molfreesolv", "ogbg-mollipo")
-_OGB_MOL_FILES = ("RELEASE_v1.txt", "raw/edge.csv.gz", "raw/node-feat.csv.gz", "raw/edge-feat.csv.gz",
-                  "raw/graph-label.csv.gz", "raw/num-node-list.csv.gz", "raw/num-edge-list.csv.gz",
-                  "split/scaffold/train.csv.gz", "split/scaffold/valid.csv.gz", "split/scaffold/test.csv.gz")
+OGB_GRAPH = (
+    "ogbg-molbace",
+    "ogbg-molbbbp",
+    "ogbg-molclintox",
+    "ogbg-molmuv",
+    "ogbg-molpcba",
+    "ogbg-molsider",
+    "ogbg-moltox21",
+    "ogbg-moltoxcast",
+    "ogbg-molhiv",
+    "ogbg-molesol",
+    "ogbg-molfreesolv",
+    "ogbg-mollipo",
+)
+_OGB_MOL_FILES = (
+    "RELEASE_v1.txt",
+    "raw/edge.csv.gz",
+    "raw/node-feat.csv.gz",
+    "raw/edge-feat.csv.gz",
+    "raw/graph-label.csv.gz",
+    "raw/num-node-list.csv.gz",
+    "raw/num-edge-list.csv.gz",
+    "split/scaffold/train.csv.gz",
+    "split/scaffold/valid.csv.gz",
+    "split/scaffold/test.csv.gz",
+)
 # Files OGB's own dataset classes read from ``<root>/<name with _>/`` (its on-disk layout).
 _OGB_FILES = {
-    "ogbn-arxiv": ("RELEASE_v1.txt", "raw/edge.csv.gz", "raw/node-feat.csv.gz", "raw/node-label.csv.gz",
-                   "raw/num-node-list.csv.gz", "raw/num-edge-list.csv.gz", "raw/node_year.csv.gz",
-                   "split/time/train.csv.gz", "split/time/valid.csv.gz", "split/time/test.csv.gz"),
-    "ogbn-products": ("RELEASE_v1.txt", "raw/edge.csv.gz", "raw/node-feat.csv.gz", "raw/node-label.csv.gz",
-                      "raw/num-node-list.csv.gz", "raw/num-edge-list.csv.gz", "split/sales_ranking/train.csv.gz",
-                      "split/sales_ranking/valid.csv.gz", "split/sales_ranking/test.csv.gz"),
-    "ogbl-ddi": ("RELEASE_v1.txt", "raw/edge.csv.gz", "raw/num-node-list.csv.gz", "raw/num-edge-list.csv.gz",
-                 "split/target/train.pt", "split/target/valid.pt", "split/target/test.pt"),
+    "ogbn-arxiv": (
+        "RELEASE_v1.txt",
+        "raw/edge.csv.gz",
+        "raw/node-feat.csv.gz",
+        "raw/node-label.csv.gz",
+        "raw/num-node-list.csv.gz",
+        "raw/num-edge-list.csv.gz",
+        "raw/node_year.csv.gz",
+        "split/time/train.csv.gz",
+        "split/time/valid.csv.gz",
+        "split/time/test.csv.gz",
+    ),
+    "ogbn-products": (
+        "RELEASE_v1.txt",
+        "raw/edge.csv.gz",
+        "raw/node-feat.csv.gz",
+        "raw/node-label.csv.gz",
+        "raw/num-node-list.csv.gz",
+        "raw/num-edge-list.csv.gz",
+        "split/sales_ranking/train.csv.gz",
+        "split/sales_ranking/valid.csv.gz",
+        "split/sales_ranking/test.csv.gz",
+    ),
+    "ogbl-ddi": (
+        "RELEASE_v1.txt",
+        "raw/edge.csv.gz",
+        "raw/num-node-list.csv.gz",
+        "raw/num-edge-list.csv.gz",
+        "split/target/train.pt",
+        "split/target/valid.pt",
+        "split/target/test.pt",
+    ),
     **{name: _OGB_MOL_FILES for name in OGB_GRAPH},
 }
 
@@ -172,8 +231,16 @@ def _ogb_safe_globals() -> list:
     legacy = "numpy.core.multiarray._reconstruct"  # the name OGB's files use
     if f"{_reconstruct.__module__}.{_reconstruct.__qualname__}" != legacy:  # numpy 2 moved it to numpy._core
         _reconstruct = (_reconstruct, legacy)  # allow it under the name in the files (torch >= 2.6 takes pairs)
-    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.int64)),
-            Data, DataEdgeAttr, DataTensorAttr, GlobalStorage]
+    return [
+        _reconstruct,
+        np.ndarray,
+        np.dtype,
+        type(np.dtype(np.int64)),
+        Data,
+        DataEdgeAttr,
+        DataTensorAttr,
+        GlobalStorage,
+    ]
 
 
 @contextlib.contextmanager
@@ -193,12 +260,19 @@ def _ogb_files_allowed(folder: Path, name: str):
         with safe_globals([g for g in _ogb_safe_globals() if g not in already]):
             yield
     except pickle.UnpicklingError as e:
-        detail = next((line.replace("WeightsUnpickler error:", "").strip() for line in str(e).splitlines()
-                       if "global" in line.lower() or "unsupported" in line.lower()), type(e).__name__)
+        detail = next(
+            (
+                line.replace("WeightsUnpickler error:", "").strip()
+                for line in str(e).splitlines()
+                if "global" in line.lower() or "unsupported" in line.lower()
+            ),
+            type(e).__name__,
+        )
         raise ValueError(
             f"{name}: a file under {folder} holds objects other than those OGB's {name} files contain ({detail}); "
             f"it was not unpickled, as that could run code. Restore the files from OGB's archive, and delete "
-            f"{folder / 'processed'} to have it rebuilt") from e
+            f"{folder / 'processed'} to have it rebuilt"
+        ) from e
 
 
 def _check_pyg_processed(processed: Path, *data_files: str) -> None:
@@ -218,8 +292,10 @@ def _check_pyg_processed(processed: Path, *data_files: str) -> None:
         except Exception:
             ok = False
         if not ok:
-            raise ValueError(f"{path} is not a file PyG writes; it was not loaded, as unpickling it could run code. "
-                             f"Delete {path.parent} to have it rebuilt")
+            raise ValueError(
+                f"{path} is not a file PyG writes; it was not loaded, as unpickling it could run code. "
+                f"Delete {path.parent} to have it rebuilt"
+            )
 
 
 def _open_ogb(root: str, name: str, dataset_class, split_method: str, **kwargs):

@@ -10,6 +10,7 @@ pass (same seed, hence the same dropout masks), computes the loss on its shard o
 training nodes scaled by :func:`shard_loss_scale`, and DDP's gradient averaging then
 yields the single-process full-batch gradient.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,8 +48,10 @@ def setup(device: torch.device) -> DistInfo:
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
-            raise ValueError(f"local rank {local} has no GPU ({torch.cuda.device_count()} present); "
-                             f"start at most that many processes per node")
+            raise ValueError(
+                f"local rank {local} has no GPU ({torch.cuda.device_count()} present); "
+                f"start at most that many processes per node"
+            )
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
@@ -63,7 +66,7 @@ def cleanup(info: DistInfo) -> None:
 
 def shard(index: Tensor, info: DistInfo) -> Tensor:
     """This rank's part of ``index``: every ``world_size``-th element from ``rank``."""
-    return index[info.rank::info.world_size]
+    return index[info.rank :: info.world_size]
 
 
 def shard_loss_scale(total: int, info: DistInfo) -> float:

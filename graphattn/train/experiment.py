@@ -1,4 +1,5 @@
 """What every training script needs: devices, atomic checkpoints, results files, curves."""
+
 from __future__ import annotations
 
 import argparse
@@ -85,8 +86,10 @@ def bounded(kind: type, low=None, high=None, low_open: bool = False, high_open: 
     if low is not None and high is not None:
         where = f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     elif low is not None or high is not None:
-        where = (f" {'>' if low is not None else '<'}{'' if (low_open or high_open) else '='}"
-                 f" {low if high is None else high}")
+        where = (
+            f" {'>' if low is not None else '<'}{'' if (low_open or high_open) else '='}"
+            f" {low if high is None else high}"
+        )
     else:
         where = ""
     need = ("an integer" if kind is int else "a finite number") + where
@@ -96,8 +99,11 @@ def bounded(kind: type, low=None, high=None, low_open: bool = False, high_open: 
             value = kind(text)
         except (TypeError, ValueError):
             raise argparse.ArgumentTypeError(f"must be {need}, got {text!r}") from None
-        if (not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low))
-                or (high is not None and (value >= high if high_open else value > high))):
+        if (
+            not math.isfinite(value)
+            or (low is not None and (value <= low if low_open else value < low))
+            or (high is not None and (value >= high if high_open else value > high))
+        ):
             raise argparse.ArgumentTypeError(f"must be {need}, got {text!r}")
         return value
 
@@ -107,7 +113,7 @@ def bounded(kind: type, low=None, high=None, low_open: bool = False, high_open: 
 
 positive_int = bounded(int, 1)
 nonnegative_int = bounded(int, 0)
-seed_int = bounded(int, 0, 2 ** 32, high_open=True)  # room for the scripts' seed arithmetic in 64 bits
+seed_int = bounded(int, 0, 2**32, high_open=True)  # room for the scripts' seed arithmetic in 64 bits
 probability = bounded(float, 0, 1, high_open=True)  # dropout, warm-up and label-smoothing shares
 unit_interval = bounded(float, 0, 1)
 positive_float = bounded(float, 0, low_open=True)
@@ -117,6 +123,7 @@ nonnegative_float = bounded(float, 0)
 def number_list(item: Callable) -> Callable:
     """An argparse ``type``: comma-separated values, each parsed by ``item`` (e.g.
     ``number_list(nonnegative_float)``); at least one."""
+
     def parse(text: str) -> list:
         values = [item(part.strip()) for part in text.split(",") if part.strip()]
         if not values:
@@ -131,6 +138,7 @@ def choice_list(choices: Sequence[str]) -> Callable:
     """An argparse ``type``: comma-separated names, each one of ``choices`` (in the
     order given, without repeats); at least one. A name outside is argparse's error,
     listing the choices."""
+
     def parse(text: str) -> list:
         names = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
         unknown = [n for n in names if n not in choices]
@@ -166,8 +174,9 @@ def output_problem(path: os.PathLike, directory: bool = False) -> Optional[str]:
     return None
 
 
-def check_outputs(parser: argparse.ArgumentParser, files: Mapping[str, os.PathLike] = {},
-                  directories: Mapping[str, os.PathLike] = {}) -> None:
+def check_outputs(
+    parser: argparse.ArgumentParser, files: Mapping[str, os.PathLike] = {}, directories: Mapping[str, os.PathLike] = {}
+) -> None:
     """Every output a script will write (``{"--out": path, ...}``), checked before any
     work: one that cannot be written is ``parser.error`` (exit status 2) now, not a
     failure after all the training."""
@@ -187,12 +196,14 @@ def check_heads_divide(parser: argparse.ArgumentParser, width: int, heads: int, 
 
 def add_run_arguments(parser, default_out: str, smoke_help: str, runs: int = 1) -> None:
     """The arguments every example shares: seeds, device, results file, resume, smoke mode."""
-    parser.add_argument("--runs", type=positive_int, default=runs,
-                        help=f"number of seeds (default {runs}); run r uses --seed + r")
+    parser.add_argument(
+        "--runs", type=positive_int, default=runs, help=f"number of seeds (default {runs}); run r uses --seed + r"
+    )
     parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--device", default="auto", type=device_argument, help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--out", default=None,
-                        help=f"results JSON (default {default_out}); checkpoint and plots beside it")
+    parser.add_argument(
+        "--out", default=None, help=f"results JSON (default {default_out}); checkpoint and plots beside it"
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
     parser.add_argument("--smoke", action="store_true", help=smoke_help)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -200,15 +211,23 @@ def add_run_arguments(parser, default_out: str, smoke_help: str, runs: int = 1) 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
     """``--config FILE``: a JSON object of flags, read by :func:`parse_with_config`."""
-    parser.add_argument("--config", metavar="FILE", default=None,
-                        help='JSON object of flags keyed by their long options, e.g. {"dataset": "Cora", '
-                             '"weight-decay": 0.001}; flags on the command line override it')
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help='JSON object of flags keyed by their long options, e.g. {"dataset": "Cora", '
+        '"weight-decay": 0.001}; flags on the command line override it',
+    )
 
 
 def _long_options(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
     """``{"weight-decay": action, ...}``: the parser's long options, less --help and --config."""
-    return {opt[2:]: action for action in parser._actions for opt in action.option_strings
-            if opt.startswith("--") and opt not in ("--help", "--config")}
+    return {
+        opt[2:]: action
+        for action in parser._actions
+        for opt in action.option_strings
+        if opt.startswith("--") and opt not in ("--help", "--config")
+    }
 
 
 def _config_tokens(parser: argparse.ArgumentParser, key: str, value: Any, where: str) -> List[str]:
@@ -258,8 +277,9 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[s
     return parser.parse_args(tokens + argv)
 
 
-def resume_from(path: os.PathLike, config: Dict[str, Any], resume: bool,
-                keys: Sequence[str] = ()) -> Optional[Dict[str, Any]]:
+def resume_from(
+    path: os.PathLike, config: Dict[str, Any], resume: bool, keys: Sequence[str] = ()
+) -> Optional[Dict[str, Any]]:
     """The checkpoint to continue from (None: start afresh). A checkpoint written with
     another configuration, or without the entries ``keys`` the script reads from it,
     is an error rather than a silent restart or a mixed result.
@@ -267,8 +287,9 @@ def resume_from(path: os.PathLike, config: Dict[str, Any], resume: bool,
     turn it into their own exit message."""
     ckpt = load_checkpoint(path) if resume else None
     if ckpt is not None and ckpt.get("config") != config:
-        raise CheckpointError(f"{path} was written with another configuration; remove it or rerun with the "
-                              f"same arguments")
+        raise CheckpointError(
+            f"{path} was written with another configuration; remove it or rerun with the same arguments"
+        )
     missing = [k for k in keys if ckpt is not None and k not in ckpt]
     if missing:
         raise CheckpointError(f"checkpoint {path} cannot be used: it lacks {', '.join(missing)}; {_RESUME_HINT}")
@@ -278,13 +299,18 @@ def resume_from(path: os.PathLike, config: Dict[str, Any], resume: bool,
 def training_state(model, opt, sched: Optional[Any], gen: torch.Generator) -> Dict[str, Any]:
     """What a checkpoint needs to continue training exactly: weights, optimiser and
     schedule state, the data generator's and torch's RNG states."""
-    return {"model": model.state_dict(), "opt": opt.state_dict(),
-            "sched": sched.state_dict() if sched is not None else None,
-            "gen": gen.get_state(), "rng": torch.get_rng_state()}
+    return {
+        "model": model.state_dict(),
+        "opt": opt.state_dict(),
+        "sched": sched.state_dict() if sched is not None else None,
+        "gen": gen.get_state(),
+        "rng": torch.get_rng_state(),
+    }
 
 
-def restore_training_state(saved: Dict[str, Any], model, opt, sched: Optional[Any], gen: torch.Generator,
-                           path: os.PathLike) -> None:
+def restore_training_state(
+    saved: Dict[str, Any], model, opt, sched: Optional[Any], gen: torch.Generator, path: os.PathLike
+) -> None:
     """The inverse of :func:`training_state`; ``saved`` came from the checkpoint at
     ``path``, which a :class:`CheckpointError` names when the state does not fit."""
     with restoring(path):
@@ -354,9 +380,11 @@ def _check_plain(obj: Any, where: str, path: Path) -> None:
             for i, value in enumerate(obj):
                 _check_plain(value, f"{where}[{i}]", path)
         return
-    raise TypeError(f"atomic_save({path}): {where} is a {kind.__module__}.{kind.__qualname__}, which "
-                    f"torch.load(weights_only=True) refuses; save it as plain ints/floats/strings/lists/dicts "
-                    f"or tensors (e.g. vars(args), int(x), x.tolist())")
+    raise TypeError(
+        f"atomic_save({path}): {where} is a {kind.__module__}.{kind.__qualname__}, which "
+        f"torch.load(weights_only=True) refuses; save it as plain ints/floats/strings/lists/dicts "
+        f"or tensors (e.g. vars(args), int(x), x.tolist())"
+    )
 
 
 def atomic_save(obj: Any, path: os.PathLike, plain: bool = True) -> None:
@@ -386,8 +414,14 @@ _RESUME_HINT = "delete it (or move it away) to start afresh, or run without --re
 def _load_failure(exc: BaseException) -> str:
     """The informative line of a ``torch.load`` error, without torch's advice to retry
     with ``weights_only=False`` (which is what a crafted file wants)."""
-    skip = ("weights only load failed", "check the documentation", "(1)", "(2)", "please file an issue",
-            "in pytorch 2.6")
+    skip = (
+        "weights only load failed",
+        "check the documentation",
+        "(1)",
+        "(2)",
+        "please file an issue",
+        "in pytorch 2.6",
+    )
     for line in str(exc).splitlines():
         line = line.replace("WeightsUnpickler error:", "").strip()
         if line and not line.lower().startswith(skip):
@@ -415,14 +449,19 @@ def load_checkpoint(path: os.PathLike, hint: str = _RESUME_HINT) -> Optional[Dic
         raise CheckpointError(
             f"checkpoint {path} cannot be used: it is not a checkpoint these scripts write (it is corrupt, or holds "
             f"objects other than tensors and plain containers, which are never unpickled because that could run "
-            f"code; {_load_failure(e)}); {hint}") from e
+            f"code; {_load_failure(e)}); {hint}"
+        ) from e
     except Exception as e:  # truncated zip, empty file, bytes that are not a torch file, unreadable path
-        what = "is empty" if path.is_file() and path.stat().st_size == 0 else \
-            "is truncated or was not written by torch.save"
+        what = (
+            "is empty"
+            if path.is_file() and path.stat().st_size == 0
+            else "is truncated or was not written by torch.save"
+        )
         raise CheckpointError(f"checkpoint {path} cannot be used: it {what} ({_load_failure(e)}); {hint}") from e
     if not isinstance(obj, dict):
-        raise CheckpointError(f"checkpoint {path} cannot be used: it holds a {type(obj).__name__}, not a checkpoint "
-                              f"dictionary; {hint}")
+        raise CheckpointError(
+            f"checkpoint {path} cannot be used: it holds a {type(obj).__name__}, not a checkpoint dictionary; {hint}"
+        )
     return obj
 
 
@@ -450,20 +489,24 @@ def restoring(path: os.PathLike, hint: str = _RESUME_HINT):
     except torch.cuda.OutOfMemoryError:
         raise
     except _ERRORS_OF_A_MISFIT as e:
-        raise CheckpointError(f"checkpoint {path} cannot be used: its contents do not fit the model this "
-                              f"configuration builds ({_misfit(e)}); {hint}") from e
+        raise CheckpointError(
+            f"checkpoint {path} cannot be used: its contents do not fit the model this "
+            f"configuration builds ({_misfit(e)}); {hint}"
+        ) from e
 
 
 def exits_on_checkpoint_error(main: Callable) -> Callable:
     """A script's ``main``: a :class:`CheckpointError` anywhere in it (at ``--resume``, or
     when a run's saved state is restored) ends the script with ``error: <message>``, as
     the scripts report every bad input, rather than a traceback."""
+
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
         except CheckpointError as e:
             raise SystemExit(f"error: {e}") from None
+
     return wrapper
 
 
@@ -501,8 +544,13 @@ def machine_info() -> Dict[str, Any]:
     return info
 
 
-def plot_curves(curves: Dict[str, List[Iterable[float]]], path: os.PathLike, title: str = "", xlabel: str = "epoch",
-                labels: Optional[Sequence[str]] = None) -> bool:
+def plot_curves(
+    curves: Dict[str, List[Iterable[float]]],
+    path: os.PathLike,
+    title: str = "",
+    xlabel: str = "epoch",
+    labels: Optional[Sequence[str]] = None,
+) -> bool:
     """One panel per metric, one line per run (named by ``labels``, default "run i").
     Returns False (and writes nothing) when matplotlib is not installed."""
     try:
@@ -532,8 +580,15 @@ def plot_curves(curves: Dict[str, List[Iterable[float]]], path: os.PathLike, tit
     return True
 
 
-def report(result: Dict[str, Any], out: os.PathLike, histories: Sequence[Dict[str, List[float]]],
-           keys: Sequence[str], title: str, xlabel: str = "epoch", percent: bool = True) -> None:
+def report(
+    result: Dict[str, Any],
+    out: os.PathLike,
+    histories: Sequence[Dict[str, List[float]]],
+    keys: Sequence[str],
+    title: str,
+    xlabel: str = "epoch",
+    percent: bool = True,
+) -> None:
     """Finish an example: ``result`` to ``out`` (JSON, atomically), the curves named by
     ``keys`` (one line per run) to a PNG beside it, and a one-line summary (the metric
     as a percentage, or in its own units with ``percent=False``: an RMSE is not one)."""
@@ -542,6 +597,8 @@ def report(result: Dict[str, Any], out: os.PathLike, histories: Sequence[Dict[st
     plotted = plot_curves({k: [h[k] for h in histories] for k in keys}, png, title=title, xlabel=xlabel)
     mean, std = (100 * result["mean"], 100 * result["std"]) if percent else (result["mean"], result["std"])
     digits = 2 if percent else 4
-    print(f"{result['dataset']} {result['model']}: {result['metric'].replace('_', ' ')} {mean:.{digits}f} "
-          f"+- {std:.{digits}f} over {result['runs']} run(s)")
+    print(
+        f"{result['dataset']} {result['model']}: {result['metric'].replace('_', ' ')} {mean:.{digits}f} "
+        f"+- {std:.{digits}f} over {result['runs']} run(s)"
+    )
     print(f"results: {out}" + (f", curves: {png}" if plotted else ""))

@@ -5,6 +5,7 @@
 average rank for AUC and are one threshold for AP). ``hits_at_k`` is OGB's
 definition: the fraction of positive edges scored above the K-th highest negative.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Small reference models built from graphattn layers (the GAT paper's architecture)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -10,9 +11,22 @@ from torch_geometric.nn import global_add_pool, global_mean_pool
 
 from ..nn import DotProductConv, GATConv, GATv2Conv, GPSConv, TransformerConv
 
-__all__ = ["NodeClassifier", "DeepNodeClassifier", "LinkPredictor", "GraphPredictor", "MODELS", "DECODERS",
-           "GRAPH_MODELS", "POOLS", "NODE_METRICS", "EarlyStopping", "node_metric", "evaluate_node_classifier",
-           "node_classifier_step", "fit_node_classifier"]
+__all__ = [
+    "NodeClassifier",
+    "DeepNodeClassifier",
+    "LinkPredictor",
+    "GraphPredictor",
+    "MODELS",
+    "DECODERS",
+    "GRAPH_MODELS",
+    "POOLS",
+    "NODE_METRICS",
+    "EarlyStopping",
+    "node_metric",
+    "evaluate_node_classifier",
+    "node_classifier_step",
+    "fit_node_classifier",
+]
 
 MODELS = ("gat", "gatv2", "dot")
 DECODERS = ("dot", "mlp")
@@ -20,8 +34,15 @@ GRAPH_MODELS = ("gat", "gatv2", "transformer", "gps")
 POOLS = ("mean", "add")
 
 
-def make_conv(kind: str, in_channels: int, out_channels: int, heads: int, concat: bool, dropout: float,
-              prune_threshold: Optional[float] = None) -> nn.Module:
+def make_conv(
+    kind: str,
+    in_channels: int,
+    out_channels: int,
+    heads: int,
+    concat: bool,
+    dropout: float,
+    prune_threshold: Optional[float] = None,
+) -> nn.Module:
     kw = dict(heads=heads, concat=concat, dropout=dropout, prune_threshold=prune_threshold)
     if kind == "gat":
         return GATConv(in_channels, out_channels, **kw)
@@ -73,9 +94,19 @@ class DeepNodeClassifier(nn.Module):
     dropout between; dropout on the input features and on attention; the last layer
     averages its heads into class logits."""
 
-    def __init__(self, kind: str, in_channels: int, num_classes: int, hidden: int = 250, heads: int = 3,
-                 layers: int = 3, dropout: float = 0.75, input_dropout: float = 0.1, attn_dropout: float = 0.05,
-                 norm: bool = True) -> None:
+    def __init__(
+        self,
+        kind: str,
+        in_channels: int,
+        num_classes: int,
+        hidden: int = 250,
+        heads: int = 3,
+        layers: int = 3,
+        dropout: float = 0.75,
+        input_dropout: float = 0.1,
+        attn_dropout: float = 0.05,
+        norm: bool = True,
+    ) -> None:
         super().__init__()
         if layers < 1:
             raise ValueError(f"layers must be >= 1, got {layers}")
@@ -87,8 +118,7 @@ class DeepNodeClassifier(nn.Module):
             last = i == layers - 1
             self.convs.append(make_conv(kind, d, num_classes if last else hidden, heads, not last, attn_dropout))
             self.skips.append(nn.Linear(d, num_classes if last else hidden * heads, bias=False))
-        self.norms = nn.ModuleList(nn.BatchNorm1d(hidden * heads) if norm else nn.Identity()
-                                   for _ in range(layers - 1))
+        self.norms = nn.ModuleList(nn.BatchNorm1d(hidden * heads) if norm else nn.Identity() for _ in range(layers - 1))
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -143,8 +173,13 @@ class EarlyStopping:
         return self.bad_epochs >= self.patience
 
     def state_dict(self) -> dict:
-        return {"patience": self.patience, "best_acc": self.best_acc, "best_loss": self.best_loss,
-                "bad_epochs": self.bad_epochs, "best": self.best}
+        return {
+            "patience": self.patience,
+            "best_acc": self.best_acc,
+            "best_loss": self.best_loss,
+            "bad_epochs": self.bad_epochs,
+            "best": self.best,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for key in ("patience", "best_acc", "best_loss", "bad_epochs", "best"):
@@ -179,8 +214,9 @@ def evaluate_node_classifier(model: nn.Module, data, graph, metric: str = "accur
     for split in ("train", "val", "test"):
         mask = getattr(data, f"{split}_mask")
         result[f"{split}_acc"] = node_metric(out[mask], data.y[mask], "accuracy")
-        result[f"{split}_score"] = (result[f"{split}_acc"] if metric == "accuracy"
-                                    else node_metric(out[mask], data.y[mask], metric))
+        result[f"{split}_score"] = (
+            result[f"{split}_acc"] if metric == "accuracy" else node_metric(out[mask], data.y[mask], metric)
+        )
         result[f"{split}_loss"] = float(F.cross_entropy(out[mask], data.y[mask]))
     return result
 
@@ -195,8 +231,16 @@ def node_classifier_step(model: nn.Module, data, graph, opt: torch.optim.Optimiz
     return loss.item()
 
 
-def fit_node_classifier(model: nn.Module, data, epochs: int = 300, patience: int = 100, lr: float = 0.005,
-                        weight_decay: float = 5e-4, graph=None, progress: bool = False) -> dict:
+def fit_node_classifier(
+    model: nn.Module,
+    data,
+    epochs: int = 300,
+    patience: int = 100,
+    lr: float = 0.005,
+    weight_decay: float = 5e-4,
+    graph=None,
+    progress: bool = False,
+) -> dict:
     """Full-batch training on ``data.train_mask`` with :class:`EarlyStopping`; the
     model ends with the weights of the epoch that rule keeps. Returns that epoch's
     ``{"epoch", "val_acc", "val_loss", "test_acc"}``."""
@@ -230,9 +274,20 @@ class LinkPredictor(nn.Module):
     OGB's link-prediction baselines). Scores are logits.
     """
 
-    def __init__(self, kind: str, in_channels: Optional[int], hidden: int = 64, heads: int = 1, layers: int = 2,
-                 dropout: float = 0.5, attn_dropout: float = 0.0, decoder: str = "dot", residual: bool = True,
-                 num_nodes: Optional[int] = None, decoder_hidden: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        in_channels: Optional[int],
+        hidden: int = 64,
+        heads: int = 1,
+        layers: int = 2,
+        dropout: float = 0.5,
+        attn_dropout: float = 0.0,
+        decoder: str = "dot",
+        residual: bool = True,
+        num_nodes: Optional[int] = None,
+        decoder_hidden: Optional[int] = None,
+    ) -> None:
         super().__init__()
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
@@ -253,8 +308,15 @@ class LinkPredictor(nn.Module):
         self.decoder = decoder
         if decoder == "mlp":
             dh = decoder_hidden or width
-            self.mlp = nn.Sequential(nn.Linear(width, dh), nn.ReLU(), nn.Dropout(dropout),
-                                     nn.Linear(dh, dh), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dh, 1))
+            self.mlp = nn.Sequential(
+                nn.Linear(width, dh),
+                nn.ReLU(),
+                nn.Dropout(dropout),
+                nn.Linear(dh, dh),
+                nn.ReLU(),
+                nn.Dropout(dropout),
+                nn.Linear(dh, 1),
+            )
         self.reset_parameters()
 
     @torch.no_grad()
@@ -312,9 +374,19 @@ class GraphPredictor(nn.Module):
     Then ``pool`` (``"mean"`` or ``"add"``) over each graph's atoms and a two-layer MLP.
     """
 
-    def __init__(self, kind: str, hidden: int = 64, layers: int = 4, heads: int = 4, num_tasks: int = 1,
-                 dropout: float = 0.2, attn_dropout: float = 0.0, pool: str = "mean", edge_features: bool = True,
-                 pe_dim: int = 0) -> None:
+    def __init__(
+        self,
+        kind: str,
+        hidden: int = 64,
+        layers: int = 4,
+        heads: int = 4,
+        num_tasks: int = 1,
+        dropout: float = 0.2,
+        attn_dropout: float = 0.0,
+        pool: str = "mean",
+        edge_features: bool = True,
+        pe_dim: int = 0,
+    ) -> None:
         super().__init__()
         try:
             from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
@@ -333,27 +405,44 @@ class GraphPredictor(nn.Module):
         self.pe_encoder = nn.Linear(pe_dim, hidden) if pe_dim > 0 else None
         self.bond_encoders = nn.ModuleList(BondEncoder(hidden) for _ in range(layers)) if edge_features else None
         edge_dim = hidden if edge_features else None
-        self.convs = nn.ModuleList(self._make_layer(kind, hidden, heads, dropout, attn_dropout, edge_dim)
-                                   for _ in range(layers))
+        self.convs = nn.ModuleList(
+            self._make_layer(kind, hidden, heads, dropout, attn_dropout, edge_dim) for _ in range(layers)
+        )
         self.norms = nn.ModuleList(nn.BatchNorm1d(hidden) for _ in range(layers)) if kind != "gps" else None
-        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                  nn.Linear(hidden, num_tasks))
+        self.head = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_tasks)
+        )
 
     @staticmethod
-    def _make_layer(kind: str, hidden: int, heads: int, dropout: float, attn_dropout: float,
-                    edge_dim: Optional[int]) -> nn.Module:
+    def _make_layer(
+        kind: str, hidden: int, heads: int, dropout: float, attn_dropout: float, edge_dim: Optional[int]
+    ) -> nn.Module:
         per_head = hidden // heads
         if kind == "transformer":
             return TransformerConv(hidden, per_head, heads=heads, dropout=attn_dropout, edge_dim=edge_dim)
-        local = (GATv2Conv if kind == "gatv2" else GATConv)(hidden, per_head, heads=heads, dropout=attn_dropout,
-                                                             edge_dim=edge_dim)
+        local = (GATv2Conv if kind == "gatv2" else GATConv)(
+            hidden, per_head, heads=heads, dropout=attn_dropout, edge_dim=edge_dim
+        )
         if kind != "gps":
             return local
-        return GPSConv(channels=hidden, conv=local, heads=heads, dropout=dropout, attn_type="multihead",
-                       norm="batch_norm", attn_kwargs={"dropout": attn_dropout})
+        return GPSConv(
+            channels=hidden,
+            conv=local,
+            heads=heads,
+            dropout=dropout,
+            attn_type="multihead",
+            norm="batch_norm",
+            attn_kwargs={"dropout": attn_dropout},
+        )
 
-    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Optional[Tensor] = None,
-                batch: Optional[Tensor] = None, pe: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        edge_index: Tensor,
+        edge_attr: Optional[Tensor] = None,
+        batch: Optional[Tensor] = None,
+        pe: Optional[Tensor] = None,
+    ) -> Tensor:
         """``x`` ``[N, 9]`` and ``edge_attr`` ``[E, 3]`` integer features (OGB's), ``batch``
         the graph of each atom (PyG's ``Batch.batch``; None: one graph). Returns
         ``[num_graphs, num_tasks]``."""

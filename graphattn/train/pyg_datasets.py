@@ -13,6 +13,7 @@ column ``r mod S`` of each mask (each mask by its own column count, so WikiCS's 
 mask serves every run); one without masks gets the split of Shchur et al. (2018, "Pitfalls
 of GNN evaluation"), drawn afresh per run: :data:`RANDOM_SPLIT`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,12 +26,20 @@ from torch_geometric.data import Data
 
 from .datasets import _check_pyg_processed, _writable, writable_copy
 
-__all__ = ["RANDOM_SPLIT", "parse_dataset_spec", "load_pyg_node_dataset", "split_for_run", "random_class_split",
-           "split_rule"]
+__all__ = [
+    "RANDOM_SPLIT",
+    "parse_dataset_spec",
+    "load_pyg_node_dataset",
+    "split_for_run",
+    "random_class_split",
+    "split_rule",
+]
 
 TRAIN_PER_CLASS, VAL_PER_CLASS = 20, 30
-RANDOM_SPLIT = (f"random per run (seed + run): {TRAIN_PER_CLASS} train and {VAL_PER_CLASS} validation nodes per "
-                f"class, the rest test (Shchur et al., 2018)")
+RANDOM_SPLIT = (
+    f"random per run (seed + run): {TRAIN_PER_CLASS} train and {VAL_PER_CLASS} validation nodes per "
+    f"class, the rest test (Shchur et al., 2018)"
+)
 SPLIT_KEYS = ("train", "val", "test")
 
 
@@ -70,6 +79,7 @@ class _Probed(Exception):
 def _probe(cls: type, root: str, kwargs: dict) -> _Probed:
     """Where ``cls(root, **kwargs)`` reads and writes, found by running its constructor up
     to (not into) PyG's download/process step."""
+
     def stop(self):
         raise _Probed(self)
 
@@ -87,7 +97,8 @@ def _missing_files_error(cls: type, found: _Probed) -> FileNotFoundError:
     return FileNotFoundError(
         f"{cls.__name__} files not found: {found.raw_dir} lacks {', '.join(missing) or 'its raw files'}. Place "
         f"{', '.join(names)} (as PyG's {cls.__name__} downloads them) in {found.raw_dir}, or pass --root pointing "
-        f"at the root that holds them there; nothing is downloaded.")
+        f"at the root that holds them there; nothing is downloaded."
+    )
 
 
 def _writable_root(root: Path, found: _Probed) -> Path:
@@ -104,6 +115,7 @@ def _writable_root(root: Path, found: _Probed) -> Path:
 
 def _offline(cls: type) -> type:
     """``cls`` with its download replaced by an error (a second guard behind the probe)."""
+
     def refuse(self):
         raise FileNotFoundError(f"{cls.__name__} tried to download into {self.raw_dir}; place its raw files there")
 
@@ -143,8 +155,8 @@ def random_class_split(y: torch.Tensor, num_classes: int, seed: int) -> dict:
         members = torch.nonzero(y == c).view(-1)
         members = members[torch.randperm(members.numel(), generator=g)]
         masks["train"][members[:TRAIN_PER_CLASS]] = True
-        masks["val"][members[TRAIN_PER_CLASS:TRAIN_PER_CLASS + VAL_PER_CLASS]] = True
-        masks["test"][members[TRAIN_PER_CLASS + VAL_PER_CLASS:]] = True
+        masks["val"][members[TRAIN_PER_CLASS : TRAIN_PER_CLASS + VAL_PER_CLASS]] = True
+        masks["test"][members[TRAIN_PER_CLASS + VAL_PER_CLASS :]] = True
     return masks
 
 
@@ -172,8 +184,12 @@ def split_for_run(data: Data, run: int, seed: int) -> Tuple[Data, dict]:
     with ``seed + run``. ``data`` itself is not changed."""
     out = copy.copy(data)  # shallow: tensors shared, masks replaced on the copy only
     if not _has_masks(data):
-        out.update({f"{k}_mask": m.to(data.y.device) for k, m in
-                    random_class_split(data.y.cpu(), data.num_classes, seed + run).items()})
+        out.update(
+            {
+                f"{k}_mask": m.to(data.y.device)
+                for k, m in random_class_split(data.y.cpu(), data.num_classes, seed + run).items()
+            }
+        )
         return out, {"random_seed": seed + run}
     used = {}
     for k in SPLIT_KEYS:

@@ -7,6 +7,7 @@ per hop (``num_neighbors = [k1, k2, ...]``), the sampled edges relabelled to loc
 ids, seeds first. It is slower than pyg-lib on large graphs; use it when the
 compiled samplers are unavailable.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,9 +48,16 @@ class NeighborSampler:
     ``generator`` makes the batches reproducible.
     """
 
-    def __init__(self, edge_index: Tensor, num_nodes: int, num_neighbors: Sequence[int],
-                 input_nodes: Optional[Tensor] = None, batch_size: int = 1024, shuffle: bool = False,
-                 generator: Optional[torch.Generator] = None) -> None:
+    def __init__(
+        self,
+        edge_index: Tensor,
+        num_nodes: int,
+        num_neighbors: Sequence[int],
+        input_nodes: Optional[Tensor] = None,
+        batch_size: int = 1024,
+        shuffle: bool = False,
+        generator: Optional[torch.Generator] = None,
+    ) -> None:
         if not num_neighbors or any(k == 0 or k < -1 for k in num_neighbors):
             raise ValueError(f"num_neighbors must be a non-empty list of positive counts or -1, got {num_neighbors}")
         if batch_size < 1:
@@ -74,7 +82,7 @@ class NeighborSampler:
         if self.shuffle:
             nodes = nodes[torch.randperm(nodes.numel(), generator=self.generator)]
         for start in range(0, nodes.numel(), self.batch_size):
-            yield self.sample(nodes[start:start + self.batch_size])
+            yield self.sample(nodes[start : start + self.batch_size])
 
     def _hop(self, frontier: Tensor, k: int) -> Tensor:
         """Edge positions (into ``col``) of up to ``k`` sampled in-neighbours of each frontier node."""
