@@ -437,3 +437,17 @@ def test_kinds_the_kernels_cannot_compute_are_refused_by_the_table(traits, probl
         _fused.check_kind(replace(_fused.KINDS[_fused.GAT], name="MINE", **traits))
     with pytest.raises(ValueError, match="unknown score kind 7"):
         _fused.score_kind(7)
+
+
+def test_custom_op_names_follow_their_sources():
+    """Both fused backends name their torch.library ops by one rule over the bytes the ops
+    depend on: another source gives other names, the same source the same ones."""
+    from graphattn.ops import cpu, triton_backend
+    from graphattn.ops._fused import versioned_op_name
+
+    assert versioned_op_name("cpu", "fused_forward", b"a") == versioned_op_name("cpu", "fused_forward", b"a")
+    assert versioned_op_name("cpu", "fused_forward", b"a") != versioned_op_name("cpu", "fused_forward", b"b")
+    for module, backend in ((cpu, "cpu"), (triton_backend, "triton")):
+        name = versioned_op_name(backend, "fused_forward", module._OPS_SOURCE)
+        namespace, op = name.split("::")
+        assert hasattr(getattr(torch.ops, namespace), op), name

@@ -43,6 +43,7 @@ for a backend's ``run`` function, for every fused op from its declaration
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Callable, Dict, Tuple
 
@@ -235,3 +236,12 @@ def _backend_function(spec: OpSpec, run) -> Callable:
 
     fn.__name__ = fn.__qualname__ = spec.op
     return fn
+
+
+def versioned_op_name(backend: str, op: str, source: bytes) -> str:
+    """The ``torch.library`` name of a fused backend's custom op ``op``:
+    ``graphattn::<backend>_<op>_<sha1(source)[:12]>``, ``source`` being every byte the op's
+    behaviour depends on (kernel, generated kinds, schemas and autograd formula). Any edit
+    renames the ops, so torch.compile's on-disk cache, which keys graphs by op name, can never
+    replay a graph built for the old ones; nothing is bumped by hand."""
+    return f"graphattn::{backend}_{op}_{hashlib.sha1(source).hexdigest()[:12]}"

@@ -44,6 +44,7 @@ from ._fused import (
     OP_KINDS,
     backend_functions,
     score_kind,
+    versioned_op_name,
 )
 
 _SOURCE = Path(__file__).parent / "csrc" / "fused_attention.cpp"
@@ -228,15 +229,13 @@ def _summary(error: str) -> str:
 
 # ----------------------------------------------------------------- custom ops
 # Every op's name ends in a hash of the kernel's source and of this file (the ops'
-# schemas, shape functions and autograd formula), so any change of either renames them:
-# torch.compile's on-disk cache keys graphs by op name, and would otherwise replay a graph
-# built for the old ones; nothing has to be bumped by hand.
-_OPS_VERSION = hashlib.sha1(_kernel_source() + Path(__file__).read_bytes()).hexdigest()[:12]
+# schemas, shape functions and autograd formula): _fused.versioned_op_name's rule.
+_OPS_SOURCE = _kernel_source() + Path(__file__).read_bytes()
 
 
 def _op_name(op: str) -> str:
     """The ``torch.library`` name of custom op ``op`` of this kernel version."""
-    return f"graphattn::cpu_{op}_{_OPS_VERSION}"
+    return versioned_op_name("cpu", op, _OPS_SOURCE)
 
 
 # Absent optional inputs are passed as empty tensors (numel 0).

@@ -15,6 +15,7 @@ first use, which is how the test suite checks it against ``reference``.
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import List, NamedTuple, Optional, Tuple
 
 import torch
@@ -23,7 +24,7 @@ from torch import Tensor
 from .. import _env
 from . import reference
 from ._dtypes import FLOAT_DTYPES, compute_dtype
-from ._fused import DOT, GAT, GATV2, MASK_REASON, backend_functions, score_kind, triton_traits  # noqa: F401
+from ._fused import DOT, GAT, GATV2, MASK_REASON, backend_functions, score_kind, triton_traits, versioned_op_name  # noqa: F401
 from .softmax import weights_from_stats
 
 
@@ -154,6 +155,19 @@ class _Edges(NamedTuple):
     col: Tensor
 
 
+# The ops' names end in a hash of the kernels, the generated kinds and this file
+# (_fused.versioned_op_name's rule, as the CPU backend's).
+_HERE = Path(__file__).parent
+_OPS_SOURCE = b"".join(
+    (_HERE / name).read_bytes() for name in ("triton_kernels.py", "triton_score_kinds.py", "triton_backend.py")
+)
+
+
+def _op_name(op: str) -> str:
+    """The ``torch.library`` name of custom op ``op`` of this kernel version."""
+    return versioned_op_name("triton", op, _OPS_SOURCE)
+
+
 # ----------------------------------------------------------------- custom ops
 # The kernels as torch.library custom ops, as the CPU backend's (ops/cpu.py), so torch.compile
 # traces through them; they take the graph's tensors, not a Graph. The forward also takes each
@@ -163,7 +177,7 @@ class _Edges(NamedTuple):
 # edge_score_term, edge_bias, edge_value, att), None where absent. ``stats`` is [Nd, H, 2] in
 # the accumulation dtype: the CPU kernel's (row max, log normaliser), whose weights
 # ops/softmax.py's weights_from_stats defines.
-@torch.library.custom_op("graphattn::triton_fused_forward", mutates_args=())
+@torch.library.custom_op(_op_name("fused_forward"), mutates_args=())
 def _forward_op(
     kind: int,
     rowptr: Tensor,
@@ -223,7 +237,7 @@ def _(kind, rowptr, row, col, colptr, row_by_src, eid, num_dst, dst_term, src_te
 # The backward takes the forward's output for FlashAttention's "delta", dout_dot_out[i, h] =
 # <d_out[i, h], out[i, h]>, and returns the gradients of the seven terms, an empty tensor where
 # a term is absent (custom ops return no None).
-@torch.library.custom_op("graphattn::triton_fused_backward", mutates_args=())
+@torch.library.custom_op(_op_name("fused_backward"), mutates_args=())
 def _backward_op(
     kind: int,
     rowptr: Tensor,
