@@ -53,6 +53,8 @@ def test_dry_run_records_every_step(tmp_path):
     products = steps["products"]["result"]
     assert products["nodes"] == gpu_first_contact.DRY_NODES
     assert products["edge_index"]["dtype"] == "torch.int64"
+    # the user's path: both directions of each random pair, no self-loops built in (the layers add them)
+    assert products["directed_edges"] == 2 * products["undirected_edges"]
     assert len(products["steps"]) == 2 and all(s["loss_finite"] for s in products["steps"])
     assert report["notes"]  # what the dry run stands in for is said
 
